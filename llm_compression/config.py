@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from .errors import ConfigError
 
@@ -213,7 +213,7 @@ class CausalLMConfig:
             raise ConfigError("CausalLMConfig.body must have causal=True")
 
 
-ModelConfig = Union[CLIPConfig, WhisperConfig, BertConfig, CausalLMConfig]
+ModelConfig = CLIPConfig | WhisperConfig | BertConfig | CausalLMConfig
 FAMILIES = ("clip", "whisper", "bert", "olmo", "llama")
 _FAMILY_CLASSES: dict[str, type] = {
     "clip": CLIPConfig,
