@@ -1,0 +1,45 @@
+"""The Parquet weight format (docs/format.md): schema, writer, metadata and the tensor index.
+
+One Parquet file per model, one row and one row group per tensor, ``zstd`` compressed, so one tensor
+can be read without decoding the others and several decode in parallel. Model config, tokenizer
+files and source hashes live in the file's key-value metadata. numpy and pyarrow only: no torch.
+
+Example
+-------
+>>> import numpy as np
+>>> from llm_compression.config import preset
+>>> path = write_model("minilm.parquet", {"embed.norm.weight": np.ones(384, np.float32)},
+...                    config=preset("all-minilm-l6-v2"))  # doctest: +SKIP
+>>> read_metadata(path).num_tensors  # doctest: +SKIP
+1
+"""
+
+from .format import (
+    FORMAT_VERSION,
+    QUANT_INT8_SYM_CHANNEL,
+    SCHEMA,
+    STORAGE_DTYPES,
+    TensorInfo,
+    WeightFileMetadata,
+    bfloat16_bits_to_float32,
+    float32_to_bfloat16_bits,
+    quantize_int8_rows,
+)
+from .reader import WeightFile, read_metadata, read_tensor_index
+from .writer import write_model
+
+__all__ = [
+    "FORMAT_VERSION",
+    "QUANT_INT8_SYM_CHANNEL",
+    "SCHEMA",
+    "STORAGE_DTYPES",
+    "TensorInfo",
+    "WeightFile",
+    "WeightFileMetadata",
+    "bfloat16_bits_to_float32",
+    "float32_to_bfloat16_bits",
+    "quantize_int8_rows",
+    "read_metadata",
+    "read_tensor_index",
+    "write_model",
+]

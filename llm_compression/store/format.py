@@ -1,0 +1,150 @@
+"""The format's constants, Arrow schema, record types and the dtype casts (docs/format.md)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from importlib import metadata as _dist
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+STORAGE_DTYPES = ("float32", "float16", "bfloat16", "int8")
+# Integer and bool tensors (rare: e.g. index tables) keep their dtype, unquantized.
+KEPT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "bool")
+QUANT_INT8_SYM_CHANNEL = "int8_sym_channel"
+CHECKSUM_ALGORITHM = "crc32"  # zlib.crc32 of data bytes, then of scale bytes: 3.5 GB/s per core
+# Levels 1-19 give the same size on weights (entropy coding is all that helps: MiniLM float16 0.4617
+# at level 1, 0.4620 at 3) and decode at the same ~1 GB/s per core; 1 writes fastest.
+ZSTD_LEVEL = 1
+# A Parquet BYTE_ARRAY value has a 32-bit length: one tensor stores at most 2 GiB - 1 bytes.
+MAX_TENSOR_BYTES = 2**31 - 1
+_BF16_CHUNK = 1 << 24  # elements converted per step: bounds the float32->bfloat16 temporaries
+
+
+def package_version() -> str:
+    """The installed llm_compression version, recorded as ``created_by`` in every file."""
+    try:
+        return _dist.version("llm_compression")
+    except _dist.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+META_PREFIX = "llm_compression."
+FILE_PREFIX = META_PREFIX + "file."  # one key per bundled file: base64(zstd(bytes))
+
+SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("data", pa.large_binary(), nullable=False),
+        pa.field("n_params", pa.int64(), nullable=False),
+        pa.field("quant_type", pa.string()),
+        pa.field("scales", pa.large_binary()),
+        pa.field("zero_points", pa.large_binary()),
+        pa.field("quant_axis", pa.int32()),
+        pa.field("group_size", pa.int32()),
+        pa.field("checksum", pa.int64(), nullable=False),
+    ]
+)
+INDEX_COLUMNS = [f.name for f in SCHEMA if f.name not in ("data", "scales", "zero_points")]
+NUMPY_DTYPES = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype("<u2"),  # raw bfloat16 bits
+    **{k: np.dtype(k).newbyteorder("<") for k in KEPT_DTYPES},
+}
+
+
+@dataclass(frozen=True)
+class WeightFileMetadata:
+    """What a weight file says about itself (its key-value metadata), without any tensor data."""
+
+    path: Path
+    format_version: int
+    family: str
+    config: dict[str, Any]
+    files: dict[str, bytes]
+    sources: dict[str, str]
+    created_by: str
+    storage_dtype: str
+    num_tensors: int
+    total_params: int
+    checksum: str
+    file_size: int
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One row of the tensor table, read from the small columns only (no tensor data decoded)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    n_params: int
+    quant_type: str | None
+    quant_axis: int | None
+    group_size: int | None
+    checksum: int
+    row_group: int
+    stored_bytes: int  # compressed bytes of the row group in the file
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored (decoded) data, scales excluded."""
+        return self.n_params * NUMPY_DTYPES[self.dtype].itemsize
+
+
+def checksum(data: Any, scales: Any = None) -> int:
+    """crc32 of the stored data bytes, continued over the scale bytes of quantized rows."""
+    crc = zlib.crc32(data)
+    if scales is not None:
+        crc = zlib.crc32(scales, crc)
+    return crc
+
+
+def float32_to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) of ``x`` rounded to nearest even; NaN stays NaN (quiet), inf stays inf."""
+    f = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty(f.shape, np.uint16)
+    for start in range(0, f.size, _BF16_CHUNK):
+        u = f[start : start + _BF16_CHUNK].view(np.uint32)
+        rounded = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16
+        nan = np.isnan(f[start : start + _BF16_CHUNK])
+        rounded[nan] = (u[nan] >> 16) | np.uint32(0x0040)
+        out[start : start + _BF16_CHUNK] = rounded
+    return out.reshape(np.shape(x))
+
+
+def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Exact float32 values of bfloat16 bits (uint16)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def is_quantizable(name: str, array: np.ndarray) -> bool:
+    """True for linear-layer weight matrices: 2-D float ``*.weight``, not embeddings or norms."""
+    return (
+        array.ndim == 2
+        and array.dtype.kind == "f"
+        and name.endswith(".weight")
+        and "embed" not in name
+        and "norm" not in name
+    )
+
+
+def quantize_int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: ``w ~= q * scales[:, None]``, ``|error| <= scale / 2`` per row.
+
+    All-zero rows get scale 0 (and q = 0), so they dequantize to exact zeros.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    scales = (np.abs(w).max(axis=1) / 127.0).astype(np.float32) if w.shape[1] else None
+    if scales is None:
+        return np.zeros(w.shape, np.int8), np.zeros(w.shape[0], np.float32)
+    safe = np.where(scales > 0, scales, np.float32(1.0))
+    q = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
+    return q, scales

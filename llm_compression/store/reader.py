@@ -1,0 +1,305 @@
+"""Reading weight files: validation, metadata, the tensor index and one row group at a time.
+
+Every failure of the file itself becomes a typed error naming the file, what was wrong and the fix:
+``ModelFileNotFoundError`` (missing), ``FormatError`` (not Parquet, not ours, unknown version),
+``CorruptFileError`` (truncated, undecodable, checksum mismatch). No pyarrow exception escapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import CorruptFileError, FormatError, ModelFileNotFoundError
+from .format import (
+    FILE_PREFIX,
+    FORMAT_VERSION,
+    INDEX_COLUMNS,
+    META_PREFIX,
+    NUMPY_DTYPES,
+    QUANT_INT8_SYM_CHANNEL,
+    SCHEMA,
+    TensorInfo,
+    WeightFileMetadata,
+    checksum,
+    package_version,
+)
+
+_PARQUET_MAGIC = b"PAR1"
+_FIX_DAMAGED = "the file is damaged: copy it again or re-run `llm-compression convert`"
+_ARROW_ERRORS = (pa.ArrowException, OSError)
+
+
+def _open_parquet(path: Path, *, memory_map: bool, verify_pages: bool = False) -> pq.ParquetFile:
+    if not path.exists():
+        raise ModelFileNotFoundError(
+            f"weight file {path} does not exist; check the path or create it with "
+            "`llm-compression convert`"
+        )
+    if path.is_dir():
+        raise ModelFileNotFoundError(f"{path} is a folder; pass the .parquet weight file inside it")
+    try:
+        return pq.ParquetFile(path, memory_map=memory_map, page_checksum_verification=verify_pages)
+    except _ARROW_ERRORS as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, error: Exception) -> FormatError:
+    """FormatError for a file that is not Parquet, CorruptFileError for a damaged Parquet file."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    size = path.stat().st_size
+    if head != _PARQUET_MAGIC:
+        return FormatError(
+            f"{path} is not a Parquet weight file (starts with {head!r}, expected {_PARQUET_MAGIC!r}, "
+            f"{size} bytes); pass a file written by `llm-compression convert`"
+        )
+    return CorruptFileError(
+        f"{path} starts like Parquet but its footer cannot be read ({size} bytes; truncated or "
+        f"overwritten: {error}); {_FIX_DAMAGED}"
+    )
+
+
+def _base_type(t: pa.DataType) -> pa.DataType:
+    return {pa.large_binary(): pa.binary(), pa.large_string(): pa.string()}.get(t, t)
+
+
+def _check_schema(path: Path, schema: pa.Schema) -> None:
+    got = {f.name: _base_type(f.type) for f in schema}
+    expected = {f.name: _base_type(f.type) for f in SCHEMA}
+    wrong = sorted(n for n, t in expected.items() if got.get(n) != t)
+    if wrong:
+        found = ", ".join(f"{f.name}: {f.type}" for f in schema)
+        raise FormatError(
+            f"{path} is a Parquet file but not a llm_compression weight file: columns {wrong} are "
+            f"missing or of the wrong type (found {found}); expected the schema of "
+            "docs/format.md: convert the model with `llm-compression convert`"
+        )
+
+
+def _kv(path: Path, kv: dict[bytes, bytes], key: str, parse=str) -> Any:
+    raw = kv.get((META_PREFIX + key).encode())
+    try:
+        if raw is None:
+            raise KeyError(key)
+        return parse(raw.decode("utf-8"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CorruptFileError(
+            f"{path}: metadata key {META_PREFIX + key!r} is missing or malformed ({e!r}); "
+            f"{_FIX_DAMAGED}"
+        ) from e
+
+
+def _check_version(path: Path, kv: dict[bytes, bytes]) -> int:
+    if (META_PREFIX + "format_version").encode() not in kv:
+        raise FormatError(
+            f"{path} is a Parquet file but not a llm_compression weight file (no "
+            f"{META_PREFIX + 'format_version'!r} metadata); write weight files with "
+            "`llm-compression convert` or llm_compression.store.write_model"
+        )
+    version = _kv(path, kv, "format_version", int)
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"{path} is weight format version {version}, but llm_compression {package_version()} reads "
+            f"version {FORMAT_VERSION}; upgrade llm_compression or re-convert the model with it"
+        )
+    return version
+
+
+def _decode_files(path: Path, kv: dict[bytes, bytes]) -> dict[str, bytes]:
+    manifest = _kv(path, kv, "files", json.loads)
+    files: dict[str, bytes] = {}
+    for name, entry in manifest.items():
+        try:
+            packed = base64.b64decode(kv[(FILE_PREFIX + name).encode()], validate=True)
+            raw = (
+                pa.decompress(packed, entry["size"], codec="zstd", asbytes=True) if packed else b""
+            )
+            ok = len(raw) == entry["size"] and zlib.crc32(raw) == entry["crc32"]
+        except (KeyError, ValueError, TypeError, *_ARROW_ERRORS) as e:
+            raise CorruptFileError(
+                f"{path}: bundled file {name!r} cannot be decoded ({e!r}); {_FIX_DAMAGED}"
+            ) from e
+        if not ok:
+            raise CorruptFileError(f"{path}: bundled file {name!r} fails its crc32; {_FIX_DAMAGED}")
+        files[name] = raw
+    return files
+
+
+def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
+    kv = pf.metadata.metadata or {}
+    version = _check_version(path, kv)
+    meta = WeightFileMetadata(
+        path=path,
+        format_version=version,
+        family=_kv(path, kv, "family"),
+        config=_kv(path, kv, "config", json.loads),
+        files=_decode_files(path, kv),
+        sources=_kv(path, kv, "sources", json.loads),
+        created_by=_kv(path, kv, "created_by"),
+        storage_dtype=_kv(path, kv, "storage_dtype"),
+        num_tensors=_kv(path, kv, "num_tensors", int),
+        total_params=_kv(path, kv, "total_params", int),
+        checksum=_kv(path, kv, "checksum"),
+        file_size=path.stat().st_size,
+    )
+    if meta.num_tensors != pf.metadata.num_rows or pf.metadata.num_rows != pf.num_row_groups:
+        raise CorruptFileError(
+            f"{path}: metadata says {meta.num_tensors} tensors but the file has "
+            f"{pf.metadata.num_rows} rows in {pf.num_row_groups} row groups (expected one row "
+            f"group per tensor); {_FIX_DAMAGED}"
+        )
+    return meta
+
+
+def read_metadata(path: str | Path) -> WeightFileMetadata:
+    """The file's format version, family, config dict, bundled files, sources and totals.
+
+    Reads the Parquet footer only (no tensor data).
+    """
+    path = Path(path)
+    pf = _open_parquet(path, memory_map=False)
+    _check_schema(path, pf.schema_arrow)
+    return _parse_metadata(path, pf)
+
+
+def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> TensorInfo:
+    shape = tuple(row["shape"])
+    bad = (
+        row["dtype"] not in NUMPY_DTYPES
+        or row["quant_type"] not in (None, QUANT_INT8_SYM_CHANNEL)
+        or any(d < 0 for d in shape)
+        or math.prod(shape) != row["n_params"]
+    )
+    if bad:
+        raise FormatError(
+            f"{path}: tensor {row['name']!r} has dtype {row['dtype']!r}, quant_type "
+            f"{row['quant_type']!r}, shape {shape}, n_params {row['n_params']}; expected a dtype "
+            f"in {sorted(NUMPY_DTYPES)}, quant_type None or {QUANT_INT8_SYM_CHANNEL!r} and "
+            "n_params = prod(shape): the file is damaged or from a newer llm_compression"
+        )
+    group = pf.metadata.row_group(i)
+    stored = sum(group.column(j).total_compressed_size for j in range(group.num_columns))
+    return TensorInfo(
+        name=row["name"], shape=shape, dtype=row["dtype"], n_params=row["n_params"],
+        quant_type=row["quant_type"], quant_axis=row["quant_axis"],
+        group_size=row["group_size"], checksum=row["checksum"], row_group=i, stored_bytes=stored,
+    )  # fmt: skip
+
+
+def _read_index(path: Path, pf: pq.ParquetFile) -> dict[str, TensorInfo]:
+    try:
+        rows = pf.read(columns=INDEX_COLUMNS, use_threads=False).to_pylist()
+    except _ARROW_ERRORS as e:
+        raise CorruptFileError(
+            f"{path}: the tensor table cannot be read ({e}); {_FIX_DAMAGED}"
+        ) from e
+    index: dict[str, TensorInfo] = {}
+    for i, row in enumerate(rows):
+        if row["name"] in index:
+            raise FormatError(
+                f"{path}: tensor name {row['name']!r} appears twice (rows {index[row['name']].row_group}"
+                f" and {i}); names must be unique: re-convert the model"
+            )
+        index[row["name"]] = _row_info(path, pf, i, row)
+    return index
+
+
+def read_tensor_index(path: str | Path) -> list[TensorInfo]:
+    """The tensor table (name, shape, dtype, sizes, quantization) in file order, no data decoded."""
+    return list(WeightFile(path).tensors.values())
+
+
+def _value(path: Path, info: TensorInfo, table: pa.Table, column: str) -> pa.Buffer:
+    """The bytes of the single value in ``column`` as a slice of the decoded Arrow buffer."""
+    chunks = table.column(column)
+    # One row per row group gives one chunk; combine_chunks would copy even a single chunk.
+    array = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
+    if len(array) != 1 or array.null_count:
+        raise CorruptFileError(
+            f"{path}: tensor {info.name!r} has no {column} value; {_FIX_DAMAGED}"
+        )
+    _, offsets, data = array.buffers()
+    width = 8 if pa.types.is_large_binary(array.type) else 4
+    start, end = (
+        int.from_bytes(
+            offsets[(array.offset + k) * width : (array.offset + k + 1) * width], "little"
+        )
+        for k in (0, 1)
+    )
+    if data is None:
+        return pa.py_buffer(b"")
+    if start == 0 and end == data.size:
+        return data
+    # A slice of a mutable buffer exported through a writable memoryview stays mutable (a plain
+    # Buffer.slice is read-only), so torch.frombuffer can view it without copying.
+    return pa.py_buffer(memoryview(data)[start:end])
+
+
+class WeightFile:
+    """An open, validated weight file: metadata, tensor index, and row-group reads.
+
+    ``read`` may be called from several threads at once; each thread reads through its own
+    Parquet reader (sharing the parsed footer), so decoding runs in parallel.
+    """
+
+    def __init__(self, path: str | Path, *, memory_map: bool = True) -> None:
+        self.path = Path(path)
+        self._memory_map = memory_map
+        # Page checksums (written for every page) are verified for the small index columns here.
+        pf = _open_parquet(self.path, memory_map=memory_map, verify_pages=True)
+        _check_schema(self.path, pf.schema_arrow)
+        self.metadata = _parse_metadata(self.path, pf)
+        self.tensors = _read_index(self.path, pf)
+        self._footer = pf.metadata
+        self._local = threading.local()
+
+    def _reader(self) -> pq.ParquetFile:
+        pf = getattr(self._local, "pf", None)
+        if pf is None:
+            pf = pq.ParquetFile(
+                self.path, metadata=self._footer, memory_map=self._memory_map, pre_buffer=False
+            )
+            self._local.pf = pf
+        return pf
+
+    def read(self, info: TensorInfo, *, verify: bool = True) -> tuple[pa.Buffer, pa.Buffer | None]:
+        """Decode one tensor's row group: (data bytes, float32 scale bytes or None).
+
+        Raises CorruptFileError when the row group does not decode, has the wrong size, or (with
+        ``verify``) its crc32 does not match the stored checksum.
+        """
+        quantized = info.quant_type is not None
+        columns = ["data", "scales"] if quantized else ["data"]
+        try:
+            table = self._reader().read_row_group(
+                info.row_group, columns=columns, use_threads=False
+            )
+        except _ARROW_ERRORS as e:
+            raise CorruptFileError(
+                f"{self.path}: tensor {info.name!r} (row group {info.row_group}) cannot be "
+                f"decoded ({e}); {_FIX_DAMAGED}"
+            ) from e
+        data = _value(self.path, info, table, "data")
+        scales = _value(self.path, info, table, "scales") if quantized else None
+        expected = (info.nbytes, 4 * info.shape[0] if quantized else None)
+        if data.size != expected[0] or (quantized and scales.size != expected[1]):
+            raise CorruptFileError(
+                f"{self.path}: tensor {info.name!r} holds {data.size} data bytes, expected "
+                f"{expected[0]} for {info.dtype} {info.shape}; {_FIX_DAMAGED}"
+            )
+        if verify and checksum(data, scales) != info.checksum:
+            raise CorruptFileError(
+                f"{self.path}: tensor {info.name!r} fails its {self.metadata.checksum} checksum "
+                f"(stored {info.checksum:#010x}, computed {checksum(data, scales):#010x}); "
+                f"{_FIX_DAMAGED}"
+            )
+        return data, scales
