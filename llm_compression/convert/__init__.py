@@ -1,0 +1,78 @@
+"""Convert upstream checkpoints to llm_compression weight files (docs/convert.md).
+
+Sources: Hugging Face folders (safetensors, sharded safetensors, pytorch_model.bin) of CLIP,
+Whisper, BERT/MiniLM, OLMo-1, OLMo-2 and Llama; CTranslate2 Whisper folders; GGUF files of
+Llama-family models. Upstream tensor names appear only in this package, in declarative maps.
+
+Example
+-------
+>>> from llm_compression.convert import convert
+>>> convert("all-MiniLM-L6-v2/", "minilm.parquet", dtype="float16")  # doctest: +SKIP
+PosixPath('minilm.parquet')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from .expected import expected_shapes
+from .mapping import LazyTensors, check_plan
+from .sources import prepare
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+
+__all__ = ["DTYPES", "convert"]
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    family: str | None = None,
+    dtype: str = "float16",
+    progress: bool = False,
+) -> Path:
+    """Convert the checkpoint at ``src`` into the Parquet weight file ``dst``.
+
+    Parameters
+    ----------
+    src : a Hugging Face folder, a CTranslate2 folder (or its model.bin), or a GGUF file (or a
+        folder holding exactly one).
+    dst : the weight file to write; written aside and renamed, so it never exists half-written.
+    family : only for checkpoints that do not name their architecture; otherwise it must agree.
+    dtype : storage dtype: float32 | float16 | bfloat16 | int8 (per-output-channel linear weights).
+    progress : show a progress bar while writing.
+
+    Returns
+    -------
+    Path of the written weight file.
+
+    Raises
+    ------
+    UnsupportedFamilyError, ConversionError, ModelFileNotFoundError, ConfigError
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
+    prepared = prepare(Path(src), family)
+    expected = expected_shapes(prepared.config)
+    check_plan(prepared.plan, expected, prepared.description)
+    logger.info(
+        "converting %s (%s, %d tensors) to %s as %s",
+        prepared.description, prepared.config.family, len(expected), dst, dtype,
+    )  # fmt: skip
+    from ..store import write_model
+
+    return write_model(
+        dst,
+        LazyTensors(prepared.plan, expected),
+        config=prepared.config,
+        dtype=dtype,
+        files=prepared.bundle.files,
+        sources=prepared.bundle.sources,
+        progress=progress,
+    )

@@ -1,0 +1,205 @@
+"""Recognise a checkpoint (HF folder, CTranslate2 model.bin, GGUF) and prepare its conversion.
+
+The family comes from the checkpoint's own metadata: Hugging Face ``config.json`` (``model_type``,
+then ``architectures``), the CTranslate2 spec name, or GGUF ``general.architecture``. A family
+given by the caller is used only when the checkpoint does not say, and must agree otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..config import FAMILIES, ModelConfig
+from ..errors import ConversionError, ModelFileNotFoundError, UnsupportedFamilyError
+from . import bert, clip, llama, olmo, whisper
+from .ct2 import CT2Model, peek_spec
+from .files import TOKENIZER_JSON, Bundle, gguf_tokenizer, hf_tokenizer
+from .gguf_reader import GGUFFile, is_gguf
+from .mapping import Item, build_plan
+from .readers import WEIGHT_FILES, HFWeights, read_json
+
+logger = logging.getLogger(__name__)
+
+# Hugging Face model_type -> family; architectures name the model_type when it is absent.
+HF_MODEL_TYPES = {
+    "clip": "clip",
+    "whisper": "whisper",
+    "bert": "bert",
+    "olmo": "olmo",
+    "olmo2": "olmo",
+    "llama": "llama",
+}
+HF_ARCHITECTURES = {
+    "CLIPModel": "clip",
+    "WhisperForConditionalGeneration": "whisper",
+    "WhisperModel": "whisper",
+    "BertModel": "bert",
+    "BertForMaskedLM": "bert",
+    "BertForPreTraining": "bert",
+    "OlmoForCausalLM": "olmo",
+    "Olmo2ForCausalLM": "olmo2",
+    "LlamaForCausalLM": "llama",
+}
+HF_MODULES: dict[str, ModuleType] = {
+    "clip": clip,
+    "whisper": whisper,
+    "bert": bert,
+    "olmo": olmo,
+    "llama": llama,
+}
+CT2_SPECS = {"WhisperSpec": "whisper"}
+GGUF_ARCHITECTURES = {"llama": "llama"}
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+CT2_WEIGHTS = "model.bin"
+
+
+@dataclass
+class Prepared:
+    """A checkpoint ready to write: its config, the canonical tensors and the bundled files."""
+
+    config: ModelConfig
+    plan: dict[str, Item]
+    bundle: Bundle
+    description: str
+
+
+def _unsupported(what: str, where: Path) -> UnsupportedFamilyError:
+    return UnsupportedFamilyError(
+        f"{where} is {what}, which is not a supported model family; supported families: "
+        f"{list(FAMILIES)}"
+    )
+
+
+def _agree(detected: str, requested: str | None, where: Path, evidence: str) -> str:
+    if requested is not None and requested != detected:
+        raise ConversionError(
+            f"{where} is a {detected!r} checkpoint ({evidence}) but family={requested!r} was "
+            f"requested; drop the family option or point at a {requested} checkpoint"
+        )
+    return detected
+
+
+def prepare(src: Path, family: str | None = None) -> Prepared:
+    """Find what ``src`` is and build its config, plan and bundle."""
+    if family is not None and family not in FAMILIES:
+        raise UnsupportedFamilyError(
+            f"family={family!r} is not supported; choose one of {list(FAMILIES)}"
+        )
+    src = Path(src)
+    if not src.exists():
+        raise ModelFileNotFoundError(f"{src} does not exist; pass a checkpoint folder or file")
+    if src.is_file():
+        if is_gguf(src):
+            return _from_gguf(src, family)
+        if peek_spec(src):
+            return _from_ct2(src, family)
+        raise ConversionError(
+            f"{src} is neither a GGUF file nor a CTranslate2 model.bin; for a Hugging Face "
+            "checkpoint pass its folder (the one holding config.json)"
+        )
+    config_path = src / "config.json"
+    cfg = read_json(config_path) if config_path.is_file() else None
+    if isinstance(cfg, dict) and (cfg.get("model_type") or cfg.get("architectures")):
+        return _from_hf(src, cfg, family)
+    if (src / CT2_WEIGHTS).is_file() and peek_spec(src / CT2_WEIGHTS):
+        return _from_ct2(src / CT2_WEIGHTS, family)
+    ggufs = sorted(p for p in src.iterdir() if p.is_file() and is_gguf(p))
+    if len(ggufs) == 1:
+        return _from_gguf(ggufs[0], family)
+    if len(ggufs) > 1:
+        raise ConversionError(
+            f"{src} holds {len(ggufs)} GGUF files {[p.name for p in ggufs]}; pass one file"
+        )
+    if isinstance(cfg, dict):
+        return _from_hf(src, cfg, family)
+    raise ConversionError(
+        f"no checkpoint in {src}: looked for config.json with {', '.join(WEIGHT_FILES)} "
+        f"(Hugging Face), {CT2_WEIGHTS} (CTranslate2) and a *.gguf file"
+    )
+
+
+def _hf_kind(folder: Path, cfg: dict[str, Any], family: str | None) -> tuple[str, str]:
+    """(family, model_type) of a Hugging Face folder."""
+    where = folder / "config.json"
+    model_type = cfg.get("model_type")
+    if not model_type:
+        archs = [a for a in cfg.get("architectures") or [] if a in HF_ARCHITECTURES]
+        model_type = HF_ARCHITECTURES[archs[0]] if archs else None
+    if model_type:
+        if model_type not in HF_MODEL_TYPES:
+            raise _unsupported(f"model_type {model_type!r}", where)
+        detected = HF_MODEL_TYPES[model_type]
+        return _agree(detected, family, where, f"model_type {model_type!r}"), model_type
+    if cfg.get("architectures"):
+        raise _unsupported(f"architectures {cfg['architectures']}", where)
+    if family is None:
+        raise UnsupportedFamilyError(
+            f"{where} names neither model_type nor architectures; pass family=... (one of "
+            f"{list(FAMILIES)}) or add model_type to config.json"
+        )
+    if family == "olmo":
+        raise ConversionError(
+            f"{where} has no model_type; set it to 'olmo' (OLMo-1) or 'olmo2' (OLMo-2)"
+        )
+    return family, family
+
+
+def _from_hf(folder: Path, cfg: dict[str, Any], family: str | None) -> Prepared:
+    family, model_type = _hf_kind(folder, cfg, family)
+    module = HF_MODULES[family]
+    config = module.hf_config({**cfg, "model_type": model_type}, folder)
+    weights = HFWeights(folder)
+    weight_map = module.hf_map(config) if hasattr(module, "hf_map") else module.HF_MAP
+    plan = build_plan(weights.shapes, weights.load, weight_map, source=str(folder))
+    bundle = Bundle(folder)
+    bundle.source(folder / "config.json")
+    for path in weights.files:
+        bundle.source(path)
+    for name in SENTENCE_TRANSFORMERS_FILES if family == "bert" else ():
+        if (folder / name).is_file():
+            bundle.source(folder / name)
+    hf_tokenizer(bundle, folder)
+    return Prepared(config, plan, bundle, str(folder))
+
+
+def _from_ct2(model_bin: Path, family: str | None) -> Prepared:
+    folder = model_bin.parent
+    model = CT2Model(model_bin)
+    if model.spec not in CT2_SPECS:
+        raise _unsupported(f"a CTranslate2 {model.spec!r}", model_bin)
+    _agree(CT2_SPECS[model.spec], family, model_bin, f"spec {model.spec!r}")
+    bundle = Bundle(folder)
+    bundle.source(model_bin)
+    ct2_json: dict[str, Any] = {}
+    if (folder / "config.json").is_file():
+        ct2_json = read_json(folder / "config.json")
+        bundle.source(folder / "config.json")
+    else:
+        logger.warning("%s has no config.json: no suppressed tokens recorded", folder)
+    if not (folder / TOKENIZER_JSON).is_file():
+        raise ConversionError(
+            f"no {TOKENIZER_JSON} beside {model_bin}; copy the model's tokenizer.json into {folder}"
+        )
+    bundle.copy(folder / TOKENIZER_JSON)
+    config = whisper.ct2_config(model, ct2_json)
+    plan = build_plan(model.shapes, model.load, whisper.CT2_MAP, source=str(model_bin))
+    return Prepared(config, plan, bundle, str(model_bin))
+
+
+def _from_gguf(path: Path, family: str | None) -> Prepared:
+    gguf = GGUFFile(path)
+    arch = gguf.get("general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise _unsupported(f"a GGUF of architecture {arch!r}", path)
+    _agree(GGUF_ARCHITECTURES[arch], family, path, f"general.architecture {arch!r}")
+    config = llama.gguf_config(gguf)
+    plan = build_plan(gguf.shapes, gguf.load, llama.GGUF_MAP, source=str(path))
+    plan = llama.unpermute_gguf(plan, config)
+    bundle = Bundle(path.parent)
+    bundle.source(path)
+    gguf_tokenizer(bundle, path, gguf.metadata, config.body.max_positions)
+    return Prepared(config, plan, bundle, str(path))
