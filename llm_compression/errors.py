@@ -66,5 +66,16 @@ class StoreCorruptError(StorageError, OSError):
     """A fragment or the manifest of an embedding store is damaged."""
 
 
+class InvalidEmbeddingError(StorageError, ValueError):
+    """Ids or vectors given to an embedding store are invalid (NaN, empty, duplicate or taken ids)."""
+
+
+class IdNotFoundError(StorageError, KeyError):
+    """Ids asked of an embedding store are not in it."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
 class ValidationFailedError(LLMCompressionError, AssertionError):
     """Outputs of a converted model differ from the reference beyond the threshold."""

@@ -1,0 +1,200 @@
+"""Benchmark MultimodalStorage: append throughput and exact top-10 search latency.
+
+Compares, in one run on the same data: our store, brute-force numpy over an in-memory array (the
+limit: `X @ q` + argpartition, no masks, no id mapping), and LanceDB's flat (exact) search when
+lancedb is importable. Prints a table with ratios (reference time / our time: > 1 means we are faster).
+
+    python scripts/benchmark_storage.py            # 100k and 1M rows, dim 384 and 512
+    python scripts/benchmark_storage.py --quick    # 20k rows, dim 384
+    python scripts/benchmark_storage.py --json out.json
+
+Threads: numpy BLAS uses every core it finds (2 here). OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when set,
+can slow numpy's kernel; the output names the BLAS kernel in use (see threadpoolctl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llm_compression.storage import MultimodalStorage  # noqa: E402
+
+K = 10
+BATCH_QUERIES = 100
+APPEND_BATCH = 100_000
+
+
+def timed(*fns, repeat: int) -> list[float]:
+    """Median wall seconds per function over ``repeat`` rounds, calls interleaved (so that load
+    from other processes hits every contender alike), after one warm-up call each."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def numpy_topk(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    scores = queries @ matrix.T if len(queries) > 1 else (matrix @ queries[0])[None, :]
+    return np.argpartition(scores, -K, axis=1)[:, -K:]
+
+
+def data(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    out = np.empty((n, dim), np.float32)
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, 262144):
+        stop = min(start + 262144, n)
+        out[start:stop] = rng.standard_normal((stop - start, dim), dtype=np.float32)
+    return out
+
+
+def bench_store_and_numpy(root: Path, vectors: np.ndarray, queries: np.ndarray, repeat: int):
+    """Append throughput and cold load of our store, then top-k latency of store vs numpy."""
+    n = len(vectors)
+    store = MultimodalStorage(root / "store")
+    batches = [
+        ([f"id{j}" for j in range(i, min(i + APPEND_BATCH, n))], vectors[i : i + APPEND_BATCH])
+        for i in range(0, n, APPEND_BATCH)
+    ]
+    start, cpu = time.perf_counter(), time.process_time()
+    for batch_ids, batch in batches:
+        store.add(batch_ids, batch, modality="text", model="bench")
+    append_s, append_cpu = time.perf_counter() - start, time.process_time() - cpu
+    del store, batches  # measure the cold reader alone
+    start = time.perf_counter()
+    cold = MultimodalStorage(root / "store")
+    cold.search(queries[0], k=K)
+    load_s = time.perf_counter() - start
+    matrix, unit_q = _unit(vectors), _unit(queries)
+    hits = cold.search(queries, k=K)
+    expected = numpy_topk(matrix, unit_q)
+    exact = all(
+        {int(i[2:]) for i in h.ids} == set(e.tolist()) for h, e in zip(hits, expected, strict=True)
+    )
+    single = timed(
+        lambda: cold.search(queries[0], k=K), lambda: numpy_topk(matrix, unit_q[:1]), repeat=repeat
+    )
+    batch = timed(
+        lambda: cold.search(queries, k=K),
+        lambda: numpy_topk(matrix, unit_q),
+        repeat=max(1, repeat // 5),
+    )
+    ours = {
+        "append_vectors_per_s": n / append_s,
+        "append_cpu_s_per_100k": append_cpu * 100_000 / n,  # all threads: load-independent
+        "cold_open_and_first_query_s": load_s,
+        "single_ms": 1e3 * single[0],
+        "batch_ms": 1e3 * batch[0],
+        "exact_matches_numpy": exact,
+    }
+    return ours, {"single_ms": 1e3 * single[1], "batch_ms": 1e3 * batch[1]}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def bench_lancedb(root: Path, vectors: np.ndarray, queries: np.ndarray, repeat: int) -> dict | None:
+    os.environ.setdefault("LANCE_LOG", "error")
+    try:
+        import lancedb
+        import pyarrow as pa
+    except ImportError:
+        return None
+    db = lancedb.connect(str(root / "lance"))
+    dim = vectors.shape[1]
+    vector = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    table = pa.table({"id": pa.array(np.arange(len(vectors))), "vector": vector})
+    start = time.perf_counter()
+    tbl = db.create_table("bench", table)
+    create_s = time.perf_counter() - start
+
+    def run(q):  # no index on the table: LanceDB answers with an exact (flat) scan
+        return tbl.search(q).metric("cosine").limit(K).select(["id"]).to_arrow()
+
+    return {
+        "append_vectors_per_s": len(vectors) / create_s,
+        "single_ms": 1e3 * timed(lambda: run(queries[0]), repeat=max(1, repeat // 4))[0],
+        "batch_ms": 1e3 * timed(lambda: run(queries), repeat=1)[0],  # one batched call
+    }
+
+
+def blas_info() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        return ", ".join(
+            f"{b['internal_api']} {b.get('architecture')} x{b['num_threads']}" for b in blas
+        )
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20k rows, dim 384 only")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--repeat", type=int, default=20, help="timed repeats of a single query")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    sizes = (
+        [(20_000, 384)]
+        if args.quick
+        else [(100_000, 384), (1_000_000, 384), (100_000, 512), (1_000_000, 512)]
+    )
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    load = os.getloadavg()[0]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, BLAS: {blas_info()}, "
+          f"env {env}, load average {load:.1f}")  # fmt: skip
+    results = []
+    for n, dim in sizes:
+        root = Path(tempfile.mkdtemp(prefix="bench_storage_"))
+        try:
+            vectors = data(n, dim)
+            queries = data(BATCH_QUERIES, dim, seed=1)
+            ours, brute = bench_store_and_numpy(root, vectors, queries, args.repeat)
+            lance = bench_lancedb(root, vectors, queries, args.repeat)
+            row = {"rows": n, "dim": dim, "store": ours, "numpy": brute, "lancedb": lance}
+            results.append(row)
+            _print_row(row)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps({"load_average": load, "blas": blas_info(), "env": env,
+                                         "results": results}, indent=2))  # fmt: skip
+    return 0
+
+
+def _print_row(row: dict) -> None:
+    s, npy, lance = row["store"], row["numpy"], row["lancedb"]
+    print(f"\n{row['rows']:,} x {row['dim']}: append {s['append_vectors_per_s']:,.0f} vectors/s "
+          f"({s['append_cpu_s_per_100k']:.2f} CPU s per 100k, all threads), "
+          f"cold open + first query {s['cold_open_and_first_query_s']:.2f} s, "
+          f"results exact vs numpy: {s['exact_matches_numpy']}")  # fmt: skip
+    print(f"  {'top-10':<22}{'store':>10}{'numpy':>10}{'ratio':>8}{'lancedb':>10}{'ratio':>8}")
+    for key, label in (("single_ms", "1 query (ms)"), ("batch_ms", "100 queries (ms)")):
+        lance_ms = f"{lance[key]:>10.1f}{lance[key] / s[key]:>8.2f}" if lance else f"{'absent':>10}"
+        print(f"  {label:<22}{s[key]:>10.1f}{npy[key]:>10.1f}{npy[key] / s[key]:>8.2f}{lance_ms}")
+    if lance:
+        print(f"  lancedb table creation {lance['append_vectors_per_s']:,.0f} vectors/s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
