@@ -285,7 +285,7 @@ def _whisper(dim: int, layers: int, heads: int, vocab: int) -> WhisperConfig:
 def _minilm_l6() -> BertConfig:
     encoder = TransformerConfig(
         dim=384, n_layers=6, n_heads=12, mlp_dim=1536, norm_eps=1e-12, norm_placement="post",
-        max_positions=512,
+        max_positions=512, final_norm=False,  # post-norm: every block already ends in a norm
     )  # fmt: skip
     return BertConfig(encoder=encoder)
 

@@ -1,0 +1,46 @@
+"""The feed-forward sublayer: ``down(act(up(x)))`` or SwiGLU ``down(silu(gate(x)) * up(x))``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TransformerConfig
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """CLIP's ``x * sigmoid(1.702 x)``."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu, "swiglu": F.silu}
+
+
+def linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
+    """An ``nn.Linear`` whose parameters are left uninitialised (they are always loaded)."""
+    layer = nn.Linear(n_in, n_out, bias=bias, device="meta")
+    layer.weight = nn.Parameter(torch.empty(n_out, n_in))
+    if bias:
+        layer.bias = nn.Parameter(torch.empty(n_out))
+    return layer
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.swiglu = cfg.activation == "swiglu"
+        self.act = ACTIVATIONS[cfg.activation]
+        self.up = linear(cfg.dim, cfg.mlp_dim, cfg.mlp_bias)
+        if self.swiglu:
+            self.gate = linear(cfg.dim, cfg.mlp_dim, cfg.mlp_bias)
+        self.down = linear(cfg.mlp_dim, cfg.dim, cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.up(x)))

@@ -1,0 +1,244 @@
+"""Whisper on the shared core: conv stem + encoder, decoder with cross-attention, greedy decoding.
+
+- ``encode(mel)``: log-mel ``(B, n_mels, 3000)`` -> encoder states ``(B, 1500, dim)``.
+- ``embed_audio(waveforms)``: one vector per clip, the mean of the encoder states over the frames
+  that hold audio (an encoder frame is 20 ms = 320 samples: ``ceil(n / 320)`` frames, at least 1).
+  Audio longer than 30 s is cut into consecutive 30 s windows and the vector is the mean over the
+  audio frames of all windows (so every second of audio weighs the same).
+- ``transcribe(audio)``: greedy decoding like transformers' ``generate`` (see
+  ``whisper_decoding``). Audio longer than 30 s is transcribed as consecutive 30 s windows (the
+  language detected on the first window is kept), and the window texts are joined with a space;
+  words cut at a window boundary may be garbled (no overlap, no timestamp-based seeking).
+
+Example
+-------
+>>> model = load_model("whisper-base.parquet")                               # doctest: +SKIP
+>>> model.transcribe("speech.wav")                                           # doctest: +SKIP
+'Hello world.'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import WhisperConfig
+from ..core import Transformer
+from ..errors import InputError
+from ..preprocess.audio import load_audio, log_mel_batch
+from . import whisper_decoding as wd
+from .causal_lm import embedding
+
+SAMPLES_PER_FRAME = 320  # encoder frame: 2 mel hops of 160 samples (conv2 has stride 2) = 20 ms
+
+
+def _conv1d(n_in: int, n_out: int, stride: int) -> nn.Conv1d:
+    conv = nn.Conv1d(n_in, n_out, 3, stride=stride, padding=1, device="meta")
+    conv.weight = nn.Parameter(torch.empty(n_out, n_in, 3))
+    conv.bias = nn.Parameter(torch.empty(n_out))
+    return conv
+
+
+class AudioEncoder(Transformer):
+    """conv1 (k3) + gelu, conv2 (k3, stride 2) + gelu, + ``pos_embed``, then the body."""
+
+    def __init__(self, config: WhisperConfig) -> None:
+        cfg = config.encoder
+        super().__init__(cfg)
+        self.conv1 = _conv1d(config.n_mels, cfg.dim, 1)
+        self.conv2 = _conv1d(cfg.dim, cfg.dim, 2)
+        self.pos_embed = nn.Parameter(torch.empty(cfg.max_positions, cfg.dim))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (B, n_mels, 3000) -> (B, 1500, C)
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, 1500, C)
+        return super().forward(x + self.pos_embed)
+
+
+class TextDecoder(Transformer):
+    """Token + learned position embeddings, the body with cross-attention, tied output."""
+
+    def __init__(self, config: WhisperConfig) -> None:
+        cfg = config.decoder
+        super().__init__(cfg)
+        self.token_embed = embedding(config.vocab_size, cfg.dim)
+        self.pos_embed = nn.Parameter(torch.empty(cfg.max_positions, cfg.dim))
+
+    def forward(self, ids: torch.Tensor, *, memory: torch.Tensor, cache=None, start_pos: int = 0):
+        """Logits (B, T, vocab) for ``ids`` (B, T) at positions ``start_pos ..``."""
+        T = ids.shape[1]
+        x = self.token_embed(ids) + self.pos_embed[start_pos : start_pos + T]
+        h = super().forward(x, cache=cache, start_pos=start_pos, memory=memory)
+        return h @ self.token_embed.weight.T
+
+
+class Whisper(nn.Module):
+    """Whisper speech model (canonical names ``encoder.*`` and ``decoder.*``, docs/naming.md)."""
+
+    def __init__(self, config: WhisperConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = AudioEncoder(config)
+        self.decoder = TextDecoder(config)
+        self.tokenizer = None  # attached by load_model
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.encoder.dim
+
+    def _param(self) -> torch.Tensor:
+        return self.encoder.conv1.weight
+
+    # --- audio -> features ---------------------------------------------------------------------
+
+    def _load(self, audio: Any, sample_rate: int) -> np.ndarray:
+        if isinstance(audio, (np.ndarray, torch.Tensor)):
+            return load_audio(audio, sample_rate=sample_rate)
+        return load_audio(audio)
+
+    def _windows(self, wave: np.ndarray) -> list[np.ndarray]:
+        n = self.config.n_samples
+        return [wave[i : i + n] for i in range(0, len(wave), n)]
+
+    @torch.inference_mode()
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Encoder states ``(B, 1500, dim)`` of log-mel features ``(B, n_mels, 3000)``."""
+        expected = (self.config.n_mels, self.config.n_frames)
+        if mel.ndim != 3 or tuple(mel.shape[1:]) != expected:
+            raise InputError(
+                f"mel features must have shape (B, {expected[0]}, {expected[1]}), got "
+                f"{tuple(mel.shape)}; compute them with preprocess.audio.log_mel_batch"
+            )
+        p = self._param()
+        return self.encoder(mel.to(p.device, p.dtype))
+
+    def _mel(self, windows: Sequence[np.ndarray]) -> torch.Tensor:
+        return log_mel_batch(
+            list(windows), n_mels=self.config.n_mels, n_samples=self.config.n_samples
+        )
+
+    @torch.inference_mode()
+    def embed_audio(
+        self, waveforms: Sequence[Any], *, batch_size: int = 8, sample_rate: int = 16000
+    ) -> np.ndarray:
+        """Mean-pooled encoder embeddings, float32 ``(N, dim)``.
+
+        Parameters
+        ----------
+        waveforms : sequence of arrays (taken at ``sample_rate``) or audio file paths
+        batch_size : 30 s windows per encoder call
+        sample_rate : rate of array inputs (Whisper's 16000 by default); files carry their own
+        """
+        if isinstance(waveforms, (str, np.ndarray, torch.Tensor)):
+            raise InputError("embed_audio takes a list of clips; wrap a single clip: [audio]")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        waves = [self._load(w, sample_rate) for w in waveforms]
+        if not waves:
+            raise InputError("no audio given; pass at least one clip")
+        jobs = [(i, w) for i, wave in enumerate(waves) for w in self._windows(wave)]
+        sums = np.zeros((len(waves), self.embedding_dim), dtype=np.float64)
+        counts = np.zeros(len(waves), dtype=np.int64)
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            states = self.encode(self._mel([w for _, w in chunk])).float()  # (b, 1500, C)
+            for row, (i, w) in enumerate(chunk):
+                frames = min(max(1, math.ceil(len(w) / SAMPLES_PER_FRAME)), states.shape[1])
+                sums[i] += states[row, :frames].sum(dim=0, dtype=torch.float64).cpu().numpy()
+                counts[i] += frames
+        return (sums / counts[:, None]).astype(np.float32)
+
+    # --- decoding ------------------------------------------------------------------------------
+
+    def _special(self) -> wd.SpecialTokens:
+        if self.tokenizer is None:
+            raise InputError("this model has no tokenizer; load it with llm_compression.load_model")
+        return wd.special_tokens(self.tokenizer, multilingual=self.config.multilingual)
+
+    @torch.inference_mode()
+    def transcribe(
+        self,
+        audio: Any,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        timestamps: bool = False,
+        max_new_tokens: int | None = None,
+        sample_rate: int = 16000,
+    ) -> str:
+        """Transcribe (or translate to English) speech with greedy decoding.
+
+        Parameters
+        ----------
+        audio : file path, or samples at ``sample_rate`` (1-D, or 2-D with channels)
+        language : language code such as ``"en"``; None detects it from the first 30 s window
+        task : ``"transcribe"`` or ``"translate"`` (multilingual models only)
+        timestamps : return ``[start -> end] text`` lines instead of plain text
+        max_new_tokens : per 30 s window; default fills the decoder's 448 positions
+        sample_rate : rate of array inputs (16000 by default); files carry their own
+
+        Returns
+        -------
+        str : the text, stripped; windows of long audio joined by a space (by newlines with
+        timestamps).
+        """
+        st = self._special()
+        lang = None if language is None else wd.language_token(st, language)
+        rest = wd.task_tokens(st, task, timestamps)
+        texts = []
+        for index, window in enumerate(self._windows(self._load(audio, sample_rate))):
+            memory = self.encode(self._mel([window]))  # (1, 1500, C)
+            tokens, lang = self._decode_window(memory, st, lang, rest, timestamps, max_new_tokens)
+            if timestamps:
+                offset = index * self.config.chunk_seconds
+                texts.append(wd.segments_text(self.tokenizer, tokens, st, offset))
+            else:
+                texts.append(self.tokenizer.decode(tokens).strip())
+        return ("\n" if timestamps else " ").join(t for t in texts if t)
+
+    def _decode_window(self, memory, st, lang, rest, timestamps, max_new_tokens):
+        """Greedy tokens (prompt excluded, eot dropped) for one window; returns (tokens, lang)."""
+        dec = self.decoder
+        cache = dec.new_cache(1, dec.cfg.max_positions)
+        device = memory.device
+        logits = dec(torch.tensor([[st.sot]], device=device), memory=memory, cache=cache)[0, -1]
+        if st.languages and lang is None:
+            lang = wd.detect_language(logits.float(), st)
+        prompt = ([lang] if st.languages else []) + rest
+        pos = 1
+        if prompt:
+            ids = torch.tensor([prompt], device=device)
+            logits = dec(ids, memory=memory, cache=cache, start_pos=pos)[0, -1]
+            pos += len(prompt)
+        limit = dec.cfg.max_positions - pos
+        if max_new_tokens is not None:
+            if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+                raise InputError(
+                    f"max_new_tokens must be a positive integer, got {max_new_tokens!r}"
+                )
+            limit = min(limit, max_new_tokens)
+        suppress = torch.tensor(self.config.suppress_tokens, dtype=torch.long, device=device)
+        begin = torch.tensor(self.config.begin_suppress_tokens, dtype=torch.long, device=device)
+        out: list[int] = []
+        for step in range(limit):
+            scores = logits.float().clone()
+            scores[suppress] = -torch.inf
+            if step == 0:
+                scores[begin] = -torch.inf
+            if timestamps:
+                wd.apply_timestamp_rules(scores, out, st, first_step=step == 0)
+            token = int(scores.argmax())
+            if token == st.eot:
+                break
+            out.append(token)
+            if step + 1 < limit:
+                ids = torch.tensor([[token]], device=device)
+                logits = dec(ids, memory=memory, cache=cache, start_pos=pos)[0, -1]
+                pos += 1
+        return out, lang

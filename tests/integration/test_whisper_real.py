@@ -1,0 +1,142 @@
+"""The real Whisper base (and tiny.en) converted to float32 vs transformers on the same weights."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llm_compression.models import load_model
+from llm_compression.preprocess.audio import load_audio, log_mel_batch
+
+pytestmark = pytest.mark.integration
+transformers = pytest.importorskip("transformers")
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+SPEECH = FIXTURES / "hello_world.wav"
+
+_TO_HF = [
+    (r"^(encoder|decoder)\.final_norm\.", r"model.\1.layer_norm."),
+    (r"^encoder\.pos_embed$", "model.encoder.embed_positions.weight"),
+    (r"^decoder\.pos_embed$", "model.decoder.embed_positions.weight"),
+    (r"^decoder\.token_embed\.", "model.decoder.embed_tokens."),
+    (r"^(encoder|decoder)\.", r"model.\1."),
+    (r"\.attn_norm\.", ".self_attn_layer_norm."),
+    (r"\.cross_attn_norm\.", ".encoder_attn_layer_norm."),
+    (r"\.mlp_norm\.", ".final_layer_norm."),
+    (r"\.attn\.(q|k|v)\.", r".self_attn.\1_proj."),
+    (r"\.attn\.o\.", ".self_attn.out_proj."),
+    (r"\.cross_attn\.(q|k|v)\.", r".encoder_attn.\1_proj."),
+    (r"\.cross_attn\.o\.", ".encoder_attn.out_proj."),
+    (r"\.mlp\.up\.", ".fc1."),
+    (r"\.mlp\.down\.", ".fc2."),
+]
+
+
+def hf_state(canonical: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Canonical Whisper tensors -> transformers names (without the tied proj_out)."""
+    out = {}
+    for name, tensor in canonical.items():
+        for pattern, repl in _TO_HF:
+            name = re.sub(pattern, repl, name)
+        out[name] = tensor
+    return out
+
+
+def hf_reference(ours):
+    """WhisperForConditionalGeneration with our model's exact tensors and generation settings."""
+    cfg, enc = ours.config, ours.config.encoder
+    hf_cfg = transformers.WhisperConfig(
+        vocab_size=cfg.vocab_size, num_mel_bins=cfg.n_mels, d_model=enc.dim,
+        encoder_layers=enc.n_layers, decoder_layers=cfg.decoder.n_layers,
+        encoder_attention_heads=enc.n_heads, decoder_attention_heads=cfg.decoder.n_heads,
+        encoder_ffn_dim=enc.mlp_dim, decoder_ffn_dim=cfg.decoder.mlp_dim,
+        max_source_positions=enc.max_positions, max_target_positions=cfg.decoder.max_positions,
+    )  # fmt: skip
+    with torch.device("meta"):  # no random init: every tensor is assigned below
+        hf = transformers.WhisperForConditionalGeneration(hf_cfg).eval()
+    state = {k: v.clone() for k, v in hf_state(ours.state_dict()).items()}
+    state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
+    hf.load_state_dict(state, strict=True, assign=True)
+    assert torch.equal(hf.proj_out.weight, hf.model.decoder.embed_tokens.weight)
+    tok = ours.tokenizer
+    sot, eot = tok.token_to_id("<|startoftranscript|>"), tok.token_to_id("<|endoftext|>")
+    no_ts = tok.token_to_id("<|notimestamps|>")
+    gen = dict(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        no_timestamps_token_id=no_ts, max_length=cfg.decoder.max_positions,
+        suppress_tokens=list(cfg.suppress_tokens),
+        begin_suppress_tokens=list(cfg.begin_suppress_tokens), is_multilingual=cfg.multilingual,
+    )  # fmt: skip
+    if cfg.multilingual:
+        translate = tok.token_to_id("<|translate|>")
+        gen["lang_to_id"] = {tok.id_to_token(i): i for i in range(sot + 1, translate)}
+        gen["task_to_id"] = {
+            "transcribe": tok.token_to_id("<|transcribe|>"),
+            "translate": translate,
+        }
+    hf.generation_config = transformers.GenerationConfig(**gen)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def base(real_whisper_base_parquet):
+    ours = load_model(real_whisper_base_parquet)
+    return ours, hf_reference(ours)
+
+
+def _hf_text(hf, tokenizer, audio, **kwargs) -> str:
+    with torch.no_grad():
+        out = hf.generate(log_mel_batch([audio]), **kwargs)
+    return tokenizer.decode(out[0].tolist()).strip()
+
+
+def test_transcription_equals_hf(base):
+    ours, hf = base
+    audio = load_audio(SPEECH)
+    ref = _hf_text(hf, ours.tokenizer, audio, language="en", task="transcribe")
+    assert "lazy dog" in ref  # the reference itself heard the sentence
+    assert ours.transcribe(SPEECH, language="en") == ref
+    # detected language; HF leaves the task token out unless task= is given, we always put it in
+    assert ours.transcribe(SPEECH) == _hf_text(hf, ours.tokenizer, audio, task="transcribe")
+
+
+def test_resampled_stereo_file_transcribes_like_hf(base):
+    ours, hf = base
+    path = FIXTURES / "hello_world_stereo_44k.flac"
+    ref = _hf_text(hf, ours.tokenizer, load_audio(path), language="en")
+    assert ours.transcribe(path, language="en") == ref
+    assert "hello" in ref.lower()
+
+
+def test_encoder_embeddings_match_hf(base):
+    ours, hf = base
+    clips = [load_audio(SPEECH), load_audio(FIXTURES / "hello_world_stereo_44k.flac")]
+    with torch.no_grad():
+        states = hf.model.encoder(log_mel_batch(clips)).last_hidden_state
+    got = ours.embed_audio(clips)
+    for i, clip in enumerate(clips):
+        frames = int(np.ceil(len(clip) / 320))
+        ref = states[i, :frames].mean(0).numpy()
+        cosine = float(got[i] @ ref / np.linalg.norm(got[i]) / np.linalg.norm(ref))
+        assert cosine >= 0.99999, cosine
+
+
+def test_timestamps_give_segments(base):
+    ours, _ = base
+    text = ours.transcribe(SPEECH, language="en", timestamps=True)
+    first = text.splitlines()[0]
+    assert re.match(r"^\[\d+\.\d\d -> \d+\.\d\d\] \S", first), text
+    assert "dog" in text
+
+
+def test_tiny_en_transcription_equals_hf(real_whisper_tiny_en_parquet):
+    ours = load_model(real_whisper_tiny_en_parquet)
+    assert not ours.config.multilingual
+    hf = hf_reference(ours)
+    ref = _hf_text(hf, ours.tokenizer, load_audio(SPEECH))
+    assert "lazy dog" in ref
+    assert ours.transcribe(SPEECH) == ref

@@ -1,0 +1,142 @@
+"""SentenceEncoder (BERT / MiniLM) against a tiny random HuggingFace BertModel."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hf_tiny import tiny_bert
+
+from llm_compression.errors import InputError
+from llm_compression.models import SentenceEncoder, build_model, load_weights_into
+from llm_compression.preprocess.text import Tokenizer
+
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "red",
+    "blue",
+    "big",
+    "small",
+    "runs",
+    "fast",
+]
+
+
+def word_tokenizer() -> Tokenizer:
+    """A WordPiece tokenizer over WORDS (ids < 50 to fit the tiny model) with BERT's specials."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, normalizers, pre_tokenizers, processors
+
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    tok = Backend(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )  # fmt: skip
+    config = {
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "unk_token": "[UNK]",
+    }
+    return Tokenizer.from_files(
+        {
+            "tokenizer.json": tok.to_str().encode(),
+            "tokenizer_config.json": json.dumps(config).encode(),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def pair():
+    hf, cfg, state = tiny_bert(max_seq_length=8)
+    model = load_weights_into(build_model(cfg), state)
+    model.tokenizer = word_tokenizer()
+    return hf, model
+
+
+def hf_embed(hf, ids, att, pooling="mean"):
+    with torch.inference_mode():
+        h = hf(input_ids=ids, attention_mask=att).last_hidden_state
+    if pooling == "cls":
+        out = h[:, 0]
+    else:
+        m = att[..., None].float()
+        out = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return F.normalize(out, dim=-1)
+
+
+def test_mean_pooled_embeddings_match_hf_with_padding(pair):
+    hf, model = pair
+    ids = torch.randint(5, 50, (3, 9), generator=torch.Generator().manual_seed(0))
+    att = torch.ones_like(ids)
+    att[1, 6:] = 0
+    att[2, 2:] = 0
+    torch.testing.assert_close(model.encode(ids, att), hf_embed(hf, ids, att), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model.encode(ids[:1]), hf_embed(hf, ids[:1], att[:1]), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_cls_pooling_and_no_normalize():
+    hf, cfg, state = tiny_bert()
+    cls_cfg = dataclasses.replace(cfg, pooling="cls")
+    model = load_weights_into(build_model(cls_cfg), state)
+    ids = torch.randint(5, 50, (2, 6))
+    torch.testing.assert_close(
+        model.encode(ids), hf_embed(hf, ids, torch.ones_like(ids), "cls"), atol=1e-5, rtol=1e-5
+    )
+    raw = load_weights_into(build_model(dataclasses.replace(cfg, normalize=False)), state).encode(
+        ids
+    )
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(2))
+
+
+def test_embed_texts_in_input_order_any_batch_size(pair):
+    hf, model = pair
+    texts = ["the cat sat on the mat", "a dog", "", "red blue big small cat dog runs fast", "cat"]
+    ids, att = model.tokenizer.encode_batch(texts, max_length=8)
+    expected = hf_embed(hf, torch.from_numpy(ids), torch.from_numpy(att)).numpy()
+    for batch_size in (1, 2, 32):
+        got = model.embed_texts(texts, batch_size=batch_size)
+        assert got.dtype == np.float32 and got.shape == (5, model.embedding_dim)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert ids.shape[1] == 8  # the long text was truncated to max_seq_length, [SEP] kept
+    assert ids[3, 7] == 3
+
+
+@pytest.mark.parametrize("texts", [[], "a cat", ["ok", None], [b"bytes"]])
+def test_bad_texts_raise(pair, texts):
+    with pytest.raises(InputError):
+        pair[1].embed_texts(texts)
+
+
+def test_bad_batch_size_raises(pair):
+    with pytest.raises(InputError, match="batch_size"):
+        pair[1].embed_texts(["cat"], batch_size=0)
+
+
+def test_final_norm_flag_ignored_for_bert():
+    _, cfg, state = tiny_bert()
+    enc = dataclasses.replace(cfg.encoder, final_norm=True)  # as older configs say
+    model = build_model(dataclasses.replace(cfg, encoder=enc))
+    assert isinstance(model, SentenceEncoder)
+    assert not any(k.startswith("final_norm") for k in model.state_dict())
+    load_weights_into(model, state)

@@ -1,0 +1,101 @@
+"""Text generation: tokenizer round trip, streaming, stop strings, chat template."""
+
+from __future__ import annotations
+
+import pytest
+from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
+
+from llm_compression.errors import InputError
+from llm_compression.models import build_model, load_weights_into
+from llm_compression.models.generation import TextStreamer
+from llm_compression.preprocess.text import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.from_files(tiny_tokenizer_files())
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    _, cfg, state = tiny_causal_lm("olmo2", vocab_size=tokenizer.vocab_size, seed=3)
+    m = load_weights_into(build_model(cfg), state)
+    m.tokenizer = tokenizer
+    return m
+
+
+PROMPT = "The quick brown fox"
+
+
+def test_generate_is_decoded_generate_ids(model, tokenizer):
+    ids = model.generate_ids(tokenizer.encode(PROMPT), max_new_tokens=24)
+    assert model.generate(PROMPT, max_new_tokens=24) == tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("options", [{}, dict(temperature=1.2, top_p=0.95, seed=5)])
+def test_stream_joins_to_generate(model, options):
+    pieces = list(model.stream(PROMPT, max_new_tokens=30, **options))
+    assert len(pieces) > 1
+    assert "".join(pieces) == model.generate(PROMPT, max_new_tokens=30, **options)
+
+
+def test_stop_string_trims_output(model):
+    full = model.generate(PROMPT, max_new_tokens=40, temperature=1.0, seed=11)
+    assert len(full) > 12
+    stop = full[8:11]
+    expected = full[: full.find(stop)]
+    options = dict(max_new_tokens=40, temperature=1.0, seed=11)
+    assert model.generate(PROMPT, stop=stop, **options) == expected
+    assert "".join(model.stream(PROMPT, stop=[stop, "\x00never"], **options)) == expected
+
+
+def test_streamer_yields_whole_characters(tokenizer):
+    text = "Café 日本 🙂 ok"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text.split())  # multi-byte characters span several byte tokens
+    streamer = TextStreamer(tokenizer)
+    pieces = [streamer.push(i) for i in ids] + [streamer.flush()]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+
+
+def test_streamer_holds_back_possible_stop_prefix(tokenizer):
+    ids = tokenizer.encode("The quick brown fox jumps", add_special_tokens=False)
+    streamer = TextStreamer(tokenizer, ["fox"])
+    pieces = []
+    for i in ids:
+        pieces.append(streamer.push(i))
+        assert "f" not in "".join(pieces)  # "f" could start "fox": never released early
+        if streamer.stopped:
+            break
+    assert streamer.stopped and "".join(pieces) == "The quick brown "
+
+
+def test_chat_template(model, tokenizer):
+    messages = [{"role": "user", "content": "Hello"}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    ids = model.generate_ids(
+        tokenizer.encode(rendered, add_special_tokens=False), max_new_tokens=10
+    )
+    assert model.generate("Hello", chat=True, max_new_tokens=10) == tokenizer.decode(ids)
+    assert model.generate(messages, chat=True, max_new_tokens=10) == tokenizer.decode(ids)
+
+
+def test_chat_without_template_raises(model):
+    plain = Tokenizer.from_files(tiny_tokenizer_files(chat=False))
+    _, cfg, state = tiny_causal_lm("llama", vocab_size=plain.vocab_size)
+    m = load_weights_into(build_model(cfg), state)
+    m.tokenizer = plain
+    with pytest.raises(InputError, match="chat template"):
+        m.generate("Hello", chat=True)
+
+
+@pytest.mark.parametrize("prompt", ["", None, 42, ["a", "b"]])
+def test_bad_prompts_raise(model, prompt):
+    with pytest.raises(InputError):
+        model.generate(prompt)
+
+
+def test_bad_stop_raises(model):
+    with pytest.raises(InputError, match="stop"):
+        model.stream(PROMPT, stop=[1, 2])
