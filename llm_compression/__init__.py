@@ -1,7 +1,49 @@
-"""llm_compression: a compressed Parquet model weight store and CPU inference engine."""
+"""llm_compression: a compressed Parquet model weight store and CPU inference engine.
+
+The public names below are imported lazily, so ``import llm_compression`` is cheap and
+``llm_compression.storage`` works without torch.
+
+Example
+-------
+>>> import llm_compression as lc
+>>> model = lc.load_model("all-minilm-l6-v2.parquet")           # doctest: +SKIP
+>>> model.embed_texts(["a cat on a mat"]).shape                  # doctest: +SKIP
+(1, 384)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .errors import LLMCompressionError
 
 __version__ = "0.1.0"
 
-__all__ = ["LLMCompressionError", "__version__"]
+_LAZY = {
+    "convert": "llm_compression.convert",
+    "write_model": "llm_compression.store",
+    "read_metadata": "llm_compression.store",
+    "WeightLoader": "llm_compression.loader",
+    "load_model": "llm_compression.models",
+    "CLIPEngine": "llm_compression.provider",
+    "MultimodalEmbeddingProvider": "llm_compression.provider",
+    "EmbeddingProvider": "llm_compression.provider",
+    "MultimodalStorage": "llm_compression.storage",
+    "preset": "llm_compression.config",
+}
+
+__all__ = ["LLMCompressionError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llm_compression' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
