@@ -1,0 +1,397 @@
+#!/usr/bin/env python
+"""Speed floor: ours / HF transformers per family, on the same weights, in one run.
+
+    python scripts/benchmark_multimodal.py [--families clip,minilm,whisper,olmo,smollm2] [--quick]
+        [--json artifacts/benchmarks/multimodal.json] [--runs 5] [--work DIR]
+
+Per family: load-to-first-result (fresh processes for both, time from process start to the first
+result line), batch-1 latency, batched throughput (CLIP b16, MiniLM b64 x 32 tokens, Whisper
+encoder b4, OLMo b8 x 128 prefill), Whisper transcription of the speech fixture and LLM decode
+tokens/s (greedy, 64 new tokens). Medians of ``--runs`` runs after one warm-up, ours and HF
+interleaved, torch.set_num_threads(2) on both sides, float32. A ratio is ours / HF for times
+(<= 1.0 is the target) and for throughputs (>= 1.0 is the target).
+
+Weights: MiniLM, Whisper base and SmolLM2 are the real packaged checkpoints (Whisper's HF folder
+is built from the CTranslate2 tensors, SmolLM2's from the dequantized GGUF, so both sides hold
+the same float32 values); CLIP ViT-B/32 and OLMo (OLMo-2 layout, 12 layers x 1024, mlp 4096,
+vocab 100352 tied: 304M params) are random-init real shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+THREADS = 2
+FAMILIES = ("clip", "minilm", "whisper", "olmo", "smollm2")
+ROOT = Path(__file__).resolve().parents[1]
+SPEECH = ROOT / "tests" / "fixtures" / "hello_world.wav"
+PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+
+# -- weights: the same values for both sides ------------------------------------------------------
+def prepare(family: str, work: Path) -> dict[str, Path]:
+    """{"ours": weight file, "hf": HF folder} for ``family``, built once under ``work``."""
+    from llm_compression.convert import convert
+
+    hf, ours = work / f"{family}-hf", work / f"{family}.parquet"
+    if not (hf / "config.json").is_file():
+        _make_hf(family, hf)
+    if not _readable(ours):
+        convert(hf, ours, dtype="float32")
+    return {"hf": hf, "ours": ours}
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` is a weight file the current code reads (the format may have moved on)."""
+    from llm_compression.errors import FormatError
+    from llm_compression.store import read_metadata
+
+    try:
+        return path.is_file() and read_metadata(path).format_version is not None
+    except FormatError:
+        return False
+
+
+def _make_hf(family: str, folder: Path) -> None:
+    import shutil
+
+    from llm_compression import weights
+    from llm_compression.convert import random_init
+
+    if family == "clip":
+        random_init.save_random_clip(folder)
+    elif family == "olmo":
+        random_init.save_random_olmo(
+            folder, version=2, n_layers=12, hidden_size=1024, intermediate_size=4096,
+            tie_word_embeddings=True,
+        )  # fmt: skip
+    elif family == "minilm":
+        shutil.copytree(weights.packaged_minilm(), folder)
+    elif family == "whisper":
+        from llm_compression.validation.hf_whisper import whisper_from_ct2
+        from llm_compression.validation.reference import tokenizer_from_files
+
+        src = weights.packaged_whisper_base()
+        tok = tokenizer_from_files({"tokenizer.json": (src / "tokenizer.json").read_bytes()})
+        model, _ = whisper_from_ct2(src / "model.bin", tok)
+        model.generation_config._from_model_config = False  # else from_pretrained rebuilds it
+        model.save_pretrained(folder)
+        shutil.copyfile(src / "tokenizer.json", folder / "tokenizer.json")
+    elif family == "smollm2":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = weights.packaged_smollm2()
+        kw = {"gguf_file": gguf.name}
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype="float32", **kw)
+        config = loaded.config
+        config.quantization_config = None  # a GGUF-loaded model refuses save_pretrained
+        fresh = type(loaded)(config)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(gguf.parent, **kw).save_pretrained(folder)
+
+
+# -- timing ----------------------------------------------------------------------------------------
+def timed_pair(ours, hf, runs: int) -> tuple[float, float]:
+    """Median seconds of ``ours()`` and ``hf()``, interleaved, after one warm-up each."""
+    ours(), hf()
+    a, b = [], []
+    for _ in range(runs):
+        for fn, out in ((ours, a), (hf, b)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
+def row(family, metric, unit, ours, hf, higher_is_better=False) -> dict:
+    ratio = ours / hf
+    ok = ratio >= 1.0 if higher_is_better else ratio <= 1.0
+    return dict(family=family, metric=metric, unit=unit, ours=ours, hf=hf, ratio=ratio,
+                target=">= 1.0" if higher_is_better else "<= 1.0", ok=ok)  # fmt: skip
+
+
+def latency(family, metric, ours, hf, runs) -> dict:
+    a, b = timed_pair(ours, hf, runs)
+    return row(family, metric, "ms", a * 1e3, b * 1e3)
+
+
+def throughput(family, metric, unit, n, ours, hf, runs) -> dict:
+    a, b = timed_pair(ours, hf, runs)
+    return row(family, metric, unit, n / a, n / b, higher_is_better=True)
+
+
+# -- fresh process to first result -----------------------------------------------------------------
+PRELUDE = f"import torch; torch.set_num_threads({THREADS}); torch.set_grad_enabled(False)\n"
+COLD = {
+    ("clip", "ours"): "from llm_compression.models import load_model\n"
+    "m = load_model(OURS); m.embed_images([IMAGE])",
+    (
+        "clip",
+        "hf",
+    ): "from transformers import CLIPImageProcessor, CLIPModel\nfrom PIL import Image\n"
+    "m = CLIPModel.from_pretrained(HF).eval(); p = CLIPImageProcessor()\n"
+    "m.get_image_features(**p(images=Image.open(IMAGE).convert('RGB'), return_tensors='pt'))",
+    ("minilm", "ours"): "from llm_compression.models import load_model\n"
+    "load_model(OURS).embed_texts(['A photo of a cat.'])",
+    ("minilm", "hf"): "from transformers import AutoTokenizer, BertModel\n"
+    "t = AutoTokenizer.from_pretrained(HF); m = BertModel.from_pretrained(HF).eval()\n"
+    "h = m(**t(['A photo of a cat.'], return_tensors='pt')).last_hidden_state\n"
+    "torch.nn.functional.normalize(h.mean(1), dim=-1)",
+    ("whisper", "ours"): "from llm_compression.models import load_model\n"
+    "load_model(OURS).transcribe(SPEECH, language='en')",
+    ("whisper", "hf"): "import soundfile as sf\n"
+    "from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, "
+    "WhisperForConditionalGeneration\n"
+    "m = WhisperForConditionalGeneration.from_pretrained(HF).eval()\n"
+    "t = PreTrainedTokenizerFast(tokenizer_file=HF + '/tokenizer.json')\n"
+    "a, sr = sf.read(SPEECH, dtype='float32')\n"
+    "f = WhisperFeatureExtractor(feature_size=m.config.num_mel_bins)(a, sampling_rate=sr, "
+    "return_tensors='pt').input_features\n"
+    "t.decode(m.generate(f, language='en')[0], skip_special_tokens=True)",
+    ("olmo", "ours"): "from llm_compression.models import load_model\n"
+    "m = load_model(OURS); m.generate_ids(m.tokenizer.encode(PROMPT), max_new_tokens=1)",
+    ("olmo", "hf"): "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+    "t = AutoTokenizer.from_pretrained(HF); m = AutoModelForCausalLM.from_pretrained(HF).eval()\n"
+    "m.generate(**t(PROMPT, return_tensors='pt'), max_new_tokens=1, do_sample=False)",
+}
+COLD[("smollm2", "ours")], COLD[("smollm2", "hf")] = COLD[("olmo", "ours")], COLD[("olmo", "hf")]
+
+
+def cold_start(family: str, paths: dict[str, Path], side: str) -> float:
+    """Seconds from process start to the line printed after the first result."""
+    consts = dict(OURS=str(paths["ours"]), HF=str(paths["hf"]), IMAGE=str(_photo()),
+                  SPEECH=str(SPEECH), PROMPT=PROMPT)  # fmt: skip
+    code = "".join(f"{k} = {v!r}\n" for k, v in consts.items())
+    code += PRELUDE + COLD[(family, side)] + "\nprint('FIRST', flush=True)\n"
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TRANSFORMERS_VERBOSITY": "error"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("FIRST"):
+            elapsed = time.perf_counter() - start
+            break
+    else:
+        raise RuntimeError(f"{family}/{side} cold start printed no result (exit {proc.wait()})")
+    proc.wait()
+    return elapsed
+
+
+def cold_row(family: str, paths: dict[str, Path], runs: int) -> dict:
+    a, b = [], []
+    for _ in range(runs):
+        a.append(cold_start(family, paths, "ours"))
+        b.append(cold_start(family, paths, "hf"))
+    return row(family, "load to first result (fresh process)", "s", statistics.median(a),
+               statistics.median(b))  # fmt: skip
+
+
+def _photo() -> Path:
+    from llm_compression.validation.inputs import photo_paths
+
+    return photo_paths(("chelsea.png",))[0]
+
+
+# -- warm measurements per family ------------------------------------------------------------------
+def bench_clip(paths, runs, quick):
+    from transformers import CLIPModel
+
+    from llm_compression.models import load_model
+    from llm_compression.validation.inputs import photo_paths
+
+    ours, hf = load_model(paths["ours"]), CLIPModel.from_pretrained(paths["hf"]).eval()
+    from llm_compression.preprocess.image import clip_pixels
+
+    c = ours.config
+    px = clip_pixels(list(photo_paths()), size=c.image_size, mean=c.image_mean, std=c.image_std)
+    px1, px16 = px[:1], px.repeat(4, 1, 1, 1)[:16]
+    ids = ours.tokenize(["a photo of a cat sitting on a sofa"])
+    with torch.inference_mode():
+        return [
+            latency("clip", "vision batch-1 latency", lambda: ours.encode_image(px1),
+                    lambda: hf.get_image_features(pixel_values=px1), runs),
+            throughput("clip", "vision b16 throughput", "images/s", 16,
+                       lambda: ours.encode_image(px16),
+                       lambda: hf.get_image_features(pixel_values=px16), max(2, runs // 2)),
+            latency("clip", "text batch-1 latency", lambda: ours.encode_text(ids),
+                    lambda: hf.get_text_features(input_ids=ids), runs),
+        ]  # fmt: skip
+
+
+def bench_minilm(paths, runs, quick):
+    from transformers import BertModel
+
+    from llm_compression.models import load_model
+
+    ours, hf = load_model(paths["ours"]), BertModel.from_pretrained(paths["hf"]).eval()
+    g = torch.Generator().manual_seed(0)
+    ids1, ids64 = (torch.randint(1000, 20000, (b, 32), generator=g) for b in (1, 64))
+
+    def ref(ids):
+        h = hf(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        return torch.nn.functional.normalize(h.mean(1), dim=-1)
+
+    with torch.inference_mode():
+        return [
+            latency("minilm", "batch-1 latency (32 tokens)", lambda: ours.encode(ids1),
+                    lambda: ref(ids1), runs),
+            throughput("minilm", "b64 x 32 tokens throughput", "sentences/s", 64,
+                       lambda: ours.encode(ids64), lambda: ref(ids64), runs),
+        ]  # fmt: skip
+
+
+def bench_whisper(paths, runs, quick):
+    import soundfile as sf
+    from transformers import (
+        PreTrainedTokenizerFast,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
+
+    from llm_compression.models import load_model
+
+    ours = load_model(paths["ours"])
+    hf = WhisperForConditionalGeneration.from_pretrained(paths["hf"]).eval()
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(paths["hf"] / "tokenizer.json"))
+    fe = WhisperFeatureExtractor(feature_size=ours.config.n_mels)
+    audio, sr = sf.read(str(SPEECH), dtype="float32")
+    mel1 = fe(audio, sampling_rate=sr, return_tensors="pt").input_features
+    mel4 = mel1.repeat(4, 1, 1)
+
+    def hf_transcribe():
+        f = fe(audio, sampling_rate=sr, return_tensors="pt").input_features
+        return tok.decode(hf.generate(f, language="en")[0], skip_special_tokens=True)
+
+    with torch.inference_mode():
+        out = [
+            latency("whisper", "encoder batch-1 latency (30 s window)", lambda: ours.encode(mel1),
+                    lambda: hf.model.encoder(mel1), runs),
+            throughput("whisper", "encoder b4 throughput", "clips/s", 4,
+                       lambda: ours.encode(mel4), lambda: hf.model.encoder(mel4), max(2, runs // 2)),
+            latency("whisper", "transcription of the speech fixture",
+                    lambda: ours.transcribe(audio, language="en"), hf_transcribe, runs),
+        ]  # fmt: skip
+    return out
+
+
+def _decode_rows(family, ours, hf, runs, quick):
+    ids = ours.tokenizer.encode(PROMPT)
+    x = torch.tensor([ids])
+    counts = {}
+
+    def ours_gen():
+        counts["ours"] = len(ours.generate_ids(ids, max_new_tokens=64))
+
+    def hf_gen():
+        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=64, do_sample=False)
+        counts["hf"] = out.shape[1] - x.shape[1]
+
+    a, b = timed_pair(ours_gen, hf_gen, max(2, runs // 2) if quick else runs)
+    r = row(family, "greedy decode, 64 new tokens", "tokens/s", counts["ours"] / a,
+            counts["hf"] / b, higher_is_better=True)  # fmt: skip
+    r["tokens"] = dict(counts)
+    return [r]
+
+
+def bench_olmo(paths, runs, quick):
+    from transformers import AutoModelForCausalLM
+
+    from llm_compression.models import load_model
+
+    ours, hf = load_model(paths["ours"]), AutoModelForCausalLM.from_pretrained(paths["hf"]).eval()
+    g = torch.Generator().manual_seed(0)
+    ids16, ids8 = (
+        torch.randint(100, 50000, (1, 16), generator=g),
+        torch.randint(100, 50000, (8, 128), generator=g),
+    )
+    with torch.inference_mode():
+        out = [
+            latency("olmo", "prefill batch-1 latency (16 tokens)", lambda: ours.logits(ids16),
+                    lambda: hf(input_ids=ids16).logits, runs),
+            throughput("olmo", "b8 x 128 prefill throughput", "sequences/s", 8,
+                       lambda: ours.logits(ids8), lambda: hf(input_ids=ids8).logits, max(2, runs // 2)),
+        ]  # fmt: skip
+    return out + _decode_rows("olmo", ours, hf, runs, quick)
+
+
+def bench_smollm2(paths, runs, quick):
+    from transformers import AutoModelForCausalLM
+
+    from llm_compression.models import load_model
+
+    ours, hf = load_model(paths["ours"]), AutoModelForCausalLM.from_pretrained(paths["hf"]).eval()
+    ids = torch.tensor([ours.tokenizer.encode(PROMPT)])
+    with torch.inference_mode():
+        out = [latency("smollm2", f"prefill batch-1 latency ({ids.shape[1]} tokens)",
+                       lambda: ours.logits(ids), lambda: hf(input_ids=ids).logits, runs)]  # fmt: skip
+    return out + _decode_rows("smollm2", ours, hf, runs, quick)
+
+
+BENCHES = {"clip": bench_clip, "minilm": bench_minilm, "whisper": bench_whisper,
+           "olmo": bench_olmo, "smollm2": bench_smollm2}  # fmt: skip
+
+
+def table(rows: list[dict]) -> str:
+    head = "| family | metric | ours | HF | unit | ours/HF | target | ok |\n|---|---|---|---|---|---|---|---|"
+    lines = [
+        f"| {r['family']} | {r['metric']} | {r['ours']:.4g} | {r['hf']:.4g} | {r['unit']} | "
+        f"{r['ratio']:.2f} | {r['target']} | {'yes' if r['ok'] else '**NO**'} |"
+        for r in rows
+    ]
+    return "\n".join([head, *lines])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset")
+    p.add_argument("--quick", action="store_true", help="fewer runs, one cold start per side")
+    p.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default 5)")
+    p.add_argument("--json", default="artifacts/benchmarks/multimodal.json", help="output JSON")
+    p.add_argument("--work", default=None, help="where converted weights are cached")
+    p.add_argument("--no-cold", action="store_true", help="skip the fresh-process measurement")
+    args = p.parse_args(argv)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        p.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
+    torch.set_num_threads(THREADS)
+    runs = args.runs or (2 if args.quick else 5)
+    from llm_compression.weights import cache_dir
+
+    work = Path(args.work) if args.work else cache_dir() / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for family in families:
+        paths = prepare(family, work)
+        if not args.no_cold:
+            rows.append(cold_row(family, paths, 1 if args.quick else 3))
+        rows += BENCHES[family](paths, runs, args.quick)
+        print(table([r for r in rows if r["family"] == family]).split("\n", 2)[-1], flush=True)
+    print(table(rows))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(threads=THREADS, runs=runs, quick=args.quick, torch=torch.__version__,
+                python=sys.version.split()[0], load_average=os.getloadavg(),
+                time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
+    import transformers
+
+    meta["transformers"] = transformers.__version__
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    sys.exit(main())
