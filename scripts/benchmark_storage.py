@@ -6,6 +6,7 @@ lancedb is importable. Prints a table with ratios (reference time / our time: > 
 
     python scripts/benchmark_storage.py            # 100k and 1M rows, dim 384 and 512
     python scripts/benchmark_storage.py --quick    # 20k rows, dim 384
+    python scripts/benchmark_storage.py --sizes 100000x384,1000000x384
     python scripts/benchmark_storage.py --json out.json
 
 Threads: numpy BLAS uses every core it finds (2 here). OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when set,
@@ -77,10 +78,10 @@ def bench_store_and_numpy(root: Path, vectors: np.ndarray, queries: np.ndarray, 
         store.add(batch_ids, batch, modality="text", model="bench")
     append_s, append_cpu = time.perf_counter() - start, time.process_time() - cpu
     del store, batches  # measure the cold reader alone
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     cold = MultimodalStorage(root / "store")
     cold.search(queries[0], k=K)
-    load_s = time.perf_counter() - start
+    load_s, load_cpu = time.perf_counter() - start, time.process_time() - cpu
     matrix, unit_q = _unit(vectors), _unit(queries)
     hits = cold.search(queries, k=K)
     expected = numpy_topk(matrix, unit_q)
@@ -98,7 +99,9 @@ def bench_store_and_numpy(root: Path, vectors: np.ndarray, queries: np.ndarray, 
     ours = {
         "append_vectors_per_s": n / append_s,
         "append_cpu_s_per_100k": append_cpu * 100_000 / n,  # all threads: load-independent
+        "append_vectors_per_cpu_s": n / append_cpu,
         "cold_open_and_first_query_s": load_s,
+        "cold_open_cpu_s": load_cpu,
         "single_ms": 1e3 * single[0],
         "batch_ms": 1e3 * batch[0],
         "exact_matches_numpy": exact,
@@ -152,13 +155,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="20k rows, dim 384 only")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--repeat", type=int, default=20, help="timed repeats of a single query")
+    parser.add_argument(
+        "--sizes",
+        default="100000x384,1000000x384,100000x512,1000000x512",
+        help="comma-separated ROWSxDIM tables to measure (default: %(default)s)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    sizes = (
-        [(20_000, 384)]
-        if args.quick
-        else [(100_000, 384), (1_000_000, 384), (100_000, 512), (1_000_000, 512)]
-    )
+    sizes = [(20_000, 384)] if args.quick else _parse_sizes(args.sizes)
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     load = os.getloadavg()[0]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, BLAS: {blas_info()}, "
@@ -182,11 +186,21 @@ def main() -> int:
     return 0
 
 
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    try:
+        return [(int(r), int(d)) for r, d in (item.lower().split("x") for item in text.split(","))]
+    except ValueError:
+        raise SystemExit(
+            f"--sizes {text!r}: expected ROWSxDIM[,ROWSxDIM...], e.g. 100000x384"
+        ) from None
+
+
 def _print_row(row: dict) -> None:
     s, npy, lance = row["store"], row["numpy"], row["lancedb"]
     print(f"\n{row['rows']:,} x {row['dim']}: append {s['append_vectors_per_s']:,.0f} vectors/s "
-          f"({s['append_cpu_s_per_100k']:.2f} CPU s per 100k, all threads), "
-          f"cold open + first query {s['cold_open_and_first_query_s']:.2f} s, "
+          f"({s['append_vectors_per_cpu_s']:,.0f} per CPU-second, all threads), "
+          f"cold open + first query {s['cold_open_and_first_query_s']:.2f} s "
+          f"({s['cold_open_cpu_s']:.2f} CPU s), "
           f"results exact vs numpy: {s['exact_matches_numpy']}")  # fmt: skip
     print(f"  {'top-10':<22}{'store':>10}{'numpy':>10}{'ratio':>8}{'lancedb':>10}{'ratio':>8}")
     for key, label in (("single_ms", "1 query (ms)"), ("batch_ms", "100 queries (ms)")):

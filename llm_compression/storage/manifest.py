@@ -9,10 +9,13 @@ A store is a directory::
       commit.lock                           fcntl lock held while a manifest version is committed
       writers.lock                          shared by writers of fragments, exclusive for `repair`
 
-A manifest names, per modality table, the live fragments (file, rows, bytes, sha256) and the row
-positions deleted from each (tombstones). Every manifest file is written aside, fsynced and renamed
-into place under ``commit.lock``, so a manifest file that exists is complete and readers that read one
-manifest read one consistent snapshot.
+A manifest names, per modality table, the live fragments (file, rows, bytes, checksum) and the
+row positions deleted from each (tombstones). The checksum names its algorithm: ``crc32:<8 hex>``
+(format 2; zlib.crc32 runs at ~2.5 GB/s, sha256 at ~1 GB/s) or ``sha256:<64 hex>`` (fragments
+written under format 1, whose manifests had a ``sha256`` field; still read and verified).
+Every manifest file is written aside, fsynced and renamed into place under ``commit.lock``, so a
+manifest file that exists is complete and readers that read one manifest read one consistent
+snapshot.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import signal
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,13 +41,15 @@ from ..errors import StoreCorruptError, StoreNotFoundError
 log = logging.getLogger(__name__)
 
 FORMAT = "llm_compression.embedding_store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fragment checksums are "<algorithm>:<hex>" in a `checksum` field
+READABLE_VERSIONS = (1, 2)
 MANIFEST_DIR = "manifests"
 DATA_DIR = "data"
 TMP_DIR = "tmp"
 COMMIT_LOCK = "commit.lock"
 WRITERS_LOCK = "writers.lock"
 KEEP_MANIFESTS = 16  # older versions are pruned after each commit (history for debugging only)
+_READ_CHUNK = 1 << 22
 _DIGITS = 20  # zero-padded version numbers sort lexically == numerically
 CRASH_ENV = "LLM_COMPRESSION_STORAGE_CRASH_AT"  # fault injection for the crash tests
 
@@ -60,7 +67,7 @@ class FragmentInfo:
     file: str  # relative to the store root, e.g. "data/text/000003-<uuid>.parquet"
     rows: int
     bytes: int
-    sha256: str
+    checksum: str  # "crc32:<8 hex>", or "sha256:<64 hex>" for fragments of format-1 stores
     deleted: tuple[int, ...] = ()
 
     @property
@@ -106,16 +113,15 @@ class Manifest:
     def from_json(cls, data: bytes, where: str) -> Manifest:
         try:
             body = json.loads(data)
-            if body.get("format") != FORMAT or body.get("format_version") != FORMAT_VERSION:
+            if body.get("format") != FORMAT or body.get("format_version") not in READABLE_VERSIONS:
                 raise ValueError(
                     f"format {body.get('format')!r} v{body.get('format_version')}, "
-                    f"expected {FORMAT!r} v{FORMAT_VERSION}"
+                    f"expected {FORMAT!r} v{'/'.join(map(str, READABLE_VERSIONS))} (a newer "
+                    "llm_compression may have written it: upgrade to read it)"
                 )
             tables = {}
             for name, t in body["tables"].items():
-                frags = tuple(
-                    FragmentInfo(**{**f, "deleted": tuple(f["deleted"])}) for f in t["fragments"]
-                )
+                frags = tuple(_fragment(f) for f in t["fragments"])
                 tables[name] = TableInfo(t["model"], t["dim"], t["dtype"], frags)
             return cls(body["version"], tables, body["operation"], body["committed_at"])
         except (ValueError, KeyError, TypeError) as e:
@@ -127,6 +133,43 @@ class Manifest:
     def next(self, tables: dict[str, TableInfo], operation: str) -> Manifest:
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         return Manifest(self.version + 1, tables, operation, now)
+
+
+def _fragment(entry: dict[str, Any]) -> FragmentInfo:
+    entry = {**entry, "deleted": tuple(entry["deleted"])}
+    if "sha256" in entry:  # format 1
+        entry["checksum"] = f"sha256:{entry.pop('sha256')}"
+    return FragmentInfo(**entry)
+
+
+def file_checksum(path: Path, *, fsync: bool = False, algorithm: str = "crc32") -> tuple[str, int]:
+    """(``"<algorithm>:<hex>"``, size in bytes) of a file; fsync it too when asked."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        crc, digest, size = 0, hashlib.new(algorithm) if algorithm != "crc32" else None, 0
+        while chunk := os.read(fd, _READ_CHUNK):
+            size += len(chunk)
+            if digest is None:
+                crc = zlib.crc32(chunk, crc)
+            else:
+                digest.update(chunk)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    value = f"{crc:08x}" if digest is None else digest.hexdigest()
+    return f"{algorithm}:{value}", size
+
+
+def checksum_matches(path: Path, expected: str) -> bool:
+    """Whether a file's bytes still have the manifest's ``"<algorithm>:<hex>"`` checksum."""
+    algorithm = expected.partition(":")[0]
+    if algorithm not in ("crc32", "sha256"):
+        raise StoreCorruptError(
+            f"unknown checksum {expected!r} for {path}: expected crc32:<hex> or sha256:<hex>; "
+            "the manifest is damaged or from a newer llm_compression"
+        )
+    return file_checksum(path, algorithm=algorithm)[0] == expected
 
 
 def fsync_dir(path: Path) -> None:

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 
 from .manifest import FragmentInfo, TableInfo
-from .search import VectorIndex
-from .table import WORKERS, read_fragment, vectors_of
+from .search import VectorIndex, normalize
+from .table import WORKERS, read_fragment
 
 ATTRIBUTE_COLUMNS = ("id", "modality", "model", "source", "created_at", "metadata")
-Preloaded = dict[str, tuple[list[str], np.ndarray]]  # fragment file -> (ids, raw vectors)
+Preloaded = dict[str, tuple[list[str], np.ndarray]]  # fragment file -> (ids, unit vectors)
 
 
 class TableState:
@@ -52,25 +52,23 @@ class TableState:
     def sync(self, root: Path, info: TableInfo, preloaded: Preloaded) -> None:
         """Load the fragments of ``info`` not loaded yet and apply its tombstones."""
         new = info.fragments[len(self.fragments) :]
-        if len(new) > 1 and WORKERS > 1:  # all reads before any change
+        if len(new) > 1 and WORKERS > 1:  # all reads (decode + normalise) before any change
             with ThreadPoolExecutor(WORKERS) as pool:
                 loaded = list(pool.map(lambda f: self._load(root, f, preloaded), new))
         else:
             loaded = [self._load(root, f, preloaded) for f in new]
         first_new_row = self.index.n
-        if len(new) > 1:  # a cold load: size the matrix once
-            self.index.reserve(self.index.n + sum(len(ids) for ids, _ in loaded))
-        for frag, (ids, vectors) in zip(new, loaded, strict=True):
+        for frag, (ids, unit) in zip(new, loaded, strict=True):
             self.offsets.append(self.index.n)
-            self.index.append(vectors)
+            self.index.append(unit)
             self.ids.extend(ids)
             self.fragments.append(frag)
         self.fragments = list(info.fragments)
         old_dead = self.dead
         self.dead = self._dead_rows()
         if self._live is not None:
-            for row in range(first_new_row, self.index.n):
-                self._live[self.ids[row]] = row
+            new_rows = range(first_new_row, self.index.n)
+            self._live.update(zip(self.ids[first_new_row:], new_rows, strict=True))
             for row in np.setdiff1d(self.dead, old_dead, assume_unique=True).tolist():
                 if self._live.get(self.ids[row]) == row:
                     del self._live[self.ids[row]]
@@ -79,7 +77,7 @@ class TableState:
         if frag.file in preloaded:
             return preloaded[frag.file]
         table = read_fragment(root, frag, model=self.model, dim=self.dim, columns=["id", "vector"])
-        return table.column("id").to_pylist(), vectors_of(table)
+        return table.column("id").to_pylist(), unit_rows(table.column("vector"))
 
     def _dead_rows(self) -> np.ndarray:
         parts = [
@@ -119,3 +117,16 @@ class TableState:
         attrs = self.attributes(root)
         attrs = attrs.append_column("__row", pa.array(np.arange(attrs.num_rows, dtype=np.int64)))
         return np.sort(attrs.filter(expression).column("__row").to_numpy())
+
+
+def unit_rows(column: pa.ChunkedArray) -> np.ndarray:
+    """A ``fixed_size_list<float32, dim>`` column as (n, dim) unit rows: each chunk's flat values
+    buffer is viewed with no copy and normalised straight into the one output array."""
+    dim = column.type.list_size
+    out = np.empty((len(column), dim), np.float32)
+    start = 0
+    for chunk in column.chunks:
+        flat = chunk.flatten().to_numpy(zero_copy_only=True).reshape(-1, dim)
+        normalize(flat, out=out[start : start + len(flat)])
+        start += len(flat)
+    return out

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,14 @@ from ..errors import (
 from . import manifest as mf
 from . import table as tb
 from .query import DEFAULT_TABLES, as_query_matrix, encode, query_kind
-from .search import SearchResult
-from .state import Preloaded, TableState
+from .search import SearchResult, normalize
+from .state import Preloaded, TableState, unit_rows
 
 log = logging.getLogger(__name__)
 
 
 class MultimodalStorage:
-    """Embedding tables per modality in a directory of immutable zstd Parquet fragments.
+    """Embedding tables per modality in a directory of immutable Parquet fragments.
 
     Parameters
     ----------
@@ -140,13 +141,30 @@ class MultimodalStorage:
         batch = tb.validate_batch(ids, vectors, sources, metadata)
         self.refresh()
         self._check_fits(modality, model, batch, upsert)  # fail before writing anything
+        with ThreadPoolExecutor(1) as pool:  # normalise the search copy while the files are written
+            future = pool.submit(normalize, batch.vectors, batch.squares)
+            manifest, written = self._commit_batch(batch, modality, model, upsert)
+            unit = future.result()
+        bounds = np.cumsum([0, *(frag.rows for frag in written)]).tolist()
+        preloaded = {
+            frag.file: (batch.ids[a:b], unit[a:b])
+            for frag, a, b in zip(written, bounds[:-1], bounds[1:], strict=True)
+        }
+        self._sync(manifest, preloaded)
+        log.debug("%s %d rows to %s: version %d", manifest.operation, len(batch.ids), modality,
+                  manifest.version)  # fmt: skip
+        return manifest.version
+
+    def _commit_batch(self, batch: tb.Batch, modality: str, model: str, upsert: bool):
+        """Write the batch's fragments, then commit them in one new manifest version."""
         table = tb.batch_table(batch, modality=modality, model=model)
         with mf.locked(self.path, mf.WRITERS_LOCK, shared=True):
             written = tb.write_fragments(self.path, table, modality, self.version + 1)
             try:
                 with mf.locked(self.path, mf.COMMIT_LOCK):
-                    self.refresh()
-                    self._check_fits(modality, model, batch, upsert)
+                    checked = self.version
+                    if self.refresh() != checked:  # another writer committed meanwhile
+                        self._check_fits(modality, model, batch, upsert)
                     tables = dict(self._manifest.tables)
                     info = tables.get(modality) or mf.TableInfo(model, batch.vectors.shape[1])
                     frags = list(info.fragments)
@@ -163,15 +181,7 @@ class MultimodalStorage:
                         with contextlib.suppress(OSError):
                             (self.path / frag.file).unlink()
                 raise
-        preloaded, start = {}, 0
-        for frag in written:
-            stop = start + frag.rows
-            preloaded[frag.file] = (batch.ids[start:stop], batch.vectors[start:stop])
-            start = stop
-        self._sync(manifest, preloaded)
-        log.debug("%s %d rows to %s: version %d", manifest.operation, len(batch.ids), modality,
-                  manifest.version)  # fmt: skip
-        return manifest.version
+        return manifest, written
 
     def _check_fits(self, modality: str, model: str, batch: tb.Batch, upsert: bool) -> None:
         info = self._manifest.tables.get(modality)
@@ -184,14 +194,13 @@ class MultimodalStorage:
                 f"{dim}-d vectors of model {model!r}; embed with {info.model!r}, or delete the "
                 "table's rows and compact() before switching models"
             )
-        if not upsert:
-            live = self._states[modality].live()
+        live = {} if upsert else self._states[modality].live()
+        if not live.keys().isdisjoint(batch.ids):  # a C loop; name the ids only when some are taken
             taken = [i for i in batch.ids if i in live]
-            if taken:
-                raise InvalidEmbeddingError(
-                    f"{len(taken)} ids are already in the {modality} table (e.g. {taken[:5]}); "
-                    "use upsert() to replace them, or delete() them first"
-                )
+            raise InvalidEmbeddingError(
+                f"{len(taken)} ids are already in the {modality} table (e.g. {taken[:5]}); "
+                "use upsert() to replace them, or delete() them first"
+            )
 
     def _tombstone(
         self, modality: str, frags: list[mf.FragmentInfo], rows
@@ -282,7 +291,7 @@ class MultimodalStorage:
             return ()
         written = tb.write_fragments(self.path, full, name, self.version + 1)
         for frag, part in zip(written, _split(full, written), strict=True):
-            preloaded[frag.file] = (part.column("id").to_pylist(), tb.vectors_of(part))
+            preloaded[frag.file] = (part.column("id").to_pylist(), unit_rows(part.column("vector")))
         return tuple(written)
 
     # -- reads -----------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from .manifest import (
     WRITERS_LOCK,
     FragmentInfo,
     Manifest,
+    checksum_matches,
     commit_manifest,
     list_versions,
     locked,
@@ -29,7 +29,6 @@ from .manifest import (
 from .table import open_fragment, vectors_of
 
 log = logging.getLogger(__name__)
-_HASH_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -59,20 +58,15 @@ class RepairReport:
     notes: tuple[str, ...] = field(default=())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_fragment(root: Path, frag: FragmentInfo, *, model: str, dim: int) -> str | None:
     """The problem with one fragment, or None: size, checksum, schema, rows, decoding, values."""
     try:
         pf = open_fragment(root, frag, model=model, dim=dim)
-        if _sha256(root / frag.file) != frag.sha256:
-            return f"{frag.file}: sha256 differs from the manifest (the bytes changed)"
+        if not checksum_matches(root / frag.file, frag.checksum):
+            algorithm = frag.checksum.partition(":")[0]
+            return (
+                f"{frag.file}: {algorithm} checksum differs from the manifest (the bytes changed)"
+            )
         table = pf.read()
         vectors = vectors_of(table)
         if not np.isfinite(vectors).all():
@@ -97,7 +91,7 @@ def _files_under(root: Path, sub: str) -> list[str]:
 
 
 def verify(path: str | os.PathLike) -> VerifyReport:
-    """Check every fragment of the latest version: present, size, sha256, schema, rows, decode."""
+    """Check every fragment of the latest version: present, size, checksum, schema, rows, decode."""
     root = Path(path)
     versions = list_versions(root)
     try:

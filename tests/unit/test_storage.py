@@ -298,3 +298,46 @@ def test_paths_that_are_not_stores(tmp_path):
     assert not (tmp_path / "missing").exists()
     (tmp_path / "empty").mkdir()
     assert MultimodalStorage(tmp_path / "empty").count() == 0
+
+
+def test_index_chunks_and_parallel_fragments_match_brute_force(tmp_path, monkeypatch):
+    from llm_compression.storage import search, table
+
+    monkeypatch.setattr(search, "TAIL_BYTES", 1 << 18)  # 4096-row tail at dim 16: every path runs
+    monkeypatch.setattr(table, "SPLIT_ROWS", 500)  # batches of >= 1000 rows go to one file per core
+    store = MultimodalStorage(tmp_path / "store")
+    sizes = [1, 3, 700, 400, 1500, 1600, 2500, 5, 1000, 4100, 3]  # new, grow, full tail, own chunk
+    v, all_ids = vecs(sum(sizes)), []
+    for n in sizes:
+        start = len(all_ids)
+        all_ids += ids(n, f"b{start}_")
+        store.add(all_ids[start:], v[start : start + n], modality="text", model=MODEL)
+    expected_fragments = sum(len(table.fragment_sizes(n)) for n in sizes)
+    assert store.stats()["tables"]["text"]["fragments"] == expected_fragments > len(sizes)
+    index = store._states["text"].index
+    assert sum(len(c) for c in index.chunks) == len(v) and 1 < len(index.chunks) < len(sizes)
+    store.delete(all_ids[700:710])
+    dead = set(range(700, 710))
+    allowed = set(range(0, len(v), 7)) - dead  # a sparse filter: the index gathers those rows
+    cond = pc.field("id").isin([all_ids[i] for i in sorted(allowed)])
+    q = vecs(4, seed=1)
+    for check in (store, MultimodalStorage(tmp_path / "store")):  # incremental, then cold
+        for query, hits in zip(q, check.search(q, k=12), strict=True):
+            want = [all_ids[i] for i in brute_force(v, query, 12 + len(dead)) if i not in dead]
+            assert list(hits.ids) == want[:12]
+        filtered = check.search(q[0], k=5, filter=cond)
+        rows = sorted(allowed)
+        assert list(filtered.ids) == [all_ids[rows[i]] for i in brute_force(v[rows], q[0], 5)]
+        got = check.get([all_ids[4000], all_ids[-1]])
+        np.testing.assert_array_equal(np.array(got.column("vector").to_pylist()), v[[4000, -1]])
+
+
+@pytest.mark.parametrize("rows", [1, 999, 1000, 5001, 300_000])
+def test_fragment_sizes_cover_the_batch(rows, monkeypatch):
+    from llm_compression.storage import table
+
+    monkeypatch.setattr(table, "SPLIT_ROWS", 500)
+    sizes = table.fragment_sizes(rows)
+    assert sum(sizes) == rows and max(sizes) - min(sizes) <= 1
+    assert max(sizes) <= table.PARALLEL_ROWS
+    assert len(sizes) == max(-(-rows // table.PARALLEL_ROWS), min(table.WORKERS, rows // 500), 1)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -157,3 +161,39 @@ def test_operations_match_a_dict_model(ops):
                 np.testing.assert_array_equal(np.array(got.column("vector").to_pylist()), expected)
                 for key, vector in model.items():
                     assert check.search(vector, k=1).ids == (key,)
+
+
+def test_vector_column_is_stored_plain_and_the_rest_zstd(tmp_path):
+    make_store(tmp_path)
+    meta = pq.ParquetFile(fragments(tmp_path)[0]).metadata.row_group(0)
+    codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(7)}
+    assert codecs.pop("vector.list.element") == "UNCOMPRESSED"
+    assert set(codecs.values()) == {"ZSTD"} and len(codecs) == 6
+    manifest = json.loads(max((tmp_path / "manifests").glob("*.json")).read_text())
+    frag = manifest["tables"]["text"]["fragments"][0]
+    data = (tmp_path / frag["file"]).read_bytes()
+    assert manifest["format_version"] == 2 and frag["checksum"] == f"crc32:{zlib.crc32(data):08x}"
+
+
+def test_format_1_manifests_with_sha256_are_read_and_verified(tmp_path):
+    make_store(tmp_path)
+    latest = max((tmp_path / "manifests").glob("*.json"))
+    body = json.loads(latest.read_text())
+    body["format_version"] = 1
+    for frag in body["tables"]["text"]["fragments"]:
+        del frag["checksum"]
+        frag["sha256"] = hashlib.sha256((tmp_path / frag["file"]).read_bytes()).hexdigest()
+    latest.write_text(json.dumps(body))
+    store = MultimodalStorage(tmp_path)
+    assert store.count() == 30 and verify(tmp_path).ok
+    store.add(["new"], np.ones((1, 8), np.float32), modality="text", model="m")  # writes format 2
+    body = json.loads(max((tmp_path / "manifests").glob("*.json")).read_text())
+    algorithms = [f["checksum"].split(":")[0] for f in body["tables"]["text"]["fragments"]]
+    assert body["format_version"] == 2 and algorithms == ["sha256", "sha256", "crc32"]
+    assert verify(tmp_path).ok
+    old = fragments(tmp_path)[0]
+    data = bytearray(old.read_bytes())
+    data[10] ^= 0xFF  # in the first column chunk: the footer still parses, only the bytes differ
+    old.write_bytes(bytes(data))
+    report = verify(tmp_path)
+    assert len(report.problems) == 1 and "sha256 checksum differs" in report.problems[0]
