@@ -1,11 +1,12 @@
 """WeightLoader: Parquet weight file -> torch tensors -> model.
 
 Each tensor is one row group, decoded on its own: ``get_layer`` reads just that row group and
-``load_weights`` decodes row groups on a thread pool (pyarrow's zstd decode, zlib's crc32 and
-numpy's casts all release the GIL). Float32 rows become tensors with ``torch.frombuffer`` on the
-decoded Arrow buffer (no copy; the tensor keeps the buffer alive); with ``force_float32`` float16 and
-bfloat16 rows are upcast in one pass and int8 rows dequantized in one pass (``q * scale`` per output
-row), each into a fresh float32 array that ``torch.from_numpy`` wraps without copying.
+``load_weights`` decodes row groups on a thread pool (pyarrow's zstd decode, zlib's crc32, numpy's
+and torch's copies all release the GIL). Float32 rows become tensors with ``torch.frombuffer`` on the
+decoded Arrow buffer (no copy; the tensor keeps the buffer alive). float16 and bfloat16 rows are
+stored byte-stream-split (docs/format.md): they are joined and, with ``force_float32``, upcast in one
+pass over cache-sized chunks into a fresh float32 array; int8 rows are dequantized in one pass
+(``q * scale`` per output row). ``torch.from_numpy`` wraps the results without copying.
 
 Example
 -------
@@ -29,6 +30,7 @@ import torch
 from .config import ModelConfig, config_from_dict
 from .errors import ConfigError, FormatError, InputError, MissingTensorError
 from .store import TensorInfo, WeightFile, WeightFileMetadata
+from .store.format import ENCODING_BYTE_STREAM_SPLIT
 
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -43,10 +45,42 @@ _TORCH_DTYPES = {
 }
 
 
-# float32 from the stored bytes in one pass each. numpy rather than torch: these run on the decode
-# threads, and torch's OpenMP teams (one per calling thread) oversubscribe the cores and spin; numpy
-# releases the GIL and used 7-40% less CPU time for the same loads (float16 least, bfloat16 most), and
-# numpy asks for transparent huge pages for large arrays: fresh-memory writes ran 1.6x faster here.
+# Elements joined and upcast per step. Equal to torch's internal GRAIN_SIZE (32768): a copy_ of at
+# most that many elements runs on the calling decode thread, never on an OpenMP team (one team per
+# calling thread would oversubscribe the cores), and 64 KiB of scratch plus source stays in L2.
+_CHUNK = 1 << 15
+
+
+def _join_split(data, dtype: str, shape: tuple[int, ...], force_float32: bool) -> torch.Tensor:
+    """A tensor from byte-stream-split 2-byte floats: low bytes then high bytes of every element.
+
+    Per chunk: numpy joins the two streams into uint16 scratch (shift, or), torch's vectorized
+    float16/bfloat16 -> float32 copy writes the output (numpy's float16 cast is 2x slower). The
+    output is numpy memory (numpy asks for transparent huge pages: fresh-memory writes ran 1.6x
+    faster here than into torch.empty). Without ``force_float32`` the stored dtype is returned.
+    """
+    n = int(np.prod(shape, dtype=np.int64))
+    low, high = np.frombuffer(data, np.uint8).reshape(2, n)
+    stored = _TORCH_DTYPES[dtype]
+    if not force_float32:
+        bits = np.left_shift(high, 8, dtype=np.uint16)
+        np.bitwise_or(bits, low, out=bits)
+        return torch.from_numpy(bits.view(np.int16)).view(stored).view(shape)
+    out = np.empty(n, np.float32)
+    scratch = np.empty(min(n, _CHUNK), np.uint16)
+    source, target = torch.from_numpy(scratch.view(np.int16)).view(stored), torch.from_numpy(out)
+    # One C++ call makes every output view; a Python slice per chunk cost ~2 us more each.
+    for chunk, start in zip(target.split(_CHUNK), range(0, n, _CHUNK), strict=True):
+        stop = start + len(chunk)
+        bits = scratch[: stop - start]
+        np.left_shift(high[start:stop], 8, out=bits, dtype=np.uint16)
+        np.bitwise_or(bits, low[start:stop], out=bits)
+        chunk.copy_(source[: stop - start])
+    return target.view(shape)
+
+
+# float32 from plain (not split) stored bytes in one pass each, in numpy: these run on the decode
+# threads, where torch's OpenMP teams (one per calling thread) oversubscribe the cores.
 def _float16(data, shape) -> np.ndarray:
     return np.frombuffer(data, np.float16).astype(np.float32).reshape(shape)
 
@@ -141,8 +175,10 @@ class WeightLoader:
         )
 
     def _decode(self, info: TensorInfo) -> torch.Tensor:
-        data, scales = self._file.read(info, verify=self.verify)
-        if self.force_float32 and info.n_params and info.quant_type is not None:
+        data, scales = self._file.read(info, verify=self.verify, raw=True)
+        if info.encoding == ENCODING_BYTE_STREAM_SPLIT and info.n_params:
+            tensor = _join_split(data, info.dtype, info.shape, self.force_float32)
+        elif self.force_float32 and info.n_params and info.quant_type is not None:
             tensor = torch.from_numpy(_dequantize(data, scales, info.shape))
         elif self.force_float32 and info.n_params and info.dtype in _UPCAST:
             tensor = torch.from_numpy(_UPCAST[info.dtype](data, info.shape))

@@ -20,9 +20,12 @@ import pyarrow.parquet as pq
 
 from ..errors import CorruptFileError, FormatError, ModelFileNotFoundError
 from .format import (
+    ENCODING_BYTE_STREAM_SPLIT,
+    ENCODINGS,
     FILE_PREFIX,
     FORMAT_VERSION,
     INDEX_COLUMNS,
+    INDEX_KEY,
     META_PREFIX,
     NUMPY_DTYPES,
     QUANT_INT8_SYM_CHANNEL,
@@ -30,6 +33,7 @@ from .format import (
     TensorInfo,
     WeightFileMetadata,
     checksum,
+    join_bytes,
     package_version,
 )
 
@@ -176,32 +180,44 @@ def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> Te
     bad = (
         row["dtype"] not in NUMPY_DTYPES
         or row["quant_type"] not in (None, QUANT_INT8_SYM_CHANNEL)
+        or row["encoding"] not in ENCODINGS
         or any(d < 0 for d in shape)
         or math.prod(shape) != row["n_params"]
     )
     if bad:
         raise FormatError(
-            f"{path}: tensor {row['name']!r} has dtype {row['dtype']!r}, quant_type "
-            f"{row['quant_type']!r}, shape {shape}, n_params {row['n_params']}; expected a dtype "
-            f"in {sorted(NUMPY_DTYPES)}, quant_type None or {QUANT_INT8_SYM_CHANNEL!r} and "
-            "n_params = prod(shape): the file is damaged or from a newer llm_compression"
+            f"{path}: tensor {row['name']!r} has dtype {row['dtype']!r}, encoding "
+            f"{row['encoding']!r}, quant_type {row['quant_type']!r}, shape {shape}, n_params "
+            f"{row['n_params']}; expected a dtype in {sorted(NUMPY_DTYPES)}, an encoding in "
+            f"{list(ENCODINGS)}, quant_type None or {QUANT_INT8_SYM_CHANNEL!r} and n_params = "
+            "prod(shape): the file is damaged or from a newer llm_compression"
         )
     group = pf.metadata.row_group(i)
     stored = sum(group.column(j).total_compressed_size for j in range(group.num_columns))
     return TensorInfo(
-        name=row["name"], shape=shape, dtype=row["dtype"], n_params=row["n_params"],
-        quant_type=row["quant_type"], quant_axis=row["quant_axis"],
+        name=row["name"], shape=shape, dtype=row["dtype"], encoding=row["encoding"],
+        n_params=row["n_params"], quant_type=row["quant_type"], quant_axis=row["quant_axis"],
         group_size=row["group_size"], checksum=row["checksum"], row_group=i, stored_bytes=stored,
     )  # fmt: skip
 
 
-def _read_index(path: Path, pf: pq.ParquetFile) -> dict[str, TensorInfo]:
-    try:
-        rows = pf.read(columns=INDEX_COLUMNS, use_threads=False).to_pylist()
-    except _ARROW_ERRORS as e:
+def _index_rows(path: Path, pf: pq.ParquetFile) -> list[dict[str, Any]]:
+    """The index entries from the footer JSON (written by every writer of format version 1)."""
+    rows = _kv(path, pf.metadata.metadata or {}, INDEX_KEY, json.loads)
+    ok = isinstance(rows, list) and all(
+        isinstance(r, dict) and set(INDEX_COLUMNS) <= set(r) and isinstance(r["shape"], list)
+        for r in rows
+    )
+    if not ok or len(rows) != pf.num_row_groups:
         raise CorruptFileError(
-            f"{path}: the tensor table cannot be read ({e}); {_FIX_DAMAGED}"
-        ) from e
+            f"{path}: the tensor index in {META_PREFIX + INDEX_KEY!r} does not list the "
+            f"{pf.num_row_groups} row groups with fields {INDEX_COLUMNS}; {_FIX_DAMAGED}"
+        )
+    return rows
+
+
+def _read_index(path: Path, pf: pq.ParquetFile) -> dict[str, TensorInfo]:
+    rows = _index_rows(path, pf)
     index: dict[str, TensorInfo] = {}
     for i, row in enumerate(rows):
         if row["name"] in index:
@@ -254,7 +270,7 @@ class WeightFile:
     def __init__(self, path: str | Path, *, memory_map: bool = True) -> None:
         self.path = Path(path)
         self._memory_map = memory_map
-        # Page checksums (written for every page) are verified for the small index columns here.
+        # The index comes from the footer JSON; tensor data is verified by the per-row crc32.
         pf = _open_parquet(self.path, memory_map=memory_map, verify_pages=True)
         _check_schema(self.path, pf.schema_arrow)
         self.metadata = _parse_metadata(self.path, pf)
@@ -271,9 +287,13 @@ class WeightFile:
             self._local.pf = pf
         return pf
 
-    def read(self, info: TensorInfo, *, verify: bool = True) -> tuple[pa.Buffer, pa.Buffer | None]:
+    def read(
+        self, info: TensorInfo, *, verify: bool = True, raw: bool = False
+    ) -> tuple[pa.Buffer, pa.Buffer | None]:
         """Decode one tensor's row group: (data bytes, float32 scale bytes or None).
 
+        The data bytes are the tensor's little-endian elements; with ``raw`` they are the stored
+        bytes, still byte-stream-split when ``info.encoding`` says so (see ``format.join_bytes``).
         Raises CorruptFileError when the row group does not decode, has the wrong size, or (with
         ``verify``) its crc32 does not match the stored checksum.
         """
@@ -302,4 +322,6 @@ class WeightFile:
                 f"(stored {info.checksum:#010x}, computed {checksum(data, scales):#010x}); "
                 f"{_FIX_DAMAGED}"
             )
+        if not raw and info.encoding == ENCODING_BYTE_STREAM_SPLIT and data.size:
+            data = pa.py_buffer(join_bytes(data, NUMPY_DTYPES[info.dtype].itemsize))
         return data, scales

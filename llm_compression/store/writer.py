@@ -21,14 +21,19 @@ from ..config import ModelConfig, config_from_dict, config_to_dict
 from ..errors import ConfigError, ConversionError
 from .format import (
     CHECKSUM_ALGORITHM,
+    ENCODING_BYTE_STREAM_SPLIT,
+    ENCODING_PLAIN,
     FILE_PREFIX,
     FORMAT_VERSION,
+    INDEX_COLUMNS,
+    INDEX_KEY,
     KEPT_DTYPES,
     MAX_TENSOR_BYTES,
     META_PREFIX,
     NUMPY_DTYPES,
     QUANT_INT8_SYM_CHANNEL,
     SCHEMA,
+    SPLIT_DTYPES,
     STORAGE_DTYPES,
     ZSTD_LEVEL,
     checksum,
@@ -36,6 +41,7 @@ from .format import (
     is_quantizable,
     package_version,
     quantize_int8_rows,
+    split_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,9 +55,10 @@ class _Row:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    data: np.ndarray  # contiguous little-endian storage array
+    data: np.ndarray  # contiguous little-endian storage array, as laid out in the file
     quant_type: str | None = None
     scales: np.ndarray | None = None
+    encoding: str = ENCODING_PLAIN
 
 
 def _encode_tensor(name: str, value: Any, dtype: str) -> _Row:
@@ -87,8 +94,12 @@ def _encode_tensor(name: str, value: Any, dtype: str) -> _Row:
         return _Row(name, shape, "int8", q, QUANT_INT8_SYM_CHANNEL, scales)
     stored = "float16" if dtype == "int8" else dtype
     if stored == "bfloat16":
-        return _Row(name, shape, stored, float32_to_bfloat16_bits(array))
-    return _Row(name, shape, stored, np.ascontiguousarray(array, NUMPY_DTYPES[stored]))
+        values = float32_to_bfloat16_bits(array)
+    else:
+        values = np.ascontiguousarray(array, NUMPY_DTYPES[stored])
+    if stored in SPLIT_DTYPES:
+        return _Row(name, shape, stored, split_bytes(values), encoding=ENCODING_BYTE_STREAM_SPLIT)
+    return _Row(name, shape, stored, values)
 
 
 def _binary(array: np.ndarray | None) -> pa.Array:
@@ -120,6 +131,7 @@ def _row_table(row: _Row) -> pa.Table:
         pa.array([row.name], pa.string()),
         pa.array([list(row.shape)], pa.list_(pa.int64())),
         pa.array([row.dtype], pa.string()),
+        pa.array([row.encoding], pa.string()),
         _binary(row.data),
         pa.array([int(np.prod(row.shape, dtype=np.int64))], pa.int64()),
         pa.array([row.quant_type], pa.string()),
@@ -160,7 +172,13 @@ def _encode_files(files: Mapping[str, bytes]) -> dict[str, str]:
     return meta
 
 
-def _file_metadata(config: ModelConfig, dtype: str, files, sources, counts) -> dict[str, str]:
+def index_entry(table: pa.Table) -> dict[str, Any]:
+    """The footer index entry (docs/format.md) of a one-row table from ``_row_table``."""
+    return {column: table.column(column)[0].as_py() for column in INDEX_COLUMNS}
+
+
+def _file_metadata(config: ModelConfig, dtype: str, files, sources, index) -> dict[str, str]:
+    """Key-value metadata; ``index`` is the list of ``index_entry`` of every row, in file order."""
     sources = dict(sources or {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in sources.items()):
         raise ConversionError("sources must map upstream file names (str) to sha256 hex (str)")
@@ -171,9 +189,10 @@ def _file_metadata(config: ModelConfig, dtype: str, files, sources, counts) -> d
         "sources": json.dumps(sources, sort_keys=True),
         "created_by": f"llm_compression {package_version()}",
         "storage_dtype": dtype,
-        "num_tensors": str(counts[0]),
-        "total_params": str(counts[1]),
+        "num_tensors": str(len(index)),
+        "total_params": str(sum(entry["n_params"] for entry in index)),
         "checksum": CHECKSUM_ALGORITHM,
+        INDEX_KEY: json.dumps(index, separators=(",", ":")),
     }
     return {META_PREFIX + k: v for k, v in meta.items()} | _encode_files(files or {})
 
@@ -188,12 +207,12 @@ def _check_config(config: Any) -> None:
         ) from e
 
 
-def _write_rows(writer: pq.ParquetWriter, tensors, dtype: str, progress: bool) -> tuple[int, int]:
+def _write_rows(writer: pq.ParquetWriter, tensors, dtype: str, progress: bool) -> list[dict]:
     from tqdm.auto import tqdm
 
     total = len(tensors) if isinstance(tensors, Mapping) else None
     seen: set[str] = set()
-    n_params = 0
+    index: list[dict[str, Any]] = []
     bar = tqdm(total=total, unit="tensor", desc="writing", disable=not progress)
     with bar:
         for name, value in _iter_tensors(tensors):
@@ -205,9 +224,9 @@ def _write_rows(writer: pq.ParquetWriter, tensors, dtype: str, progress: bool) -
             seen.add(name)
             table = _row_table(_encode_tensor(name, value, dtype))
             writer.write_table(table, row_group_size=1)
-            n_params += table.column("n_params")[0].as_py()
+            index.append(index_entry(table))
             bar.update(1)
-    return len(seen), n_params
+    return index
 
 
 def _check_level(level: Any) -> int:
@@ -276,8 +295,8 @@ def write_model(
     try:
         writer = _new_writer(tmp, _check_level(compression_level))
         try:
-            counts = _write_rows(writer, tensors, dtype, progress)
-            writer.add_key_value_metadata(_file_metadata(config, dtype, files, sources, counts))
+            index = _write_rows(writer, tensors, dtype, progress)
+            writer.add_key_value_metadata(_file_metadata(config, dtype, files, sources, index))
         finally:
             writer.close()
         _fsync(tmp)
@@ -286,7 +305,8 @@ def write_model(
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    logger.info("wrote %s: %d tensors, %d params, %s", path, counts[0], counts[1], dtype)
+    n_params = sum(entry["n_params"] for entry in index)
+    logger.info("wrote %s: %d tensors, %d params, %s", path, len(index), n_params, dtype)
     return path
 
 

@@ -123,12 +123,9 @@ def test_minilm_int8_quantizes_linear_layers(minilm_sizes):
     assert minilm_sizes["int8"][1] < 0.8 * minilm_sizes["float16"][1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="target int8 <= 0.27x needs the store to quantize embed.token.weight (51% of MiniLM's "
-    "parameters); store.format.is_quantizable keeps embeddings float16, giving ~0.35x",
-)
 def test_minilm_int8_size_target(minilm_sizes):
+    # The token embedding (51% of MiniLM's parameters) is quantized per token: 0.235x measured.
+    assert WeightLoader(minilm_sizes["int8"][0]).info("embed.token.weight").dtype == "int8"
     assert minilm_sizes["int8"][1] <= 0.27
 
 

@@ -45,8 +45,8 @@ def test_force_float32_returns_float32_close_to_input(written):
     for name, value in TENSORS.items():
         got = weights[name]
         assert got.dtype == torch.float32 and tuple(got.shape) == value.shape
-        if dtype == "int8" and name.startswith("layers.") and name.endswith(".weight"):
-            # quantized: within half a step of each row's scale
+        if dtype == "int8" and name.endswith(".weight"):
+            # quantized (linear weights and the token embedding): within half a step per row
             step = np.abs(value).max(axis=1, keepdims=True) / 127
             assert (np.abs(got.numpy() - value) <= step / 2 + 1e-6).all()
         else:
@@ -57,7 +57,8 @@ def test_stored_dtypes_without_force_float32(written):
     dtype, path = written
     weights = WeightLoader(path, force_float32=False).load_weights()
     expected = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    assert weights["embed.token.weight"].dtype == expected.get(dtype, torch.float16)
+    assert weights["layers.0.attn.q.bias"].dtype == expected.get(dtype, torch.float16)
+    assert weights["embed.token.weight"].dtype == expected.get(dtype, torch.int8)
     assert weights["layers.0.attn.q.weight"].dtype == expected.get(dtype, torch.int8)
 
 
@@ -71,7 +72,7 @@ def test_get_quantized_matches_dequantized(tmp_path):
         q.float() * scales[:, None], loader.get_layer("layers.0.mlp.up.weight"), rtol=0, atol=0
     )
     with pytest.raises(InputError, match="not quantized.*get_layer"):
-        loader.get_quantized("embed.token.weight")
+        loader.get_quantized("layers.0.attn.q.bias")
 
 
 def test_float32_bit_exact_and_subset(tmp_path):
@@ -134,8 +135,8 @@ def test_float32_rows_are_not_copied(tmp_path, monkeypatch):
     buffers = {}
     read = WeightFile.read
 
-    def recording_read(self, info, *, verify=True):
-        data, scales = read(self, info, verify=verify)
+    def recording_read(self, info, **options):
+        data, scales = read(self, info, **options)
         buffers[info.name] = data
         return data, scales
 
@@ -143,3 +144,35 @@ def test_float32_rows_are_not_copied(tmp_path, monkeypatch):
     weights = WeightLoader(path).load_weights()
     for name, tensor in weights.items():
         assert tensor.data_ptr() == buffers[name].address
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("force_float32", [True, False])
+def test_split_rows_decode_bit_exact_across_chunks(tmp_path, dtype, force_float32):
+    from llm_compression.loader import _CHUNK
+    from llm_compression.store import float32_to_bfloat16_bits
+
+    rng = np.random.default_rng(2)
+    value = rng.standard_normal(2 * _CHUNK + 7).astype(np.float32) * 1e-3
+    special = [np.nan, np.inf, -np.inf, -0.0, 0.0, 6e-8, -6e-8, 1e-40, 65504.0, 3e38]
+    value[: len(special)] = special
+    value = value.reshape(-1, 1)
+    path = write_model(tmp_path / "m.parquet", {"w": value}, config=CFG, dtype=dtype)
+    got = WeightLoader(path, force_float32=force_float32).get_layer("w")
+    if dtype == "float16":
+        with np.errstate(over="ignore"):
+            bits = value.astype(np.float16).view(np.uint16)
+        reference = torch.from_numpy(bits.view(np.float16))
+    else:
+        bits = float32_to_bfloat16_bits(value)
+        reference = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
+    assert got.shape == value.shape
+    if force_float32:
+        assert got.dtype == torch.float32
+        want = reference.float()
+        assert torch.equal(got.isnan(), want.isnan())
+        same = got.view(torch.int32) == want.view(torch.int32)
+        assert bool(same[~want.isnan()].all())  # bit-exact, signed zeros and subnormals included
+    else:
+        assert got.dtype == reference.dtype
+        assert np.array_equal(got.view(torch.int16).numpy(), bits.view(np.int16))

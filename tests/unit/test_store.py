@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from llm_compression.store import (
     read_tensor_index,
     write_model,
 )
+from llm_compression.store.format import INDEX_COLUMNS, is_quantizable, join_bytes, split_bytes
 
 CFG = preset("all-minilm-l6-v2")
 
@@ -78,13 +80,15 @@ def test_index_in_file_order_without_decoding(tmp_path):
     index = read_tensor_index(path)
     assert [i.name for i in index] == list(tensors)
     by_name = {i.name: i for i in index}
-    assert by_name["embed.token.weight"].dtype == "float16"  # embeddings are not quantized
+    assert by_name["embed.token.weight"].dtype == "int8"  # token embeddings: one scale per token
     assert by_name["layers.0.attn.q.weight"].dtype == "int8"
     assert by_name["layers.0.attn.q.weight"].quant_type == QUANT_INT8_SYM_CHANNEL
     assert by_name["layers.0.attn.q.weight"].quant_axis == 0
     assert by_name["layers.0.mlp.up.weight"].nbytes == 16 * 8
     for name in ("layers.0.attn.q.bias", "embed.norm.weight", "encoder.conv1.weight"):
         assert by_name[name].dtype == "float16" and by_name[name].quant_type is None
+        assert by_name[name].encoding == "byte_stream_split"
+    assert by_name["layers.0.attn.q.weight"].encoding == "plain"
     assert by_name["logit_scale"].shape == ()
     assert all(i.stored_bytes > 0 for i in index)
 
@@ -250,3 +254,57 @@ def test_other_tools_read_the_tensor_table(tmp_path):
     assert [r[0] for r in rows] == list(tiny_tensors())
     table = pq.read_table(path, columns=["name", "n_params"])
     assert table.column("n_params").to_pylist() == [a.size for a in tiny_tensors().values()]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["embed.token.weight", "token_embed.weight", "text.token_embed.weight",
+     "decoder.token_embed.weight", "layers.3.mlp.down.weight", "lm_head.weight"],
+)  # fmt: skip
+def test_quantizable_token_embeddings_and_linear_weights(name):
+    assert is_quantizable(name, np.zeros((4, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["embed.position.weight", "embed.token_type.weight", "text.pos_embed", "vision.class_embed",
+     "vision.pos_embed", "decoder.pos_embed", "embed.norm.weight", "layers.0.attn_norm.weight",
+     "layers.0.attn.q.bias"],
+)  # fmt: skip
+def test_not_quantizable_positions_norms_biases(name):
+    assert not is_quantizable(name, np.zeros((4, 3), np.float32))
+    assert not is_quantizable("embed.token.weight", np.zeros((4, 3, 2), np.float32))
+    assert not is_quantizable("embed.token.weight", np.zeros((4, 3), np.int64))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_two_byte_floats_are_stored_byte_stream_split(tmp_path, dtype):
+    value = np.arange(-6, 6, dtype=np.float32).reshape(3, 4) / 4
+    path = write_model(tmp_path / "m.parquet", {"w": value}, config=CFG, dtype=dtype)
+    wf = WeightFile(path)
+    info = wf.tensors["w"]
+    assert info.encoding == "byte_stream_split"
+    bits = value.astype(np.float16) if dtype == "float16" else float32_to_bfloat16_bits(value)
+    raw, _ = wf.read(info, raw=True)
+    u8 = bits.view(np.uint8).reshape(-1, 2)
+    assert bytes(raw) == u8[:, 0].tobytes() + u8[:, 1].tobytes()  # all low bytes, then high
+    joined, _ = wf.read(info)
+    assert bytes(joined) == bits.tobytes()
+    assert np.array_equal(join_bytes(split_bytes(bits), 2), bits.view(np.uint8).reshape(-1))
+    column = pq.read_table(path, columns=["encoding"]).column("encoding").to_pylist()
+    assert column == ["byte_stream_split"]
+
+
+def test_index_is_in_the_footer_and_matches_the_columns(tmp_path):
+    path = write_model(tmp_path / "m.parquet", tiny_tensors(), config=CFG, dtype="int8")
+    footer = json.loads(pq.ParquetFile(path).metadata.metadata[b"llm_compression.tensors"])
+    table = pq.read_table(path, columns=INDEX_COLUMNS).to_pylist()
+    assert footer == table
+    assert [i.checksum for i in read_tensor_index(path)] == [r["checksum"] for r in table]
+
+
+def test_written_file_is_readable_by_others(tmp_path):
+    path = write_model(tmp_path / "m.parquet", tiny_tensors(), config=CFG)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +20,13 @@ from llm_compression.errors import (
 from llm_compression.loader import WeightLoader
 from llm_compression.store import WeightFile, read_metadata, read_tensor_index, write_model
 from llm_compression.store.format import META_PREFIX
-from llm_compression.store.writer import _encode_tensor, _file_metadata, _new_writer, _row_table
+from llm_compression.store.writer import (
+    _encode_tensor,
+    _file_metadata,
+    _new_writer,
+    _row_table,
+    index_entry,
+)
 
 CFG = preset("all-minilm-l6-v2")
 RNG = np.random.default_rng(0)
@@ -37,9 +45,12 @@ def good(tmp_path):
 def craft(path, rows, **meta_overrides):
     """A file written like write_model but with chosen rows and metadata values."""
     writer = _new_writer(str(path))
+    index = []
     for name, value in rows:
-        writer.write_table(_row_table(_encode_tensor(name, value, "float32")), row_group_size=1)
-    meta = _file_metadata(CFG, "float32", None, None, (len(rows), 0))
+        table = _row_table(_encode_tensor(name, value, "float32"))
+        writer.write_table(table, row_group_size=1)
+        index.append(index_entry(table))
+    meta = _file_metadata(CFG, "float32", None, None, index)
     meta.update({META_PREFIX + k: v for k, v in meta_overrides.items() if v is not None})
     for key in [k for k, v in meta_overrides.items() if v is None]:
         del meta[META_PREFIX + key]
@@ -89,7 +100,7 @@ def test_truncated(good, keep):
 
 
 def _data_page_span(path, row_group):
-    column = pq.ParquetFile(path).metadata.row_group(row_group).column(3)
+    column = pq.ParquetFile(path).metadata.row_group(row_group).column(4)
     assert column.path_in_schema == "data"
     return column.data_page_offset, column.total_compressed_size
 
@@ -140,6 +151,30 @@ def test_unknown_format_version(tmp_path):
 def test_malformed_metadata(tmp_path):
     path = craft(tmp_path / "m.parquet", list(TENSORS.items()), config="{not json")
     expect(CorruptFileError, path, "'llm_compression.config' is missing or malformed")
+
+
+@pytest.mark.parametrize("index", ["[not json", "[]", '[{"name": "a"}, {}, {}]', "{}"])
+def test_bad_footer_index(tmp_path, index):
+    path = craft(tmp_path / "m.parquet", list(TENSORS.items()), tensors=index)
+    for open_file in all_readers(path)[1:]:  # read_metadata does not read the index
+        with pytest.raises(CorruptFileError, match="'llm_compression.tensors'.*convert"):
+            open_file()
+
+
+def test_unknown_encoding_in_index(tmp_path):
+    path = craft(tmp_path / "m.parquet", list(TENSORS.items()))
+    pf = pq.ParquetFile(path)
+    meta = dict(pf.metadata.metadata)
+    index = json.loads(meta[b"llm_compression.tensors"])
+    index[1]["encoding"] = "delta"
+    meta[b"llm_compression.tensors"] = json.dumps(index).encode()
+    table = pf.read()
+    with pq.ParquetWriter(path, table.schema.with_metadata(meta)) as writer:
+        for i in range(pf.num_row_groups):
+            writer.write_table(table.slice(i, 1), row_group_size=1)
+    for open_file in all_readers(path)[1:]:  # read_metadata does not read the index
+        with pytest.raises(FormatError, match="encoding 'delta'.*newer llm_compression"):
+            open_file()
 
 
 def test_tensor_count_mismatch(tmp_path):
