@@ -27,10 +27,10 @@ log = logging.getLogger("examples")
 
 
 def _convert(src: Path, name: str, dtype: str = "float16") -> Path:
-    from llm_compression.convert import convert
+    from llm_compression.convert import convert, is_current
 
     target = CACHE / name
-    if not target.is_file():
+    if not is_current(target, dtype=dtype):
         CACHE.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         print(f"[setup] converting {src} -> {target} (first run only)", flush=True)
@@ -55,8 +55,10 @@ def whisper_base() -> Path:
 
 def random_clip() -> Path:
     """CLIP ViT-B/32 with random weights (seed 0), built with transformers and converted."""
+    from llm_compression.convert import is_current
+
     target = CACHE / "clip-vit-b-32-random.parquet"
-    if target.is_file():
+    if is_current(target, dtype="float16"):
         return target
     import torch
     import transformers

@@ -82,15 +82,14 @@ def _random_clip(workdir: Path) -> Path:
 
 def convert_models(workdir: Path, dtype: str) -> dict[str, Path]:
     from llm_compression.commands.inspect import describe
-    from llm_compression.convert import convert
+    from llm_compression.convert import convert_cached
 
     sources = _sources()
     sources["clip-vit-b-32"] = (_random_clip(workdir), RANDOM_CLIP_NOTE)
     paths = {}
     for name, (src, note) in sources.items():
         dst = workdir / "models" / f"{name}-{dtype}.parquet"
-        if not dst.is_file():
-            convert(src, dst, dtype=dtype, progress=True)
+        convert_cached(src, dst, dtype=dtype, progress=True)
         info = describe(dst)
         print(
             f"   {dst}  [{note}]\n"

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 
-__all__ = ["DTYPES", "convert"]
+__all__ = ["DTYPES", "convert", "convert_cached", "is_current"]
 
 
 def convert(
@@ -76,3 +76,27 @@ def convert(
         sources=prepared.bundle.sources,
         progress=progress,
     )
+
+
+def is_current(path: str | os.PathLike, *, dtype: str) -> bool:
+    """True when ``path`` is a weight file this version reads, stored as ``dtype``.
+
+    Caches of converted files (the demo, the examples) use it to re-convert files written by an
+    older format instead of failing on them.
+    """
+    from ..errors import FormatError, ModelFileNotFoundError
+    from ..store import read_metadata
+
+    try:
+        return read_metadata(path).storage_dtype == dtype
+    except (FormatError, ModelFileNotFoundError):
+        return False
+
+
+def convert_cached(
+    src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "float16", progress=False
+) -> Path:
+    """``convert(src, dst)`` unless ``dst`` already ``is_current``; returns ``dst``."""
+    if is_current(dst, dtype=dtype):
+        return Path(dst)
+    return convert(src, dst, dtype=dtype, progress=progress)

@@ -144,3 +144,21 @@ def test_cli_convert(llama_folder, tmp_path, capsys):
     assert WeightLoader(dst).metadata.storage_dtype == "int8"
     assert main(["convert", str(tmp_path / "nowhere"), str(dst)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_convert_cached_reuses_current_files_and_replaces_stale_ones(llama_folder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llm_compression.convert import convert_cached, is_current
+
+    dst = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"x": [1]}), dst)  # e.g. a file an older format wrote
+    assert not is_current(dst, dtype="float16")
+    convert_cached(llama_folder, dst, dtype="float16")
+    assert is_current(dst, dtype="float16") and not is_current(dst, dtype="int8")
+    written = dst.stat().st_mtime_ns
+    convert_cached(llama_folder, dst, dtype="float16")
+    assert dst.stat().st_mtime_ns == written  # reused, not rewritten
+    convert_cached(llama_folder, dst, dtype="int8")
+    assert is_current(dst, dtype="int8")
