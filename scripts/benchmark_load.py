@@ -64,13 +64,12 @@ def minilm_source(work: Path) -> tuple[Path, Path | None]:
 
 
 def clip_source(work: Path) -> tuple[Path, Path | None]:
-    """Random-weight CLIP ViT-B/32 saved as a HF folder (safetensors float32) in ``work``."""
-    from transformers import CLIPConfig, CLIPModel
+    """Random-weight CLIP ViT-B/32 saved as a HF folder (safetensors float32, CLIP tokenizer)."""
+    from llm_compression.convert.random_init import save_random_clip
 
     folder = work / "clip-hf"
     if not (folder / "model.safetensors").exists():
-        torch.manual_seed(0)
-        CLIPModel(CLIPConfig()).save_pretrained(folder)
+        save_random_clip(folder, seed=0)
     return folder / "model.safetensors", folder
 
 
