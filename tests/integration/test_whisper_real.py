@@ -9,41 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from llm_compression.convert import whisper as whisper_convert
 from llm_compression.models import load_model
 from llm_compression.preprocess.audio import load_audio, log_mel_batch
+from llm_compression.validation.hf_whisper import rename
 
 pytestmark = pytest.mark.integration
 transformers = pytest.importorskip("transformers")
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SPEECH = FIXTURES / "hello_world.wav"
-
-_TO_HF = [
-    (r"^(encoder|decoder)\.final_norm\.", r"model.\1.layer_norm."),
-    (r"^encoder\.pos_embed$", "model.encoder.embed_positions.weight"),
-    (r"^decoder\.pos_embed$", "model.decoder.embed_positions.weight"),
-    (r"^decoder\.token_embed\.", "model.decoder.embed_tokens."),
-    (r"^(encoder|decoder)\.", r"model.\1."),
-    (r"\.attn_norm\.", ".self_attn_layer_norm."),
-    (r"\.cross_attn_norm\.", ".encoder_attn_layer_norm."),
-    (r"\.mlp_norm\.", ".final_layer_norm."),
-    (r"\.attn\.(q|k|v)\.", r".self_attn.\1_proj."),
-    (r"\.attn\.o\.", ".self_attn.out_proj."),
-    (r"\.cross_attn\.(q|k|v)\.", r".encoder_attn.\1_proj."),
-    (r"\.cross_attn\.o\.", ".encoder_attn.out_proj."),
-    (r"\.mlp\.up\.", ".fc1."),
-    (r"\.mlp\.down\.", ".fc2."),
-]
-
-
-def hf_state(canonical: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Canonical Whisper tensors -> transformers names (without the tied proj_out)."""
-    out = {}
-    for name, tensor in canonical.items():
-        for pattern, repl in _TO_HF:
-            name = re.sub(pattern, repl, name)
-        out[name] = tensor
-    return out
 
 
 def hf_reference(ours):
@@ -58,7 +33,8 @@ def hf_reference(ours):
     )  # fmt: skip
     with torch.device("meta"):  # no random init: every tensor is assigned below
         hf = transformers.WhisperForConditionalGeneration(hf_cfg).eval()
-    state = {k: v.clone() for k, v in hf_state(ours.state_dict()).items()}
+    # canonical -> HF names by inverting the converter's own declarative map
+    state = {k: v.clone() for k, v in rename(ours.state_dict(), whisper_convert.HF_MAP).items()}
     state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
     hf.load_state_dict(state, strict=True, assign=True)
     assert torch.equal(hf.proj_out.weight, hf.model.decoder.embed_tokens.weight)
