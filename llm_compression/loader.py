@@ -1,11 +1,11 @@
 """WeightLoader: Parquet weight file -> torch tensors -> model.
 
 Each tensor is one row group, decoded on its own: ``get_layer`` reads just that row group and
-``load_weights`` decodes row groups on a thread pool (pyarrow's zstd decode, zlib's crc32, numpy's
-and torch's copies all release the GIL). Float32 rows become tensors with ``torch.frombuffer`` on the
+``load_weights`` decodes row groups on a thread pool (pyarrow's zstd decode, the xxh3 checksum, the C
+join + upcast loop and numpy's copies all release the GIL). Float32 rows become tensors with ``torch.frombuffer`` on the
 decoded Arrow buffer (no copy; the tensor keeps the buffer alive). float16 and bfloat16 rows are
 stored byte-stream-split (docs/format.md): they are joined and, with ``force_float32``, upcast in one
-pass over cache-sized chunks into a fresh float32 array; int8 rows are dequantized in one pass
+pass (store/_unsplit.c; numpy + torch over cache-sized chunks without it) into a fresh float32 array; int8 rows are dequantized in one pass
 (``q * scale`` per output row). ``torch.from_numpy`` wraps the results without copying.
 
 Example
@@ -30,6 +30,7 @@ import torch
 from .config import ModelConfig, config_from_dict
 from .errors import ConfigError, FormatError, InputError, MissingTensorError
 from .store import TensorInfo, WeightFile, WeightFileMetadata
+from .store import format as _format
 from .store.format import ENCODING_BYTE_STREAM_SPLIT
 
 _TORCH_DTYPES = {
@@ -54,18 +55,36 @@ _CHUNK = 1 << 15
 def _join_split(data, dtype: str, shape: tuple[int, ...], force_float32: bool) -> torch.Tensor:
     """A tensor from byte-stream-split 2-byte floats: low bytes then high bytes of every element.
 
-    Per chunk: numpy joins the two streams into uint16 scratch (shift, or), torch's vectorized
-    float16/bfloat16 -> float32 copy writes the output (numpy's float16 cast is 2x slower). The
-    output is numpy memory (numpy asks for transparent huge pages: fresh-memory writes ran 1.6x
-    faster here than into torch.empty). Without ``force_float32`` the stored dtype is returned.
+    With the C extension (store/_unsplit.c) one pass reads both byte streams and writes the output.
+    Without it, per chunk: numpy joins the two streams into uint16 scratch (shift, or) and torch's
+    vectorized float16/bfloat16 -> float32 copy writes the output (numpy's float16 cast is 2x
+    slower). Either way the output is numpy memory (numpy asks for transparent huge pages: writes to
+    fresh memory ran 1.6x faster here than into torch.empty). Without ``force_float32`` the stored
+    dtype is returned.
     """
     n = int(np.prod(shape, dtype=np.int64))
-    low, high = np.frombuffer(data, np.uint8).reshape(2, n)
     stored = _TORCH_DTYPES[dtype]
+    native = _format.native
+    if native is not None:
+        out = np.empty(n, np.float32 if force_float32 else np.int16)
+        low, high = np.frombuffer(data, np.uint8).reshape(2, n)
+        if not force_float32:
+            native.join16(low, high, out)
+        elif dtype == "float16":
+            native.float16_to_float32(low, high, out)
+        else:
+            native.bfloat16_to_float32(low, high, out)
+        tensor = torch.from_numpy(out)
+        return (tensor if force_float32 else tensor.view(stored)).view(shape)
+    return _join_split_numpy(data, n, stored, force_float32).view(shape)
+
+
+def _join_split_numpy(data, n: int, stored: torch.dtype, force_float32: bool) -> torch.Tensor:
+    low, high = np.frombuffer(data, np.uint8).reshape(2, n)
     if not force_float32:
         bits = np.left_shift(high, 8, dtype=np.uint16)
         np.bitwise_or(bits, low, out=bits)
-        return torch.from_numpy(bits.view(np.int16)).view(stored).view(shape)
+        return torch.from_numpy(bits.view(np.int16)).view(stored)
     out = np.empty(n, np.float32)
     scratch = np.empty(min(n, _CHUNK), np.uint16)
     source, target = torch.from_numpy(scratch.view(np.int16)).view(stored), torch.from_numpy(out)
@@ -76,7 +95,7 @@ def _join_split(data, dtype: str, shape: tuple[int, ...], force_float32: bool) -
         np.left_shift(high[start:stop], 8, out=bits, dtype=np.uint16)
         np.bitwise_or(bits, low[start:stop], out=bits)
         chunk.copy_(source[: stop - start])
-    return target.view(shape)
+    return target
 
 
 # float32 from plain (not split) stored bytes in one pass each, in numpy: these run on the decode
@@ -117,7 +136,7 @@ class WeightLoader:
         dequantized (``q * scale``). False returns the stored dtype bit-exactly (int8 rows come back
         as int8; their scales via ``get_quantized``).
     device : torch device the tensors are moved to.
-    verify : check each tensor's crc32 as it is decoded.
+    verify : check each tensor's checksum as it is decoded.
     num_threads : decode threads for ``load_weights`` (default: all cores).
     """
 
@@ -175,6 +194,11 @@ class WeightLoader:
         )
 
     def _decode(self, info: TensorInfo) -> torch.Tensor:
+        fast = self._file.read_split(info, upcast=self.force_float32, verify=self.verify)
+        if fast is not None:
+            tensor = torch.from_numpy(fast)
+            tensor = tensor if self.force_float32 else tensor.view(_TORCH_DTYPES[info.dtype])
+            return tensor.view(info.shape).to(self.device)
         data, scales = self._file.read(info, verify=self.verify, raw=True)
         if info.encoding == ENCODING_BYTE_STREAM_SPLIT and info.n_params:
             tensor = _join_split(data, info.dtype, info.shape, self.force_float32)

@@ -10,16 +10,20 @@ from __future__ import annotations
 import base64
 import json
 import math
+import mmap
 import threading
 import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CorruptFileError, FormatError, ModelFileNotFoundError
+from . import format as _format
 from .format import (
+    CHECKSUMS,
     ENCODING_BYTE_STREAM_SPLIT,
     ENCODINGS,
     FILE_PREFIX,
@@ -36,10 +40,13 @@ from .format import (
     join_bytes,
     package_version,
 )
+from .pages import DataFrame, data_frame
+from .stream import decode_split
 
 _PARQUET_MAGIC = b"PAR1"
 _FIX_DAMAGED = "the file is damaged: copy it again or re-run `llm-compression convert`"
 _ARROW_ERRORS = (pa.ArrowException, OSError)
+_U64 = (1 << 64) - 1  # checksums print as unsigned hex
 
 
 def _open_parquet(path: Path, *, memory_map: bool, verify_pages: bool = False) -> pq.ParquetFile:
@@ -155,6 +162,12 @@ def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
         checksum=_kv(path, kv, "checksum"),
         file_size=path.stat().st_size,
     )
+    if meta.checksum not in CHECKSUMS:
+        raise FormatError(
+            f"{path}: tensor checksums use {meta.checksum!r}, which llm_compression "
+            f"{package_version()} does not know (it knows {sorted(CHECKSUMS)}); upgrade "
+            "llm_compression or re-convert the model with this version"
+        )
     if meta.num_tensors != pf.metadata.num_rows or pf.metadata.num_rows != pf.num_row_groups:
         raise CorruptFileError(
             f"{path}: metadata says {meta.num_tensors} tensors but the file has "
@@ -270,12 +283,14 @@ class WeightFile:
     def __init__(self, path: str | Path, *, memory_map: bool = True) -> None:
         self.path = Path(path)
         self._memory_map = memory_map
-        # The index comes from the footer JSON; tensor data is verified by the per-row crc32.
+        # The index comes from the footer JSON; tensor data is verified by the per-row checksum.
         pf = _open_parquet(self.path, memory_map=memory_map, verify_pages=True)
         _check_schema(self.path, pf.schema_arrow)
         self.metadata = _parse_metadata(self.path, pf)
         self.tensors = _read_index(self.path, pf)
         self._footer = pf.metadata
+        self._data_column = pf.schema_arrow.get_field_index("data")
+        self._map: memoryview | None = None  # the whole file, mapped on the first read_split
         self._local = threading.local()
 
     def _reader(self) -> pq.ParquetFile:
@@ -295,7 +310,7 @@ class WeightFile:
         The data bytes are the tensor's little-endian elements; with ``raw`` they are the stored
         bytes, still byte-stream-split when ``info.encoding`` says so (see ``format.join_bytes``).
         Raises CorruptFileError when the row group does not decode, has the wrong size, or (with
-        ``verify``) its crc32 does not match the stored checksum.
+        ``verify``) its checksum (the algorithm the file's metadata names) does not match.
         """
         quantized = info.quant_type is not None
         columns = ["data", "scales"] if quantized else ["data"]
@@ -316,12 +331,57 @@ class WeightFile:
                 f"{self.path}: tensor {info.name!r} holds {data.size} data bytes, expected "
                 f"{expected[0]} for {info.dtype} {info.shape}; {_FIX_DAMAGED}"
             )
-        if verify and checksum(data, scales) != info.checksum:
-            raise CorruptFileError(
-                f"{self.path}: tensor {info.name!r} fails its {self.metadata.checksum} checksum "
-                f"(stored {info.checksum:#010x}, computed {checksum(data, scales):#010x}); "
-                f"{_FIX_DAMAGED}"
-            )
+        if verify:
+            self._check(info, checksum(data, scales, algorithm=self.metadata.checksum))
         if not raw and info.encoding == ENCODING_BYTE_STREAM_SPLIT and data.size:
             data = pa.py_buffer(join_bytes(data, NUMPY_DTYPES[info.dtype].itemsize))
         return data, scales
+
+    def _check(self, info: TensorInfo, computed: int) -> None:
+        if computed != info.checksum:
+            raise CorruptFileError(
+                f"{self.path}: tensor {info.name!r} fails its {self.metadata.checksum} checksum "
+                f"(stored {info.checksum & _U64:#018x}, computed {computed & _U64:#018x}); "
+                f"{_FIX_DAMAGED}"
+            )
+
+    def _frame(self, info: TensorInfo) -> DataFrame | None:
+        if self._map is None:
+            with open(self.path, "rb") as f:
+                self._map = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        column = self._footer.row_group(info.row_group).column(self._data_column)
+        return data_frame(self._map, column, info.nbytes)
+
+    def read_split(
+        self, info: TensorInfo, *, upcast: bool, verify: bool = True
+    ) -> np.ndarray | None:
+        """A byte-stream-split 2-byte row decoded straight from its zstd frame (store/stream.py).
+
+        Returns float32 (``upcast``) or the stored elements as int16 bits, in a new array; None when
+        the C extension is not built, the row is not split, or its row group is not laid out the way
+        our writer lays it out (then use ``read``). Raises CorruptFileError like ``read``.
+        """
+        native = _format.native
+        if native is None or info.encoding != ENCODING_BYTE_STREAM_SPLIT or not info.n_params:
+            return None
+        frame = self._frame(info)
+        if frame is None:
+            return None
+        if not upcast:
+            loop = native.join16
+        elif info.dtype == "float16":
+            loop = native.float16_to_float32
+        else:
+            loop = native.bfloat16_to_float32
+        out = np.empty(info.n_params, np.float32 if upcast else np.int16)
+        algorithm = self.metadata.checksum if verify else None
+        where = f"{self.path}: tensor {info.name!r}"
+        try:
+            computed = decode_split(
+                frame, info.n_params, loop, out, algorithm=algorithm, where=where
+            )
+        except CorruptFileError as e:
+            raise CorruptFileError(f"{e}; {_FIX_DAMAGED}") from e
+        if verify:
+            self._check(info, computed)
+        return out

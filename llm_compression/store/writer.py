@@ -116,7 +116,8 @@ def _bytes(array: np.ndarray) -> memoryview:
 
 
 def _row_checksum(row: _Row) -> int:
-    return checksum(_bytes(row.data), None if row.scales is None else _bytes(row.scales))
+    scales = None if row.scales is None else _bytes(row.scales)
+    return checksum(_bytes(row.data), scales, algorithm=CHECKSUM_ALGORITHM)
 
 
 def _row_table(row: _Row) -> pa.Table:

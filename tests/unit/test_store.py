@@ -60,7 +60,7 @@ def test_metadata_round_trip(tmp_path):
     assert meta.num_tensors == 8
     assert meta.total_params == sum(t.size for t in tiny_tensors().values())
     assert meta.storage_dtype == "float16"
-    assert meta.checksum == "crc32"
+    assert meta.checksum == "xxh3_64"
     assert meta.file_size == path.stat().st_size
 
 

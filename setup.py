@@ -1,0 +1,21 @@
+"""Optional C extensions (everything else is in pyproject.toml).
+
+Each extension speeds up one hot loop that numpy runs in several passes; each is ``optional``: on a
+machine without a C compiler the install still succeeds and the code falls back to numpy (slower,
+same results). docs/decisions/0004-native-kernels.md says why.
+"""
+
+from setuptools import Extension, setup
+
+CFLAGS = ["-O3", "-std=c11"]
+
+EXTENSIONS = [
+    Extension(
+        "llm_compression.store._unsplit",
+        ["llm_compression/store/_unsplit.c"],
+        extra_compile_args=CFLAGS,
+        optional=True,
+    ),
+]
+
+setup(ext_modules=EXTENSIONS)
