@@ -4,6 +4,9 @@ In one run, on the same weights, measures for each model:
 - file size per storage dtype (float32/float16/bfloat16/int8) vs the float32 safetensors file,
 - WeightLoader.load_weights() time and decoded GB/s (output bytes; float32 out by default, and the
   stored dtype with --stored), against a naive one-row-at-a-time read in the same run,
+- for float16/bfloat16 files, the three decode paths in interleaved rounds: the zstd frame streamed
+  through the C join + upcast loop (the default), Arrow's page decode + the C loop, and numpy + torch
+  (what runs when the C extension is not built),
 - safetensors.torch.load_file time (lazy mmap, and with every byte touched),
 - HF from_pretrained time from a HF folder (MiniLM's own folder; CLIP's saved by this script).
 
@@ -37,6 +40,8 @@ from safetensors.torch import load_file
 from llm_compression.convert import convert
 from llm_compression.loader import WeightLoader
 from llm_compression.store import STORAGE_DTYPES
+from llm_compression.store import format as store_format
+from llm_compression.store import reader as store_reader
 from llm_compression.store.format import join_bytes
 
 GB = 1e9
@@ -99,6 +104,33 @@ def naive_load(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+DECODE_PATHS = ("stream+C", "arrow+C", "numpy")
+
+
+def decode_paths(path: Path, args) -> dict[str, dict[str, float]]:
+    """Best wall and CPU seconds of load_weights per decode path, rounds interleaved so that load
+    from other processes hits every path alike."""
+    native, read_split = store_format.native, store_reader.WeightFile.read_split
+    loader = WeightLoader(path, num_threads=args.threads)
+    times: dict[str, list[tuple[float, float]]] = {p: [] for p in DECODE_PATHS}
+    try:
+        for _ in range(args.repeats + 1):
+            for name in DECODE_PATHS:
+                store_format.native = None if name == "numpy" else native
+                store_reader.WeightFile.read_split = (
+                    read_split if name == "stream+C" else lambda *a, **k: None
+                )
+                start, cpu = time.perf_counter(), time.process_time()
+                loader.load_weights()
+                times[name].append((time.perf_counter() - start, time.process_time() - cpu))
+    finally:
+        store_format.native, store_reader.WeightFile.read_split = native, read_split
+    return {
+        name: {"wall_s": min(t[0] for t in v[1:]), "cpu_s": min(t[1] for t in v[1:])}
+        for name, v in times.items()
+    }
+
+
 def nbytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
@@ -137,6 +169,8 @@ def bench_model(name, source, hf_folder, args, work: Path) -> dict:
         WeightLoader(path).get_layer(loader.tensor_names[0])
         row["open_and_get_layer_s"] = time.perf_counter() - first
         row["open_cpu_s"] = timed(lambda p=path: WeightLoader(p), args.repeats)[3]
+        if dtype in ("float16", "bfloat16") and store_format.native is not None:
+            row["paths"] = decode_paths(path, args)
         if dtype in ("float32", "float16"):
             naive = timed(lambda p=path: naive_load(p), args.repeats)
             row["naive_s"], row["naive_cpu_s"] = naive[0], naive[3]
@@ -165,6 +199,16 @@ def print_table(results: list[dict]) -> None:
                 f"{d['gbps_2core_projection']:6.2f} {d['open_cpu_s'] * 1e3:7.1f} "
                 f"{d['load_stored_s'] * 1e3:9.0f} {d['load_noverify_s'] * 1e3:8.0f} {naive}"
             )
+        for dtype, d in r["dtypes"].items():
+            if "paths" in d:
+                print(
+                    f"{r['model']:<7} {dtype:<9} decode paths, GB/s wall (GB per CPU-s): "
+                    + ", ".join(
+                        f"{name} {d['out_bytes'] / t['wall_s'] / GB:.2f} "
+                        f"({d['out_bytes'] / t['cpu_s'] / GB:.2f})"
+                        for name, t in d["paths"].items()
+                    )
+                )
         hf = r["hf_from_pretrained_s"]
         print(
             f"{r['model']:<7} {r['params'] / 1e6:.1f}M params; safetensors float32 "
@@ -202,8 +246,16 @@ def main() -> None:
             source, hf_folder = sources[name](work)
             results.append(bench_model(name, source, hf_folder, args, work))
             print_table(results[-1:])
-    meta = {"threads": args.threads, "repeats": args.repeats, "loadavg": os.getloadavg()}
-    print(f"\nthreads={args.threads} repeats={args.repeats} load average {meta['loadavg']}")
+    meta = {
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "loadavg": os.getloadavg(),
+        "c_extension": store_format.native is not None,
+    }
+    print(
+        f"\nthreads={args.threads} repeats={args.repeats} load average {meta['loadavg']}; C join "
+        f"loop (store/_unsplit.c) {'built' if meta['c_extension'] else 'NOT built: numpy path'}"
+    )
     if args.json:
         args.json.write_text(json.dumps({"settings": meta, "results": results}, indent=2))
 
