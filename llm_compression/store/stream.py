@@ -27,6 +27,9 @@ from .pages import PLAIN_LENGTH_BYTES, DataFrame
 # High bytes decompressed, hashed and joined per step: 256 KiB of them plus the matching low bytes
 # and 1 MiB of float32 output stay within L2.
 PIECE = 1 << 18
+# Low-byte buffers up to this size are kept per thread and reused; a larger tensor's (an LLM's token
+# embedding: 100352 x 2048 is 205 MB) is allocated for that tensor only, so no thread holds it after.
+KEEP_SCRATCH = 1 << 25
 
 
 class _Scratch(threading.local):
@@ -38,6 +41,8 @@ class _Scratch(threading.local):
         self.decompressor = zstandard.ZstdDecompressor()
 
     def low_bytes(self, n: int) -> np.ndarray:
+        if n > KEEP_SCRATCH:
+            return np.empty(n, np.uint8)
         if len(self.low) < n:
             self.low = np.empty(n, np.uint8)
         return self.low[:n]

@@ -130,6 +130,16 @@ def test_stream_path_equals_arrow_path_for_any_size_and_piece(
         stream.PIECE = old
 
 
+def test_large_low_byte_buffers_are_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "KEEP_SCRATCH", 1000)
+    values = np.random.default_rng(1).standard_normal(3000).astype(np.float32)
+    path = write_model(tmp_path / "m.parquet", {"w": values}, config=CFG, dtype="float16")
+    monkeypatch.setattr(stream, "_SCRATCH", stream._Scratch())
+    got = WeightLoader(path).get_layer("w").numpy()
+    assert np.array_equal(got, values.astype(np.float16).astype(np.float32))
+    assert len(stream._SCRATCH.low) == 0  # 3000 > KEEP_SCRATCH: allocated for that tensor only
+
+
 def test_stream_path_is_used_for_files_we_write(tmp_path, monkeypatch):
     path = write_model(tmp_path / "m.parquet", {"w": np.ones((8, 8), np.float32)}, config=CFG)
     monkeypatch.setattr(reader.WeightFile, "read", lambda *a, **k: pytest.fail("Arrow path used"))
