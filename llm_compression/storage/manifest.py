@@ -142,8 +142,8 @@ def _fragment(entry: dict[str, Any]) -> FragmentInfo:
     return FragmentInfo(**entry)
 
 
-def file_checksum(path: Path, *, fsync: bool = False, algorithm: str = "crc32") -> tuple[str, int]:
-    """(``"<algorithm>:<hex>"``, size in bytes) of a file; fsync it too when asked."""
+def file_checksum(path: Path, *, algorithm: str = "crc32") -> tuple[str, int]:
+    """(``"<algorithm>:<hex>"``, size in bytes) of a file."""
     fd = os.open(path, os.O_RDONLY)
     try:
         crc, digest, size = 0, hashlib.new(algorithm) if algorithm != "crc32" else None, 0
@@ -153,8 +153,6 @@ def file_checksum(path: Path, *, fsync: bool = False, algorithm: str = "crc32") 
                 crc = zlib.crc32(chunk, crc)
             else:
                 digest.update(chunk)
-        if fsync:
-            os.fsync(fd)
     finally:
         os.close(fd)
     value = f"{crc:08x}" if digest is None else digest.hexdigest()

@@ -33,6 +33,7 @@ class TableState:
         self.ids: list[str] = []  # row number -> id
         self.dead = np.empty(0, np.int64)  # sorted row numbers of deleted rows
         self._live: dict[str, int] | None = None  # id -> row number of its live row (lazy)
+        self._live_rows = 0  # rows below this one are in _live (when it is not None)
         self._attrs: dict[str, pa.Table] = {}  # fragment file -> attribute columns (lazy)
 
     @property
@@ -57,7 +58,6 @@ class TableState:
                 loaded = list(pool.map(lambda f: self._load(root, f, preloaded), new))
         else:
             loaded = [self._load(root, f, preloaded) for f in new]
-        first_new_row = self.index.n
         for frag, (ids, unit) in zip(new, loaded, strict=True):
             self.offsets.append(self.index.n)
             self.index.append(unit)
@@ -66,11 +66,9 @@ class TableState:
         self.fragments = list(info.fragments)
         old_dead = self.dead
         self.dead = self._dead_rows()
-        if self._live is not None:
-            new_rows = range(first_new_row, self.index.n)
-            self._live.update(zip(self.ids[first_new_row:], new_rows, strict=True))
+        if self._live is not None:  # new rows go into _live at the next live() call
             for row in np.setdiff1d(self.dead, old_dead, assume_unique=True).tolist():
-                if self._live.get(self.ids[row]) == row:
+                if row < self._live_rows and self._live.get(self.ids[row]) == row:
                     del self._live[self.ids[row]]
 
     def _load(self, root: Path, frag: FragmentInfo, preloaded: Preloaded):
@@ -88,12 +86,22 @@ class TableState:
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
     def live(self) -> dict[str, int]:
-        """id -> row number of its live row (an id's live row is always its last one)."""
+        """id -> row number of its live row (an id's live row is always its last one).
+
+        Rows appended since the last call are added here, not when they are loaded: the next
+        `add` checks its ids while its fragments are being written, and pays for them then.
+        """
         if self._live is None:
-            mask = np.ones(self.index.n, bool)
-            mask[self.dead] = False
-            rows = np.flatnonzero(mask)
-            self._live = dict(zip(itertools.compress(self.ids, mask), rows.tolist(), strict=True))
+            self._live, self._live_rows = {}, 0
+        stop = self.index.n
+        start = self._live_rows
+        if start < stop:
+            keep = np.ones(stop - start, bool)
+            lo, hi = np.searchsorted(self.dead, [start, stop])
+            keep[self.dead[lo:hi] - start] = False
+            rows = (np.flatnonzero(keep) + start).tolist()
+            self._live.update(zip(itertools.compress(self.ids[start:], keep), rows, strict=True))
+            self._live_rows = stop
         return self._live
 
     def locate(self, row: int) -> tuple[int, int]:

@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +139,8 @@ class MultimodalStorage:
             raise SchemaMismatchError(f"model must be a non-empty model id string, got {model!r}")
         batch = tb.validate_batch(ids, vectors, sources, metadata)
         self.refresh()
-        self._check_fits(modality, model, batch, upsert)  # fail before writing anything
-        with ThreadPoolExecutor(1) as pool:  # normalise the search copy while the files are written
-            future = pool.submit(normalize, batch.vectors, batch.squares)
-            manifest, written = self._commit_batch(batch, modality, model, upsert)
-            unit = future.result()
+        self._check_schema(modality, model, batch)
+        manifest, written, unit = self._commit_batch(batch, modality, model, upsert)
         bounds = np.cumsum([0, *(frag.rows for frag in written)]).tolist()
         preloaded = {
             frag.file: (batch.ids[a:b], unit[a:b])
@@ -156,45 +152,74 @@ class MultimodalStorage:
         return manifest.version
 
     def _commit_batch(self, batch: tb.Batch, modality: str, model: str, upsert: bool):
-        """Write the batch's fragments, then commit them in one new manifest version."""
+        """Write the batch's fragments, then commit them in one new manifest version.
+
+        The checks that read every id or value run while the fragments are written: the ids in
+        this thread, the norms in the writer threads, which also normalise the search copy. A
+        batch failing them is never committed, and its fragments are removed.
+        """
         table = tb.batch_table(batch, modality=modality, model=model)
+        unit = np.empty(batch.vectors.shape, np.float32)
+
+        def normalise(start: int, stop: int) -> np.ndarray:
+            return _unit_rows_into(batch.vectors[start:stop], unit[start:stop])
+
+        def check_ids() -> None:
+            tb.check_unique(batch)
+            self._check_taken(modality, batch, upsert)
+
         with mf.locked(self.path, mf.WRITERS_LOCK, shared=True):
-            written = tb.write_fragments(self.path, table, modality, self.version + 1)
+            written, squares = tb.write_fragments(
+                self.path, table, modality, self.version + 1, then=normalise, meanwhile=check_ids
+            )
+            version = None  # the version being committed, once known
             try:
+                tb.check_norms(np.concatenate(squares))
                 with mf.locked(self.path, mf.COMMIT_LOCK):
-                    checked = self.version
-                    if self.refresh() != checked:  # another writer committed meanwhile
-                        self._check_fits(modality, model, batch, upsert)
-                    tables = dict(self._manifest.tables)
-                    info = tables.get(modality) or mf.TableInfo(model, batch.vectors.shape[1])
-                    frags = list(info.fragments)
-                    if upsert:
-                        live = self._states[modality].live() if modality in self._states else {}
-                        rows = [live[i] for i in batch.ids if i in live]
-                        frags = self._tombstone(modality, frags, rows) if rows else frags
-                    tables[modality] = dataclasses.replace(info, fragments=(*frags, *written))
-                    manifest = self._manifest.next(tables, "upsert" if upsert else "add")
+                    manifest = self._next_manifest(batch, modality, model, upsert, written)
+                    version = manifest.version
                     mf.commit_manifest(self.path, manifest)
-            except BaseException:
-                if not (self.path / mf.MANIFEST_DIR / mf.manifest_name(self.version + 1)).exists():
+            except BaseException:  # remove the fragments unless a manifest already names them
+                if (
+                    version is None
+                    or not (self.path / mf.MANIFEST_DIR / mf.manifest_name(version)).exists()
+                ):
                     for frag in written:
                         with contextlib.suppress(OSError):
                             (self.path / frag.file).unlink()
                 raise
-        return manifest, written
+        return manifest, written, unit
 
-    def _check_fits(self, modality: str, model: str, batch: tb.Batch, upsert: bool) -> None:
+    def _next_manifest(self, batch, modality, model, upsert, written) -> mf.Manifest:
+        """The version adding ``written`` (call with the commit lock held)."""
+        checked = self.version
+        if self.refresh() != checked:  # another writer committed meanwhile
+            self._check_schema(modality, model, batch)
+            self._check_taken(modality, batch, upsert)
+        tables = dict(self._manifest.tables)
+        info = tables.get(modality) or mf.TableInfo(model, batch.vectors.shape[1])
+        frags = list(info.fragments)
+        if upsert:
+            live = self._states[modality].live() if modality in self._states else {}
+            rows = [live[i] for i in batch.ids if i in live]
+            frags = self._tombstone(modality, frags, rows) if rows else frags
+        tables[modality] = dataclasses.replace(info, fragments=(*frags, *written))
+        return self._manifest.next(tables, "upsert" if upsert else "add")
+
+    def _check_schema(self, modality: str, model: str, batch: tb.Batch) -> None:
         info = self._manifest.tables.get(modality)
-        if info is None:
-            return
         dim = batch.vectors.shape[1]
-        if (info.model, info.dim) != (model, dim):
+        if info is not None and (info.model, info.dim) != (model, dim):
             raise SchemaMismatchError(
                 f"the {modality} table holds {info.dim}-d vectors of model {info.model!r}, got "
                 f"{dim}-d vectors of model {model!r}; embed with {info.model!r}, or delete the "
                 "table's rows and compact() before switching models"
             )
-        live = {} if upsert else self._states[modality].live()
+
+    def _check_taken(self, modality: str, batch: tb.Batch, upsert: bool) -> None:
+        if upsert or modality not in self._states:
+            return
+        live = self._states[modality].live()
         if not live.keys().isdisjoint(batch.ids):  # a C loop; name the ids only when some are taken
             taken = [i for i in batch.ids if i in live]
             raise InvalidEmbeddingError(
@@ -289,7 +314,7 @@ class MultimodalStorage:
         full = pa.concat_tables(parts)
         if full.num_rows == 0:
             return ()
-        written = tb.write_fragments(self.path, full, name, self.version + 1)
+        written, _ = tb.write_fragments(self.path, full, name, self.version + 1)
         for frag, part in zip(written, _split(full, written), strict=True):
             preloaded[frag.file] = (part.column("id").to_pylist(), unit_rows(part.column("vector")))
         return tuple(written)
@@ -391,6 +416,14 @@ class MultimodalStorage:
                 f"the store has several tables {self.modalities}; pass modality= to {what}"
             )
         return next(iter(self._states), None)
+
+
+def _unit_rows_into(vectors: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Normalise ``vectors`` into ``out``; return their squared norms for ``tb.check_norms``."""
+    with np.errstate(all="ignore"):  # NaN/inf/zero rows are reported by check_norms
+        squares = np.einsum("ij,ij->i", vectors, vectors)
+        normalize(vectors, squares, out=out)
+    return squares
 
 
 def _needs_compaction(info: mf.TableInfo) -> bool:

@@ -7,7 +7,9 @@ Every fragment is one immutable Parquet file holding rows of one modality, made 
 
 The schema metadata key ``llm_compression.embeddings`` records modality, model, dim and dtype.
 Every column is zstd-compressed except ``vector``: float32 embeddings are nearly incompressible
-(zstd shrank them to 0.93x of raw at ~35% of the write time), so it is stored plain.
+(zstd shrank them to 0.93x of raw at ~35% of the write time), so it is stored plain. Fragments are
+written by ``parquet_writer`` (~4x less CPU than ``pq.write_table`` and a checksum read-back) and
+read with pyarrow; files written by ``pq.write_table`` before it read the same.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InvalidEmbeddingError, SchemaMismatchError, StoreCorruptError
-from .manifest import DATA_DIR, FragmentInfo, crash_point, file_checksum, fsync_dir, tmp_path
+from . import parquet_writer
+from .manifest import DATA_DIR, FragmentInfo, crash_point, fsync_dir, tmp_path
 
 SCHEMA_KEY = b"llm_compression.embeddings"
 ROW_GROUP_ROWS = 65536  # `get` decodes only the row groups holding the asked ids
@@ -41,6 +44,7 @@ WORKERS = max(1, min(4, os.cpu_count() or 1))
 MODALITIES = ("text", "image", "audio", "video", "clip")  # clip: CLIP's joint text-image space
 COLUMNS = ("id", "modality", "vector", "model", "source", "created_at", "metadata")
 COMPRESSION = {name: "none" if name == "vector" else "zstd" for name in COLUMNS}
+STATISTICS = ("id", "created_at")  # min/max per row group, for readers' filter pushdown
 
 
 def check_modality(modality: str) -> str:
@@ -71,13 +75,13 @@ def fragment_schema(modality: str, model: str, dim: int) -> pa.Schema:
 
 @dataclass(frozen=True)
 class Batch:
-    """A validated batch: ids, float32 (n, dim) vectors and their squared norms, optional sources
-    and JSON metadata (as Arrow string arrays)."""
+    """A batch whose types and shapes are checked: ids, float32 (n, dim) vectors, optional sources
+    and JSON metadata (as Arrow string arrays). ``check_unique`` and ``check_norms`` finish the
+    checks while the fragments are written (a batch that fails them is never committed)."""
 
     ids: list[str]
     id_array: pa.Array
     vectors: np.ndarray  # C-contiguous float32: the caller's array itself when it already was
-    squares: np.ndarray  # (n,) float32 squared L2 norms, all finite and > 0
     sources: pa.Array
     metadata: pa.Array
 
@@ -85,7 +89,8 @@ class Batch:
 def validate_batch(
     ids: Sequence[str], vectors: Any, sources: Sequence | None, metadata: Sequence | None
 ) -> Batch:
-    """Check a batch for `add`/`upsert`; raise a typed error naming the first bad row."""
+    """Check the types and shapes of a batch for `add`/`upsert` (no pass over the vectors);
+    raise a typed error naming the first bad row."""
     if isinstance(ids, str) or not isinstance(ids, Sequence | np.ndarray):
         raise InvalidEmbeddingError(f"ids must be a sequence of strings, got {type(ids).__name__}")
     ids = list(ids)
@@ -100,19 +105,23 @@ def validate_batch(
         raise InvalidEmbeddingError(
             f"ids must be non-empty strings, got {bad!r}; convert ids with str() first"
         )
-    if pc.count_distinct(arr).as_py() != len(ids):
+    vectors = _as_matrix(vectors, len(ids))
+    sources = _column("sources", sources, len(ids), _source)
+    metadata = _column("metadata", metadata, len(ids), _json)
+    return Batch(ids, arr, vectors, sources, metadata)
+
+
+def check_unique(batch: Batch) -> None:
+    """Raise when an id appears twice in the batch (hashed by Arrow without the GIL)."""
+    if len(pc.unique(batch.id_array)) != len(batch.ids):  # 2.5x faster than pc.count_distinct
         seen: set[str] = set()
-        dups = sorted({i for i in ids if i in seen or seen.add(i)})
+        dups = sorted({i for i in batch.ids if i in seen or seen.add(i)})
         raise InvalidEmbeddingError(
             f"duplicate ids within one batch: {dups[:5]}; each id may appear once per add"
         )
-    vectors, squares = _as_matrix(vectors, len(ids))
-    sources = _column("sources", sources, len(ids), _source)
-    metadata = _column("metadata", metadata, len(ids), _json)
-    return Batch(ids, arr, vectors, squares, sources, metadata)
 
 
-def _as_matrix(vectors: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _as_matrix(vectors: Any, n: int) -> np.ndarray:
     arr = np.asarray(vectors)
     if arr.dtype.kind != "f":
         raise SchemaMismatchError(
@@ -126,8 +135,12 @@ def _as_matrix(vectors: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
             f"vectors must have shape ({n}, dim) for {n} ids, got {arr.shape}"
         )
     with np.errstate(over="ignore"):  # no copy when it is float32 and C-contiguous already
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-    squares = np.einsum("ij,ij->i", arr, arr)  # one pass: NaN/inf propagate, zeros stay 0
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_norms(squares: np.ndarray) -> None:
+    """Raise for rows whose squared norm (``np.einsum("ij,ij->i", v, v)``: NaN and inf propagate,
+    zeros stay 0) shows NaN/inf values or an all-zero vector."""
     finite = np.isfinite(squares)
     if not finite.all():
         rows = np.flatnonzero(~finite)[:5].tolist()
@@ -141,7 +154,6 @@ def _as_matrix(vectors: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
             f"vectors at rows {rows} are all zeros (or too small to normalise in float32): "
             "cosine similarity is undefined for them"
         )
-    return arr, squares
 
 
 def _source(value: Any) -> str | None:
@@ -197,44 +209,75 @@ def fragment_sizes(rows: int) -> list[int]:
     return [base + (i < extra) for i in range(parts)]
 
 
-def write_fragments(root: Path, table: pa.Table, modality: str, seq: int) -> list[FragmentInfo]:
-    """``write_fragment`` for the parts given by ``fragment_sizes``, in parallel threads."""
-    starts = np.cumsum([0, *fragment_sizes(table.num_rows)])
-    chunks = [table.slice(a, b - a) for a, b in zip(starts[:-1], starts[1:], strict=True)]
-    if len(chunks) == 1:
-        return [write_fragment(root, table, modality, seq)]
-    with ThreadPoolExecutor(min(WORKERS, len(chunks))) as pool:
-        futures = [pool.submit(write_fragment, root, c, modality, seq) for c in chunks]
+def write_fragments(
+    root: Path,
+    table: pa.Table,
+    modality: str,
+    seq: int,
+    *,
+    then: Callable[[int, int], Any] | None = None,
+    meanwhile: Callable[[], None] | None = None,
+) -> tuple[list[FragmentInfo], list[Any]]:
+    """``write_fragment`` for the parts given by ``fragment_sizes``, in parallel threads.
+
+    ``then(start, stop)`` runs in each part's thread on the part's row range, while the disk
+    writes its fragment (so that other work on the rows also uses every core); ``meanwhile()``
+    runs in the calling thread. If anything raises, every fragment written is removed and the
+    first error raised. Returns the fragments and the results of ``then``.
+    """
+    bounds = np.cumsum([0, *fragment_sizes(table.num_rows)]).tolist()
+
+    def part(start: int, stop: int) -> tuple[FragmentInfo, Any]:
+        rows = table.slice(start, stop - start)
+        return write_fragment(root, rows, modality, seq, then=then and (lambda: then(start, stop)))
+
+    pool = ThreadPoolExecutor(min(WORKERS, len(bounds) - 1))
+    futures = [pool.submit(part, a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    errors: list[BaseException] = []
+    try:
+        if meanwhile:
+            meanwhile()
+    except BaseException as e:
+        errors.append(e)
+    finally:
+        pool.shutdown(wait=True)
     done = [f.result() for f in futures if f.exception() is None]
-    failed = [f.exception() for f in futures if f.exception() is not None]
-    if failed:
-        for frag in done:
+    errors += [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        for frag, _ in done:
             (root / frag.file).unlink(missing_ok=True)
-        raise failed[0]
-    return done
+        raise errors[0]
+    return [frag for frag, _ in done], [result for _, result in done]
 
 
-def write_fragment(root: Path, table: pa.Table, modality: str, seq: int) -> FragmentInfo:
-    """Write ``table`` aside, fsync, rename into ``data/<modality>/``; return its manifest entry.
+def write_fragment(
+    root: Path, table: pa.Table, modality: str, seq: int, *, then: Callable[[], Any] | None = None
+) -> tuple[FragmentInfo, Any]:
+    """Write ``table`` aside, fsync, rename into ``data/<modality>/``; return its manifest entry
+    and what ``then()`` returned.
 
-    The file is written straight to ``tmp/`` (no in-memory copy), then read back from the page
-    cache once for its checksum and fsynced.
+    ``parquet_writer`` writes the file straight to ``tmp/`` and returns its crc32, combined from
+    the page checksums as the pages are written (the file is not read back). ``then()`` runs after
+    the pages are handed to the kernel and before the fsync, so the disk writes them meanwhile.
     """
     rel = f"{DATA_DIR}/{modality}/{seq:08d}-{uuid.uuid4().hex[:12]}.parquet"
     final = root / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(root, ".parquet")
     try:
-        pq.write_table(
-            table,
-            str(tmp),
-            compression=COMPRESSION,
-            row_group_size=ROW_GROUP_ROWS,
-            use_dictionary=["modality", "model"],
-            write_statistics=["id", "created_at"],
-            write_page_checksum=True,
-        )
-        checksum, size = file_checksum(tmp, fsync=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            crc, size = parquet_writer.write_table(
+                table,
+                fd,
+                row_group_rows=ROW_GROUP_ROWS,
+                compression=COMPRESSION,
+                statistics=STATISTICS,
+            )
+            result = then() if then else None
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -242,7 +285,7 @@ def write_fragment(root: Path, table: pa.Table, modality: str, seq: int) -> Frag
     os.rename(tmp, final)
     crash_point("fragment_renamed")
     fsync_dir(final.parent)
-    return FragmentInfo(rel, table.num_rows, size, checksum)
+    return FragmentInfo(rel, table.num_rows, size, f"crc32:{crc:08x}"), result
 
 
 class FragmentMissingError(StoreCorruptError):

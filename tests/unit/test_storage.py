@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 import numpy as np
 import pyarrow.compute as pc
@@ -341,3 +342,90 @@ def test_fragment_sizes_cover_the_batch(rows, monkeypatch):
     assert sum(sizes) == rows and max(sizes) - min(sizes) <= 1
     assert max(sizes) <= table.PARALLEL_ROWS
     assert len(sizes) == max(-(-rows // table.PARALLEL_ROWS), min(table.WORKERS, rows // 500), 1)
+
+
+def test_fragments_written_by_pyarrows_writer_stay_readable(tmp_path, monkeypatch):
+    """Stores made before the fragment writer (pyarrow's pq.write_table) read, verify, compact."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llm_compression.storage import parquet_writer, table, verify
+
+    def pyarrow_writer(rows, fd, *, row_group_rows, compression, statistics):
+        sink = pa.BufferOutputStream()  # the options of the previous write path
+        pq.write_table(rows, sink, compression=dict(compression), row_group_size=row_group_rows,
+                       use_dictionary=["modality", "model"], write_statistics=list(statistics),
+                       write_page_checksum=True)  # fmt: skip
+        data = sink.getvalue().to_pybytes()
+        os.write(fd, data)
+        return zlib.crc32(data), len(data)
+
+    path, v = tmp_path / "s", vecs(40)
+    with monkeypatch.context() as patch:
+        patch.setattr(table.parquet_writer, "write_table", pyarrow_writer)
+        MultimodalStorage(path).add(ids(20), v[:20], modality="text", model=MODEL,
+                                    sources=[f"a{i}" for i in range(20)])  # fmt: skip
+    old = next((path / "data" / "text").iterdir())
+    assert "parquet-cpp-arrow" in pq.ParquetFile(old).metadata.created_by
+    store = MultimodalStorage(path)
+    store.add(ids(20, "n"), v[20:], modality="text", model=MODEL)
+    new = [f for f in (path / "data" / "text").iterdir() if f != old]
+    assert pq.ParquetFile(new[0]).metadata.created_by == parquet_writer.CREATED_BY
+    assert verify(path).ok
+    for check in (store, MultimodalStorage(path)):
+        got = check.get(["r3", "n3"])
+        np.testing.assert_array_equal(np.array(got.column("vector").to_pylist()), v[[3, 23]])
+        assert got.column("source").to_pylist() == ["a3", None]
+        assert check.search(v[25], k=1).ids == ("n5",)
+    store.delete(["r0"])
+    store.compact()
+    assert verify(path).ok and store.count() == 39 and store.search(v[7], k=1).ids == ("r7",)
+
+
+def test_checks_during_the_write_leave_the_store_unchanged(store, monkeypatch):
+    """The id and norm checks run while fragments are written; a failure there removes them."""
+    from llm_compression.storage import store as store_module
+    from llm_compression.storage import table
+
+    monkeypatch.setattr(table, "SPLIT_ROWS", 500)  # several fragments, written in parallel
+    store.add(ids(3), vecs(3), modality="text", model=MODEL)
+    before = (store.version, files_under(store.path))
+    for bad in (["d", "d"], ["r1", "d"], ["d", "e"]):  # duplicate, taken, NaN
+        v = vecs(2000)
+        v[1500, 3] = np.nan if bad == ["d", "e"] else v[1500, 3]
+        with pytest.raises(InvalidEmbeddingError, match="duplicate|upsert|NaN"):
+            store.add(bad + ids(1998, "x"), v, modality="text", model=MODEL)
+        assert (store.version, files_under(store.path)) == before
+
+    def broken(vectors, out):
+        raise MemoryError("no room for the search copy")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "_unit_rows_into", broken)
+        with pytest.raises(MemoryError):
+            store.add(ids(2000, "y"), vecs(2000), modality="text", model=MODEL)
+    assert (store.version, files_under(store.path)) == before
+    store.add(ids(2000, "y"), vecs(2000), modality="text", model=MODEL)
+    assert store.count() == 2003 and store.stats()["tables"]["text"]["fragments"] == 3
+
+
+def test_id_map_follows_adds_upserts_and_deletes(tmp_path):
+    """The id -> live row map takes new rows lazily; it must equal one built from scratch."""
+    store, other = MultimodalStorage(tmp_path / "s"), MultimodalStorage(tmp_path / "s")
+    v = vecs(60)
+    store.add(ids(20), v[:20], modality="text", model=MODEL)
+    other.add(ids(20, "n"), v[20:40], modality="text", model=MODEL)  # other builds its map
+    store.add(ids(10, "m"), v[40:50], modality="text", model=MODEL)  # pending in both maps
+    store.upsert(["m1", "r2", "z"], v[50:53], modality="text", model=MODEL)
+    store.delete(["m2", "n3"])  # other loads these tombstones of rows it has not mapped yet
+    store.add(ids(3, "q"), v[53:56], modality="text", model=MODEL)
+    store.delete(["q0"])
+    expected = MultimodalStorage(tmp_path / "s")._states["text"].live()
+    other.refresh()
+    assert store._states["text"].live() == other._states["text"].live() == expected
+    assert expected["m1"] == 50 and expected["r2"] == 51 and "m2" not in expected
+    assert len(expected) == store.count() == other.count() == 56 - 5
+    with pytest.raises(InvalidEmbeddingError, match="upsert"):
+        other.add(["z"], v[:1], modality="text", model=MODEL)
+    other.add(["m2", "q0"], v[:2], modality="text", model=MODEL)  # deleted ids may come back
+    assert store.get(["q0"]).column("id").to_pylist() == ["q0"]

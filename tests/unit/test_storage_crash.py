@@ -75,6 +75,7 @@ ADD = {f"c{i}" for i in range(10)}
 @pytest.mark.parametrize(
     "point, committed",
     [
+        ("fragment_pages", False),  # a half-written Parquet file (no footer) in tmp/
         ("fragment_tmp", False),
         ("fragment_renamed", False),
         ("manifest_tmp", False),
