@@ -16,6 +16,12 @@ EXTENSIONS = [
         extra_compile_args=CFLAGS,
         optional=True,
     ),
+    Extension(
+        "llm_compression.storage._scan",
+        ["llm_compression/storage/_scan.c"],
+        extra_compile_args=CFLAGS,
+        optional=True,
+    ),
 ]
 
 setup(ext_modules=EXTENSIONS)

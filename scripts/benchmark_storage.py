@@ -9,8 +9,10 @@ lancedb is importable. Prints a table with ratios (reference time / our time: > 
     python scripts/benchmark_storage.py --sizes 100000x384,1000000x384
     python scripts/benchmark_storage.py --json out.json
 
-Threads: numpy BLAS uses every core it finds (2 here). OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when set,
-can slow numpy's kernel; the output names the BLAS kernel in use (see threadpoolctl).
+Threads: numpy BLAS uses every core it finds (2 here), and so does our int8 scan. OPENBLAS_CORETYPE /
+OPENBLAS_L2_SIZE, when set, can slow numpy's kernel; the output names the BLAS kernel in use (see
+threadpoolctl) and the search kernel our store picks (int8 scan + exact re-rank, or BLAS).
+"cold open + first query" includes building the int8 copy of the rows (done at the first search).
 """
 
 from __future__ import annotations
@@ -31,20 +33,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_compression.storage import MultimodalStorage  # noqa: E402
+from llm_compression.storage.search import describe_kernel  # noqa: E402
 
 K = 10
 BATCH_QUERIES = 100
 APPEND_BATCH = 100_000
+# OpenBLAS's idle worker threads busy-wait for ~0.1-0.2 s after a call (measured: a 1M-row int8
+# search right after numpy's `X @ q` took 47-60 ms, 0.3 s later 27-30 ms), so each timed call
+# waits this long first: every contender starts with the other core free. --settle 0 disables it.
+SETTLE_S = 0.3
 
 
-def timed(*fns, repeat: int) -> list[float]:
+def timed(*fns, repeat: int, settle: float = SETTLE_S) -> list[float]:
     """Median wall seconds per function over ``repeat`` rounds, calls interleaved (so that load
-    from other processes hits every contender alike), after one warm-up call each."""
+    from other processes hits every contender alike), after one warm-up call each; ``settle``
+    seconds of sleep before each timed call."""
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
         for fn, out in zip(fns, times, strict=True):
+            time.sleep(settle)
             start = time.perf_counter()
             fn()
             out.append(time.perf_counter() - start)
@@ -65,7 +74,9 @@ def data(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def bench_store_and_numpy(root: Path, vectors: np.ndarray, queries: np.ndarray, repeat: int):
+def bench_store_and_numpy(
+    root: Path, vectors: np.ndarray, queries: np.ndarray, repeat: int, settle: float
+):
     """Append throughput and cold load of our store, then top-k latency of store vs numpy."""
     n = len(vectors)
     store = MultimodalStorage(root / "store")
@@ -89,12 +100,16 @@ def bench_store_and_numpy(root: Path, vectors: np.ndarray, queries: np.ndarray, 
         {int(i[2:]) for i in h.ids} == set(e.tolist()) for h, e in zip(hits, expected, strict=True)
     )
     single = timed(
-        lambda: cold.search(queries[0], k=K), lambda: numpy_topk(matrix, unit_q[:1]), repeat=repeat
+        lambda: cold.search(queries[0], k=K),
+        lambda: numpy_topk(matrix, unit_q[:1]),
+        repeat=repeat,
+        settle=settle,
     )
     batch = timed(
         lambda: cold.search(queries, k=K),
         lambda: numpy_topk(matrix, unit_q),
         repeat=max(1, repeat // 5),
+        settle=settle,
     )
     ours = {
         "append_vectors_per_s": n / append_s,
@@ -156,6 +171,13 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--repeat", type=int, default=20, help="timed repeats of a single query")
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help="seconds to sleep before each timed call, so BLAS workers stop spinning "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--sizes",
         default="100000x384,1000000x384,100000x512,1000000x512",
         help="comma-separated ROWSxDIM tables to measure (default: %(default)s)",
@@ -167,21 +189,25 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, BLAS: {blas_info()}, "
           f"env {env}, load average {load:.1f}")  # fmt: skip
+    print(f"search kernel: {describe_kernel()}; {args.settle} s pause before each timed call")
     results = []
     for n, dim in sizes:
         root = Path(tempfile.mkdtemp(prefix="bench_storage_"))
         try:
             vectors = data(n, dim)
             queries = data(BATCH_QUERIES, dim, seed=1)
-            ours, brute = bench_store_and_numpy(root, vectors, queries, args.repeat)
+            ours, brute = bench_store_and_numpy(root, vectors, queries, args.repeat, args.settle)
             lance = bench_lancedb(root, vectors, queries, args.repeat)
-            row = {"rows": n, "dim": dim, "store": ours, "numpy": brute, "lancedb": lance}
+            row = {"rows": n, "dim": dim, "store": ours, "numpy": brute, "lancedb": lance,
+                   "load_average": os.getloadavg()[0]}  # fmt: skip
             results.append(row)
             _print_row(row)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps({"load_average": load, "blas": blas_info(), "env": env,
+                                         "search_kernel": describe_kernel(), "settle_s": args.settle,
+                                         "load_average_end": os.getloadavg()[0],
                                          "results": results}, indent=2))  # fmt: skip
     return 0
 
@@ -201,7 +227,8 @@ def _print_row(row: dict) -> None:
           f"({s['append_vectors_per_cpu_s']:,.0f} per CPU-second, all threads), "
           f"cold open + first query {s['cold_open_and_first_query_s']:.2f} s "
           f"({s['cold_open_cpu_s']:.2f} CPU s), "
-          f"results exact vs numpy: {s['exact_matches_numpy']}")  # fmt: skip
+          f"results exact vs numpy: {s['exact_matches_numpy']}, "
+          f"load average {row['load_average']:.1f}")  # fmt: skip
     print(f"  {'top-10':<22}{'store':>10}{'numpy':>10}{'ratio':>8}{'lancedb':>10}{'ratio':>8}")
     for key, label in (("single_ms", "1 query (ms)"), ("batch_ms", "100 queries (ms)")):
         lance_ms = f"{lance[key]:>10.1f}{lance[key] / s[key]:>8.2f}" if lance else f"{'absent':>10}"
