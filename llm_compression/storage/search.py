@@ -13,27 +13,23 @@ Two ways to the same top-k:
   product reads the rows once for all of them) and when the ``_scan`` extension is not built.
 - ``int8``: a scan of an int8 copy of the rows (a quarter of the bytes; the scan is memory-bandwidth
   bound) that bounds every score, keeps the rows whose bound can reach the k-th best, and re-ranks
-  those few exactly. The result is provably the exact top-k (see ``slack_per_l1``). The int8 copy is
+  those few exactly. The result is provably the exact top-k (see ``int8_scan.slack_per_l1``). The int8 copy is
   built at the first search and extended by later ones, never by ``append``; it costs ``dim + 4``
   bytes per row (a quarter of the float rows).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-try:
-    from . import _scan
-except ImportError:  # built without a C compiler: the BLAS path answers every query
-    _scan = None
+from . import int8_scan
+from .int8_scan import MARGIN, SCAN_QUERIES, UNIT_ROUNDING
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +39,11 @@ GATHER_FRACTION = 0.25  # filters keeping fewer rows than this gather them inste
 TAIL_BYTES = 1 << 26  # small appends share a tail chunk of up to 64 MiB (43,690 rows at dim 384)
 
 THREADS = os.cpu_count() or 1  # int8 scan threads
-MIN_THREAD_ROWS = 1 << 15  # below 32k rows per thread (12 MiB at dim 384) one thread is enough
-PIECES_PER_THREAD = 8  # pieces the threads take in turn (62k rows each at 1M rows, 2 threads)
-SCAN_QUERIES = 8  # queries per pass of the int8 kernel (its MAX_QUERIES)
 # measured at 1M x 384, 2 cores: the int8 scan is 3x faster than BLAS at 1-8 queries, 1.07x at
 # 32, 0.95x at 48; 2.5x at k = 1000 and even at k = 4000
 INT8_MAX_QUERIES = 32
 INT8_MIN_ROWS = 1 << 12  # below 4096 rows both paths take well under a millisecond
 INT8_MAX_K = 1024
-MIN_CANDIDATES = 4096  # record buffer per query and thread, plus 4 per wanted hit (4 * k)
-UNIT_ROUNDING = 2.0**-24  # float32 unit roundoff
-QUANT_ERROR = 0.5 + 2.0**-12  # |x - s q8| / s; _scan.c's rounding gives <= 0.5 + 2^-15
-MARGIN = 2.0**-18  # absolute slack >> the float32 rounding of a +- b and of the re-ranked scores
 LOWEST_SCORE = -2.0  # below any cosine of unit rows (>= -1 - rounding); dead rows score -inf
 
 
@@ -116,7 +105,9 @@ class VectorIndex:
         self.starts: list[int] = []  # row number of each chunk's first row
         self._tail: np.ndarray | None = None  # buffer whose filled part is chunks[-1], or None
         self._tail_rows = max(1024, TAIL_BYTES // (4 * dim))
-        self._shadows: list[_Shadow] = []  # int8 copies of chunks, as of the last int8 search
+        self._shadows: list[
+            int8_scan.Shadow
+        ] = []  # int8 copies of chunks, as of the last int8 search
         self._lock = threading.Lock()  # guards _shadows (searches may run in several threads)
 
     def append(self, unit: np.ndarray) -> None:
@@ -199,9 +190,9 @@ class VectorIndex:
         return hits if rows_of is None else [(rows_of[r], s) for r, s in hits]
 
     def _int8_fits(self, kernel: str, q: int, k: int) -> bool:
-        if _scan is None and kernel != "blas":
-            _warn_no_extension()
-        if _scan is None or kernel == "blas" or min(k, self.n) == 0:
+        if int8_scan._scan is None and kernel != "blas":
+            int8_scan.warn_no_extension()
+        if int8_scan._scan is None or kernel == "blas" or min(k, self.n) == 0:
             return False
         return kernel == "int8" or (
             q <= INT8_MAX_QUERIES and k <= INT8_MAX_K and self.n >= INT8_MIN_ROWS
@@ -221,7 +212,9 @@ class VectorIndex:
         hits = []
         for lo in range(0, len(queries), SCAN_QUERIES):
             group = np.ascontiguousarray(queries[lo : lo + SCAN_QUERIES], np.float32)
-            for query, cand in zip(group, _scan_int8(parts, group, k, dead, threads), strict=True):
+            for query, cand in zip(
+                group, int8_scan.scan(parts, group, k, dead, threads), strict=True
+            ):
                 if cand is None:
                     log.debug("int8 scan: too many rows within the bound; BLAS answers the query")
                     hits.append(None)
@@ -234,7 +227,7 @@ class VectorIndex:
         """(q8, scales) of every chunk, quantizing the rows added since the last call."""
         with self._lock:
             while len(self._shadows) < len(chunks):
-                self._shadows.append(_Shadow(self.dim))
+                self._shadows.append(int8_scan.Shadow(self.dim))
             shadows = self._shadows[: len(chunks)]  # more if a newer snapshot synced first
             for chunk, shadow in zip(chunks, shadows, strict=True):
                 shadow.sync(chunk, threads)
@@ -247,147 +240,12 @@ class VectorIndex:
 
 def describe_kernel(threads: int = THREADS) -> str:
     """Which top-k path ``kernel="auto"`` takes, for logs and benchmarks."""
-    if _scan is None:
+    if int8_scan._scan is None:
         return "BLAS (the _scan extension is not built)"
     return (
-        f"int8 scan + exact re-rank ({_scan.kernel()} kernel, {threads} threads) for <= "
+        f"int8 scan + exact re-rank ({int8_scan._scan.kernel()} kernel, {threads} threads) for <= "
         f"{INT8_MAX_QUERIES} queries, k <= {INT8_MAX_K}, >= {INT8_MIN_ROWS:,} rows; BLAS otherwise"
     )
-
-
-class _Shadow:
-    """int8 copy of one chunk: rows ``[:rows]`` of ``q8`` (capacity, dim) and ``scales``.
-
-    Chunks only grow at the end (the tail chunk by appends; a reallocated tail copies its rows
-    unchanged), so rows quantized once stay valid: ``sync`` quantizes only the new rows.
-    """
-
-    def __init__(self, dim: int) -> None:
-        self.q8 = np.empty((0, dim), np.int8)
-        self.scales = np.empty(0, np.float32)
-        self.rows = 0
-
-    def sync(self, chunk: np.ndarray, threads: int) -> None:
-        m, done = len(chunk), self.rows
-        if m <= done:
-            return
-        if m > len(self.scales):  # a growing tail: double, like the float tail
-            capacity = m if done == 0 else max(m, 2 * len(self.scales))
-            q8, scales = (
-                np.empty((capacity, chunk.shape[1]), np.int8),
-                np.empty(capacity, np.float32),
-            )
-            q8[:done], scales[:done] = self.q8[:done], self.scales[:done]
-            self.q8, self.scales = q8, scales
-        parts = max(1, min(threads, (m - done) // MIN_THREAD_ROWS))
-        cuts = np.linspace(done, m, parts + 1).astype(int).tolist()
-
-        def quantize(lo: int, hi: int) -> None:
-            _scan.quantize(chunk[lo:hi], chunk.shape[1], self.q8[lo:hi], self.scales[lo:hi])
-
-        list(_pool(parts).map(quantize, cuts[:-1], cuts[1:]))
-        self.rows = m
-
-
-def slack_per_l1(dim: int) -> float:
-    """``c`` such that ``|q.x - a| <= b = s ||q||_1 c + MARGIN`` for the int8 score ``a``.
-
-    With x a float32 row, s its scale, q8 its int8 row and q the float32 query:
-
-    - quantization: ``|x_i - s q8_i| <= s (1/2 + 2^-15)``: rint adds 1/2; computing
-      ``x_i * (127 / max|x|)`` in float32 adds at most ``3 * 127 * 2^-24 < 2^-15``; clipping to
-      +-127 only moves values that exceed 127 by that much. So ``|q.x - s q.q8| <= s ||q||_1
-      QUANT_ERROR`` (QUANT_ERROR = 1/2 + 2^-12, generous).
-    - the kernel's float32 sum of d products ``q_i q8_i`` (any order, with or without FMA) is off
-      by at most ``gamma_d sum|q_i q8_i| <= gamma_d 127 ||q||_1``, ``gamma_d = d u / (1 - d u)``,
-      ``u = 2^-24``; the product by s adds ``u`` relative: ``s ||q||_1 127 (gamma_d + 2u)`` in
-      all, counted twice here.
-    - the re-rank computes q.x in float64 (error ~ ``d 2^-53``) and rounds it to float32; MARGIN
-      absorbs the float32 rounding of ``a +- b`` and keeps every row the bound excludes at least
-      2^-17 below the k-th best exact score, i.e. strictly below it after rounding to float32, so
-      ties by row number are decided as by a full exact scan.
-
-    At dim 384 c = 0.506: the half-step of rint dominates; typical b at dim 384 is ~0.01.
-    """
-    gamma = dim * UNIT_ROUNDING / (1 - dim * UNIT_ROUNDING)
-    return QUANT_ERROR + 2 * 127 * (gamma + 2 * UNIT_ROUNDING)
-
-
-@functools.cache
-def _warn_no_extension() -> None:
-    log.warning(
-        "llm_compression.storage._scan is not built, so searches use BLAS over float32 rows (about "
-        "2x slower for single queries); reinstall with a C compiler (pip install -e .) to build it"
-    )
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A long-lived pool (threads start once, not per query), per process: a forked child does
-    not inherit its parent's threads."""
-    return _pool_in(threads, os.getpid())
-
-
-@functools.cache
-def _pool_in(threads: int, pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="vector-scan")
-
-
-def _split(parts: list, count: int) -> list[list]:
-    """(row number, q8, scales) parts cut into ``count`` runs of about equal rows."""
-    total = sum(len(scales) for _, _, scales in parts)
-    bounds = [total * t // count for t in range(count + 1)]
-    pieces: list[list] = [[] for _ in range(count)]
-    offset = 0  # position of the part's first row in the concatenation of all parts
-    for start, q8, scales in parts:
-        for t, piece in enumerate(pieces):
-            lo = max(bounds[t], offset) - offset
-            hi = min(bounds[t + 1], offset + len(scales)) - offset
-            if hi > lo:
-                piece.append((start + lo, q8[lo:hi], scales[lo:hi]))
-        offset += len(scales)
-    return pieces
-
-
-def _scan_int8(parts: list, queries: np.ndarray, k: int, skip: np.ndarray, threads: int) -> list:
-    """Per query (at most SCAN_QUERIES): sorted rows that may be in its top-k, or None when more
-    than a record buffer's half stayed within the bound (near-duplicates of the k-th best).
-
-    The rows are cut into PIECES_PER_THREAD pieces per thread that the threads take in turn, so
-    a thread whose core is busy (e.g. by BLAS workers spinning after a matmul) takes fewer."""
-    q, dim = queries.shape
-    l1 = np.abs(queries).sum(axis=1, dtype=np.float64) * slack_per_l1(dim)
-    slack = np.nextafter(l1.astype(np.float32), np.float32(np.inf))  # rounded up, not down
-    cap = MIN_CANDIDATES + 4 * k
-    total = sum(len(scales) for _, _, scales in parts)
-    workers = max(1, min(threads, total // MIN_THREAD_ROWS))
-    pieces = iter(_split(parts, workers * PIECES_PER_THREAD if workers > 1 else 1))
-    take = threading.Lock()
-
-    def run(_: int) -> tuple[np.ndarray, ...]:
-        heaps = np.full((q, k), -np.inf, np.float32)  # per query: the k largest a - b so far
-        rows, highs = np.empty((q, cap), np.int64), np.empty((q, cap), np.float32)
-        counts = np.zeros(q, np.int64)
-        while True:
-            with take:
-                piece = next(pieces, None)
-            if piece is None:
-                return heaps, rows, highs, counts
-            for start, q8, scales in piece:
-                lo, hi = np.searchsorted(skip, [start, start + len(scales)])
-                _scan.scan(q8, scales, queries, dim, slack, MARGIN, start, skip[lo:hi],
-                           heaps, rows, highs, counts)  # fmt: skip
-
-    states = list(_pool(workers).map(run, range(workers))) if workers > 1 else [run(0)]
-    out = []
-    for j in range(q):
-        if any(counts[j] < 0 for *_, counts in states):
-            out.append(None)
-            continue
-        lows = np.concatenate([heaps[j] for heaps, *_ in states])
-        tau = np.partition(lows, len(lows) - k)[len(lows) - k]  # k-th largest lower bound
-        kept = [r[j, : c[j]][h[j, : c[j]] >= tau] for _, r, h, c in states]
-        out.append(np.sort(np.concatenate(kept)))
-    return out
 
 
 def _rerank(rows: np.ndarray, cand: np.ndarray, query: np.ndarray, k: int):

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_compression.storage import MultimodalStorage, search
-from llm_compression.storage.search import VectorIndex, normalize, slack_per_l1
+from llm_compression.storage import MultimodalStorage, int8_scan, search
+from llm_compression.storage.int8_scan import slack_per_l1
+from llm_compression.storage.search import VectorIndex, normalize
 
-needs_scan = pytest.mark.skipif(search._scan is None, reason="the _scan extension is not built")
+needs_scan = pytest.mark.skipif(int8_scan._scan is None, reason="the _scan extension is not built")
 NONE = np.empty(0, np.int64)
 
 
@@ -71,8 +72,8 @@ def both_paths(index, rows, queries, k, dead=NONE, allow=None, threads=2, alone=
 @pytest.fixture
 def small_threads(monkeypatch):
     """Thread splits and record compactions happen at unit-test sizes."""
-    monkeypatch.setattr(search, "MIN_THREAD_ROWS", 64)
-    monkeypatch.setattr(search, "MIN_CANDIDATES", 32)
+    monkeypatch.setattr(int8_scan, "MIN_THREAD_ROWS", 64)
+    monkeypatch.setattr(int8_scan, "MIN_CANDIDATES", 32)
 
 
 @needs_scan
@@ -157,8 +158,8 @@ def test_dead_rows_and_filters(small_threads):
 )
 def test_any_shape_matches_the_reference(n, dim, q, k, split, dead_fraction, seed):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(search, "MIN_THREAD_ROWS", 16)
-        mp.setattr(search, "MIN_CANDIDATES", 8)
+        mp.setattr(int8_scan, "MIN_THREAD_ROWS", 16)
+        mp.setattr(int8_scan, "MIN_CANDIDATES", 8)
         rng = np.random.default_rng(seed)
         rows = unit(n, dim, seed)
         rows[rng.random(n) < 0.1] = 0.0  # some zero rows
@@ -175,7 +176,7 @@ def test_without_the_extension_blas_gives_the_same_answers(monkeypatch, small_th
     queries = unit(3, 40, seed=14)
     dead = np.arange(0, 2000, 7)
     with_ext = index.topk(queries, 15, dead=dead, kernel="int8")
-    monkeypatch.setattr(search, "_scan", None)
+    monkeypatch.setattr(int8_scan, "_scan", None)
     for kernel in ("auto", "int8"):
         assert_same(index.topk(queries, 15, dead=dead, kernel=kernel), with_ext)
     assert_same(with_ext, reference(rows, queries, 15, dead))
@@ -183,19 +184,19 @@ def test_without_the_extension_blas_gives_the_same_answers(monkeypatch, small_th
 
 @needs_scan
 def test_portable_and_avx2_kernels_agree(small_threads):
-    kernels = ["portable"] + (["avx2"] if search._scan.kernel() == "avx2" else [])
+    kernels = ["portable"] + (["avx2"] if int8_scan._scan.kernel() == "avx2" else [])
     rows = unit(1500, 37, seed=15)  # dim not a multiple of 8 or 16: the tail loops run
     queries = unit(9, 37, seed=16)
-    before = search._scan.kernel()
+    before = int8_scan._scan.kernel()
     results = []
     try:
         for name in kernels:
-            search._scan.set_kernel(name)
+            int8_scan._scan.set_kernel(name)
             index = build(rows, [500])
             hits = both_paths(index, rows, queries, 12)
             results.append((hits, index._shadows[0].q8.copy(), approx(rows, queries[:8])[0]))
     finally:
-        search._scan.set_kernel(before)
+        int8_scan._scan.set_kernel(before)
     for hits, q8, scores in results[1:]:
         assert_same(hits, results[0][0])
         np.testing.assert_array_equal(q8, results[0][1])
@@ -206,9 +207,9 @@ def approx(rows: np.ndarray, queries: np.ndarray):
     """(Q, n) int8 scores a, exact float64 scores t, bounds b (excluding MARGIN), scales s."""
     n, dim = rows.shape
     q8, scales = np.empty((n, dim), np.int8), np.empty(n, np.float32)
-    search._scan.quantize(rows, dim, q8, scales)
+    int8_scan._scan.quantize(rows, dim, q8, scales)
     a = np.empty((len(queries), n), np.float32)
-    search._scan.scores(q8, scales, np.ascontiguousarray(queries), dim, a)
+    int8_scan._scan.scores(q8, scales, np.ascontiguousarray(queries), dim, a)
     t = queries.astype(np.float64) @ rows.astype(np.float64).T
     b = scales[None, :].astype(np.float64) * np.abs(queries).sum(1)[:, None] * slack_per_l1(dim)
     return a, t, b, q8, scales
@@ -283,7 +284,7 @@ def test_store_search_uses_int8_with_deletes_and_filters(tmp_path, monkeypatch):
 
 @needs_scan
 def test_kernel_arguments_are_checked():
-    scan = search._scan
+    scan = int8_scan._scan
     q8, scales, q = np.zeros((4, 8), np.int8), np.zeros(4, np.float32), np.ones((1, 8), np.float32)
     heaps, rows, highs, counts = (np.zeros((1, 2), np.float32), np.zeros((1, 8), np.int64),
                                   np.zeros((1, 8), np.float32), np.zeros(1, np.int64))  # fmt: skip
@@ -307,7 +308,7 @@ def run_scan(values, k, skip=NONE, base=0):
     heaps = np.full((1, k), -np.inf, np.float32)
     rows, highs = np.zeros((1, 4), np.int64), np.zeros((1, 4), np.float32)
     counts = np.zeros(1, np.int64)
-    search._scan.scan(q8, np.ones(len(values), np.float32), np.ones((1, 1), np.float32), 1,
+    int8_scan._scan.scan(q8, np.ones(len(values), np.float32), np.ones((1, 1), np.float32), 1,
                       np.full(1, 0.5, np.float32), 0.0, base, skip, heaps, rows, highs, counts)  # fmt: skip
     n = max(0, int(counts[0]))
     return sorted(heaps[0].tolist()), int(counts[0]), rows[0, :n].tolist(), highs[0, :n].tolist()
