@@ -32,6 +32,18 @@ import pyarrow.compute as pc
 
 from .. import __version__
 from .manifest import crash_point
+from .parquet_codec import (
+    T_BINARY,
+    T_BOOL,
+    T_I16,
+    T_I32,
+    T_I64,
+    T_LIST,
+    T_STRUCT,
+    crc32_combine,
+    thrift_struct,
+    uvarint,
+)
 
 MAGIC = b"PAR1"
 PAGE_BYTES = 1 << 20  # target page size: pyarrow's default data_page_size
@@ -42,8 +54,6 @@ _FLUSH_PARTS = 512  # queued buffers per os.writev at most (IOV_MAX is 1024 on L
 _FLUSH_BYTES = 8 << 20
 _ZSTD = pa.Codec("zstd")  # pyarrow's default level, as pq.write_table(compression="zstd") uses
 
-# Thrift compact protocol type ids (BOOL is carried in the field header: 1 true, 2 false).
-_BOOL, _I16, _I32, _I64, _BINARY, _LIST, _STRUCT = 1, 4, 5, 6, 8, 9, 12
 # Parquet enums (parquet.thrift).
 _FLOAT, _INT64, _BYTE_ARRAY = 4, 2, 6  # Type
 _REQUIRED, _OPTIONAL, _REPEATED = 0, 1, 2  # FieldRepetitionType
@@ -51,90 +61,6 @@ _UTF8, _LIST_TYPE, _TIMESTAMP_MICROS = 0, 3, 10  # ConvertedType
 _PLAIN, _RLE = 0, 3  # Encoding
 _CODECS = {"none": 0, "zstd": 6}  # CompressionCodec
 _DATA_PAGE = 0  # PageType
-_CRC_POLY = 0xEDB88320  # zlib's crc32 (the Parquet page checksum), bit-reflected
-
-
-# -- thrift compact encoding ---------------------------------------------------------------------
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _value(kind: int, value) -> bytes:
-    if kind in (_I16, _I32, _I64):
-        return _uvarint((value << 1) ^ (value >> 63))  # zigzag
-    if kind == _BINARY:
-        data = value.encode() if isinstance(value, str) else bytes(value)
-        return _uvarint(len(data)) + data
-    if kind == _LIST:
-        element, items = value
-        size = (
-            bytes([len(items) << 4 | element])
-            if len(items) < 15
-            else bytes([0xF0 | element]) + _uvarint(len(items))
-        )
-        return size + b"".join(_value(element, item) for item in items)
-    if kind == _STRUCT:
-        return value  # encoded already by _struct
-    return b""  # _BOOL: the value is in the field header
-
-
-def _struct(*fields: tuple[int, int, object]) -> bytes:
-    """A thrift struct from ``(field id, type, value)``; fields whose value is None are absent."""
-    out, last = bytearray(), 0
-    for fid, kind, value in fields:
-        if value is None:
-            continue
-        nibble = (1 if value else 2) if kind == _BOOL else kind
-        delta = fid - last
-        out += (
-            bytes([delta << 4 | nibble])
-            if 0 < delta <= 15
-            else bytes([nibble]) + _uvarint(fid << 1)
-        )
-        out += _value(kind, value)
-        last = fid
-    out.append(0)
-    return bytes(out)
-
-
-# -- crc32 of concatenated data from the checksums of its parts ----------------------------------
-
-
-def _gf2_times(matrix: Sequence[int], vector: int) -> int:
-    total, i = 0, 0
-    while vector:
-        if vector & 1:
-            total ^= matrix[i]
-        vector >>= 1
-        i += 1
-    return total
-
-
-@functools.lru_cache(maxsize=16)
-def _zeros_operator(nbytes: int) -> tuple[int, ...]:
-    """The linear map (32 columns) that feeds ``nbytes`` zero bytes through a crc32 register."""
-    power = [_CRC_POLY] + [1 << i for i in range(31)]  # one zero bit
-    result: list[int] | None = None
-    bits = 8 * nbytes
-    while bits:  # square and multiply over the bits of the length
-        if bits & 1:
-            result = power if result is None else [_gf2_times(power, col) for col in result]
-        bits >>= 1
-        if bits:
-            power = [_gf2_times(power, col) for col in power]
-    return tuple(result or [1 << i for i in range(32)])
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """``zlib.crc32(a + b)`` from ``crc1 = zlib.crc32(a)``, ``crc2 = zlib.crc32(b)``, ``len(b)``."""
-    return _gf2_times(_zeros_operator(len2), crc1) ^ crc2
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -201,16 +127,16 @@ class _Page:
 
 
 def _page_header(page: _Page, size: int) -> bytes:
-    data_header = _struct(
-        (1, _I32, page.num_values), (2, _I32, _PLAIN), (3, _I32, _RLE), (4, _I32, _RLE)
+    data_header = thrift_struct(
+        (1, T_I32, page.num_values), (2, T_I32, _PLAIN), (3, T_I32, _RLE), (4, T_I32, _RLE)
     )
     crc = page.crc - (1 << 32) if page.crc >= 1 << 31 else page.crc  # an i32 in thrift
-    return _struct(
-        (1, _I32, _DATA_PAGE),
-        (2, _I32, page.uncompressed),
-        (3, _I32, size),
-        (4, _I32, crc),
-        (5, _STRUCT, data_header),
+    return thrift_struct(
+        (1, T_I32, _DATA_PAGE),
+        (2, T_I32, page.uncompressed),
+        (3, T_I32, size),
+        (4, T_I32, crc),
+        (5, T_STRUCT, data_header),
     )
 
 
@@ -223,8 +149,8 @@ def _levels(body: bytes) -> bytes:
 def _list_levels(dim: int, rows: int, max_def: int) -> bytes:
     """Repetition and definition levels of ``rows`` lists of ``dim`` items, none null: a run of
     one 0 and a run of ``dim - 1`` ones per row, then one run of ``max_def`` for every item."""
-    row = b"\x02\x00" + (_uvarint((dim - 1) << 1) + b"\x01" if dim > 1 else b"")
-    return _levels(row * rows) + _levels(_uvarint(rows * dim << 1) + bytes([max_def]))
+    row = b"\x02\x00" + (uvarint((dim - 1) << 1) + b"\x01" if dim > 1 else b"")
+    return _levels(row * rows) + _levels(uvarint(rows * dim << 1) + bytes([max_def]))
 
 
 def _vector_pages(column: pa.ChunkedArray, max_def: int) -> Iterator[_Page]:
@@ -289,9 +215,9 @@ def _def_levels(valid: np.ndarray) -> bytes:
     """Definition levels (bit width 1) of a nullable flat column: one RLE run when all rows are
     alike, else one bit-packed run, which is the validity bitmap itself (LSB first)."""
     if valid.all() or not valid.any():
-        return _levels(_uvarint(len(valid) << 1) + bytes([int(valid.any())]))
+        return _levels(uvarint(len(valid) << 1) + bytes([int(valid.any())]))
     bits = np.packbits(valid, bitorder="little").tobytes()
-    return _levels(_uvarint(len(bits) << 1 | 1) + bits)
+    return _levels(uvarint(len(bits) << 1 | 1) + bits)
 
 
 # -- schema, column chunks, footer ---------------------------------------------------------------
@@ -309,26 +235,28 @@ class _Leaf:
 
 
 def _logical(fid: int, body: bytes = b"\x00") -> bytes:
-    return _struct((fid, _STRUCT, body))  # a LogicalType union member (empty struct by default)
+    return thrift_struct(
+        (fid, T_STRUCT, body)
+    )  # a LogicalType union member (empty struct by default)
 
 
 def _schema(schema: pa.Schema) -> tuple[list[bytes], list[_Leaf]]:
     """Parquet SchemaElements (depth-first) and leaves of a fragment's Arrow schema."""
-    elements = [_struct((4, _BINARY, "schema"), (5, _I32, len(schema)))]
+    elements = [thrift_struct((4, T_BINARY, "schema"), (5, T_I32, len(schema)))]
     leaves = []
     for field in schema:
         kind, name = field.type, field.name
         rep = _OPTIONAL if field.nullable else _REQUIRED
         if pa.types.is_string(kind):
-            elements.append(_struct((1, _I32, _BYTE_ARRAY), (3, _I32, rep), (4, _BINARY, name),
-                                    (6, _I32, _UTF8), (10, _STRUCT, _logical(1))))  # fmt: skip
+            elements.append(thrift_struct((1, T_I32, _BYTE_ARRAY), (3, T_I32, rep), (4, T_BINARY, name),
+                                    (6, T_I32, _UTF8), (10, T_STRUCT, _logical(1))))  # fmt: skip
             leaves.append(_Leaf(name, (name,), _BYTE_ARRAY, field.nullable))
         elif pa.types.is_timestamp(kind) and kind.unit == "us" and not field.nullable:
-            unit = _struct((2, _STRUCT, _struct()))  # TimeUnit MICROS
-            stamp = _struct((1, _BOOL, kind.tz is not None), (2, _STRUCT, unit))
-            elements.append(_struct((1, _I32, _INT64), (3, _I32, rep), (4, _BINARY, name),
-                                    (6, _I32, _TIMESTAMP_MICROS),
-                                    (10, _STRUCT, _logical(8, stamp))))  # fmt: skip
+            unit = thrift_struct((2, T_STRUCT, thrift_struct()))  # TimeUnit MICROS
+            stamp = thrift_struct((1, T_BOOL, kind.tz is not None), (2, T_STRUCT, unit))
+            elements.append(thrift_struct((1, T_I32, _INT64), (3, T_I32, rep), (4, T_BINARY, name),
+                                    (6, T_I32, _TIMESTAMP_MICROS),
+                                    (10, T_STRUCT, _logical(8, stamp))))  # fmt: skip
             leaves.append(_Leaf(name, (name,), _INT64, False))
         elif (
             pa.types.is_fixed_size_list(kind)
@@ -337,15 +265,15 @@ def _schema(schema: pa.Schema) -> tuple[list[bytes], list[_Leaf]]:
         ):
             item = _OPTIONAL if kind.value_field.nullable else _REQUIRED
             elements += [
-                _struct(
-                    (3, _I32, rep),
-                    (4, _BINARY, name),
-                    (5, _I32, 1),
-                    (6, _I32, _LIST_TYPE),
-                    (10, _STRUCT, _logical(3)),
+                thrift_struct(
+                    (3, T_I32, rep),
+                    (4, T_BINARY, name),
+                    (5, T_I32, 1),
+                    (6, T_I32, _LIST_TYPE),
+                    (10, T_STRUCT, _logical(3)),
                 ),  # fmt: skip
-                _struct((3, _I32, _REPEATED), (4, _BINARY, "list"), (5, _I32, 1)),
-                _struct((1, _I32, _FLOAT), (3, _I32, item), (4, _BINARY, "element")),
+                thrift_struct((3, T_I32, _REPEATED), (4, T_BINARY, "list"), (5, T_I32, 1)),
+                thrift_struct((1, T_I32, _FLOAT), (3, T_I32, item), (4, T_BINARY, "element")),
             ]
             max_def = 1 + (item == _OPTIONAL)
             leaves.append(_Leaf(name, (name, "list", "element"), _FLOAT, False, max_def))
@@ -394,29 +322,29 @@ def _statistics(column: pa.ChunkedArray) -> bytes:
         column = column.cast(pa.int64())
     low, high = (s.as_py() for s in pc.min_max(column).values())
     if low is None:
-        return _struct((3, _I64, column.null_count))
+        return thrift_struct((3, T_I64, column.null_count))
 
     def plain(value) -> bytes:
         return value.to_bytes(8, "little", signed=True) if isinstance(value, int) else value
 
-    return _struct(
-        (3, _I64, column.null_count), (5, _BINARY, plain(high)), (6, _BINARY, plain(low))
+    return thrift_struct(
+        (3, T_I64, column.null_count), (5, T_BINARY, plain(high)), (6, T_BINARY, plain(low))
     )
 
 
 def _column_chunk(leaf: _Leaf, chunk: _Chunk, codec: str, statistics: bytes | None) -> bytes:
-    meta = _struct(
-        (1, _I32, leaf.physical),
-        (2, _LIST, (_I32, [_PLAIN, _RLE])),
-        (3, _LIST, (_BINARY, list(leaf.path))),
-        (4, _I32, _CODECS[codec]),
-        (5, _I64, chunk.num_values),
-        (6, _I64, chunk.uncompressed),
-        (7, _I64, chunk.compressed),
-        (9, _I64, chunk.offset),
-        (12, _STRUCT, statistics),
+    meta = thrift_struct(
+        (1, T_I32, leaf.physical),
+        (2, T_LIST, (T_I32, [_PLAIN, _RLE])),
+        (3, T_LIST, (T_BINARY, list(leaf.path))),
+        (4, T_I32, _CODECS[codec]),
+        (5, T_I64, chunk.num_values),
+        (6, T_I64, chunk.uncompressed),
+        (7, T_I64, chunk.compressed),
+        (9, T_I64, chunk.offset),
+        (12, T_STRUCT, statistics),
     )
-    return _struct((2, _I64, 0), (3, _STRUCT, meta))  # file_offset 0, as pyarrow writes it
+    return thrift_struct((2, T_I64, 0), (3, T_STRUCT, meta))  # file_offset 0, as pyarrow writes it
 
 
 def _footer(schema: pa.Schema, elements: list[bytes], leaves: list[_Leaf], rows: int,
@@ -424,14 +352,18 @@ def _footer(schema: pa.Schema, elements: list[bytes], leaves: list[_Leaf], rows:
     """FileMetaData with the Arrow schema stored the way pyarrow stores it."""
     pairs = [*(schema.metadata or {}).items(), (b"ARROW:schema", base64.b64encode(
         schema.serialize().to_pybytes()))]  # fmt: skip
-    return _struct(
-        (1, _I32, 2),
-        (2, _LIST, (_STRUCT, elements)),
-        (3, _I64, rows),
-        (4, _LIST, (_STRUCT, groups)),
-        (5, _LIST, (_STRUCT, [_struct((1, _BINARY, k), (2, _BINARY, v)) for k, v in pairs])),
-        (6, _BINARY, CREATED_BY),
-        (7, _LIST, (_STRUCT, [_logical(1)] * len(leaves))),  # TypeDefinedOrder for every leaf
+    return thrift_struct(
+        (1, T_I32, 2),
+        (2, T_LIST, (T_STRUCT, elements)),
+        (3, T_I64, rows),
+        (4, T_LIST, (T_STRUCT, groups)),
+        (
+            5,
+            T_LIST,
+            (T_STRUCT, [thrift_struct((1, T_BINARY, k), (2, T_BINARY, v)) for k, v in pairs]),
+        ),
+        (6, T_BINARY, CREATED_BY),
+        (7, T_LIST, (T_STRUCT, [_logical(1)] * len(leaves))),  # TypeDefinedOrder for every leaf
     )
 
 
@@ -497,11 +429,11 @@ def _row_group(
         chunks.append(_write_chunk(sink, column, leaf, codec))
         stats = _statistics(column) if leaf.name in statistics else None
         entries.append(_column_chunk(leaf, chunks[-1], codec, stats))
-    return _struct(
-        (1, _LIST, (_STRUCT, entries)),
-        (2, _I64, sum(c.uncompressed for c in chunks)),
-        (3, _I64, part.num_rows),
-        (5, _I64, chunks[0].offset),
-        (6, _I64, sum(c.compressed for c in chunks)),
-        (7, _I16, ordinal),
+    return thrift_struct(
+        (1, T_LIST, (T_STRUCT, entries)),
+        (2, T_I64, sum(c.uncompressed for c in chunks)),
+        (3, T_I64, part.num_rows),
+        (5, T_I64, chunks[0].offset),
+        (6, T_I64, sum(c.compressed for c in chunks)),
+        (7, T_I16, ordinal),
     )
