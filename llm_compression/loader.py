@@ -64,16 +64,10 @@ def _join_split(data, dtype: str, shape: tuple[int, ...], force_float32: bool) -
     """
     n = int(np.prod(shape, dtype=np.int64))
     stored = _TORCH_DTYPES[dtype]
-    native = _format.native
-    if native is not None:
-        out = np.empty(n, np.float32 if force_float32 else np.int16)
-        low, high = np.frombuffer(data, np.uint8).reshape(2, n)
-        if not force_float32:
-            native.join16(low, high, out)
-        elif dtype == "float16":
-            native.float16_to_float32(low, high, out)
-        else:
-            native.bfloat16_to_float32(low, high, out)
+    decoder = _format.native_split_decoder(dtype, force_float32, n)
+    if decoder is not None:
+        loop, out = decoder
+        loop(*np.frombuffer(data, np.uint8).reshape(2, n), out)
         tensor = torch.from_numpy(out)
         return (tensor if force_float32 else tensor.view(stored)).view(shape)
     return _join_split_numpy(data, n, stored, force_float32).view(shape)

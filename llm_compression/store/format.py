@@ -212,6 +212,18 @@ def split_bytes(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.reshape(-1).view(np.uint8).reshape(-1, width).T).reshape(-1)
 
 
+def native_split_decoder(dtype: str, upcast: bool, n: int):
+    """``(loop, out)`` to decode n split 2-byte ``dtype`` elements with ``_unsplit``'s C loop
+    ``loop(low, high, out)``: ``out`` is a new float32 array with ``upcast``, else int16 (the stored
+    elements' bits). None when the extension is not built."""
+    if native is None:
+        return None
+    if not upcast:
+        return native.join16, np.empty(n, np.int16)
+    loop = native.float16_to_float32 if dtype == "float16" else native.bfloat16_to_float32
+    return loop, np.empty(n, np.float32)
+
+
 def join_bytes(data: Any, itemsize: int) -> np.ndarray:
     """Inverse of ``split_bytes``: the element bytes (uint8, interleaved again) of split ``data``."""
     streams = np.frombuffer(data, np.uint8).reshape(itemsize, -1)

@@ -361,19 +361,12 @@ class WeightFile:
         the C extension is not built, the row is not split, or its row group is not laid out the way
         our writer lays it out (then use ``read``). Raises CorruptFileError like ``read``.
         """
-        native = _format.native
-        if native is None or info.encoding != ENCODING_BYTE_STREAM_SPLIT or not info.n_params:
+        if info.encoding != ENCODING_BYTE_STREAM_SPLIT or not info.n_params:
             return None
-        frame = self._frame(info)
+        frame = self._frame(info) if _format.native is not None else None
         if frame is None:
             return None
-        if not upcast:
-            loop = native.join16
-        elif info.dtype == "float16":
-            loop = native.float16_to_float32
-        else:
-            loop = native.bfloat16_to_float32
-        out = np.empty(info.n_params, np.float32 if upcast else np.int16)
+        loop, out = _format.native_split_decoder(info.dtype, upcast, info.n_params)
         algorithm = self.metadata.checksum if verify else None
         where = f"{self.path}: tensor {info.name!r}"
         try:
