@@ -31,19 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import __version__
+from .. import thrift_compact as tc
+from .crc32 import crc32_combine
 from .manifest import crash_point
-from .parquet_codec import (
-    T_BINARY,
-    T_BOOL,
-    T_I16,
-    T_I32,
-    T_I64,
-    T_LIST,
-    T_STRUCT,
-    crc32_combine,
-    thrift_struct,
-    uvarint,
-)
 
 MAGIC = b"PAR1"
 PAGE_BYTES = 1 << 20  # target page size: pyarrow's default data_page_size
@@ -127,16 +117,16 @@ class _Page:
 
 
 def _page_header(page: _Page, size: int) -> bytes:
-    data_header = thrift_struct(
-        (1, T_I32, page.num_values), (2, T_I32, _PLAIN), (3, T_I32, _RLE), (4, T_I32, _RLE)
+    data_header = tc.encode_struct(
+        (1, tc.I32, page.num_values), (2, tc.I32, _PLAIN), (3, tc.I32, _RLE), (4, tc.I32, _RLE)
     )
     crc = page.crc - (1 << 32) if page.crc >= 1 << 31 else page.crc  # an i32 in thrift
-    return thrift_struct(
-        (1, T_I32, _DATA_PAGE),
-        (2, T_I32, page.uncompressed),
-        (3, T_I32, size),
-        (4, T_I32, crc),
-        (5, T_STRUCT, data_header),
+    return tc.encode_struct(
+        (1, tc.I32, _DATA_PAGE),
+        (2, tc.I32, page.uncompressed),
+        (3, tc.I32, size),
+        (4, tc.I32, crc),
+        (5, tc.STRUCT, data_header),
     )
 
 
@@ -149,8 +139,8 @@ def _levels(body: bytes) -> bytes:
 def _list_levels(dim: int, rows: int, max_def: int) -> bytes:
     """Repetition and definition levels of ``rows`` lists of ``dim`` items, none null: a run of
     one 0 and a run of ``dim - 1`` ones per row, then one run of ``max_def`` for every item."""
-    row = b"\x02\x00" + (uvarint((dim - 1) << 1) + b"\x01" if dim > 1 else b"")
-    return _levels(row * rows) + _levels(uvarint(rows * dim << 1) + bytes([max_def]))
+    row = b"\x02\x00" + (tc.uvarint((dim - 1) << 1) + b"\x01" if dim > 1 else b"")
+    return _levels(row * rows) + _levels(tc.uvarint(rows * dim << 1) + bytes([max_def]))
 
 
 def _vector_pages(column: pa.ChunkedArray, max_def: int) -> Iterator[_Page]:
@@ -215,9 +205,9 @@ def _def_levels(valid: np.ndarray) -> bytes:
     """Definition levels (bit width 1) of a nullable flat column: one RLE run when all rows are
     alike, else one bit-packed run, which is the validity bitmap itself (LSB first)."""
     if valid.all() or not valid.any():
-        return _levels(uvarint(len(valid) << 1) + bytes([int(valid.any())]))
+        return _levels(tc.uvarint(len(valid) << 1) + bytes([int(valid.any())]))
     bits = np.packbits(valid, bitorder="little").tobytes()
-    return _levels(uvarint(len(bits) << 1 | 1) + bits)
+    return _levels(tc.uvarint(len(bits) << 1 | 1) + bits)
 
 
 # -- schema, column chunks, footer ---------------------------------------------------------------
@@ -235,28 +225,28 @@ class _Leaf:
 
 
 def _logical(fid: int, body: bytes = b"\x00") -> bytes:
-    return thrift_struct(
-        (fid, T_STRUCT, body)
+    return tc.encode_struct(
+        (fid, tc.STRUCT, body)
     )  # a LogicalType union member (empty struct by default)
 
 
 def _schema(schema: pa.Schema) -> tuple[list[bytes], list[_Leaf]]:
     """Parquet SchemaElements (depth-first) and leaves of a fragment's Arrow schema."""
-    elements = [thrift_struct((4, T_BINARY, "schema"), (5, T_I32, len(schema)))]
+    elements = [tc.encode_struct((4, tc.BINARY, "schema"), (5, tc.I32, len(schema)))]
     leaves = []
     for field in schema:
         kind, name = field.type, field.name
         rep = _OPTIONAL if field.nullable else _REQUIRED
         if pa.types.is_string(kind):
-            elements.append(thrift_struct((1, T_I32, _BYTE_ARRAY), (3, T_I32, rep), (4, T_BINARY, name),
-                                    (6, T_I32, _UTF8), (10, T_STRUCT, _logical(1))))  # fmt: skip
+            elements.append(tc.encode_struct((1, tc.I32, _BYTE_ARRAY), (3, tc.I32, rep), (4, tc.BINARY, name),
+                                    (6, tc.I32, _UTF8), (10, tc.STRUCT, _logical(1))))  # fmt: skip
             leaves.append(_Leaf(name, (name,), _BYTE_ARRAY, field.nullable))
         elif pa.types.is_timestamp(kind) and kind.unit == "us" and not field.nullable:
-            unit = thrift_struct((2, T_STRUCT, thrift_struct()))  # TimeUnit MICROS
-            stamp = thrift_struct((1, T_BOOL, kind.tz is not None), (2, T_STRUCT, unit))
-            elements.append(thrift_struct((1, T_I32, _INT64), (3, T_I32, rep), (4, T_BINARY, name),
-                                    (6, T_I32, _TIMESTAMP_MICROS),
-                                    (10, T_STRUCT, _logical(8, stamp))))  # fmt: skip
+            unit = tc.encode_struct((2, tc.STRUCT, tc.encode_struct()))  # TimeUnit MICROS
+            stamp = tc.encode_struct((1, tc.BOOL, kind.tz is not None), (2, tc.STRUCT, unit))
+            elements.append(tc.encode_struct((1, tc.I32, _INT64), (3, tc.I32, rep), (4, tc.BINARY, name),
+                                    (6, tc.I32, _TIMESTAMP_MICROS),
+                                    (10, tc.STRUCT, _logical(8, stamp))))  # fmt: skip
             leaves.append(_Leaf(name, (name,), _INT64, False))
         elif (
             pa.types.is_fixed_size_list(kind)
@@ -265,15 +255,15 @@ def _schema(schema: pa.Schema) -> tuple[list[bytes], list[_Leaf]]:
         ):
             item = _OPTIONAL if kind.value_field.nullable else _REQUIRED
             elements += [
-                thrift_struct(
-                    (3, T_I32, rep),
-                    (4, T_BINARY, name),
-                    (5, T_I32, 1),
-                    (6, T_I32, _LIST_TYPE),
-                    (10, T_STRUCT, _logical(3)),
+                tc.encode_struct(
+                    (3, tc.I32, rep),
+                    (4, tc.BINARY, name),
+                    (5, tc.I32, 1),
+                    (6, tc.I32, _LIST_TYPE),
+                    (10, tc.STRUCT, _logical(3)),
                 ),  # fmt: skip
-                thrift_struct((3, T_I32, _REPEATED), (4, T_BINARY, "list"), (5, T_I32, 1)),
-                thrift_struct((1, T_I32, _FLOAT), (3, T_I32, item), (4, T_BINARY, "element")),
+                tc.encode_struct((3, tc.I32, _REPEATED), (4, tc.BINARY, "list"), (5, tc.I32, 1)),
+                tc.encode_struct((1, tc.I32, _FLOAT), (3, tc.I32, item), (4, tc.BINARY, "element")),
             ]
             max_def = 1 + (item == _OPTIONAL)
             leaves.append(_Leaf(name, (name, "list", "element"), _FLOAT, False, max_def))
@@ -322,29 +312,31 @@ def _statistics(column: pa.ChunkedArray) -> bytes:
         column = column.cast(pa.int64())
     low, high = (s.as_py() for s in pc.min_max(column).values())
     if low is None:
-        return thrift_struct((3, T_I64, column.null_count))
+        return tc.encode_struct((3, tc.I64, column.null_count))
 
     def plain(value) -> bytes:
         return value.to_bytes(8, "little", signed=True) if isinstance(value, int) else value
 
-    return thrift_struct(
-        (3, T_I64, column.null_count), (5, T_BINARY, plain(high)), (6, T_BINARY, plain(low))
+    return tc.encode_struct(
+        (3, tc.I64, column.null_count), (5, tc.BINARY, plain(high)), (6, tc.BINARY, plain(low))
     )
 
 
 def _column_chunk(leaf: _Leaf, chunk: _Chunk, codec: str, statistics: bytes | None) -> bytes:
-    meta = thrift_struct(
-        (1, T_I32, leaf.physical),
-        (2, T_LIST, (T_I32, [_PLAIN, _RLE])),
-        (3, T_LIST, (T_BINARY, list(leaf.path))),
-        (4, T_I32, _CODECS[codec]),
-        (5, T_I64, chunk.num_values),
-        (6, T_I64, chunk.uncompressed),
-        (7, T_I64, chunk.compressed),
-        (9, T_I64, chunk.offset),
-        (12, T_STRUCT, statistics),
+    meta = tc.encode_struct(
+        (1, tc.I32, leaf.physical),
+        (2, tc.LIST, (tc.I32, [_PLAIN, _RLE])),
+        (3, tc.LIST, (tc.BINARY, list(leaf.path))),
+        (4, tc.I32, _CODECS[codec]),
+        (5, tc.I64, chunk.num_values),
+        (6, tc.I64, chunk.uncompressed),
+        (7, tc.I64, chunk.compressed),
+        (9, tc.I64, chunk.offset),
+        (12, tc.STRUCT, statistics),
     )
-    return thrift_struct((2, T_I64, 0), (3, T_STRUCT, meta))  # file_offset 0, as pyarrow writes it
+    return tc.encode_struct(
+        (2, tc.I64, 0), (3, tc.STRUCT, meta)
+    )  # file_offset 0, as pyarrow writes it
 
 
 def _footer(schema: pa.Schema, elements: list[bytes], leaves: list[_Leaf], rows: int,
@@ -352,18 +344,18 @@ def _footer(schema: pa.Schema, elements: list[bytes], leaves: list[_Leaf], rows:
     """FileMetaData with the Arrow schema stored the way pyarrow stores it."""
     pairs = [*(schema.metadata or {}).items(), (b"ARROW:schema", base64.b64encode(
         schema.serialize().to_pybytes()))]  # fmt: skip
-    return thrift_struct(
-        (1, T_I32, 2),
-        (2, T_LIST, (T_STRUCT, elements)),
-        (3, T_I64, rows),
-        (4, T_LIST, (T_STRUCT, groups)),
+    return tc.encode_struct(
+        (1, tc.I32, 2),
+        (2, tc.LIST, (tc.STRUCT, elements)),
+        (3, tc.I64, rows),
+        (4, tc.LIST, (tc.STRUCT, groups)),
         (
             5,
-            T_LIST,
-            (T_STRUCT, [thrift_struct((1, T_BINARY, k), (2, T_BINARY, v)) for k, v in pairs]),
+            tc.LIST,
+            (tc.STRUCT, [tc.encode_struct((1, tc.BINARY, k), (2, tc.BINARY, v)) for k, v in pairs]),
         ),
-        (6, T_BINARY, CREATED_BY),
-        (7, T_LIST, (T_STRUCT, [_logical(1)] * len(leaves))),  # TypeDefinedOrder for every leaf
+        (6, tc.BINARY, CREATED_BY),
+        (7, tc.LIST, (tc.STRUCT, [_logical(1)] * len(leaves))),  # TypeDefinedOrder for every leaf
     )
 
 
@@ -429,11 +421,11 @@ def _row_group(
         chunks.append(_write_chunk(sink, column, leaf, codec))
         stats = _statistics(column) if leaf.name in statistics else None
         entries.append(_column_chunk(leaf, chunks[-1], codec, stats))
-    return thrift_struct(
-        (1, T_LIST, (T_STRUCT, entries)),
-        (2, T_I64, sum(c.uncompressed for c in chunks)),
-        (3, T_I64, part.num_rows),
-        (5, T_I64, chunks[0].offset),
-        (6, T_I64, sum(c.compressed for c in chunks)),
-        (7, T_I16, ordinal),
+    return tc.encode_struct(
+        (1, tc.LIST, (tc.STRUCT, entries)),
+        (2, tc.I64, sum(c.uncompressed for c in chunks)),
+        (3, tc.I64, part.num_rows),
+        (5, tc.I64, chunks[0].offset),
+        (6, tc.I64, sum(c.compressed for c in chunks)),
+        (7, tc.I16, ordinal),
     )

@@ -18,20 +18,14 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-# Thrift compact protocol type ids (thrift/doc/specs/thrift-compact-protocol.md).
-_STOP, _TRUE, _FALSE, _I8, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(
-    13
-)
+from .. import thrift_compact as tc
+
 # parquet.thrift: PageHeader fields and enum values used here.
 _PAGE_TYPE, _UNCOMPRESSED_SIZE, _COMPRESSED_SIZE, _DATA_PAGE_HEADER = 1, 2, 3, 5
 _NUM_VALUES, _ENCODING = 1, 2  # DataPageHeader fields
 _DATA_PAGE, _PLAIN = 0, 0
 PLAIN_LENGTH_BYTES = 4  # a PLAIN BYTE_ARRAY value starts with its length as uint32 LE
 _MAX_HEADER = 1 << 16  # page headers are tens of bytes; more means this is not our layout
-
-
-class _Malformed(Exception):
-    """The bytes are not a page header this module understands (the caller falls back)."""
 
 
 @dataclass(frozen=True)
@@ -42,76 +36,18 @@ class DataFrame:
     uncompressed_size: int
 
 
-class _Compact:
-    """Just enough of Thrift's compact protocol to read a PageHeader and skip what it does not need."""
-
-    def __init__(self, buf: memoryview) -> None:
-        self.buf, self.pos = buf, 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.buf):
-            raise _Malformed("page header runs past its column chunk")
-        self.pos += 1
-        return self.buf[self.pos - 1]
-
-    def varint(self) -> int:
-        shift = value = 0
-        while True:
-            b = self.byte()
-            value |= (b & 0x7F) << shift
-            if b < 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise _Malformed("varint longer than 64 bits")
-
-    def zigzag(self) -> int:
-        v = self.varint()
-        return (v >> 1) ^ -(v & 1)
-
-    def fields(self):
-        """(field id, type) of each field of the struct at the cursor, until its STOP."""
-        last = 0
-        while (head := self.byte()) != _STOP:
-            delta, kind = head >> 4, head & 0x0F
-            last = last + delta if delta else self.zigzag()
-            yield last, kind
-
-    def skip(self, kind: int) -> None:
-        if kind in (_TRUE, _FALSE):
-            return
-        if kind == _I8:
-            self.byte()
-        elif kind in (_I16, _I32, _I64):
-            self.varint()
-        elif kind == _DOUBLE:
-            self.pos += 8
-        elif kind == _BINARY:
-            self.pos += self.varint()
-        elif kind in (_LIST, _SET):
-            head = self.byte()
-            size = head >> 4 if head >> 4 != 15 else self.varint()
-            for _ in range(size):
-                self.skip(head & 0x0F)
-        elif kind == _STRUCT:
-            for _, inner in self.fields():
-                self.skip(inner)
-        else:  # maps never occur in page headers
-            raise _Malformed(f"unexpected thrift type {kind}")
-
-
 def _page_header(chunk: memoryview) -> tuple[dict[int, int], tuple[int, int], int]:
     """(top-level i32 fields, (num_values, encoding) of the data page header, header length)."""
-    reader = _Compact(chunk)
+    reader = tc.Reader(chunk)
     top: dict[int, int] = {}
     data_page = (-1, -1)
     for field, kind in reader.fields():
-        if field in (_PAGE_TYPE, _UNCOMPRESSED_SIZE, _COMPRESSED_SIZE) and kind == _I32:
+        if field in (_PAGE_TYPE, _UNCOMPRESSED_SIZE, _COMPRESSED_SIZE) and kind == tc.I32:
             top[field] = reader.zigzag()
-        elif field == _DATA_PAGE_HEADER and kind == _STRUCT:
+        elif field == _DATA_PAGE_HEADER and kind == tc.STRUCT:
             inner = {}
             for sub, sub_kind in reader.fields():
-                if sub in (_NUM_VALUES, _ENCODING) and sub_kind == _I32:
+                if sub in (_NUM_VALUES, _ENCODING) and sub_kind == tc.I32:
                     inner[sub] = reader.zigzag()
                 else:
                     reader.skip(sub_kind)
@@ -136,7 +72,7 @@ def data_frame(
     chunk = file[start : start + size]
     try:
         top, (num_values, encoding), header = _page_header(chunk[:_MAX_HEADER])
-    except _Malformed:
+    except tc.Malformed:
         return None
     expected_size = PLAIN_LENGTH_BYTES + value_bytes
     ours = (
