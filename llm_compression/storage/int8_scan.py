@@ -68,6 +68,12 @@ class Shadow:
         self.rows = m
 
 
+def sum_rounding(dim: int) -> float:
+    """``gamma_d = d u / (1 - d u)``: a float32 sum of ``dim`` products, in any order, is off by
+    at most ``gamma_d`` times the sum of the products' magnitudes (u = 2^-24, Higham's bound)."""
+    return dim * UNIT_ROUNDING / (1 - dim * UNIT_ROUNDING)
+
+
 def slack_per_l1(dim: int) -> float:
     """``c`` such that ``|q.x - a| <= b = s ||q||_1 c + MARGIN`` for the int8 score ``a``.
 
@@ -88,8 +94,7 @@ def slack_per_l1(dim: int) -> float:
 
     At dim 384 c = 0.506: the half-step of rint dominates; typical b at dim 384 is ~0.01.
     """
-    gamma = dim * UNIT_ROUNDING / (1 - dim * UNIT_ROUNDING)
-    return QUANT_ERROR + 2 * 127 * (gamma + 2 * UNIT_ROUNDING)
+    return QUANT_ERROR + 2 * 127 * (sum_rounding(dim) + 2 * UNIT_ROUNDING)
 
 
 @functools.cache

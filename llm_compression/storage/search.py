@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import int8_scan
-from .int8_scan import MARGIN, SCAN_QUERIES, UNIT_ROUNDING
+from .int8_scan import MARGIN, SCAN_QUERIES
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +292,9 @@ def _topk_dense(
     k = min(k, n)
     if k == 0:
         return [np.empty(0, np.int64)] * q, [np.empty(0, np.float32)] * q
-    gamma = dim * UNIT_ROUNDING / (1 - dim * UNIT_ROUNDING)
-    slack = (4 * gamma * np.linalg.norm(queries, axis=1) + MARGIN).astype(np.float32)  # (Q,)
+    slack = (4 * int8_scan.sum_rounding(dim) * np.linalg.norm(queries, axis=1) + MARGIN).astype(
+        np.float32
+    )  # (Q,)
     floor = np.full(q, LOWEST_SCORE, np.float32)  # never admits a dead row (-inf)
     found = [(_NONE, np.empty(0, np.float32))] * q  # per query: candidate rows, their scores
     for start, matrix in _blocks(chunks, starts, max(MIN_BLOCK_ROWS, SCORE_BUDGET // q)):
