@@ -11,8 +11,8 @@ CFLAGS = ["-O3", "-std=c11"]
 
 EXTENSIONS = [
     Extension(
-        "llm_compression.store._unsplit",
-        ["llm_compression/store/_unsplit.c"],
+        "llm_compression.weightfile._unsplit",
+        ["llm_compression/weightfile/_unsplit.c"],
         extra_compile_args=CFLAGS,
         optional=True,
     ),

@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "convert": "llm_compression.convert",
-    "write_model": "llm_compression.store",
-    "read_metadata": "llm_compression.store",
+    "write_model": "llm_compression.weightfile",
+    "read_metadata": "llm_compression.weightfile",
     "WeightLoader": "llm_compression.loader",
     "load_model": "llm_compression.models",
     "CLIPEngine": "llm_compression.provider",

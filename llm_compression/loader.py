@@ -5,7 +5,7 @@ Each tensor is one row group, decoded on its own: ``get_layer`` reads just that 
 join + upcast loop and numpy's copies all release the GIL). Float32 rows become tensors with ``torch.frombuffer`` on the
 decoded Arrow buffer (no copy; the tensor keeps the buffer alive). float16 and bfloat16 rows are
 stored byte-stream-split (docs/format.md): they are joined and, with ``force_float32``, upcast in one
-pass (store/_unsplit.c; numpy + torch over cache-sized chunks without it) into a fresh float32 array; int8 rows are dequantized in one pass
+pass (weightfile/_unsplit.c; numpy + torch over cache-sized chunks without it) into a fresh float32 array; int8 rows are dequantized in one pass
 (``q * scale`` per output row). ``torch.from_numpy`` wraps the results without copying.
 
 Example
@@ -29,9 +29,9 @@ import torch
 
 from .config import ModelConfig, config_from_dict
 from .errors import ConfigError, FormatError, InputError, MissingTensorError
-from .store import TensorInfo, WeightFile, WeightFileMetadata
-from .store import format as _format
-from .store.format import ENCODING_BYTE_STREAM_SPLIT
+from .weightfile import TensorInfo, WeightFile, WeightFileMetadata
+from .weightfile import format as _format
+from .weightfile.format import ENCODING_BYTE_STREAM_SPLIT
 
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -55,7 +55,7 @@ _CHUNK = 1 << 15
 def _join_split(data, dtype: str, shape: tuple[int, ...], force_float32: bool) -> torch.Tensor:
     """A tensor from byte-stream-split 2-byte floats: low bytes then high bytes of every element.
 
-    With the C extension (store/_unsplit.c) one pass reads both byte streams and writes the output.
+    With the C extension (weightfile/_unsplit.c) one pass reads both byte streams and writes the output.
     Without it, per chunk: numpy joins the two streams into uint16 scratch (shift, or) and torch's
     vectorized float16/bfloat16 -> float32 copy writes the output (numpy's float16 cast is 2x
     slower). Either way the output is numpy memory (numpy asks for transparent huge pages: writes to
@@ -121,7 +121,7 @@ def _as_tensor(buffer, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tens
 
 
 class WeightLoader:
-    """Reads tensors from a weight file written by ``llm_compression.store.write_model``.
+    """Reads tensors from a weight file written by ``llm_compression.weightfile.write_model``.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 thrift/doc/specs/thrift-compact-protocol.md. ``encode_struct`` writes structs (storage/
 parquet_writer.py writes fragment pages and footers with it); ``Reader`` reads them field by field
-and skips what its caller does not need (store/pages.py finds a tensor's zstd frame with it).
+and skips what its caller does not need (weightfile/pages.py finds a tensor's zstd frame with it).
 """
 
 from __future__ import annotations

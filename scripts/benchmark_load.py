@@ -39,10 +39,10 @@ from safetensors.torch import load_file
 
 from llm_compression.convert import convert
 from llm_compression.loader import WeightLoader
-from llm_compression.store import STORAGE_DTYPES
-from llm_compression.store import format as store_format
-from llm_compression.store import reader as store_reader
-from llm_compression.store.format import join_bytes
+from llm_compression.weightfile import STORAGE_DTYPES
+from llm_compression.weightfile import format as store_format
+from llm_compression.weightfile import reader as store_reader
+from llm_compression.weightfile.format import join_bytes
 
 GB = 1e9
 
@@ -254,7 +254,7 @@ def main() -> None:
     }
     print(
         f"\nthreads={args.threads} repeats={args.repeats} load average {meta['loadavg']}; C join "
-        f"loop (store/_unsplit.c) {'built' if meta['c_extension'] else 'NOT built: numpy path'}"
+        f"loop (weightfile/_unsplit.c) {'built' if meta['c_extension'] else 'NOT built: numpy path'}"
     )
     if args.json:
         args.json.write_text(json.dumps({"settings": meta, "results": results}, indent=2))

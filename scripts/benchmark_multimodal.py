@@ -54,7 +54,7 @@ def prepare(family: str, work: Path) -> dict[str, Path]:
 def _readable(path: Path) -> bool:
     """Whether ``path`` is a weight file the current code reads (the format may have moved on)."""
     from llm_compression.errors import FormatError
-    from llm_compression.store import read_metadata
+    from llm_compression.weightfile import read_metadata
 
     try:
         return path.is_file() and read_metadata(path).format_version is not None

@@ -51,7 +51,7 @@ def _converted(tmp_path_factory, name: str, src: Path, dtype: str = "float32") -
     from importlib.metadata import version
 
     from llm_compression.convert import convert
-    from llm_compression.store import FORMAT_VERSION
+    from llm_compression.weightfile import FORMAT_VERSION
     from llm_compression.weights import cache_dir
 
     key = hashlib.sha256(

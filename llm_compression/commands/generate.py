@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_family(path: Path) -> str:
     """The file's family, or WrongFamilyError when it is not a causal LM (reads metadata only)."""
-    from ..store import read_metadata
+    from ..weightfile import read_metadata
 
     if not path.is_file():
         raise ModelFileNotFoundError(

@@ -56,7 +56,7 @@ def _config_summary(config: dict[str, Any]) -> list[str]:
 
 def describe(path: Path) -> dict[str, Any]:
     """Everything `inspect` shows, as a JSON-ready dict (reads the footer and index columns only)."""
-    from ..store import WeightFile
+    from ..weightfile import WeightFile
 
     wf = WeightFile(path)
     meta = wf.metadata

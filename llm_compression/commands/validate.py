@@ -47,7 +47,7 @@ def inputs_from_args(args: argparse.Namespace, family: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..store import read_metadata
+    from ..weightfile import read_metadata
     from ..validation import validate
 
     family = read_metadata(args.parquet).family

@@ -65,7 +65,7 @@ def convert(
         "converting %s (%s, %d tensors) to %s as %s",
         prepared.description, prepared.config.family, len(expected), dst, dtype,
     )  # fmt: skip
-    from ..store import write_model
+    from ..weightfile import write_model
 
     return write_model(
         dst,
@@ -85,7 +85,7 @@ def is_current(path: str | os.PathLike, *, dtype: str) -> bool:
     older format instead of failing on them.
     """
     from ..errors import FormatError, ModelFileNotFoundError
-    from ..store import read_metadata
+    from ..weightfile import read_metadata
 
     try:
         return read_metadata(path).storage_dtype == dtype

@@ -80,7 +80,7 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
 
     Parameters
     ----------
-    path : a weight file written by ``llm_compression.store.write_model``.
+    path : a weight file written by ``llm_compression.weightfile.write_model``.
     dtype : compute dtype (float32 default; bfloat16 / float16 trade precision for speed).
     device : torch device for the weights.
     """

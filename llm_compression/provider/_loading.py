@@ -41,7 +41,7 @@ def check_family(path: str | os.PathLike, *, role: str, expected: tuple[str, ...
             f"{role}: weight file not found: {p}; pass the path of a .parquet file written by "
             "`llm-compression convert`"
         )
-    from ..store import read_metadata
+    from ..weightfile import read_metadata
 
     meta = read_metadata(p)
     if meta.family not in expected:

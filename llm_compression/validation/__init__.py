@@ -79,7 +79,7 @@ def validate(
     ValidationReport : per output min cosine, max abs diff, top-1 agreement, exact matches.
     """
     from ..models import load_model
-    from ..store import read_metadata
+    from ..weightfile import read_metadata
 
     times: dict[str, float] = {}
     start = time.perf_counter()

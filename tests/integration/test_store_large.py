@@ -8,7 +8,7 @@ import torch
 
 from llm_compression.config import preset
 from llm_compression.loader import WeightLoader
-from llm_compression.store import read_tensor_index, write_model
+from llm_compression.weightfile import read_tensor_index, write_model
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import torch
 from llm_compression.config import BertConfig, preset
 from llm_compression.errors import ConfigError, InputError, MissingTensorError
 from llm_compression.loader import WeightLoader
-from llm_compression.store import write_model
+from llm_compression.weightfile import write_model
 
 CFG = preset("all-minilm-l6-v2")
 RNG = np.random.default_rng(1)
@@ -129,7 +129,7 @@ def test_load_into_reports_missing_and_shape_mismatch(tmp_path):
 
 
 def test_float32_rows_are_not_copied(tmp_path, monkeypatch):
-    from llm_compression.store import WeightFile
+    from llm_compression.weightfile import WeightFile
 
     path = write_model(tmp_path / "m.parquet", TENSORS, config=CFG, dtype="float32")
     buffers = {}
@@ -150,7 +150,7 @@ def test_float32_rows_are_not_copied(tmp_path, monkeypatch):
 @pytest.mark.parametrize("force_float32", [True, False])
 def test_split_rows_decode_bit_exact_across_chunks(tmp_path, dtype, force_float32):
     from llm_compression.loader import _CHUNK
-    from llm_compression.store import float32_to_bfloat16_bits
+    from llm_compression.weightfile import float32_to_bfloat16_bits
 
     rng = np.random.default_rng(2)
     value = rng.standard_normal(2 * _CHUNK + 7).astype(np.float32) * 1e-3

@@ -15,7 +15,7 @@ from llm_compression.models import (
     load_model,
     load_weights_into,
 )
-from llm_compression.store import write_model
+from llm_compression.weightfile import write_model
 
 
 def write(path, cfg, state, files, dtype="float32"):

@@ -290,7 +290,7 @@ def test_transcribe_command(pair, tmp_path, capsys):
     import soundfile
 
     from llm_compression.cli import main
-    from llm_compression.store import write_model
+    from llm_compression.weightfile import write_model
 
     _, ours = pair
     weights = {k: v.numpy() for k, v in ours.state_dict().items()}

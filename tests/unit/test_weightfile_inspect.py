@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from llm_compression.cli import main
 from llm_compression.config import preset
-from llm_compression.store import write_model
+from llm_compression.weightfile import write_model
 
 CFG = preset("all-minilm-l6-v2")
 RNG = np.random.default_rng(2)

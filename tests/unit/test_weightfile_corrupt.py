@@ -18,9 +18,9 @@ from llm_compression.errors import (
     ModelFileNotFoundError,
 )
 from llm_compression.loader import WeightLoader
-from llm_compression.store import WeightFile, read_metadata, read_tensor_index, write_model
-from llm_compression.store.format import META_PREFIX
-from llm_compression.store.writer import (
+from llm_compression.weightfile import WeightFile, read_metadata, read_tensor_index, write_model
+from llm_compression.weightfile.format import META_PREFIX
+from llm_compression.weightfile.writer import (
     _encode_tensor,
     _file_metadata,
     _new_writer,

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import array_shapes, arrays
 
 from llm_compression.config import preset
 from llm_compression.loader import WeightLoader
-from llm_compression.store import quantize_int8_rows, read_metadata, write_model
+from llm_compression.weightfile import quantize_int8_rows, read_metadata, write_model
 
 CFG = preset("all-minilm-l6-v2")
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

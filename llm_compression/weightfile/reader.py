@@ -114,7 +114,7 @@ def _check_version(path: Path, kv: dict[bytes, bytes]) -> int:
         raise FormatError(
             f"{path} is a Parquet file but not a llm_compression weight file (no "
             f"{META_PREFIX + 'format_version'!r} metadata); write weight files with "
-            "`llm-compression convert` or llm_compression.store.write_model"
+            "`llm-compression convert` or llm_compression.weightfile.write_model"
         )
     version = _kv(path, kv, "format_version", int)
     if version != FORMAT_VERSION:
@@ -355,7 +355,7 @@ class WeightFile:
     def read_split(
         self, info: TensorInfo, *, upcast: bool, verify: bool = True
     ) -> np.ndarray | None:
-        """A byte-stream-split 2-byte row decoded straight from its zstd frame (store/stream.py).
+        """A byte-stream-split 2-byte row decoded straight from its zstd frame (weightfile/stream.py).
 
         Returns float32 (``upcast``) or the stored elements as int16 bits, in a new array; None when
         the C extension is not built, the row is not split, or its row group is not laid out the way

@@ -1,6 +1,6 @@
 """The fast float16/bfloat16 decode: C join + upcast loops, the direct zstd page path, checksums.
 
-Three decode paths must agree bit for bit: streaming the zstd frame through store/stream.py (the
+Three decode paths must agree bit for bit: streaming the zstd frame through weightfile/stream.py (the
 default), Arrow's page decode + the C loop (``read_split`` unavailable), and numpy + torch (no C
 extension). Each is forced here with a monkeypatch.
 """
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from llm_compression.config import preset
 from llm_compression.errors import CorruptFileError, FormatError
 from llm_compression.loader import WeightLoader
-from llm_compression.store import (
+from llm_compression.weightfile import (
     WeightFile,
     float32_to_bfloat16_bits,
     format,
@@ -26,14 +26,14 @@ from llm_compression.store import (
     stream,
     write_model,
 )
-from llm_compression.store import writer as store_writer
-from llm_compression.store.format import split_bytes
-from llm_compression.store.pages import data_frame
+from llm_compression.weightfile import writer as store_writer
+from llm_compression.weightfile.format import split_bytes
+from llm_compression.weightfile.pages import data_frame
 
 CFG = preset("all-minilm-l6-v2")
 ALL_BITS = np.arange(1 << 16, dtype=np.uint16)  # every float16 / bfloat16 bit pattern
 PATHS = ["stream", "arrow+C", "numpy"]
-native = pytest.importorskip("llm_compression.store._unsplit", reason="C extension not built")
+native = pytest.importorskip("llm_compression.weightfile._unsplit", reason="C extension not built")
 
 
 @pytest.fixture(params=PATHS)

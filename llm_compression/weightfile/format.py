@@ -18,7 +18,7 @@ try:  # the C loops of _unsplit.c; absent when the install had no C compiler (nu
 except ImportError:  # pragma: no cover - depends on the build
     native = None
     logging.getLogger(__name__).warning(
-        "llm_compression.store._unsplit is not built (no C compiler when llm_compression was "
+        "llm_compression.weightfile._unsplit is not built (no C compiler when llm_compression was "
         "installed): float16/bfloat16 weights load ~1.6x slower through numpy; reinstall with "
         "gcc or clang available (`pip install -e .`) to build it"
     )

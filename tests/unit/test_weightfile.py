@@ -14,7 +14,7 @@ import pytest
 
 from llm_compression.config import config_to_dict, preset
 from llm_compression.errors import ConfigError, ConversionError
-from llm_compression.store import (
+from llm_compression.weightfile import (
     FORMAT_VERSION,
     QUANT_INT8_SYM_CHANNEL,
     WeightFile,
@@ -25,7 +25,7 @@ from llm_compression.store import (
     read_tensor_index,
     write_model,
 )
-from llm_compression.store.format import INDEX_COLUMNS, is_quantizable, join_bytes, split_bytes
+from llm_compression.weightfile.format import INDEX_COLUMNS, is_quantizable, join_bytes, split_bytes
 
 CFG = preset("all-minilm-l6-v2")
 
@@ -211,7 +211,7 @@ def test_quantize_int8_rows_bounds_and_zero_rows():
 
 
 def test_tensor_over_the_value_limit_is_refused(tmp_path, monkeypatch):
-    from llm_compression.store import writer
+    from llm_compression.weightfile import writer
 
     monkeypatch.setattr(writer, "MAX_TENSOR_BYTES", 100)
     with pytest.raises(ConversionError, match="at most 2 GiB per tensor"):
@@ -239,7 +239,7 @@ def test_bad_compression_level(tmp_path, level):
 
 def test_store_does_not_import_torch():
     code = (
-        "import sys, llm_compression.store, llm_compression.commands.inspect; "
+        "import sys, llm_compression.weightfile, llm_compression.commands.inspect; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     root = Path(__file__).resolve().parents[2]
