@@ -63,7 +63,7 @@ def random_clip() -> Path:
     import torch
     import transformers
 
-    from llm_compression.convert.clip import write_clip_vocab
+    from llm_compression.families.clip import write_clip_vocab
     from llm_compression.weights import clip_bpe_vocab
 
     torch.manual_seed(0)

@@ -25,12 +25,12 @@ _LAZY = {
     "write_model": "llm_compression.weightfile",
     "read_metadata": "llm_compression.weightfile",
     "WeightLoader": "llm_compression.loader",
-    "load_model": "llm_compression.models",
+    "load_model": "llm_compression.loader",
     "CLIPEngine": "llm_compression.provider",
     "MultimodalEmbeddingProvider": "llm_compression.provider",
     "EmbeddingProvider": "llm_compression.provider",
     "MultimodalStorage": "llm_compression.storage",
-    "preset": "llm_compression.config",
+    "preset": "llm_compression.families",
 }
 
 __all__ = ["LLMCompressionError", "__version__", *_LAZY]

@@ -19,19 +19,24 @@ torch.Size([30522, 384])
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .config import ModelConfig, config_from_dict
 from .errors import ConfigError, FormatError, InputError, MissingTensorError
+from .families import build_model, config_from_dict
 from .weightfile import TensorInfo, WeightFile, WeightFileMetadata
 from .weightfile import format as _format
 from .weightfile.format import ENCODING_BYTE_STREAM_SPLIT
+
+log = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -162,7 +167,7 @@ class WeightLoader:
         return self._file.metadata
 
     @property
-    def config(self) -> ModelConfig:
+    def config(self) -> Any:
         return self._config
 
     @property
@@ -262,3 +267,49 @@ class WeightLoader:
                 "the module); re-convert the model or pass strict=False to get both lists"
             )
         return missing, unexpected
+
+
+def load_weights_into(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], *, dtype=None
+) -> torch.nn.Module:
+    """Assign canonical-name ``weights`` to ``model`` (strict), cast to ``dtype``; inference mode."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise MissingTensorError(
+            f"weights do not fit {type(model).__name__}: missing {missing[:8]} "
+            f"({len(missing)} in all), unexpected {unexpected[:8]} ({len(unexpected)} in all); "
+            "was the file converted for this model family and config?"
+        )
+    if dtype is not None:
+        weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device="cpu"):
+    """Build the model stored in a weight file: CLIP, Whisper, SentenceEncoder or CausalLM.
+
+    The class is picked from the family recorded in the file; the model is built on the meta
+    device, the weights are assigned (strict), and the file's tokenizer is attached as
+    ``model.tokenizer``.
+
+    Parameters
+    ----------
+    path : a weight file written by ``llm_compression.weightfile.write_model``.
+    dtype : compute dtype (float32 default; bfloat16 / float16 trade precision for speed).
+    device : torch device for the weights.
+    """
+    from .preprocess.text import Tokenizer
+
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise InputError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
+    start = time.perf_counter()
+    loader = WeightLoader(path, device=device)
+    model = build_model(loader.config)
+    load_weights_into(model, loader.load_weights(), dtype=dtype)
+    model.tokenizer = Tokenizer.from_files(dict(loader.metadata.files))
+    log.info("loaded %s from %s in %.3f s", type(model).__name__, path, time.perf_counter() - start)
+    return model

@@ -134,7 +134,7 @@ def throughput(family, metric, unit, n, ours, hf, runs) -> dict:
 # -- fresh process to first result -----------------------------------------------------------------
 PRELUDE = f"import torch; torch.set_num_threads({THREADS}); torch.set_grad_enabled(False)\n"
 COLD = {
-    ("clip", "ours"): "from llm_compression.models import load_model\n"
+    ("clip", "ours"): "from llm_compression.families import load_model\n"
     "m = load_model(OURS); m.embed_images([IMAGE])",
     (
         "clip",
@@ -142,13 +142,13 @@ COLD = {
     ): "from transformers import CLIPImageProcessor, CLIPModel\nfrom PIL import Image\n"
     "m = CLIPModel.from_pretrained(HF).eval(); p = CLIPImageProcessor()\n"
     "m.get_image_features(**p(images=Image.open(IMAGE).convert('RGB'), return_tensors='pt'))",
-    ("minilm", "ours"): "from llm_compression.models import load_model\n"
+    ("minilm", "ours"): "from llm_compression.families import load_model\n"
     "load_model(OURS).embed_texts(['A photo of a cat.'])",
     ("minilm", "hf"): "from transformers import AutoTokenizer, BertModel\n"
     "t = AutoTokenizer.from_pretrained(HF); m = BertModel.from_pretrained(HF).eval()\n"
     "h = m(**t(['A photo of a cat.'], return_tensors='pt')).last_hidden_state\n"
     "torch.nn.functional.normalize(h.mean(1), dim=-1)",
-    ("whisper", "ours"): "from llm_compression.models import load_model\n"
+    ("whisper", "ours"): "from llm_compression.families import load_model\n"
     "load_model(OURS).transcribe(SPEECH, language='en')",
     ("whisper", "hf"): "import soundfile as sf\n"
     "from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, "
@@ -159,7 +159,7 @@ COLD = {
     "f = WhisperFeatureExtractor(feature_size=m.config.num_mel_bins)(a, sampling_rate=sr, "
     "return_tensors='pt').input_features\n"
     "t.decode(m.generate(f, language='en')[0], skip_special_tokens=True)",
-    ("olmo", "ours"): "from llm_compression.models import load_model\n"
+    ("olmo", "ours"): "from llm_compression.families import load_model\n"
     "m = load_model(OURS); m.generate_ids(m.tokenizer.encode(PROMPT), max_new_tokens=1)",
     ("olmo", "hf"): "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
     "t = AutoTokenizer.from_pretrained(HF); m = AutoModelForCausalLM.from_pretrained(HF).eval()\n"
@@ -207,7 +207,7 @@ def _photo() -> Path:
 def bench_clip(paths, runs, quick):
     from transformers import CLIPModel
 
-    from llm_compression.models import load_model
+    from llm_compression.loader import load_model
     from llm_compression.validation.inputs import photo_paths
 
     ours, hf = load_model(paths["ours"]), CLIPModel.from_pretrained(paths["hf"]).eval()
@@ -232,7 +232,7 @@ def bench_clip(paths, runs, quick):
 def bench_minilm(paths, runs, quick):
     from transformers import BertModel
 
-    from llm_compression.models import load_model
+    from llm_compression.loader import load_model
 
     ours, hf = load_model(paths["ours"]), BertModel.from_pretrained(paths["hf"]).eval()
     g = torch.Generator().manual_seed(0)
@@ -259,7 +259,7 @@ def bench_whisper(paths, runs, quick):
         WhisperForConditionalGeneration,
     )
 
-    from llm_compression.models import load_model
+    from llm_compression.loader import load_model
 
     ours = load_model(paths["ours"])
     hf = WhisperForConditionalGeneration.from_pretrained(paths["hf"]).eval()
@@ -307,7 +307,7 @@ def _decode_rows(family, ours, hf, runs, quick):
 def bench_olmo(paths, runs, quick):
     from transformers import AutoModelForCausalLM
 
-    from llm_compression.models import load_model
+    from llm_compression.loader import load_model
 
     ours, hf = load_model(paths["ours"]), AutoModelForCausalLM.from_pretrained(paths["hf"]).eval()
     g = torch.Generator().manual_seed(0)
@@ -328,7 +328,7 @@ def bench_olmo(paths, runs, quick):
 def bench_smollm2(paths, runs, quick):
     from transformers import AutoModelForCausalLM
 
-    from llm_compression.models import load_model
+    from llm_compression.loader import load_model
 
     ours, hf = load_model(paths["ours"]), AutoModelForCausalLM.from_pretrained(paths["hf"]).eval()
     ids = torch.tensor([ours.tokenizer.encode(PROMPT)])

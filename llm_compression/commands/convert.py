@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import FAMILIES
+from ..families import FAMILIES
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")  # as llm_compression.convert.DTYPES
 

@@ -130,7 +130,7 @@ def _speech(workdir: Path) -> list[tuple[str, object]]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from llm_compression.models import load_model
+    from llm_compression.loader import load_model
     from llm_compression.provider import MultimodalEmbeddingProvider
     from llm_compression.storage import MultimodalStorage
     from llm_compression.validation.inputs import SPEECH_TEXT

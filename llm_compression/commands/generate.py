@@ -57,7 +57,7 @@ def check_family(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import load_model
+    from ..loader import load_model
 
     check_family(args.file)
     start = time.perf_counter()

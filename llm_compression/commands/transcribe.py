@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import load_model
-    from ..models.whisper import Whisper
+    from ..families.whisper import Whisper
+    from ..loader import load_model
 
     if not os.path.isfile(args.audio):  # fail before the model loads
         raise ModelFileNotFoundError(f"audio file not found: {args.audio!r}; check the path")

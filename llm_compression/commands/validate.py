@@ -47,8 +47,8 @@ def inputs_from_args(args: argparse.Namespace, family: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..weightfile import read_metadata
     from ..validation import validate
+    from ..weightfile import read_metadata
 
     family = read_metadata(args.parquet).family
     family = "llama" if family == "olmo" else family  # both use the LLM inputs

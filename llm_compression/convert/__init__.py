@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from .expected import expected_shapes
+from ..families import quantizable_names, tensor_shapes
 from .mapping import LazyTensors, check_plan
 from .sources import prepare
 
@@ -59,7 +59,7 @@ def convert(
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
     prepared = prepare(Path(src), family)
-    expected = expected_shapes(prepared.config)
+    expected = tensor_shapes(prepared.config)
     check_plan(prepared.plan, expected, prepared.description)
     logger.info(
         "converting %s (%s, %d tensors) to %s as %s",
@@ -72,6 +72,7 @@ def convert(
         LazyTensors(prepared.plan, expected),
         config=prepared.config,
         dtype=dtype,
+        quantize=quantizable_names(prepared.config),
         files=prepared.bundle.files,
         sources=prepared.bundle.sources,
         progress=progress,

@@ -65,21 +65,3 @@ class GGUFFile:
         tensor = self._tensors[name]
         values = dequantize(tensor.data, tensor.tensor_type)
         return np.asarray(values, dtype=np.float32).reshape(self.shapes[name])
-
-
-def unpermute_rotary(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row permutation for rotary attention.
-
-    ``convert_hf_to_gguf.py`` stored ``w.reshape(n_heads, 2, hd // 2, dim).swapaxes(1, 2)``: it
-    interleaves the two rotary halves of each head. This restores the Hugging Face (half-split)
-    row order. Works for weights ``(n_heads * hd, dim)`` and biases ``(n_heads * hd,)``.
-    """
-    rows = weight.shape[0]
-    if rows % (2 * n_heads):
-        raise ConversionError(
-            f"cannot un-permute a rotary projection of {rows} rows into {n_heads} heads of even "
-            "size; the GGUF head counts do not match its tensors"
-        )
-    half = rows // n_heads // 2
-    w = weight.reshape(n_heads, half, 2, *weight.shape[1:])
-    return np.ascontiguousarray(w.swapaxes(1, 2).reshape(weight.shape))

@@ -10,38 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConversionError
+from ..families.maps import Item, Loader, Split, Target
 
 # The layer index: the first run of digits between separators ("layers.3.", "layer_3/", "blk.3.").
 _LAYER_INDEX = re.compile(r"(?<=[._])(\d+)(?=[./])")
 _MAX_LISTED = 12  # names shown in an error message before "... and N more"
-
-
-@dataclass(frozen=True)
-class Split:
-    """An upstream tensor holding ``len(targets)`` equal parts along dim 0 (fused q, k, v).
-
-    A ``None`` target is a part that must be all zeros and is dropped (CTranslate2 stores a zero
-    k bias for Whisper, whose k projection has no bias).
-    """
-
-    targets: tuple[str | None, ...]
-
-
-Target = str | Split | None
-Loader = Callable[[], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Item:
-    """One canonical tensor to write: its shape and how to read it (float32)."""
-
-    shape: tuple[int, ...]
-    load: Loader
 
 
 def lookup(name: str, weight_map: Mapping[str, Target]) -> tuple[bool, Target]:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..families.clip import write_clip_vocab
 from ..weights import clip_bpe_vocab, olmo_tokenizer_files
-from .clip import write_clip_vocab
 
 # OLMo-1 1B / OLMo-2 1B style widths; the layer count is the caller's choice (tests keep it small).
 OLMO_SHAPES: dict[int, dict[str, Any]] = {

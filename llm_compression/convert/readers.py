@@ -7,7 +7,6 @@ tensor in memory besides what the writer buffers.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
+from ..families.maps import read_json
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -31,14 +31,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a malformed one raises ConversionError naming the file."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"cannot read {path} as JSON: {e}; restore the file") from e
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from ..config import FAMILIES, ModelConfig
 from ..errors import ConversionError, ModelFileNotFoundError, UnsupportedFamilyError
-from . import bert, clip, llama, olmo, whisper
+from ..families import FAMILIES, REGISTRY, Source
 from .ct2 import CT2Model, peek_spec
 from .files import TOKENIZER_JSON, Bundle, gguf_tokenizer, hf_tokenizer
 from .gguf_reader import GGUFFile, is_gguf
@@ -24,36 +22,6 @@ from .readers import WEIGHT_FILES, HFWeights, read_json
 
 logger = logging.getLogger(__name__)
 
-# Hugging Face model_type -> family; architectures name the model_type when it is absent.
-HF_MODEL_TYPES = {
-    "clip": "clip",
-    "whisper": "whisper",
-    "bert": "bert",
-    "olmo": "olmo",
-    "olmo2": "olmo",
-    "llama": "llama",
-}
-HF_ARCHITECTURES = {
-    "CLIPModel": "clip",
-    "WhisperForConditionalGeneration": "whisper",
-    "WhisperModel": "whisper",
-    "BertModel": "bert",
-    "BertForMaskedLM": "bert",
-    "BertForPreTraining": "bert",
-    "OlmoForCausalLM": "olmo",
-    "Olmo2ForCausalLM": "olmo2",
-    "LlamaForCausalLM": "llama",
-}
-HF_MODULES: dict[str, ModuleType] = {
-    "clip": clip,
-    "whisper": whisper,
-    "bert": bert,
-    "olmo": olmo,
-    "llama": llama,
-}
-CT2_SPECS = {"WhisperSpec": "whisper"}
-GGUF_ARCHITECTURES = {"llama": "llama"}
-SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 CT2_WEIGHTS = "model.bin"
 
 
@@ -61,7 +29,7 @@ CT2_WEIGHTS = "model.bin"
 class Prepared:
     """A checkpoint ready to write: its config, the canonical tensors and the bundled files."""
 
-    config: ModelConfig
+    config: Any
     plan: dict[str, Item]
     bundle: Bundle
     description: str
@@ -81,6 +49,21 @@ def _agree(detected: str, requested: str | None, where: Path, evidence: str) -> 
             f"requested; drop the family option or point at a {requested} checkpoint"
         )
     return detected
+
+
+def _formats(kind: str) -> dict[str, tuple[str, Source]]:
+    """How checkpoints of format ``kind`` ("hf", "ct2", "gguf") name families: name -> (family, source)."""
+    out: dict[str, tuple[str, Source]] = {}
+    for name, fam in REGISTRY.items():
+        source = getattr(fam, kind)
+        for key in source.names if source else ():
+            out[key] = (name, source)
+    return out
+
+
+def _hf_architectures() -> dict[str, str]:
+    """Hugging Face class name -> model_type, over every family."""
+    return {a: t for fam in REGISTRY.values() if fam.hf for a, t in fam.hf.architectures.items()}
 
 
 def prepare(src: Path, family: str | None = None) -> Prepared:
@@ -127,12 +110,13 @@ def _hf_kind(folder: Path, cfg: dict[str, Any], family: str | None) -> tuple[str
     where = folder / "config.json"
     model_type = cfg.get("model_type")
     if not model_type:
-        archs = [a for a in cfg.get("architectures") or [] if a in HF_ARCHITECTURES]
-        model_type = HF_ARCHITECTURES[archs[0]] if archs else None
+        known = _hf_architectures()
+        archs = [a for a in cfg.get("architectures") or [] if a in known]
+        model_type = known[archs[0]] if archs else None
     if model_type:
-        if model_type not in HF_MODEL_TYPES:
+        if model_type not in _formats("hf"):
             raise _unsupported(f"model_type {model_type!r}", where)
-        detected = HF_MODEL_TYPES[model_type]
+        detected = _formats("hf")[model_type][0]
         return _agree(detected, family, where, f"model_type {model_type!r}"), model_type
     if cfg.get("architectures"):
         raise _unsupported(f"architectures {cfg['architectures']}", where)
@@ -141,37 +125,45 @@ def _hf_kind(folder: Path, cfg: dict[str, Any], family: str | None) -> tuple[str
             f"{where} names neither model_type nor architectures; pass family=... (one of "
             f"{list(FAMILIES)}) or add model_type to config.json"
         )
-    if family == "olmo":
+    names = REGISTRY[family].hf.names if REGISTRY[family].hf else ()
+    if len(names) != 1:
         raise ConversionError(
-            f"{where} has no model_type; set it to 'olmo' (OLMo-1) or 'olmo2' (OLMo-2)"
+            f"{where} has no model_type and family {family!r} has several: set model_type to one "
+            f"of {list(names)}"
         )
-    return family, family
+    return family, names[0]
 
 
 def _from_hf(folder: Path, cfg: dict[str, Any], family: str | None) -> Prepared:
     family, model_type = _hf_kind(folder, cfg, family)
-    module = HF_MODULES[family]
-    config = module.hf_config({**cfg, "model_type": model_type}, folder)
+    source = REGISTRY[family].hf
+    config = source.config({**cfg, "model_type": model_type}, folder)
     weights = HFWeights(folder)
-    weight_map = module.hf_map(config) if hasattr(module, "hf_map") else module.HF_MAP
-    plan = build_plan(weights.shapes, weights.load, weight_map, source=str(folder))
+    plan = build_plan(weights.shapes, weights.load, source.name_map(config), source=str(folder))
     bundle = Bundle(folder)
     bundle.source(folder / "config.json")
     for path in weights.files:
         bundle.source(path)
-    for name in SENTENCE_TRANSFORMERS_FILES if family == "bert" else ():
+    for name in source.extra_files:
         if (folder / name).is_file():
             bundle.source(folder / name)
     hf_tokenizer(bundle, folder)
     return Prepared(config, plan, bundle, str(folder))
 
 
+def _detect(kind: str, name: Any, family: str | None, where: Path, what: str) -> Source:
+    """The family source of format ``kind`` that the checkpoint's own ``name`` identifies."""
+    known = _formats(kind)
+    if name not in known:
+        raise _unsupported(f"{what} {name!r}", where)
+    _agree(known[name][0], family, where, f"{what} {name!r}")
+    return known[name][1]
+
+
 def _from_ct2(model_bin: Path, family: str | None) -> Prepared:
     folder = model_bin.parent
     model = CT2Model(model_bin)
-    if model.spec not in CT2_SPECS:
-        raise _unsupported(f"a CTranslate2 {model.spec!r}", model_bin)
-    _agree(CT2_SPECS[model.spec], family, model_bin, f"spec {model.spec!r}")
+    source = _detect("ct2", model.spec, family, model_bin, "a CTranslate2 spec")
     bundle = Bundle(folder)
     bundle.source(model_bin)
     ct2_json: dict[str, Any] = {}
@@ -185,20 +177,19 @@ def _from_ct2(model_bin: Path, family: str | None) -> Prepared:
             f"no {TOKENIZER_JSON} beside {model_bin}; copy the model's tokenizer.json into {folder}"
         )
     bundle.copy(folder / TOKENIZER_JSON)
-    config = whisper.ct2_config(model, ct2_json)
-    plan = build_plan(model.shapes, model.load, whisper.CT2_MAP, source=str(model_bin))
+    config = source.config(model, ct2_json)
+    plan = build_plan(model.shapes, model.load, source.name_map(config), source=str(model_bin))
     return Prepared(config, plan, bundle, str(model_bin))
 
 
 def _from_gguf(path: Path, family: str | None) -> Prepared:
     gguf = GGUFFile(path)
     arch = gguf.get("general.architecture")
-    if arch not in GGUF_ARCHITECTURES:
-        raise _unsupported(f"a GGUF of architecture {arch!r}", path)
-    _agree(GGUF_ARCHITECTURES[arch], family, path, f"general.architecture {arch!r}")
-    config = llama.gguf_config(gguf)
-    plan = build_plan(gguf.shapes, gguf.load, llama.GGUF_MAP, source=str(path))
-    plan = llama.unpermute_gguf(plan, config)
+    source = _detect("gguf", arch, family, path, "a GGUF of architecture")
+    config = source.config(gguf)
+    plan = build_plan(gguf.shapes, gguf.load, source.name_map(config), source=str(path))
+    if source.fix_plan is not None:
+        plan = source.fix_plan(plan, config)
     bundle = Bundle(path.parent)
     bundle.source(path)
     gguf_tokenizer(bundle, path, gguf.metadata, config.body.max_positions)

@@ -1,4 +1,5 @@
-"""The feed-forward sublayer: ``down(act(up(x)))`` or SwiGLU ``down(silu(gate(x)) * up(x))``."""
+"""The feed-forward sublayer: ``down(act(up(x)))`` or SwiGLU ``down(silu(gate(x)) * up(x))``, and the
+uninitialised ``linear`` / ``embedding`` layers every model is built from."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ def linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
     return layer
 
 
+def embedding(n: int, dim: int) -> nn.Embedding:
+    """An ``nn.Embedding`` with an uninitialised weight (it is always loaded)."""
+    layer = nn.Embedding(n, dim, device="meta")
+    layer.weight = nn.Parameter(torch.empty(n, dim))
+    return layer
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -42,5 +50,5 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
+            return self.down(self.act(self.gate(x)) * self.up(x))
         return self.down(self.act(self.up(x)))

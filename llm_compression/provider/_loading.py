@@ -9,17 +9,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ..errors import ModelFileNotFoundError, WrongFamilyError
+from ..families import REGISTRY
 
 T = TypeVar("T")
-
-# family -> (what the file is, which argument takes it)
-FAMILY_ROLES: dict[str, tuple[str, str]] = {
-    "clip": ("a CLIP weight file", "clip_model"),
-    "bert": ("a sentence-encoder (MiniLM/BERT) weight file", "text_model"),
-    "whisper": ("a Whisper weight file", "audio_model"),
-    "olmo": ("a causal LM weight file (text generation, not embeddings)", "none: use `generate`"),
-    "llama": ("a causal LM weight file (text generation, not embeddings)", "none: use `generate`"),
-}
 
 
 def check_family(path: str | os.PathLike, *, role: str, expected: tuple[str, ...]) -> Any:
@@ -45,8 +37,10 @@ def check_family(path: str | os.PathLike, *, role: str, expected: tuple[str, ...
 
     meta = read_metadata(p)
     if meta.family not in expected:
-        want = " or ".join(FAMILY_ROLES[f][0] for f in expected)
-        got_kind, got_arg = FAMILY_ROLES.get(meta.family, (f"family {meta.family!r}", "none"))
+        want = " or ".join(REGISTRY[f].describes for f in expected)
+        got = REGISTRY.get(meta.family)
+        got_kind = got.describes if got else f"family {meta.family!r}"
+        got_arg = got.provider_argument if got else "none"
         raise WrongFamilyError(
             f"{role} expects {want} (family {' or '.join(map(repr, expected))}), but {p} is "
             f"{got_kind} (family {meta.family!r}); pass it as {got_arg} instead, or convert the "

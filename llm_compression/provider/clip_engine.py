@@ -52,7 +52,7 @@ class CLIPEngine:
     """
 
     def __init__(self, path: str | os.PathLike, *, max_pixels: int | None = None) -> None:
-        from ..models import load_model
+        from ..loader import load_model
         from ..preprocess.image import DEFAULT_MAX_PIXELS
         from ._loading import check_family
 

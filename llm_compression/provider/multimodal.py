@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import config_from_dict
 from ..errors import ConfigError, InputError
+from ..families import config_from_dict, family
 from ._loading import LazySlot, check_family
 from .batching import OnError, embed_in_batches
 from .clip_engine import CLIPEngine, to_numpy
@@ -261,16 +261,15 @@ def _missing(name: str) -> str:
 
 
 def _load_model(path: PathLike) -> Any:
-    from ..models import load_model
+    from ..loader import load_model
 
     return load_model(path)
 
 
 def _dimension(meta: Any) -> int:
-    cfg = config_from_dict(meta.config) if isinstance(meta.config, dict) else meta.config
-    if cfg.family == "clip":
-        return int(cfg.projection_dim)
-    return int(cfg.encoder.dim)  # BERT pooled states and Whisper's mean encoder state
+    """Length of the vectors the file's model embeds (its family says how to read it)."""
+    cfg = config_from_dict(meta.config)
+    return int(family(cfg.family).embedding_dim(cfg))
 
 
 def _embed_texts(model: Any, texts: list[str]) -> np.ndarray:

@@ -78,7 +78,7 @@ def validate(
     -------
     ValidationReport : per output min cosine, max abs diff, top-1 agreement, exact matches.
     """
-    from ..models import load_model
+    from ..loader import load_model
     from ..weightfile import read_metadata
 
     times: dict[str, float] = {}

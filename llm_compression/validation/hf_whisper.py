@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import WhisperConfig
-from ..convert import whisper as whisper_convert
 from ..convert.ct2 import CT2Model
 from ..convert.mapping import Split, Target, build_plan
 from ..convert.readers import read_json
 from ..errors import ConversionError
+from ..families import WhisperConfig
+from ..families.whisper import convert as whisper_convert
 
 _LANGUAGE_TOKEN = re.compile(r"<\|([a-z]{2,3}|haw|jw)\|>")
 

@@ -7,7 +7,7 @@ files and source hashes live in the file's key-value metadata. numpy and pyarrow
 Example
 -------
 >>> import numpy as np
->>> from llm_compression.config import preset
+>>> from llm_compression.families import preset
 >>> path = write_model("minilm.parquet", {"embed.norm.weight": np.ones(384, np.float32)},
 ...                    config=preset("all-minilm-l6-v2"))  # doctest: +SKIP
 >>> read_metadata(path).num_tensors  # doctest: +SKIP

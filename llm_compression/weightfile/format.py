@@ -186,26 +186,6 @@ def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-# Token embedding tables (docs/naming.md) are quantized like linear weights: one scale per row is
-# one per token, which is also per output channel when the table is tied as the LM head. Position
-# tables, class embeddings, patch convolutions, norms and biases stay float16.
-TOKEN_EMBEDDINGS = (
-    "embed.token.weight",
-    "token_embed.weight",
-    "text.token_embed.weight",
-    "decoder.token_embed.weight",
-)
-
-
-def is_quantizable(name: str, array: np.ndarray) -> bool:
-    """True for 2-D float linear-layer weights and token embedding tables; not norms or other embeds."""
-    if array.ndim != 2 or array.dtype.kind != "f":
-        return False
-    if name in TOKEN_EMBEDDINGS:
-        return True
-    return name.endswith(".weight") and "embed" not in name and "norm" not in name
-
-
 def split_bytes(array: np.ndarray) -> np.ndarray:
     """byte_stream_split of a contiguous array: byte k of every element, for k = 0 .. itemsize-1."""
     width = array.dtype.itemsize

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import ModelConfig, config_from_dict, config_to_dict
 from ..errors import ConfigError, ConversionError
 from .format import (
     CHECKSUM_ALGORITHM,
@@ -38,7 +38,6 @@ from .format import (
     ZSTD_LEVEL,
     checksum,
     float32_to_bfloat16_bits,
-    is_quantizable,
     package_version,
     quantize_int8_rows,
     split_bytes,
@@ -61,7 +60,7 @@ class _Row:
     encoding: str = ENCODING_PLAIN
 
 
-def _encode_tensor(name: str, value: Any, dtype: str) -> _Row:
+def _encode_tensor(name: str, value: Any, dtype: str, quantize: Collection[str] | None) -> _Row:
     """Cast one input tensor to its storage form (see docs/format.md, "Storage dtypes")."""
     try:
         array = np.asarray(value)
@@ -84,7 +83,7 @@ def _encode_tensor(name: str, value: Any, dtype: str) -> _Row:
         raise ConversionError(
             f"tensor {name!r} has dtype {array.dtype}; expected a float, integer or bool array"
         )
-    if dtype == "int8" and is_quantizable(name, array):
+    if dtype == "int8" and array.ndim == 2 and (quantize is None or name in quantize):
         if not np.isfinite(array).all():
             raise ConversionError(
                 f"tensor {name!r} has non-finite values and cannot be int8-quantized; "
@@ -178,7 +177,7 @@ def index_entry(table: pa.Table) -> dict[str, Any]:
     return {column: table.column(column)[0].as_py() for column in INDEX_COLUMNS}
 
 
-def _file_metadata(config: ModelConfig, dtype: str, files, sources, index) -> dict[str, str]:
+def _file_metadata(config: Any, dtype: str, files, sources, index) -> dict[str, str]:
     """Key-value metadata; ``index`` is the list of ``index_entry`` of every row, in file order."""
     sources = dict(sources or {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in sources.items()):
@@ -186,7 +185,7 @@ def _file_metadata(config: ModelConfig, dtype: str, files, sources, index) -> di
     meta = {
         "format_version": str(FORMAT_VERSION),
         "family": config.family,
-        "config": json.dumps(config_to_dict(config), sort_keys=True),
+        "config": json.dumps(_config_dict(config), sort_keys=True),
         "sources": json.dumps(sources, sort_keys=True),
         "created_by": f"llm_compression {package_version()}",
         "storage_dtype": dtype,
@@ -198,17 +197,24 @@ def _file_metadata(config: ModelConfig, dtype: str, files, sources, index) -> di
     return {META_PREFIX + k: v for k, v in meta.items()} | _encode_files(files or {})
 
 
-def _check_config(config: Any) -> None:
-    try:
-        config_from_dict(config_to_dict(config))
-    except (TypeError, AttributeError) as e:
+def _config_dict(config: Any) -> dict[str, Any]:
+    """The JSON-ready dict of a family config: a frozen dataclass that names its ``family``.
+
+    The dataclass validated itself when it was built; a plain dict is refused, since nothing
+    here could tell whether it describes a model that loads.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise ConfigError(
-            f"config must be a ModelConfig from llm_compression.config (e.g. preset(...)), "
-            f"got {type(config).__name__}"
-        ) from e
+            "config must be a family config dataclass (e.g. llm_compression.families.preset(...) or "
+            f"a families.<name> config), got {type(config).__name__}"
+        )
+    data = dataclasses.asdict(config)
+    if not isinstance(data.get("family"), str):
+        raise ConfigError(f"{type(config).__name__} names no model family (a 'family' field)")
+    return data
 
 
-def _write_rows(writer: pq.ParquetWriter, tensors, dtype: str, progress: bool) -> list[dict]:
+def _write_rows(writer: pq.ParquetWriter, tensors, dtype: str, quantize, progress) -> list[dict]:
     from tqdm.auto import tqdm
 
     total = len(tensors) if isinstance(tensors, Mapping) else None
@@ -223,7 +229,7 @@ def _write_rows(writer: pq.ParquetWriter, tensors, dtype: str, progress: bool) -
                     "check the converter's name map for two upstream tensors mapped to it"
                 )
             seen.add(name)
-            table = _row_table(_encode_tensor(name, value, dtype))
+            table = _row_table(_encode_tensor(name, value, dtype, quantize))
             writer.write_table(table, row_group_size=1)
             index.append(index_entry(table))
             bar.update(1)
@@ -255,8 +261,9 @@ def write_model(
     path: str | os.PathLike,
     tensors: Mapping[str, Any] | Iterable[tuple[str, Any]],
     *,
-    config: ModelConfig,
+    config: Any,
     dtype: str = "float16",
+    quantize: Collection[str] | None = None,
     files: Mapping[str, bytes] | None = None,
     sources: Mapping[str, str] | None = None,
     progress: bool = False,
@@ -269,9 +276,14 @@ def write_model(
     path : destination file; its folder is created if missing. An existing file is replaced
         only once the new one is complete and fsynced.
     tensors : mapping or iterable of (canonical name, np.ndarray), written as they come.
-    config : the model's config (``llm_compression.config``), stored as JSON.
+    config : the model's config (a family config dataclass, or a dict with ``family``), stored
+        as JSON.
     dtype : storage dtype of float tensors: float32 | float16 | bfloat16 | int8. ``int8``
-        quantizes linear weight matrices per output row and stores the rest as float16.
+        quantizes the 2-D matrices named in ``quantize`` per output row and stores the rest as
+        float16.
+    quantize : with ``int8``, the names of the matrices that may be quantized (the converter
+        passes the weights of the model's linear and embedding layers); None: every 2-D float
+        tensor.
     files : bundled files, e.g. ``{"tokenizer.json": b"..."}``.
     sources : upstream file name -> sha256 hex, for provenance.
     progress : show a tqdm bar.
@@ -284,7 +296,7 @@ def write_model(
     """
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not a storage dtype; choose one of {STORAGE_DTYPES}")
-    _check_config(config)
+    _config_dict(config)
     path = Path(path)
     if path.is_dir():
         raise ConversionError(
@@ -296,7 +308,7 @@ def write_model(
     try:
         writer = _new_writer(tmp, _check_level(compression_level))
         try:
-            index = _write_rows(writer, tensors, dtype, progress)
+            index = _write_rows(writer, tensors, dtype, quantize, progress)
             writer.add_key_value_metadata(_file_metadata(config, dtype, files, sources, index))
         finally:
             writer.close()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_compression.config import preset
 from llm_compression.convert import convert
+from llm_compression.families import preset
 from llm_compression.loader import WeightLoader
 from llm_compression.weights import packaged_minilm, packaged_smollm2, packaged_whisper_base
 

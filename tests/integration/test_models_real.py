@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_compression.models import CausalLM, SentenceEncoder, load_model
+from llm_compression.families import CausalLM, SentenceEncoder
+from llm_compression.loader import load_model
 from llm_compression.weights import packaged_minilm, packaged_smollm2
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from llm_compression.convert import convert
-from llm_compression.convert.clip import write_clip_vocab
+from llm_compression.families.clip import write_clip_vocab
 from llm_compression.preprocess.image import clip_pixels
 from llm_compression.provider import CLIPEngine, MultimodalEmbeddingProvider
 from llm_compression.weights import clip_bpe_vocab, packaged_minilm

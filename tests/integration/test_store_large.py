@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_compression.config import preset
+from llm_compression.families import preset
 from llm_compression.loader import WeightLoader
 from llm_compression.weightfile import read_tensor_index, write_model
 

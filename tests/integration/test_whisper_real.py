@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_compression.convert import whisper as whisper_convert
-from llm_compression.models import load_model
+from llm_compression.families.whisper import convert as whisper_convert
+from llm_compression.loader import load_model
 from llm_compression.preprocess.audio import load_audio, log_mel_batch
 from llm_compression.validation.hf_whisper import rename
 

@@ -11,12 +11,8 @@ import re
 
 import torch
 
-from llm_compression.config import (
-    BertConfig,
-    CausalLMConfig,
-    CLIPConfig,
-    TransformerConfig,
-)
+from llm_compression.config import TransformerConfig
+from llm_compression.families import BertConfig, CausalLMConfig, CLIPConfig
 
 _BODY = {  # HF per-layer suffix -> canonical per-layer suffix, by architecture
     "llama": {

@@ -99,7 +99,7 @@ def tiny_clip_folder(folder: Path, *, seed: int = 0) -> Path:
     """A tiny random HF CLIPModel with the real CLIP BPE tokenizer (vocab 49408, context 77)."""
     import transformers as tf
 
-    from llm_compression.convert.clip import write_clip_vocab
+    from llm_compression.families.clip import write_clip_vocab
 
     text = dict(
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

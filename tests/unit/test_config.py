@@ -3,14 +3,9 @@ import json
 
 import pytest
 
-from llm_compression.config import (
-    PRESETS,
-    TransformerConfig,
-    config_from_dict,
-    config_to_dict,
-    preset,
-)
+from llm_compression.config import TransformerConfig
 from llm_compression.errors import ConfigError
+from llm_compression.families import PRESETS, config_from_dict, config_to_dict, preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

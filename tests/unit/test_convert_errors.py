@@ -11,7 +11,6 @@ from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
 from safetensors.torch import load_file, save_file
 
 from llm_compression.cli import main
-from llm_compression.config import FAMILIES
 from llm_compression.convert import convert
 from llm_compression.convert.readers import HFWeights
 from llm_compression.errors import (
@@ -20,6 +19,7 @@ from llm_compression.errors import (
     ModelFileNotFoundError,
     UnsupportedFamilyError,
 )
+from llm_compression.families import FAMILIES
 from llm_compression.loader import WeightLoader
 
 

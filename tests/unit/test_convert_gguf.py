@@ -11,8 +11,8 @@ import torch
 from hf_tiny import CHAT_TEMPLATE, tiny_causal_lm, tiny_tokenizer_files
 
 from llm_compression.convert import convert
-from llm_compression.convert.gguf_reader import unpermute_rotary
 from llm_compression.errors import ConversionError, UnsupportedFamilyError
+from llm_compression.families.llama import unpermute_rotary
 from llm_compression.loader import WeightLoader
 
 _TENSORS = {  # HF per-layer suffix -> GGUF per-layer suffix

@@ -15,7 +15,7 @@ import torch
 from hf_tiny import tiny_bert, tiny_causal_lm, tiny_clip, tiny_tokenizer_files
 
 from llm_compression.convert import convert
-from llm_compression.convert.clip import write_clip_vocab
+from llm_compression.families.clip import write_clip_vocab
 from llm_compression.loader import WeightLoader
 from llm_compression.weightfile import read_metadata
 from llm_compression.weights import clip_bpe_vocab

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_compression.config import BertConfig, preset
 from llm_compression.errors import ConfigError, InputError, MissingTensorError
+from llm_compression.families import BertConfig, preset
 from llm_compression.loader import WeightLoader
 from llm_compression.weightfile import write_model
 

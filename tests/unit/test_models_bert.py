@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from hf_tiny import tiny_bert
 
 from llm_compression.errors import InputError
-from llm_compression.models import SentenceEncoder, build_model, load_weights_into
+from llm_compression.families import SentenceEncoder, build_model
+from llm_compression.loader import load_weights_into
 from llm_compression.preprocess.text import Tokenizer
 
 WORDS = [

@@ -6,9 +6,10 @@ import pytest
 import torch
 from hf_tiny import tiny_causal_lm
 
+from llm_compression.core.generation import SamplingConfig, sample
 from llm_compression.errors import InputError, MissingTensorError
-from llm_compression.models import CausalLM, build_model, load_weights_into
-from llm_compression.models.generation import SamplingConfig, sample
+from llm_compression.families import CausalLM, build_model
+from llm_compression.loader import load_weights_into
 
 ARCHS = [("llama", False), ("llama", True), ("olmo", False), ("olmo2", False), ("olmo2", True)]
 

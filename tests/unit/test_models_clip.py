@@ -8,7 +8,8 @@ import torch
 from hf_tiny import tiny_clip
 
 from llm_compression.errors import InputError
-from llm_compression.models import CLIP, build_model, load_weights_into
+from llm_compression.families import CLIP, build_model
+from llm_compression.loader import load_weights_into
 
 
 @pytest.fixture(scope="module", params=[49, 2], ids=["eos49", "legacy-eos2"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
 
+from llm_compression.core.generation import TextStreamer
 from llm_compression.errors import InputError
-from llm_compression.models import build_model, load_weights_into
-from llm_compression.models.generation import TextStreamer
+from llm_compression.families import build_model
+from llm_compression.loader import load_weights_into
 from llm_compression.preprocess.text import Tokenizer
 
 

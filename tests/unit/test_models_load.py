@@ -7,14 +7,8 @@ import torch
 from hf_tiny import tiny_bert, tiny_causal_lm, tiny_clip, tiny_tokenizer_files
 
 from llm_compression.cli import main
-from llm_compression.models import (
-    CLIP,
-    CausalLM,
-    SentenceEncoder,
-    build_model,
-    load_model,
-    load_weights_into,
-)
+from llm_compression.families import CLIP, CausalLM, SentenceEncoder, build_model
+from llm_compression.loader import load_model, load_weights_into
 from llm_compression.weightfile import write_model
 
 

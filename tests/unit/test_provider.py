@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from provider_helpers import make_video, photo, photo_path, tiny_model_file, tone
 
-import llm_compression.models as models
+import llm_compression.loader as models
 from llm_compression.errors import (
     ConfigError,
     InputError,

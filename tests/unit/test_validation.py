@@ -150,7 +150,7 @@ def test_whisper_hf_map_inverts():
     import transformers as tf
 
     from llm_compression.convert.mapping import build_plan
-    from llm_compression.convert.whisper import HF_MAP
+    from llm_compression.families.whisper.convert import HF_MAP
     from llm_compression.validation.hf_whisper import invert_map, rename
 
     cfg = tf.WhisperConfig(

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from llm_compression.config import config_to_dict, preset
 from llm_compression.errors import ConfigError, ConversionError
+from llm_compression.families import config_to_dict, preset
 from llm_compression.weightfile import (
     FORMAT_VERSION,
     QUANT_INT8_SYM_CHANNEL,
@@ -25,7 +25,7 @@ from llm_compression.weightfile import (
     read_tensor_index,
     write_model,
 )
-from llm_compression.weightfile.format import INDEX_COLUMNS, is_quantizable, join_bytes, split_bytes
+from llm_compression.weightfile.format import INDEX_COLUMNS, join_bytes, split_bytes
 
 CFG = preset("all-minilm-l6-v2")
 
@@ -128,7 +128,7 @@ def test_bad_dtype_lists_choices(tmp_path, dtype):
 
 
 def test_config_must_be_a_model_config(tmp_path):
-    with pytest.raises(ConfigError, match="ModelConfig"):
+    with pytest.raises(ConfigError, match="family config dataclass"):
         write_model(tmp_path / "m.parquet", tiny_tensors(), config={"family": "bert"})
 
 
@@ -256,25 +256,14 @@ def test_other_tools_read_the_tensor_table(tmp_path):
     assert table.column("n_params").to_pylist() == [a.size for a in tiny_tensors().values()]
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["embed.token.weight", "token_embed.weight", "text.token_embed.weight",
-     "decoder.token_embed.weight", "layers.3.mlp.down.weight", "lm_head.weight"],
-)  # fmt: skip
-def test_quantizable_token_embeddings_and_linear_weights(name):
-    assert is_quantizable(name, np.zeros((4, 3), np.float32))
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["embed.position.weight", "embed.token_type.weight", "text.pos_embed", "vision.class_embed",
-     "vision.pos_embed", "decoder.pos_embed", "embed.norm.weight", "layers.0.attn_norm.weight",
-     "layers.0.attn.q.bias"],
-)  # fmt: skip
-def test_not_quantizable_positions_norms_biases(name):
-    assert not is_quantizable(name, np.zeros((4, 3), np.float32))
-    assert not is_quantizable("embed.token.weight", np.zeros((4, 3, 2), np.float32))
-    assert not is_quantizable("embed.token.weight", np.zeros((4, 3), np.int64))
+def test_int8_quantizes_only_the_named_matrices(tmp_path):
+    names = {"layers.0.attn.q.weight"}
+    path = write_model(
+        tmp_path / "m.parquet", tiny_tensors(), config=CFG, dtype="int8", quantize=names
+    )
+    stored = {n: i.dtype for n, i in WeightFile(path).tensors.items()}
+    assert stored["layers.0.attn.q.weight"] == "int8"
+    assert stored["layers.0.mlp.up.weight"] == stored["embed.token.weight"] == "float16"
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

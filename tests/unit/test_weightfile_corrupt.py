@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llm_compression.config import preset
 from llm_compression.errors import (
     CorruptFileError,
     FormatError,
@@ -17,6 +16,7 @@ from llm_compression.errors import (
     MissingTensorError,
     ModelFileNotFoundError,
 )
+from llm_compression.families import preset
 from llm_compression.loader import WeightLoader
 from llm_compression.weightfile import WeightFile, read_metadata, read_tensor_index, write_model
 from llm_compression.weightfile.format import META_PREFIX
@@ -47,7 +47,7 @@ def craft(path, rows, **meta_overrides):
     writer = _new_writer(str(path))
     index = []
     for name, value in rows:
-        table = _row_table(_encode_tensor(name, value, "float32"))
+        table = _row_table(_encode_tensor(name, value, "float32", None))
         writer.write_table(table, row_group_size=1)
         index.append(index_entry(table))
     meta = _file_metadata(CFG, "float32", None, None, index)

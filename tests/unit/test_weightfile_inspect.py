@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from llm_compression.cli import main
-from llm_compression.config import preset
+from llm_compression.families import preset
 from llm_compression.weightfile import write_model
 
 CFG = preset("all-minilm-l6-v2")

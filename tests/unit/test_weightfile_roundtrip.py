@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from llm_compression.config import preset
+from llm_compression.families import preset
 from llm_compression.loader import WeightLoader
 from llm_compression.weightfile import quantize_int8_rows, read_metadata, write_model
 

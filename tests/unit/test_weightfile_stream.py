@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_compression.config import preset
 from llm_compression.errors import CorruptFileError, FormatError
+from llm_compression.families import preset
 from llm_compression.loader import WeightLoader
 from llm_compression.weightfile import (
     WeightFile,

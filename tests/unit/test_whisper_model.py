@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from llm_compression.config import TransformerConfig, WhisperConfig
+from llm_compression.config import TransformerConfig
 from llm_compression.errors import InputError
-from llm_compression.models import build_model, load_weights_into
+from llm_compression.families import WhisperConfig, build_model
+from llm_compression.loader import load_weights_into
 from llm_compression.preprocess.audio import log_mel_batch
 from llm_compression.preprocess.text import Tokenizer
 
@@ -232,7 +233,7 @@ def test_timestamp_rules_give_ordered_pairs(pair):
 
 
 def test_apply_timestamp_rules_masks():
-    from llm_compression.models import whisper_decoding as wd
+    from llm_compression.families.whisper import decoding as wd
 
     st = wd.SpecialTokens(sot=5, eot=4, no_timestamps=9, transcribe=7, translate=6, languages={})
     ts = st.timestamp_begin  # 10
@@ -253,7 +254,7 @@ def test_apply_timestamp_rules_masks():
 
 
 def test_segments_text_formats_windows(pair):
-    from llm_compression.models import whisper_decoding as wd
+    from llm_compression.families.whisper import decoding as wd
 
     _, ours = pair
     st = ours._special()
@@ -273,7 +274,7 @@ def test_long_audio_is_transcribed_in_windows(pair):
 
 
 def test_english_only_prompt_and_errors():
-    from llm_compression.models import whisper_decoding as wd
+    from llm_compression.families.whisper import decoding as wd
 
     st = wd.SpecialTokens(sot=50257, eot=50256, no_timestamps=50362, transcribe=None,
                           translate=None, languages={})  # fmt: skip

@@ -1,4 +1,8 @@
-"""Llama-family causal LMs: Hugging Face ``LlamaForCausalLM`` folders and llama.cpp GGUF files."""
+"""Llama-family causal LMs (SmolLM2): Hugging Face ``LlamaForCausalLM`` folders and GGUF files.
+
+GGUF stores q and k with llama.cpp's rotary row permutation; ``unpermute_rotary`` restores the
+Hugging Face order.
+"""
 
 from __future__ import annotations
 
@@ -7,84 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from ..config import CausalLMConfig, TransformerConfig
+from ..config import TransformerConfig
 from ..errors import ConversionError
-from .common import gated_activation, optional_int, require, rope_theta, token_ids
-from .gguf_reader import GGUFFile, unpermute_rotary
-from .mapping import Item, Target
+from .causal_lm import CausalLM, CausalLMConfig, causal_lm_config, causal_lm_map
+from .maps import Item, Target, optional_int, token_ids
+from .spec import Family, Source
 
-_HF_LAYER = {
-    "self_attn.q_proj": "attn.q",
-    "self_attn.k_proj": "attn.k",
-    "self_attn.v_proj": "attn.v",
-    "self_attn.o_proj": "attn.o",
-    "mlp.gate_proj": "mlp.gate",
-    "mlp.up_proj": "mlp.up",
-    "mlp.down_proj": "mlp.down",
-}
-# Llama's norms: before attention and before the MLP.
 HF_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"}
-
-
-def causal_lm_map(
-    cfg: CausalLMConfig, norms: dict[str, str], extra: dict[str, str]
-) -> dict[str, Target]:
-    """The Hugging Face ``*ForCausalLM`` name map shared by Llama and OLMo.
-
-    ``norms``: per-layer norm module -> canonical norm; ``extra``: more per-layer modules.
-    A checkpoint of a tied model may still carry ``lm_head.weight``: it is dropped.
-    """
-    out: dict[str, Target] = {
-        "model.embed_tokens.weight": "token_embed.weight",
-        "model.norm.weight": "final_norm.weight",
-        "lm_head.weight": None if cfg.tie_embeddings else "lm_head.weight",
-        "model.rotary_emb.inv_freq": None,  # buffer in old checkpoints
-    }
-    for src, dst in (_HF_LAYER | extra).items():
-        for kind in ("weight", "bias"):
-            out[f"model.layers.{{}}.{src}.{kind}"] = f"layers.{{}}.{dst}.{kind}"
-    for src, dst in norms.items():
-        out[f"model.layers.{{}}.{src}.weight"] = f"layers.{{}}.{dst}.weight"
-    out["model.layers.{}.self_attn.rotary_emb.inv_freq"] = None
-    return out
 
 
 def hf_map(cfg: CausalLMConfig) -> dict[str, Target]:
     return causal_lm_map(cfg, HF_NORMS, {})
-
-
-def causal_lm_config(cfg: dict[str, Any], where: str, family: str, **body: Any) -> CausalLMConfig:
-    """CausalLMConfig from a ``*ForCausalLM`` config.json; ``body`` sets norm and friends."""
-    dim = int(require(cfg, "hidden_size", where))
-    heads = int(require(cfg, "num_attention_heads", where))
-    attention_bias = bool(cfg.get("attention_bias", False))
-    head_dim = cfg.get("head_dim")
-    body_cfg = TransformerConfig(
-        dim=dim,
-        n_layers=int(require(cfg, "num_hidden_layers", where)),
-        n_heads=heads,
-        n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=None if head_dim in (None, dim // heads) else int(head_dim),
-        mlp_dim=int(require(cfg, "intermediate_size", where)),
-        activation=gated_activation(cfg.get("hidden_act", "silu"), where),
-        causal=True,
-        positions="rotary",
-        max_positions=int(cfg.get("max_position_embeddings") or 2048),
-        rope_theta=rope_theta(cfg, where),
-        qkv_bias=attention_bias,
-        k_bias=attention_bias,
-        out_bias=attention_bias,
-        **body,
-    )
-    return CausalLMConfig(
-        body=body_cfg,
-        vocab_size=int(require(cfg, "vocab_size", where)),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bos_token_id=optional_int(cfg.get("bos_token_id")),
-        eos_token_ids=token_ids(cfg.get("eos_token_id")),
-        pad_token_id=optional_int(cfg.get("pad_token_id")),
-        family=family,
-    )
 
 
 def hf_config(cfg: dict[str, Any], folder: Path) -> CausalLMConfig:
@@ -117,7 +54,7 @@ def _f32(value: Any) -> float:
     return float(str(np.float32(value)))
 
 
-def gguf_config(gguf: GGUFFile) -> CausalLMConfig:
+def gguf_config(gguf: Any) -> CausalLMConfig:
     """CausalLMConfig from a llama-architecture GGUF's metadata."""
     arch = gguf.require("general.architecture")
     key = lambda name: gguf.require(f"{arch}.{name}")  # noqa: E731
@@ -170,3 +107,55 @@ def unpermute_gguf(plan: dict[str, Item], cfg: CausalLMConfig) -> dict[str, Item
 
 def _unpermuted(item: Item, heads: int):
     return lambda: unpermute_rotary(item.load(), heads)
+
+
+def unpermute_rotary(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation for rotary attention.
+
+    ``convert_hf_to_gguf.py`` stored ``w.reshape(n_heads, 2, hd // 2, dim).swapaxes(1, 2)``: it
+    interleaves the two rotary halves of each head. This restores the Hugging Face (half-split)
+    row order. Works for weights ``(n_heads * hd, dim)`` and biases ``(n_heads * hd,)``.
+    """
+    rows = weight.shape[0]
+    if rows % (2 * n_heads):
+        raise ConversionError(
+            f"cannot un-permute a rotary projection of {rows} rows into {n_heads} heads of even "
+            "size; the GGUF head counts do not match its tensors"
+        )
+    half = rows // n_heads // 2
+    w = weight.reshape(n_heads, half, 2, *weight.shape[1:])
+    return np.ascontiguousarray(w.swapaxes(1, 2).reshape(weight.shape))
+
+
+def _smollm2_135m() -> CausalLMConfig:
+    body = TransformerConfig(
+        dim=576, n_layers=30, n_heads=9, n_kv_heads=3, mlp_dim=1536, norm="rmsnorm",
+        activation="swiglu", causal=True, positions="rotary", max_positions=8192,
+        rope_theta=100000.0, qkv_bias=False, k_bias=False, out_bias=False, mlp_bias=False,
+    )  # fmt: skip
+    return CausalLMConfig(
+        body=body, vocab_size=49152, tie_embeddings=True, bos_token_id=1, eos_token_ids=(2,),
+        pad_token_id=2, family="llama",
+    )  # fmt: skip
+
+
+FAMILY = Family(
+    name="llama",
+    config_class=CausalLMConfig,
+    model_class=CausalLM,
+    describes="a causal LM weight file (text generation, not embeddings)",
+    provider_argument="none: use `generate`",
+    hf=Source(
+        names=("llama",),
+        architectures={"LlamaForCausalLM": "llama"},
+        config=hf_config,
+        name_map=hf_map,
+    ),
+    gguf=Source(
+        names=("llama",),
+        config=gguf_config,
+        name_map=lambda cfg: GGUF_MAP,
+        fix_plan=unpermute_gguf,
+    ),
+    presets={"smollm2-135m": _smollm2_135m()},
+)

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import WhisperConfig
-from ..core import Transformer
-from ..errors import InputError
-from ..preprocess.audio import load_audio, log_mel_batch
-from . import whisper_decoding as wd
-from .causal_lm import embedding
+from ...core import Transformer
+from ...core.mlp import embedding
+from ...errors import InputError
+from ...preprocess.audio import load_audio, log_mel_batch
+from . import decoding as wd
+from .config import WhisperConfig
 
 SAMPLES_PER_FRAME = 320  # encoder frame: 2 mel hops of 160 samples (conv2 has stride 2) = 20 ms
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import CausalLMConfig
-from .llama import causal_lm_config, causal_lm_map
-from .mapping import Target
+from .causal_lm import CausalLM, CausalLMConfig, causal_lm_config, causal_lm_map
+from .maps import Target
+from .spec import Family, Source
 
 OLMO1_NORM_EPS = 1e-5  # OlmoLayerNorm hard-codes eps=1e-5
 OLMO2_NORMS = {"post_attention_layernorm": "attn_norm", "post_feedforward_layernorm": "mlp_norm"}
@@ -44,3 +44,18 @@ def hf_config(cfg: dict[str, Any], folder: Path) -> CausalLMConfig:
         cfg, where, "olmo", norm="layernorm_nonparam", norm_eps=OLMO1_NORM_EPS,
         clip_qkv=None if clip is None else float(clip), mlp_bias=False,
     )  # fmt: skip
+
+
+FAMILY = Family(
+    name="olmo",
+    config_class=CausalLMConfig,
+    model_class=CausalLM,
+    describes="a causal LM weight file (text generation, not embeddings)",
+    provider_argument="none: use `generate`",
+    hf=Source(
+        names=("olmo", "olmo2"),
+        architectures={"OlmoForCausalLM": "olmo", "Olmo2ForCausalLM": "olmo2"},
+        config=hf_config,
+        name_map=hf_map,
+    ),
+)

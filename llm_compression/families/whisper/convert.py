@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import TransformerConfig, WhisperConfig
-from ..errors import ConversionError
-from .common import activation, require, token_ids
-from .ct2 import CT2Model
-from .mapping import Split, Target
-from .readers import read_json
+from ...config import TransformerConfig
+from ...errors import ConversionError
+from ..maps import Split, Target, activation, read_json, require, token_ids
+from .config import WhisperConfig
 
 _HF_ATTN = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o"}
 _HF_LAYER = {
@@ -162,7 +160,7 @@ def hf_config(cfg: dict[str, Any], folder: Path) -> WhisperConfig:
     )  # fmt: skip
 
 
-def _ct2_layers(model: CT2Model, side: str) -> int:
+def _ct2_layers(model: Any, side: str) -> int:
     n = 0
     while f"{side}/layer_{n}/ffn/linear_0/weight" in model.shapes:
         n += 1
@@ -171,7 +169,7 @@ def _ct2_layers(model: CT2Model, side: str) -> int:
     return n
 
 
-def ct2_config(model: CT2Model, ct2_json: dict[str, Any]) -> WhisperConfig:
+def ct2_config(model: Any, ct2_json: dict[str, Any]) -> WhisperConfig:
     """WhisperConfig from a WhisperSpec model.bin (dims) and its config.json (suppressed ids)."""
     for name, want in CT2_FLAGS.items():
         got = model.scalar(name, want)

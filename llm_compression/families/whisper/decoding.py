@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import FormatError, InputError
+from ...errors import FormatError, InputError
 
 SECONDS_PER_TIMESTAMP = 0.02  # one timestamp token = one encoder frame = 320 samples
 MAX_INITIAL_TIMESTAMP = 1.0  # the first timestamp may not exceed 1 s (openai-whisper default)

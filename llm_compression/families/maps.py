@@ -1,9 +1,19 @@
-"""Helpers shared by the per-family converters: reading upstream config values."""
+"""Declarative converter maps (gpt-fast ``weight_map`` style) and the helpers that read upstream configs.
+
+A family module states, for each checkpoint format it converts from, a map from upstream tensor
+names to canonical names (``{}`` stands for the layer index; ``None`` drops a tensor; ``Split``
+sends a fused tensor to several canonical tensors) and a function that builds its config.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..config import Activation
 from ..errors import ConversionError
@@ -73,3 +83,36 @@ def rope_theta(cfg: Mapping[str, Any], where: str, default: float = 10000.0) -> 
         )
     theta = params.get("rope_theta", cfg.get("rope_theta", default))
     return float(theta)
+
+
+@dataclass(frozen=True)
+class Split:
+    """An upstream tensor holding ``len(targets)`` equal parts along dim 0 (fused q, k, v).
+
+    A ``None`` target is a part that must be all zeros and is dropped (CTranslate2 stores a zero
+    k bias for Whisper, whose k projection has no bias).
+    """
+
+    targets: tuple[str | None, ...]
+
+
+Target = str | Split | None
+
+
+Loader = Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One canonical tensor to write: its shape and how to read it (float32)."""
+
+    shape: tuple[int, ...]
+    load: Loader
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a malformed one raises ConversionError naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"cannot read {path} as JSON: {e}; restore the file") from e

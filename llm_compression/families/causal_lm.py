@@ -1,34 +1,43 @@
-"""Decoder-only language models (OLMo-1, OLMo-2, Llama-family such as SmolLM2) on the shared core.
+"""Decoder-only language models (OLMo-1, OLMo-2, Llama-family): config, model and shared converter parts.
 
-The body is ``core.Transformer``; this module adds the token embedding, the LM head (tied to the
-embedding when ``tie_embeddings``) and text generation.
-
-Example
--------
->>> model = load_model("smollm2.parquet")                                      # doctest: +SKIP
->>> model.generate("The capital of France is", max_new_tokens=8)               # doctest: +SKIP
+The ``olmo`` and ``llama`` families both run this model; their own modules hold what differs
+(upstream names, config keys, the GGUF layout).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..config import CausalLMConfig
+from ..config import TransformerConfig, check_choice, check_positive
 from ..core import KVCache, Transformer
-from ..core.mlp import linear
-from ..errors import InputError
-from .generation import SamplingConfig, TextStreamer, decode_loop
+from ..core.generation import SamplingConfig, TextStreamer, decode_loop
+from ..core.mlp import embedding, linear
+from ..errors import ConfigError, InputError
+from .maps import Target, gated_activation, optional_int, require, rope_theta, token_ids
 
 
-def embedding(n: int, dim: int) -> nn.Embedding:
-    """An ``nn.Embedding`` with an uninitialised weight (it is always loaded)."""
-    layer = nn.Embedding(n, dim, device="meta")
-    layer.weight = nn.Parameter(torch.empty(n, dim))
-    return layer
+@dataclass(frozen=True)
+class CausalLMConfig:
+    """Decoder-only language models: OLMo-1, OLMo-2 and Llama-family (SmolLM2)."""
+
+    body: TransformerConfig
+    vocab_size: int
+    tie_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    family: str = "llama"  # "olmo" or "llama": both run on the same core
+
+    def __post_init__(self) -> None:
+        check_choice("CausalLMConfig.family", self.family, ("olmo", "llama"))
+        check_positive("CausalLMConfig", vocab_size=self.vocab_size)
+        if not self.body.causal:
+            raise ConfigError("CausalLMConfig.body must have causal=True")
 
 
 class CausalLM(Transformer):
@@ -197,3 +206,74 @@ class CausalLM(Transformer):
         seed : makes sampling reproducible.
         """
         return "".join(self.stream(prompt, **options))
+
+
+_HF_LAYER = {
+    "self_attn.q_proj": "attn.q",
+    "self_attn.k_proj": "attn.k",
+    "self_attn.v_proj": "attn.v",
+    "self_attn.o_proj": "attn.o",
+    "mlp.gate_proj": "mlp.gate",
+    "mlp.up_proj": "mlp.up",
+    "mlp.down_proj": "mlp.down",
+}
+
+
+# Llama's norms: before attention and before the MLP.
+
+
+def causal_lm_map(
+    cfg: CausalLMConfig, norms: dict[str, str], extra: dict[str, str]
+) -> dict[str, Target]:
+    """The Hugging Face ``*ForCausalLM`` name map shared by Llama and OLMo.
+
+    ``norms``: per-layer norm module -> canonical norm; ``extra``: more per-layer modules.
+    A checkpoint of a tied model may still carry ``lm_head.weight``: it is dropped.
+    """
+    out: dict[str, Target] = {
+        "model.embed_tokens.weight": "token_embed.weight",
+        "model.norm.weight": "final_norm.weight",
+        "lm_head.weight": None if cfg.tie_embeddings else "lm_head.weight",
+        "model.rotary_emb.inv_freq": None,  # buffer in old checkpoints
+    }
+    for src, dst in (_HF_LAYER | extra).items():
+        for kind in ("weight", "bias"):
+            out[f"model.layers.{{}}.{src}.{kind}"] = f"layers.{{}}.{dst}.{kind}"
+    for src, dst in norms.items():
+        out[f"model.layers.{{}}.{src}.weight"] = f"layers.{{}}.{dst}.weight"
+    out["model.layers.{}.self_attn.rotary_emb.inv_freq"] = None
+    return out
+
+
+def causal_lm_config(cfg: dict[str, Any], where: str, family: str, **body: Any) -> CausalLMConfig:
+    """CausalLMConfig from a ``*ForCausalLM`` config.json; ``body`` sets norm and friends."""
+    dim = int(require(cfg, "hidden_size", where))
+    heads = int(require(cfg, "num_attention_heads", where))
+    attention_bias = bool(cfg.get("attention_bias", False))
+    head_dim = cfg.get("head_dim")
+    body_cfg = TransformerConfig(
+        dim=dim,
+        n_layers=int(require(cfg, "num_hidden_layers", where)),
+        n_heads=heads,
+        n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=None if head_dim in (None, dim // heads) else int(head_dim),
+        mlp_dim=int(require(cfg, "intermediate_size", where)),
+        activation=gated_activation(cfg.get("hidden_act", "silu"), where),
+        causal=True,
+        positions="rotary",
+        max_positions=int(cfg.get("max_position_embeddings") or 2048),
+        rope_theta=rope_theta(cfg, where),
+        qkv_bias=attention_bias,
+        k_bias=attention_bias,
+        out_bias=attention_bias,
+        **body,
+    )
+    return CausalLMConfig(
+        body=body_cfg,
+        vocab_size=int(require(cfg, "vocab_size", where)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bos_token_id=optional_int(cfg.get("bos_token_id")),
+        eos_token_ids=token_ids(cfg.get("eos_token_id")),
+        pad_token_id=optional_int(cfg.get("pad_token_id")),
+        family=family,
+    )
