@@ -41,14 +41,18 @@ def check_positive(owner: str, **values: int) -> None:
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """The shared transformer body. Every model quirk is a value here, never a new class."""
+    """The shared transformer body. Every model quirk is a value here, never a new class.
+
+    ``n_kv_heads`` and ``head_dim`` may be given as None (``n_heads`` and ``dim // n_heads``);
+    the built config always holds the resolved numbers, so each quantity has one name.
+    """
 
     dim: int
     n_layers: int
     n_heads: int
     mlp_dim: int
-    n_kv_heads: int | None = None  # None -> n_heads (grouped-query attention when smaller)
-    head_dim: int | None = None  # None -> dim // n_heads
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention when < n_heads)
+    head_dim: int | None = None  # width of one attention head
     norm: NormKind = "layernorm"
     norm_eps: float = 1e-5
     norm_placement: NormPlacement = "pre"
@@ -73,26 +77,27 @@ class TransformerConfig:
         check_choice("norm_placement", self.norm_placement, _PLACEMENTS)
         check_choice("activation", self.activation, _ACTIVATIONS)
         check_choice("positions", self.positions, _POSITIONS)
-        if self.head_dim is None and self.dim % self.n_heads:
-            raise ConfigError(
-                f"dim={self.dim} is not divisible by n_heads={self.n_heads}; "
-                "set head_dim explicitly or pick a divisor"
-            )
-        if self.n_heads % self.kv_heads:
-            raise ConfigError(
-                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads}"
-            )
-        if self.positions == "rotary" and self.head_size % 2:
-            raise ConfigError(f"rotary positions need an even head size, got {self.head_size}")
+        self._resolve_heads()
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head_dim, got {self.head_dim}")
         if self.positions in ("learned", "sinusoidal") and self.max_positions <= 0:
             raise ConfigError(f"positions={self.positions!r} needs max_positions > 0")
-        if not self.norm_eps > 0:
-            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if not isinstance(self.norm_eps, int | float) or not self.norm_eps > 0:
+            raise ConfigError(f"norm_eps must be a number > 0, got {self.norm_eps!r}")
 
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads or self.n_heads
-
-    @property
-    def head_size(self) -> int:
-        return self.head_dim or self.dim // self.n_heads
+    def _resolve_heads(self) -> None:
+        """Fill ``n_kv_heads`` / ``head_dim`` given as None (construction, not reassignment)."""
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ConfigError(
+                    f"dim={self.dim} is not divisible by n_heads={self.n_heads}; "
+                    "set head_dim explicitly or pick a divisor"
+                )
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        check_positive("TransformerConfig", n_kv_heads=self.n_kv_heads, head_dim=self.head_dim)
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}"
+            )

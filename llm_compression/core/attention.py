@@ -97,7 +97,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig, *, cross: bool = False) -> None:
         super().__init__()
         self.cross = cross
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_size
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         self.q = linear(cfg.dim, q_dim, cfg.qkv_bias)
         self.k = linear(cfg.dim, kv_dim, cfg.qkv_bias and cfg.k_bias)

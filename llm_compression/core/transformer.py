@@ -27,7 +27,7 @@ class Transformer(nn.Module):
             make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if cfg.final_norm else nn.Identity()
         )
         self.rotary = (
-            Rotary(cfg.head_size, cfg.rope_theta, cfg.max_positions)
+            Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_positions)
             if cfg.positions == "rotary"
             else None
         )
@@ -38,7 +38,7 @@ class Transformer(nn.Module):
         dtype, device = dtype or ref.dtype, device or ref.device
         cfg = self.cfg
         return [
-            KVCache(batch, cfg.kv_heads, max_len, cfg.head_size, dtype=dtype, device=device)
+            KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype=dtype, device=device)
             for _ in range(cfg.n_layers)
         ]
 

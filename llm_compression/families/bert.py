@@ -13,7 +13,6 @@ sentence-transformers does (256 for all-MiniLM-L6-v2). The empty string is a val
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,9 +86,7 @@ class SentenceEncoder(Transformer):
     """Sentence embeddings with the pooling and normalisation stored in the file."""
 
     def __init__(self, config: BertConfig) -> None:
-        # BERT's post-norm body ends in a norm already: it has no separate final norm, whatever
-        # ``encoder.final_norm`` says (weight files carry no ``final_norm.*`` tensors for BERT).
-        super().__init__(dataclasses.replace(config.encoder, final_norm=False))
+        super().__init__(config.encoder)  # post-norm: the config says final_norm=False
         self.config = config
         self.embed = BertEmbeddings(config)
         self.tokenizer = None

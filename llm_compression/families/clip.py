@@ -114,10 +114,9 @@ class TextTower(Transformer):
                 f"{T} tokens exceed CLIP's context of {self.pos_embed.shape[0]}; truncate the ids"
             )
         h = super().forward(self.token_embed(ids) + self.pos_embed[:T])  # (B, T, C)
-        if self.eos_token_id == 2:  # legacy configs (HF): the end token has the largest id
-            eot = ids.argmax(dim=-1)
-        else:  # the first end-of-text token (padding may repeat it)
-            eot = (ids == self.eos_token_id).int().argmax(dim=-1)
+        # the first end-of-text token (padding repeats it); legacy HF configs that said
+        # eos_token_id=2 are converted to the real end token, the highest id (hf_config)
+        eot = (ids == self.eos_token_id).int().argmax(dim=-1)
         return self.proj(h[torch.arange(ids.shape[0], device=ids.device), eot])
 
 

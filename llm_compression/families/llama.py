@@ -100,7 +100,7 @@ def unpermute_gguf(plan: dict[str, Item], cfg: CausalLMConfig) -> dict[str, Item
     for name, item in plan.items():
         parts = name.split(".")
         if len(parts) == 5 and parts[2] == "attn" and parts[3] in ("q", "k"):
-            heads = body.n_heads if parts[3] == "q" else body.kv_heads
+            heads = body.n_heads if parts[3] == "q" else body.n_kv_heads
             out[name] = Item(item.shape, _unpermuted(item, heads))
     return out
 

@@ -234,8 +234,8 @@ def mel_filters(n_mels: int, *, sample_rate: int = SAMPLE_RATE, n_fft: int = N_F
 
 
 @functools.lru_cache(maxsize=8)
-def _torch_filters(n_mels: int) -> torch.Tensor:
-    return torch.from_numpy(mel_filters(n_mels).copy())
+def _torch_filters(n_mels: int, sample_rate: int, n_fft: int) -> torch.Tensor:
+    return torch.from_numpy(mel_filters(n_mels, sample_rate=sample_rate, n_fft=n_fft).copy())
 
 
 def _pad_or_trim(audio: np.ndarray | torch.Tensor, n_samples: int) -> torch.Tensor:
@@ -254,7 +254,13 @@ def _pad_or_trim(audio: np.ndarray | torch.Tensor, n_samples: int) -> torch.Tens
 
 
 def log_mel_batch(
-    audios: Sequence[np.ndarray | torch.Tensor], *, n_mels: int = 80, n_samples: int = N_SAMPLES
+    audios: Sequence[np.ndarray | torch.Tensor],
+    *,
+    n_mels: int = 80,
+    n_samples: int = N_SAMPLES,
+    n_fft: int = N_FFT,
+    hop_length: int = HOP_LENGTH,
+    sample_rate: int = SAMPLE_RATE,
 ) -> torch.Tensor:
     """Whisper log-mel features of several 16 kHz mono waveforms.
 
@@ -266,25 +272,30 @@ def log_mel_batch(
         Mel bins (80 for Whisper up to large-v2, 128 for large-v3).
     n_samples : int
         Window length in samples (480000 = 30 s).
+    n_fft, hop_length, sample_rate : int
+        STFT window and hop, and the rate the mel bank is laid out for (Whisper: 400, 160,
+        16000; a model passes its config's values).
 
     Returns
     -------
     torch.Tensor
-        float32 ``(N, n_mels, n_samples // 160)``. Each clip is floored at its own maximum - 8.
+        float32 ``(N, n_mels, n_samples // hop_length)``. Each clip is floored at its own
+        maximum - 8.
     """
-    if not isinstance(n_mels, int) or n_mels <= 0:
-        raise InputError(f"n_mels must be a positive integer, got {n_mels!r}")
-    if not isinstance(n_samples, int) or n_samples < N_FFT:
-        raise InputError(f"n_samples must be an integer >= {N_FFT}, got {n_samples!r}")
+    for name, value in dict(n_mels=n_mels, n_fft=n_fft, hop_length=hop_length).items():
+        if not isinstance(value, int) or value <= 0:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(n_samples, int) or n_samples < n_fft:
+        raise InputError(f"n_samples must be an integer >= n_fft={n_fft}, got {n_samples!r}")
     if len(audios) == 0:
         raise InputError("no audio given; pass at least one waveform")
     waves = torch.stack([_pad_or_trim(a, n_samples) for a in audios])  # (N, n_samples)
     if not torch.isfinite(waves).all():
         raise InputError("audio contains NaN or infinite samples; clean it before encoding")
-    window = torch.hann_window(N_FFT)
-    stft = torch.stft(waves, N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    window = torch.hann_window(n_fft)
+    stft = torch.stft(waves, n_fft, hop_length, window=window, return_complex=True)
     power = (stft[..., :-1].abs() ** 2).contiguous()  # (N, n_fft/2 + 1, frames)
-    mel = _torch_filters(n_mels) @ power  # (N, n_mels, frames)
+    mel = _torch_filters(n_mels, sample_rate, n_fft) @ power  # (N, n_mels, frames)
     log_spec = torch.clamp(mel, min=1e-10).log10()
     peak = log_spec.amax(dim=(1, 2), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - 8.0)

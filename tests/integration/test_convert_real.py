@@ -295,7 +295,7 @@ def test_random_olmo(tmp_path, version):
         convert(src, tmp_path / "o.parquet", dtype="float32"), _rename(state, rules, drop)
     )
     body = loader.config.body
-    assert loader.config.family == "olmo" and body.head_size == 64
+    assert loader.config.family == "olmo" and body.head_dim == 64
     if version == 1:
         assert (body.norm, body.norm_eps, body.qk_norm, loader.config.tie_embeddings) == (
             "layernorm_nonparam", 1e-5, False, True,

@@ -160,7 +160,10 @@ def tiny_clip(*, seed: int = 0, eos_token_id: int = 49):
             dim=32, n_layers=2, n_heads=4, mlp_dim=64, activation="quick_gelu", causal=True,
             max_positions=16,
         ),
-        image_size=32, patch_size=8, projection_dim=24, vocab_size=50, eos_token_id=eos_token_id,
+        image_size=32, patch_size=8, projection_dim=24, vocab_size=50,
+        # as families.clip.hf_config converts it: a legacy eos_token_id=2 means the end token,
+        # the highest id, where HF pools at argmax(ids)
+        eos_token_id=49 if eos_token_id == 2 else eos_token_id,
     )  # fmt: skip
     state = hf.state_dict()
     t, v = "text_model.", "vision_model."

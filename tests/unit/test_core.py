@@ -89,17 +89,17 @@ def ref_attention(cfg, attn, x, src, positions, key_mask, cross):
         rms = TransformerConfig(dim=1, n_layers=1, n_heads=1, mlp_dim=1, norm="rmsnorm",
                                 norm_eps=cfg.norm_eps, max_positions=1)  # fmt: skip
         q, k = ref_norm(rms, attn.q_norm, q), ref_norm(rms, attn.k_norm, k)
-    B, T, S, D = x.shape[0], x.shape[1], src.shape[1], cfg.head_size
+    B, T, S, D = x.shape[0], x.shape[1], src.shape[1], cfg.head_dim
     q = q.view(B, T, cfg.n_heads, D).transpose(1, 2)
     k = (
-        k.view(B, S, cfg.kv_heads, D)
+        k.view(B, S, cfg.n_kv_heads, D)
         .transpose(1, 2)
-        .repeat_interleave(cfg.n_heads // cfg.kv_heads, 1)
+        .repeat_interleave(cfg.n_heads // cfg.n_kv_heads, 1)
     )
     v = (
-        v.view(B, S, cfg.kv_heads, D)
+        v.view(B, S, cfg.n_kv_heads, D)
         .transpose(1, 2)
-        .repeat_interleave(cfg.n_heads // cfg.kv_heads, 1)
+        .repeat_interleave(cfg.n_heads // cfg.n_kv_heads, 1)
     )
     if cfg.positions == "rotary" and not cross:
         q, k = ref_rotate(q, positions, cfg.rope_theta), ref_rotate(k, positions, cfg.rope_theta)

@@ -134,10 +134,11 @@ def test_bad_batch_size_raises(pair):
         pair[1].embed_texts(["cat"], batch_size=0)
 
 
-def test_final_norm_flag_ignored_for_bert():
-    _, cfg, state = tiny_bert()
-    enc = dataclasses.replace(cfg.encoder, final_norm=True)  # as older configs say
+def test_final_norm_comes_from_the_config():
+    _, cfg, _ = tiny_bert()
+    assert cfg.encoder.final_norm is False  # post-norm BERT: each block already ends in a norm
+    assert not any(k.startswith("final_norm") for k in build_model(cfg).state_dict())
+    enc = dataclasses.replace(cfg.encoder, final_norm=True)
     model = build_model(dataclasses.replace(cfg, encoder=enc))
     assert isinstance(model, SentenceEncoder)
-    assert not any(k.startswith("final_norm") for k in model.state_dict())
-    load_weights_into(model, state)
+    assert any(k.startswith("final_norm") for k in model.state_dict())

@@ -20,10 +20,7 @@ def pair(request):
 
 def text_ids(eos: int) -> torch.Tensor:
     ids = torch.randint(5, 40, (3, 10), generator=torch.Generator().manual_seed(0))
-    if eos == 2:  # legacy pooling: the end token is the largest id
-        ids[:, 6:] = 48
-    else:
-        ids[0, 4:], ids[1, 9], ids[2, 6:] = eos, eos, eos
+    ids[0, 4:], ids[1, 9], ids[2, 6:] = eos, eos, eos  # the end token is also the largest id
     return ids
 
 

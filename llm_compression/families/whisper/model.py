@@ -119,9 +119,11 @@ class Whisper(nn.Module):
         return self.encoder(mel.to(p.device, p.dtype))
 
     def _mel(self, windows: Sequence[np.ndarray]) -> torch.Tensor:
+        cfg = self.config
         return log_mel_batch(
-            list(windows), n_mels=self.config.n_mels, n_samples=self.config.n_samples
-        )
+            list(windows), n_mels=cfg.n_mels, n_samples=cfg.n_samples, n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length, sample_rate=cfg.sample_rate,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def embed_audio(
