@@ -8,11 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import ModelFileNotFoundError, WrongFamilyError
+from ..errors import ModelFileNotFoundError
 
 log = logging.getLogger(__name__)
-
-LM_FAMILIES = ("olmo", "llama")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_family(path: Path) -> str:
-    """The file's family, or WrongFamilyError when it is not a causal LM (reads metadata only)."""
+    """The file's family, or WrongFamilyError when it cannot generate (reads metadata only)."""
+    from ..families import require_task
     from ..weightfile import read_metadata
 
     if not path.is_file():
@@ -48,11 +47,7 @@ def check_family(path: Path) -> str:
             f"no weight file at {path}; pass the .parquet written by convert"
         )
     family = read_metadata(path).family
-    if family not in LM_FAMILIES:
-        raise WrongFamilyError(
-            f"{path} holds a {family!r} model; `generate` needs a causal LM ({', '.join(LM_FAMILIES)}). "
-            "Use `embed` for CLIP/BERT files and `transcribe` for Whisper files"
-        )
+    require_task(family, "generate", path)
     return family
 
 

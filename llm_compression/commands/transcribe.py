@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..errors import ModelFileNotFoundError, WrongFamilyError
+from ..errors import ModelFileNotFoundError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,17 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..families.whisper import Whisper
+    from ..families import require_task
     from ..loader import load_model
+    from ..weightfile import read_metadata
 
     if not os.path.isfile(args.audio):  # fail before the model loads
         raise ModelFileNotFoundError(f"audio file not found: {args.audio!r}; check the path")
+    require_task(read_metadata(args.file).family, "transcribe", args.file)
     model = load_model(args.file)
-    if not isinstance(model, Whisper):
-        raise WrongFamilyError(
-            f"{args.file} holds a {model.config.family} model; transcribe needs a Whisper weight "
-            "file (convert one with `llm-compression convert WHISPER_DIR out.parquet`)"
-        )
     text = model.transcribe(
         args.audio,
         language=args.language,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..config import TransformerConfig
-from ..errors import ConfigError, UnsupportedFamilyError
+from ..errors import ConfigError, UnsupportedFamilyError, WrongFamilyError
 from . import bert, clip, llama, olmo, whisper
 from .bert import BertConfig, SentenceEncoder
 from .causal_lm import CausalLM, CausalLMConfig
@@ -62,6 +62,7 @@ __all__ = [
     "family",
     "preset",
     "quantizable_names",
+    "require_task",
     "tensor_shapes",
 ]
 
@@ -152,3 +153,17 @@ def quantizable_names(config: Any) -> set[str]:
     return {
         f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, kinds)
     }
+
+
+def require_task(name: Any, task: str, where: Any) -> Family:
+    """The family ``name`` of the file at ``where``, or ``WrongFamilyError`` if it cannot ``task``."""
+    fam = family(name)
+    if task not in fam.tasks:
+        able = [f for f in REGISTRY.values() if task in f.tasks]
+        kinds = " or ".join(dict.fromkeys(f.describes for f in able))
+        raise WrongFamilyError(
+            f"{where} is {fam.describes} (family {name!r}); {task} needs {kinds} (family "
+            f"{' or '.join(repr(f.name) for f in able)}): convert such a checkpoint with "
+            "`llm-compression convert`, or use `embed` for embedding models"
+        )
+    return fam

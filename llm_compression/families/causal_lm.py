@@ -19,6 +19,7 @@ from ..core.generation import SamplingConfig, TextStreamer, decode_loop
 from ..core.mlp import embedding, linear
 from ..errors import ConfigError, InputError
 from .maps import Target, gated_activation, optional_int, require, rope_theta, token_ids
+from .spec import Family
 
 
 @dataclass(frozen=True)
@@ -276,4 +277,17 @@ def causal_lm_config(cfg: dict[str, Any], where: str, family: str, **body: Any) 
         eos_token_ids=token_ids(cfg.get("eos_token_id")),
         pad_token_id=optional_int(cfg.get("pad_token_id")),
         family=family,
+    )
+
+
+def causal_lm_family(name: str, **sources: Any) -> Family:
+    """The ``Family`` of a decoder-only LM called ``name`` (``hf=``, ``gguf=``, ``presets=``)."""
+    return Family(
+        name=name,
+        config_class=CausalLMConfig,
+        model_class=CausalLM,
+        describes="a causal LM weight file (text generation, not embeddings)",
+        provider_argument="none: use `generate`",
+        tasks=("generate",),
+        **sources,
     )

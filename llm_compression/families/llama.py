@@ -13,9 +13,9 @@ import numpy as np
 
 from ..config import TransformerConfig
 from ..errors import ConversionError
-from .causal_lm import CausalLM, CausalLMConfig, causal_lm_config, causal_lm_map
+from .causal_lm import CausalLMConfig, causal_lm_config, causal_lm_family, causal_lm_map
 from .maps import Item, Target, optional_int, token_ids
-from .spec import Family, Source
+from .spec import Source
 
 HF_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"}
 
@@ -139,12 +139,8 @@ def _smollm2_135m() -> CausalLMConfig:
     )  # fmt: skip
 
 
-FAMILY = Family(
-    name="llama",
-    config_class=CausalLMConfig,
-    model_class=CausalLM,
-    describes="a causal LM weight file (text generation, not embeddings)",
-    provider_argument="none: use `generate`",
+FAMILY = causal_lm_family(
+    "llama",
     hf=Source(
         names=("llama",),
         architectures={"LlamaForCausalLM": "llama"},

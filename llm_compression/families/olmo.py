@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .causal_lm import CausalLM, CausalLMConfig, causal_lm_config, causal_lm_map
+from .causal_lm import CausalLMConfig, causal_lm_config, causal_lm_family, causal_lm_map
 from .maps import Target
-from .spec import Family, Source
+from .spec import Source
 
 OLMO1_NORM_EPS = 1e-5  # OlmoLayerNorm hard-codes eps=1e-5
 OLMO2_NORMS = {"post_attention_layernorm": "attn_norm", "post_feedforward_layernorm": "mlp_norm"}
@@ -46,12 +46,8 @@ def hf_config(cfg: dict[str, Any], folder: Path) -> CausalLMConfig:
     )  # fmt: skip
 
 
-FAMILY = Family(
-    name="olmo",
-    config_class=CausalLMConfig,
-    model_class=CausalLM,
-    describes="a causal LM weight file (text generation, not embeddings)",
-    provider_argument="none: use `generate`",
+FAMILY = causal_lm_family(
+    "olmo",
     hf=Source(
         names=("olmo", "olmo2"),
         architectures={"OlmoForCausalLM": "olmo", "Olmo2ForCausalLM": "olmo2"},

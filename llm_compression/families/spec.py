@@ -49,6 +49,7 @@ class Family:
     model_class : ``model_class(config)`` builds the model; every parameter is a canonical tensor.
     modalities : what its files embed for the provider (``("text",)``, ``("image", "text")``,
         ``("audio",)``; empty for generative models).
+    tasks : what its models do beyond embedding: ``"transcribe"``, ``"generate"``.
     describes : what a file of this family is, in words, for error messages.
     provider_argument : the provider argument its files go to (or how else to use them).
     embedding_dim : config -> length of its embeddings (None when it does not embed).
@@ -62,6 +63,7 @@ class Family:
     describes: str
     provider_argument: str
     modalities: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
     embedding_dim: Callable[[Any], int] | None = None
     hf: Source | None = None
     ct2: Source | None = None

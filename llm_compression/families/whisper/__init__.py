@@ -20,6 +20,7 @@ FAMILY = Family(
     describes="a Whisper weight file",
     provider_argument="audio_model",
     modalities=("audio",),
+    tasks=("transcribe",),
     embedding_dim=lambda cfg: cfg.encoder.dim,
     hf=Source(
         names=("whisper",),
