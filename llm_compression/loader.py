@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, FormatError, InputError, MissingTensorError
-from .families import build_model, config_from_dict
+from .families import build_model, config_from_dict, family
 from .weightfile import TensorInfo, WeightFile, WeightFileMetadata
 from .weightfile import format as _format
 from .weightfile.format import ENCODING_BYTE_STREAM_SPLIT
@@ -310,6 +310,7 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
     loader = WeightLoader(path, device=device)
     model = build_model(loader.config)
     load_weights_into(model, loader.load_weights(), dtype=dtype)
-    model.tokenizer = Tokenizer.from_files(dict(loader.metadata.files))
+    if family(loader.config.family).tokenizer:
+        model.tokenizer = Tokenizer.from_files(dict(loader.metadata.files))
     log.info("loaded %s from %s in %.3f s", type(model).__name__, path, time.perf_counter() - start)
     return model

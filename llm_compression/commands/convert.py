@@ -12,10 +12,12 @@ DTYPES = ("float32", "float16", "bfloat16", "int8")  # as llm_compression.conver
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert a Hugging Face / CTranslate2 / GGUF checkpoint to a Parquet weight file",
+        help="convert a Hugging Face / CTranslate2 / GGUF / state-dict checkpoint to a weight file",
         description=(
-            "Convert SRC (a Hugging Face folder, a CTranslate2 Whisper folder or a GGUF file) "
-            "into the weight file DST. The model family is read from the checkpoint itself."
+            "Convert SRC (a Hugging Face folder, a CTranslate2 Whisper folder, a GGUF file or a "
+            "bare PyTorch state dict) into the weight file DST. The model family is read from the "
+            "checkpoint itself; a bare state dict names none, so give --family (e.g. "
+            "`--family mobilenet_v2` for torchvision's mobilenet_v2-b0353104.pth)."
         ),
     )
     parser.add_argument("src", help="checkpoint folder or file")
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--family",
         choices=FAMILIES,
-        help="only for checkpoints that do not name their architecture; must agree otherwise",
+        help="for checkpoints that do not name their architecture (state dicts); must agree otherwise",
     )
     parser.add_argument(
         "--dtype", choices=DTYPES, default="float16", help="storage dtype (default: float16)"

@@ -70,7 +70,7 @@ def build_plan(
         raise ConversionError(
             f"{source} has {len(unknown)} tensors with no canonical name: {listing(unknown)}. "
             "The checkpoint does not match its declared architecture; re-export it with the "
-            "upstream library or report the layout so the name map in llm_compression/convert/ "
+            "upstream library or report the layout so the family's name map (llm_compression/families/) "
             "can cover it"
         )
     return plan

@@ -126,3 +126,25 @@ def _torch_load(path: Path) -> dict[str, Any]:
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return {k: v for k, v in state.items() if hasattr(v, "shape")}
+
+
+class StateDictFile:
+    """A bare PyTorch state dict file (``.pth``, ``.pt``), read with ``weights_only=True``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._state = _torch_load(self.path)
+        self.shapes = {name: tuple(t.shape) for name, t in self._state.items()}
+
+    def load(self, name: str) -> np.ndarray:
+        return _to_numpy(self._state[name])
+
+
+def is_torch_file(path: Path) -> bool:
+    """True when ``path`` starts like ``torch.save`` output (a zip archive or a raw pickle)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"

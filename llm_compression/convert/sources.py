@@ -18,7 +18,7 @@ from .ct2 import CT2Model, peek_spec
 from .files import TOKENIZER_JSON, Bundle, gguf_tokenizer, hf_tokenizer
 from .gguf_reader import GGUFFile, is_gguf
 from .mapping import Item, build_plan
-from .readers import WEIGHT_FILES, HFWeights, read_json
+from .readers import WEIGHT_FILES, HFWeights, StateDictFile, is_torch_file, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,11 @@ def prepare(src: Path, family: str | None = None) -> Prepared:
             return _from_gguf(src, family)
         if peek_spec(src):
             return _from_ct2(src, family)
+        if is_torch_file(src):
+            return _from_state_dict(src, family)
         raise ConversionError(
-            f"{src} is neither a GGUF file nor a CTranslate2 model.bin; for a Hugging Face "
-            "checkpoint pass its folder (the one holding config.json)"
+            f"{src} is neither a GGUF file, a CTranslate2 model.bin nor a PyTorch state dict; for "
+            "a Hugging Face checkpoint pass its folder (the one holding config.json)"
         )
     config_path = src / "config.json"
     cfg = read_json(config_path) if config_path.is_file() else None
@@ -193,4 +195,22 @@ def _from_gguf(path: Path, family: str | None) -> Prepared:
     bundle = Bundle(path.parent)
     bundle.source(path)
     gguf_tokenizer(bundle, path, gguf.metadata, config.body.max_positions)
+    return Prepared(config, plan, bundle, str(path))
+
+
+def _from_state_dict(path: Path, family: str | None) -> Prepared:
+    """A bare state dict: it names no architecture, so the family must be given."""
+    able = [name for name, fam in REGISTRY.items() if fam.state_dict is not None]
+    if family is None or family not in able:
+        raise ConversionError(
+            f"{path} is a bare PyTorch state dict, which names no architecture; pass the family "
+            f"(`--family` / family=), one of {able}"
+            + (f" (family {family!r} does not convert from state dicts)" if family else "")
+        )
+    source = REGISTRY[family].state_dict
+    state = StateDictFile(path)
+    config = source.config(state.shapes, path)
+    plan = build_plan(state.shapes, state.load, source.name_map(config), source=str(path))
+    bundle = Bundle(path.parent)
+    bundle.source(path)
     return Prepared(config, plan, bundle, str(path))

@@ -16,28 +16,29 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any
 
 import torch
 
 from ..config import TransformerConfig
 from ..errors import ConfigError, UnsupportedFamilyError, WrongFamilyError
-from . import bert, clip, llama, olmo, whisper
 from .bert import BertConfig, SentenceEncoder
 from .causal_lm import CausalLM, CausalLMConfig
 from .clip import CLIP, CLIPConfig
 from .spec import Family, Source
 from .whisper import Whisper, WhisperConfig
 
+# The registry: one line per family module (each defines FAMILY).
+_MODULES = (
+    "clip",
+    "whisper",
+    "bert",
+    "olmo",
+    "llama",
+)
 REGISTRY: dict[str, Family] = {
-    f.name: f
-    for f in (
-        clip.FAMILY,
-        whisper.FAMILY,
-        bert.FAMILY,
-        olmo.FAMILY,
-        llama.FAMILY,
-    )
+    f.name: f for f in (importlib.import_module(f"{__name__}.{m}").FAMILY for m in _MODULES)
 }
 FAMILIES = tuple(REGISTRY)
 PRESETS: dict[str, Any] = {name: cfg for f in REGISTRY.values() for name, cfg in f.presets.items()}

@@ -49,11 +49,14 @@ class Family:
     model_class : ``model_class(config)`` builds the model; every parameter is a canonical tensor.
     modalities : what its files embed for the provider (``("text",)``, ``("image", "text")``,
         ``("audio",)``; empty for generative models).
-    tasks : what its models do beyond embedding: ``"transcribe"``, ``"generate"``.
+    tasks : what its models do beyond embedding: ``"transcribe"``, ``"generate"``, ``"classify"``.
+    tokenizer : its files bundle a tokenizer (``load_model`` attaches it as ``model.tokenizer``).
     describes : what a file of this family is, in words, for error messages.
     provider_argument : the provider argument its files go to (or how else to use them).
     embedding_dim : config -> length of its embeddings (None when it does not embed).
     hf, ct2, gguf : the checkpoint formats it converts from.
+    state_dict : a bare PyTorch state dict (``.pth``), read with ``weights_only=True``; such a
+        file names no architecture, so conversion needs the family given.
     presets : named configs.
     """
 
@@ -64,8 +67,10 @@ class Family:
     provider_argument: str
     modalities: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
+    tokenizer: bool = True
     embedding_dim: Callable[[Any], int] | None = None
     hf: Source | None = None
     ct2: Source | None = None
     gguf: Source | None = None
+    state_dict: Source | None = None
     presets: Mapping[str, Any] = field(default_factory=dict)

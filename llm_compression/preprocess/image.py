@@ -291,3 +291,62 @@ def clip_pixels(
         scaled = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
         out[i] = ((scaled - mean32) / std32).transpose(2, 0, 1)
     return torch.from_numpy(out)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Above this aspect ratio the resized intermediate is not made: the crop window is resized straight
+# from the source (PIL's ``box``), which bounds the work by the output size. Below it the result is
+# torchvision's exactly; above it pixels may differ by one level in <0.1% of places.
+MAX_EXACT_ASPECT = 16
+
+
+def imagenet_pixels(
+    images: ImageInput | Sequence[ImageInput],
+    *,
+    size: int = 224,
+    resize: int = 256,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """torchvision's ImageNet pipeline: shorter side to ``resize`` (bilinear), centre ``size``.
+
+    ``transforms.Resize(resize)``, ``CenterCrop(size)``, ``ToTensor()``, ``Normalize(mean, std)``
+    on PIL images (the MobileNetV2 weights' own transforms). Returns float32 ``(N, 3, size, size)``.
+
+    Examples
+    --------
+    >>> imagenet_pixels(np.zeros((300, 400, 3), np.uint8)).shape
+    torch.Size([1, 3, 224, 224])
+    """
+    for name, value in dict(size=size, resize=resize).items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if resize < size:
+        raise InputError(f"resize={resize} must be at least the crop size={size}")
+    batch = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not batch:
+        raise InputError("no images given; pass at least one image")
+    mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    out = np.empty((len(batch), 3, size, size), dtype=np.float32)
+    for i, item in enumerate(batch):
+        crop = _imagenet_crop(load_image(item, max_pixels=max_pixels), size, resize)
+        scaled = np.asarray(crop, dtype=np.float32) / 255.0
+        out[i] = ((scaled - mean32) / std32).transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def _imagenet_crop(im: Image.Image, size: int, resize: int) -> Image.Image:
+    """Resize the shorter side to ``resize`` then take the centre ``size`` square (torchvision)."""
+    width, height = im.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(resize * long / short)
+    new_w, new_h = (resize, new_long) if width <= height else (new_long, resize)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    bilinear = Image.Resampling.BILINEAR
+    if new_long <= MAX_EXACT_ASPECT * resize:
+        return im.resize((new_w, new_h), bilinear).crop((left, top, left + size, top + size))
+    sx, sy = width / new_w, height / new_h
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return im.resize((size, size), bilinear, box=box)
