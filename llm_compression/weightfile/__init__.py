@@ -14,6 +14,7 @@ Example
 1
 """
 
+from .decoding import decode_tensor
 from .format import (
     FORMAT_VERSION,
     QUANT_INT8_SYM_CHANNEL,
@@ -37,6 +38,7 @@ __all__ = [
     "WeightFile",
     "WeightFileMetadata",
     "bfloat16_bits_to_float32",
+    "decode_tensor",
     "float32_to_bfloat16_bits",
     "quantize_int8_rows",
     "read_metadata",
