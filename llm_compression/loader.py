@@ -30,10 +30,9 @@ import torch
 
 from .errors import ConfigError, FormatError, InputError, MissingTensorError
 from .families import build_model, config_from_dict
-from .weightfile import TensorInfo, WeightFile, WeightFileMetadata, decode_tensor
+from .weightfile import TensorInfo, WeightFile, WeightFileMetadata, decode_tensor, is_unused
 
 log = logging.getLogger(__name__)
-
 
 
 def _to_torch(array: np.ndarray, info: TensorInfo) -> torch.Tensor:
@@ -97,8 +96,14 @@ class WeightLoader:
 
     @property
     def tensor_names(self) -> list[str]:
-        """Canonical names in file order."""
-        return list(self._file.tensors)
+        """Canonical names (the model's tensors) in file order."""
+        return [name for name in self._file.tensors if not is_unused(name)]
+
+    @property
+    def unused_names(self) -> list[str]:
+        """Rows holding source tensors the model does not use (``unused/<format>/<upstream name>``,
+        docs/format.md): kept so the file is a faithful copy, read only when asked for by name."""
+        return [name for name in self._file.tensors if is_unused(name)]
 
     def info(self, name: str) -> TensorInfo:
         """Shape, stored dtype and quantization of ``name`` (no data decoded)."""
@@ -141,7 +146,8 @@ class WeightLoader:
         )
 
     def load_weights(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        """Tensors by name (all of them by default), decoded in parallel, in file order."""
+        """Tensors by name (by default every canonical tensor, not the unused source tensors),
+        decoded in parallel, in file order."""
         wanted = self.tensor_names if names is None else list(names)
         missing = [n for n in wanted if n not in self._file.tensors]
         if missing:
@@ -185,7 +191,10 @@ class WeightLoader:
 def load_weights_into(
     model: torch.nn.Module, weights: dict[str, torch.Tensor], *, dtype=None
 ) -> torch.nn.Module:
-    """Assign canonical-name ``weights`` to ``model`` (strict), cast to ``dtype``; inference mode."""
+    """Assign canonical-name ``weights`` to ``model`` (strict), cast to ``dtype``; inference mode.
+
+    Unused source tensors (``unused/...`` rows) among ``weights`` are skipped."""
+    weights = {k: v for k, v in weights.items() if not is_unused(k)}
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:

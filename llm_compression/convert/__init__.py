@@ -65,11 +65,12 @@ def convert(
         "converting %s (%s, %d tensors) to %s as %s",
         prepared.description, prepared.config.family, len(expected), dst, dtype,
     )  # fmt: skip
-    from ..weightfile import write_model
+    from ..weightfile import is_unused, write_model
 
+    unused = [name for name in prepared.plan if is_unused(name)]  # kept after the model's tensors
     return write_model(
         dst,
-        LazyTensors(prepared.plan, expected),
+        LazyTensors(prepared.plan, [*expected, *unused]),
         config=prepared.config,
         dtype=dtype,
         quantize=quantizable_names(prepared.config),

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..families.maps import Item, Loader, Split, Target
+from ..weightfile.format import is_unused, unused_name
 
 # The layer index: the first run of digits between separators ("layers.3.", "layer_3/", "blk.3.").
 _LAYER_INDEX = re.compile(r"(?<=[._])(\d+)(?=[./])")
@@ -54,14 +55,22 @@ def build_plan(
     weight_map: Mapping[str, Target],
     *,
     source: str,
+    source_format: str | None = None,
 ) -> dict[str, Item]:
-    """Apply ``weight_map`` to upstream ``shapes``; unknown upstream names raise ConversionError."""
+    """Apply ``weight_map`` to upstream ``shapes``; unknown upstream names raise ConversionError.
+
+    A tensor mapped to ``None`` (unused by the runtime) is kept as ``unused/<source_format>/<name>``
+    (docs/format.md), so a converted file holds every tensor of the source; without
+    ``source_format`` (callers that want the canonical tensors only) it is left out.
+    """
     plan: dict[str, Item] = {}
     unknown: list[str] = []
     for name, shape in shapes.items():
         found, target = lookup(name, weight_map)
         if not found:
             unknown.append(name)
+        elif target is None and source_format is not None:
+            plan[unused_name(source_format, name)] = Item(tuple(shape), _loader(load, name))
         elif isinstance(target, str):
             plan[target] = Item(tuple(shape), _loader(load, name))
         elif isinstance(target, Split):
@@ -119,9 +128,10 @@ def _part_loader(
 def check_plan(
     plan: Mapping[str, Item], expected: Mapping[str, tuple[int, ...]], source: str
 ) -> None:
-    """Every expected canonical tensor is present with its shape, and nothing else."""
+    """Every expected canonical tensor is present with its shape, and nothing else (but the
+    source's unused tensors)."""
     missing = [n for n in expected if n not in plan]
-    unexpected = [n for n in plan if n not in expected]
+    unexpected = [n for n in plan if n not in expected and not is_unused(n)]
     wrong = [
         f"{n} {plan[n].shape} (expected {tuple(expected[n])})"
         for n in expected
