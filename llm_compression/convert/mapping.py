@@ -125,6 +125,57 @@ def _part_loader(
     return part
 
 
+def _pattern(target: str) -> re.Pattern[str]:
+    """A canonical-name template as a regex; ``{}`` (the layer index) becomes a capture group."""
+    return re.compile(re.escape(target).replace(re.escape("{}"), r"(\d+)"))
+
+
+def to_upstream(
+    tensors: Mapping[str, np.ndarray], weight_map: Mapping[str, Target], *, source: str
+) -> dict[str, np.ndarray]:
+    """Canonical-name ``tensors`` under the upstream names of ``weight_map``: the map inverted.
+
+    The first entry that names a canonical tensor wins (BERT's map lists bare ``BertModel`` names
+    before ``bert.``-prefixed ones). A ``Split`` entry concatenates its parts back along dim 0, a
+    ``None`` part as zeros. A canonical tensor that no entry names raises ConversionError.
+    """
+    left = dict(tensors)
+    out: dict[str, np.ndarray] = {}
+    for upstream, target in weight_map.items():
+        if isinstance(target, str):
+            pattern = _pattern(target)
+            for name in [n for n in left if pattern.fullmatch(n)]:
+                out[_fill(upstream, pattern.fullmatch(name).groups())] = left.pop(name)
+        elif isinstance(target, Split):
+            out.update(_join_parts(upstream, target, left))
+    if left:
+        raise ConversionError(
+            f"{source}: {len(left)} tensors have no upstream name in the map: {listing(left)}; "
+            "the family's name map does not cover this model"
+        )
+    return out
+
+
+def _join_parts(upstream: str, split: Split, left: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The fused tensors of one ``Split`` entry, for every layer whose parts are all in ``left``."""
+    first = next(t for t in split.targets if t is not None)
+    layers = [m.groups() for m in map(_pattern(first).fullmatch, list(left)) if m]
+    out = {}
+    for groups in layers:
+        names = [t if t is None else _fill(t, groups) for t in split.targets]
+        if not all(n is None or n in left for n in names):
+            continue
+        like = left[next(n for n in names if n is not None)]
+        parts = [np.zeros_like(like) if n is None else left.pop(n) for n in names]
+        out[_fill(upstream, groups)] = np.concatenate(parts)
+    return out
+
+
+def _fill(template: str, groups: tuple[str, ...]) -> str:
+    """``template`` with its ``{}`` replaced by the captured layer index (if it has one)."""
+    return template.replace("{}", groups[0]) if groups else template
+
+
 def check_plan(
     plan: Mapping[str, Item], expected: Mapping[str, tuple[int, ...]], source: str
 ) -> None:
