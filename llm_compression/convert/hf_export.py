@@ -120,7 +120,8 @@ def _write(
         (dst / name).parent.mkdir(parents=True, exist_ok=True)
         (dst / name).write_bytes(content)
     tmp = dst / f".{SAFETENSORS}.tmp"
-    contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    # np.require, not np.ascontiguousarray: that one turns a 0-d tensor (CLIP's logit_scale) 1-d
+    contiguous = {k: np.require(v, requirements="C") for k, v in tensors.items()}
     save_file(contiguous, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, dst / SAFETENSORS)
     text = json.dumps(hf_config, indent=2, sort_keys=True) + "\n"

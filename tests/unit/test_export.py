@@ -113,3 +113,48 @@ def test_cli_export_and_no_transformers_import(tmp_path, bert_with_pooler, capsy
     subprocess.run([sys.executable, "-c", code], check=True)
     a, b = _source_tensors(tmp_path / "cli"), _source_tensors(tmp_path / "lib")
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_clip_round_trip(tmp_path):
+    from hf_tiny import tiny_clip
+
+    from llm_compression.families.clip import write_clip_vocab
+    from llm_compression.weights import clip_bpe_vocab
+
+    hf, _, _ = tiny_clip()
+    src = tmp_path / "hf"
+    hf.save_pretrained(src)
+    write_clip_vocab(src, clip_bpe_vocab())
+    out = export(convert(src, tmp_path / "c.parquet", dtype="float32"), tmp_path / "out")
+    source, exported = _source_tensors(src), _source_tensors(out)
+    assert sorted(exported) == sorted(source)
+    assert all(torch.equal(exported[k], v) for k, v in source.items())
+    back = tf.CLIPModel.from_pretrained(out).eval()
+    ids, pixels = torch.tensor([[3, 7, 9, 49], [3, 49, 0, 0]]), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = hf(input_ids=ids, pixel_values=pixels)
+        got = back(input_ids=ids, pixel_values=pixels)
+    assert torch.equal(got.text_embeds, want.text_embeds)
+    assert torch.equal(got.image_embeds, want.image_embeds)
+
+
+def test_whisper_round_trips_from_hf_and_ctranslate2(tmp_path):
+    from test_convert_whisper import _ct2_folder, _ct2_variables, _tokenizer_json
+    from test_convert_whisper import tiny_whisper as make_whisper
+
+    hf = make_whisper.__wrapped__()
+    src = tmp_path / "hf"
+    hf.save_pretrained(src)
+    (src / "tokenizer.json").write_bytes(_tokenizer_json())
+    out = export(convert(src, tmp_path / "w.parquet", dtype="float32"), tmp_path / "out")
+    source, exported = _source_tensors(src), _source_tensors(out)
+    assert sorted(exported) == sorted(source)
+    assert all(torch.equal(exported[k], v) for k, v in source.items())
+    want = {k: v.to(torch.float16).float() for k, v in hf.state_dict().items()}
+    ct2 = _ct2_folder(tmp_path, _ct2_variables(hf.state_dict()))
+    out = export(convert(ct2, tmp_path / "c.parquet", dtype="float32"), tmp_path / "ct2-out")
+    back = tf.WhisperForConditionalGeneration.from_pretrained(out).eval()
+    got = back.state_dict()
+    assert sorted(got) == sorted(want)
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert back.config.num_mel_bins == 8 and back.config.max_target_positions == 16
