@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "convert": "llm_compression.convert",
+    "export": "llm_compression.convert",
     "write_model": "llm_compression.weightfile",
     "read_metadata": "llm_compression.weightfile",
     "WeightLoader": "llm_compression.loader",

@@ -16,6 +16,7 @@ from .errors import LLMCompressionError
 
 COMMAND_MODULES = (
     "convert",
+    "export",
     "inspect",
     "transcribe",
     "generate",

@@ -1,12 +1,10 @@
 """WeightLoader: Parquet weight file -> torch tensors -> model.
 
-Each tensor is one row group, decoded on its own: ``get_layer`` reads just that row group and
-``load_weights`` decodes row groups on a thread pool (pyarrow's zstd decode, the xxh3 checksum, the C
-join + upcast loop and numpy's copies all release the GIL). Float32 rows become tensors with ``torch.frombuffer`` on the
-decoded Arrow buffer (no copy; the tensor keeps the buffer alive). float16 and bfloat16 rows are
-stored byte-stream-split (docs/format.md): they are joined and, with ``force_float32``, upcast in one
-pass (weightfile/_unsplit.c; numpy + torch over cache-sized chunks without it) into a fresh float32 array; int8 rows are dequantized in one pass
-(``q * scale`` per output row). ``torch.from_numpy`` wraps the results without copying.
+Each tensor is one row group, decoded on its own by ``weightfile.decode_tensor`` (which picks the fastest
+path: the streamed C join, Arrow + the C join, or numpy): ``get_layer`` reads just that row group and
+``load_weights`` decodes row groups on a thread pool (zstd, the xxh3 checksum, the C loop and numpy's
+copies release the GIL). The loader only wraps the arrays as torch tensors (``torch.from_numpy``, no
+copy: float32 rows stay views of the decoded Arrow buffer) and moves them to the device.
 
 Example
 -------
@@ -32,90 +30,16 @@ import torch
 
 from .errors import ConfigError, FormatError, InputError, MissingTensorError
 from .families import build_model, config_from_dict, family
-from .weightfile import TensorInfo, WeightFile, WeightFileMetadata
-from .weightfile import format as _format
-from .weightfile.format import ENCODING_BYTE_STREAM_SPLIT
+from .weightfile import TensorInfo, WeightFile, WeightFileMetadata, decode_tensor, is_unused
 
 log = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int8": torch.int8,
-    "int16": torch.int16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
 
-
-# Elements joined and upcast per step. Equal to torch's internal GRAIN_SIZE (32768): a copy_ of at
-# most that many elements runs on the calling decode thread, never on an OpenMP team (one team per
-# calling thread would oversubscribe the cores), and 64 KiB of scratch plus source stays in L2.
-_CHUNK = 1 << 15
-
-
-def _join_split(data, dtype: str, shape: tuple[int, ...], force_float32: bool) -> torch.Tensor:
-    """A tensor from byte-stream-split 2-byte floats: low bytes then high bytes of every element.
-
-    With the C extension (weightfile/_unsplit.c) one pass reads both byte streams and writes the output.
-    Without it, per chunk: numpy joins the two streams into uint16 scratch (shift, or) and torch's
-    vectorized float16/bfloat16 -> float32 copy writes the output (numpy's float16 cast is 2x
-    slower). Either way the output is numpy memory (numpy asks for transparent huge pages: writes to
-    fresh memory ran 1.6x faster here than into torch.empty). Without ``force_float32`` the stored
-    dtype is returned.
-    """
-    n = int(np.prod(shape, dtype=np.int64))
-    stored = _TORCH_DTYPES[dtype]
-    decoder = _format.native_split_decoder(dtype, force_float32, n)
-    if decoder is not None:
-        loop, out = decoder
-        loop(*np.frombuffer(data, np.uint8).reshape(2, n), out)
-        tensor = torch.from_numpy(out)
-        return (tensor if force_float32 else tensor.view(stored)).view(shape)
-    return _join_split_numpy(data, n, stored, force_float32).view(shape)
-
-
-def _join_split_numpy(data, n: int, stored: torch.dtype, force_float32: bool) -> torch.Tensor:
-    low, high = np.frombuffer(data, np.uint8).reshape(2, n)
-    if not force_float32:
-        bits = np.left_shift(high, 8, dtype=np.uint16)
-        np.bitwise_or(bits, low, out=bits)
-        return torch.from_numpy(bits.view(np.int16)).view(stored)
-    out = np.empty(n, np.float32)
-    scratch = np.empty(min(n, _CHUNK), np.uint16)
-    source, target = torch.from_numpy(scratch.view(np.int16)).view(stored), torch.from_numpy(out)
-    # One C++ call makes every output view; a Python slice per chunk cost ~2 us more each.
-    for chunk, start in zip(target.split(_CHUNK), range(0, n, _CHUNK), strict=True):
-        stop = start + len(chunk)
-        bits = scratch[: stop - start]
-        np.left_shift(high[start:stop], 8, out=bits, dtype=np.uint16)
-        np.bitwise_or(bits, low[start:stop], out=bits)
-        chunk.copy_(source[: stop - start])
-    return target
-
-
-# float32 from plain (not split) stored bytes in one pass each, in numpy: these run on the decode
-# threads, where torch's OpenMP teams (one per calling thread) oversubscribe the cores.
-def _float16(data, shape) -> np.ndarray:
-    return np.frombuffer(data, np.float16).astype(np.float32).reshape(shape)
-
-
-def _bfloat16(data, shape) -> np.ndarray:
-    bits = np.frombuffer(data, np.uint16)
-    out = np.empty(bits.shape, np.uint32)
-    np.left_shift(bits, 16, out=out, dtype=np.uint32)  # bfloat16 bits are float32's upper half
-    return out.view(np.float32).reshape(shape)
-
-
-def _dequantize(data, scales, shape) -> np.ndarray:
-    rows = np.frombuffer(scales, np.float32).reshape(-1, 1)  # int8_sym_channel: one per row
-    return np.multiply(np.frombuffer(data, np.int8).reshape(shape), rows, dtype=np.float32)
-
-
-_UPCAST = {"float16": _float16, "bfloat16": _bfloat16}
+def _to_torch(array: np.ndarray, info: TensorInfo) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory; bfloat16 bits (uint16) become torch.bfloat16."""
+    if array.dtype == np.uint16 and info.dtype == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _as_tensor(buffer, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
@@ -172,8 +96,14 @@ class WeightLoader:
 
     @property
     def tensor_names(self) -> list[str]:
-        """Canonical names in file order."""
-        return list(self._file.tensors)
+        """Canonical names (the model's tensors) in file order."""
+        return [name for name in self._file.tensors if not is_unused(name)]
+
+    @property
+    def unused_names(self) -> list[str]:
+        """Rows holding source tensors the model does not use (``unused/<format>/<upstream name>``,
+        docs/format.md): kept so the file is a faithful copy, read only when asked for by name."""
+        return [name for name in self._file.tensors if is_unused(name)]
 
     def info(self, name: str) -> TensorInfo:
         """Shape, stored dtype and quantization of ``name`` (no data decoded)."""
@@ -193,20 +123,8 @@ class WeightLoader:
         )
 
     def _decode(self, info: TensorInfo) -> torch.Tensor:
-        fast = self._file.read_split(info, upcast=self.force_float32, verify=self.verify)
-        if fast is not None:
-            tensor = torch.from_numpy(fast)
-            tensor = tensor if self.force_float32 else tensor.view(_TORCH_DTYPES[info.dtype])
-            return tensor.view(info.shape).to(self.device)
-        data, scales = self._file.read(info, verify=self.verify, raw=True)
-        if info.encoding == ENCODING_BYTE_STREAM_SPLIT and info.n_params:
-            tensor = _join_split(data, info.dtype, info.shape, self.force_float32)
-        elif self.force_float32 and info.n_params and info.quant_type is not None:
-            tensor = torch.from_numpy(_dequantize(data, scales, info.shape))
-        elif self.force_float32 and info.n_params and info.dtype in _UPCAST:
-            tensor = torch.from_numpy(_UPCAST[info.dtype](data, info.shape))
-        else:
-            tensor = _as_tensor(data, _TORCH_DTYPES[info.dtype], info.shape)
+        array = decode_tensor(self._file, info, upcast=self.force_float32, verify=self.verify)
+        tensor = _to_torch(array, info)
         return tensor.to(self.device) if self.device.type != "cpu" else tensor
 
     def get_layer(self, name: str) -> torch.Tensor:
@@ -228,7 +146,8 @@ class WeightLoader:
         )
 
     def load_weights(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        """Tensors by name (all of them by default), decoded in parallel, in file order."""
+        """Tensors by name (by default every canonical tensor, not the unused source tensors),
+        decoded in parallel, in file order."""
         wanted = self.tensor_names if names is None else list(names)
         missing = [n for n in wanted if n not in self._file.tensors]
         if missing:
@@ -272,7 +191,10 @@ class WeightLoader:
 def load_weights_into(
     model: torch.nn.Module, weights: dict[str, torch.Tensor], *, dtype=None
 ) -> torch.nn.Module:
-    """Assign canonical-name ``weights`` to ``model`` (strict), cast to ``dtype``; inference mode."""
+    """Assign canonical-name ``weights`` to ``model`` (strict), cast to ``dtype``; inference mode.
+
+    Unused source tensors (``unused/...`` rows) among ``weights`` are skipped."""
+    weights = {k: v for k, v in weights.items() if not is_unused(k)}
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:

@@ -17,13 +17,7 @@ from pathlib import Path
 
 import pytest
 
-_CODE = (
-    "convert",
-    "weightfile",
-    "families",
-    "config.py",
-    "weights.py",
-)  # what a cached file depends on
+_CODE = ("convert", "weightfile", "families", "config.py", "weights.py")  # what a file depends on
 _STALE_SECONDS = 2 * 24 * 3600  # cache folders of other keys unused this long are removed
 
 

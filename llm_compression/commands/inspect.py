@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Print a .parquet weight file's format version, family, config summary, bundled files, "
             "sources, totals, file size and compression ratio versus float32, then one line per "
-            "tensor (name, shape, dtype, bytes, quantization). Reads no tensor data."
+            "tensor (name, shape, dtype, bytes, quantization). Source tensors the model does "
+            "not use (unused/<format>/<upstream name>) are marked 'unused'. Reads no tensor data."
         ),
     )
     p.add_argument("file", type=Path, help="the .parquet weight file")
@@ -56,11 +57,12 @@ def _config_summary(config: dict[str, Any]) -> list[str]:
 
 def describe(path: Path) -> dict[str, Any]:
     """Everything `inspect` shows, as a JSON-ready dict (reads the footer and index columns only)."""
-    from ..weightfile import WeightFile
+    from ..weightfile import WeightFile, is_unused
 
     wf = WeightFile(path)
     meta = wf.metadata
     float32_bytes = 4 * meta.total_params
+    unused = [t for t in wf.tensors.values() if is_unused(t.name)]
     return {
         "path": str(meta.path),
         "format_version": meta.format_version,
@@ -70,6 +72,8 @@ def describe(path: Path) -> dict[str, Any]:
         "checksum": meta.checksum,
         "num_tensors": meta.num_tensors,
         "total_params": meta.total_params,
+        "unused_tensors": len(unused),
+        "unused_params": sum(t.n_params for t in unused),
         "file_size": meta.file_size,
         "float32_size": float32_bytes,
         "ratio_vs_float32": meta.file_size / float32_bytes if float32_bytes else None,
@@ -85,6 +89,7 @@ def describe(path: Path) -> dict[str, Any]:
                 "nbytes": t.nbytes,
                 "stored_bytes": t.stored_bytes,
                 "quant_type": t.quant_type,
+                "unused": is_unused(t.name),
             }
             for t in wf.tensors.values()
         ],
@@ -100,6 +105,11 @@ def _print_summary(info: dict[str, Any]) -> None:
         print(f"config          {line}")
     print(f"storage dtype   {info['storage_dtype']} (checksums: {info['checksum']})")
     print(f"tensors         {info['num_tensors']:,}   params {info['total_params']:,}")
+    if info["unused_tensors"]:
+        print(
+            f"unused          {info['unused_tensors']:,} source tensors ({info['unused_params']:,} "
+            "params) kept as unused/<format>/<upstream name>; load_model skips them"
+        )
     ratio_text = f"{ratio:.3f}x of float32" if ratio else "n/a (no parameters)"
     print(
         f"file size       {_mib(info['file_size'])} ({info['file_size']:,} bytes); float32 "
@@ -118,7 +128,7 @@ def _print_tensors(tensors: list[dict[str, Any]]) -> None:
         shape = str(tuple(t["shape"]))
         print(
             f"{t['name']:<{width}}  {shape:<18} {t['dtype']:<8} {t['nbytes']:>13,} "
-            f"{t['stored_bytes']:>13,}  {t['quant_type'] or '-'}"
+            f"{t['stored_bytes']:>13,}  {t['quant_type'] or '-'}{'  unused' if t['unused'] else ''}"
         )
 
 

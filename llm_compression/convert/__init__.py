@@ -3,6 +3,7 @@
 Sources: Hugging Face folders (safetensors, sharded safetensors, pytorch_model.bin) of CLIP,
 Whisper, BERT/MiniLM, OLMo-1, OLMo-2 and Llama; CTranslate2 Whisper folders; GGUF files of
 Llama-family models. Upstream tensor names appear only in this package, in declarative maps.
+``export`` is the way back: a weight file -> a Hugging Face folder.
 
 Example
 -------
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..families import quantizable_names, tensor_shapes
+from .hf_export import export
 from .mapping import LazyTensors, check_plan
 from .sources import prepare
 
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 
-__all__ = ["DTYPES", "convert", "convert_cached", "is_current"]
+__all__ = ["DTYPES", "convert", "convert_cached", "export", "is_current"]
 
 
 def convert(
@@ -65,11 +67,12 @@ def convert(
         "converting %s (%s, %d tensors) to %s as %s",
         prepared.description, prepared.config.family, len(expected), dst, dtype,
     )  # fmt: skip
-    from ..weightfile import write_model
+    from ..weightfile import is_unused, write_model
 
+    unused = [name for name in prepared.plan if is_unused(name)]  # kept after the model's tensors
     return write_model(
         dst,
-        LazyTensors(prepared.plan, expected),
+        LazyTensors(prepared.plan, [*expected, *unused]),
         config=prepared.config,
         dtype=dtype,
         quantize=quantizable_names(prepared.config),

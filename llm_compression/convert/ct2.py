@@ -109,13 +109,18 @@ class CT2Model:
         return np.frombuffer(self._buf, dtype, count, offset).reshape(dims)
 
     def load(self, name: str) -> np.ndarray:
-        """Variable ``name`` as float32; int8/int16 weights are divided by their row scales."""
+        """Variable ``name`` as float32; int8/int16 weights are divided by their row scales, other
+        integer variables keep their dtype."""
         raw = self._raw(name)
         scale_name = name + SCALE_SUFFIX
         if raw.dtype.kind == "i" and scale_name in self._vars:
             scale = self._raw(scale_name).astype(np.float32)
             scale = scale.reshape(-1, *([1] * (raw.ndim - 1))) if scale.ndim else scale
             return raw.astype(np.float32) / scale
+        if (
+            raw.dtype.kind in "iub"
+        ):  # config scalars and index tables (alignment_heads) stay integers
+            return raw.copy()
         return raw.astype(np.float32)
 
     def scalar(self, name: str, default: int | None = None) -> int | None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..families.maps import Item, Loader, Split, Target
+from ..weightfile.format import is_unused, unused_name
 
 # The layer index: the first run of digits between separators ("layers.3.", "layer_3/", "blk.3.").
 _LAYER_INDEX = re.compile(r"(?<=[._])(\d+)(?=[./])")
@@ -54,14 +55,22 @@ def build_plan(
     weight_map: Mapping[str, Target],
     *,
     source: str,
+    source_format: str | None = None,
 ) -> dict[str, Item]:
-    """Apply ``weight_map`` to upstream ``shapes``; unknown upstream names raise ConversionError."""
+    """Apply ``weight_map`` to upstream ``shapes``; unknown upstream names raise ConversionError.
+
+    A tensor mapped to ``None`` (unused by the runtime) is kept as ``unused/<source_format>/<name>``
+    (docs/format.md), so a converted file holds every tensor of the source; without
+    ``source_format`` (callers that want the canonical tensors only) it is left out.
+    """
     plan: dict[str, Item] = {}
     unknown: list[str] = []
     for name, shape in shapes.items():
         found, target = lookup(name, weight_map)
         if not found:
             unknown.append(name)
+        elif target is None and source_format is not None:
+            plan[unused_name(source_format, name)] = Item(tuple(shape), _loader(load, name))
         elif isinstance(target, str):
             plan[target] = Item(tuple(shape), _loader(load, name))
         elif isinstance(target, Split):
@@ -116,12 +125,64 @@ def _part_loader(
     return part
 
 
+def _pattern(target: str) -> re.Pattern[str]:
+    """A canonical-name template as a regex; ``{}`` (the layer index) becomes a capture group."""
+    return re.compile(re.escape(target).replace(re.escape("{}"), r"(\d+)"))
+
+
+def to_upstream(
+    tensors: Mapping[str, np.ndarray], weight_map: Mapping[str, Target], *, source: str
+) -> dict[str, np.ndarray]:
+    """Canonical-name ``tensors`` under the upstream names of ``weight_map``: the map inverted.
+
+    The first entry that names a canonical tensor wins (BERT's map lists bare ``BertModel`` names
+    before ``bert.``-prefixed ones). A ``Split`` entry concatenates its parts back along dim 0, a
+    ``None`` part as zeros. A canonical tensor that no entry names raises ConversionError.
+    """
+    left = dict(tensors)
+    out: dict[str, np.ndarray] = {}
+    for upstream, target in weight_map.items():
+        if isinstance(target, str):
+            pattern = _pattern(target)
+            for name in [n for n in left if pattern.fullmatch(n)]:
+                out[_fill(upstream, pattern.fullmatch(name).groups())] = left.pop(name)
+        elif isinstance(target, Split):
+            out.update(_join_parts(upstream, target, left))
+    if left:
+        raise ConversionError(
+            f"{source}: {len(left)} tensors have no upstream name in the map: {listing(left)}; "
+            "the family's name map does not cover this model"
+        )
+    return out
+
+
+def _join_parts(upstream: str, split: Split, left: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The fused tensors of one ``Split`` entry, for every layer whose parts are all in ``left``."""
+    first = next(t for t in split.targets if t is not None)
+    layers = [m.groups() for m in map(_pattern(first).fullmatch, list(left)) if m]
+    out = {}
+    for groups in layers:
+        names = [t if t is None else _fill(t, groups) for t in split.targets]
+        if not all(n is None or n in left for n in names):
+            continue
+        like = left[next(n for n in names if n is not None)]
+        parts = [np.zeros_like(like) if n is None else left.pop(n) for n in names]
+        out[_fill(upstream, groups)] = np.concatenate(parts)
+    return out
+
+
+def _fill(template: str, groups: tuple[str, ...]) -> str:
+    """``template`` with its ``{}`` replaced by the captured layer index (if it has one)."""
+    return template.replace("{}", groups[0]) if groups else template
+
+
 def check_plan(
     plan: Mapping[str, Item], expected: Mapping[str, tuple[int, ...]], source: str
 ) -> None:
-    """Every expected canonical tensor is present with its shape, and nothing else."""
+    """Every expected canonical tensor is present with its shape, and nothing else (but the
+    source's unused tensors)."""
     missing = [n for n in expected if n not in plan]
-    unexpected = [n for n in plan if n not in expected]
+    unexpected = [n for n in plan if n not in expected and not is_unused(n)]
     wrong = [
         f"{n} {plan[n].shape} (expected {tuple(expected[n])})"
         for n in expected

@@ -34,9 +34,12 @@ def sha256_file(path: Path) -> str:
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:
+    """float tensors as float32; integer and bool buffers (position_ids) keep their dtype."""
     import torch
 
-    return tensor.detach().to(torch.float32).contiguous().numpy()
+    if tensor.is_floating_point():
+        tensor = tensor.detach().to(torch.float32)
+    return tensor.detach().contiguous().numpy()
 
 
 class HFWeights:
@@ -96,7 +99,7 @@ class HFWeights:
         return {n: tuple(t.shape) for n, t in state.items()}
 
     def load(self, name: str) -> np.ndarray:
-        """The tensor ``name`` as a float32 numpy array."""
+        """The tensor ``name`` as a float32 numpy array (integer and bool buffers as they are)."""
         path = self._where[name]
         handle = self._open[path]
         if path.suffix == ".safetensors":

@@ -141,7 +141,10 @@ def _from_hf(folder: Path, cfg: dict[str, Any], family: str | None) -> Prepared:
     source = REGISTRY[family].hf
     config = source.config({**cfg, "model_type": model_type}, folder)
     weights = HFWeights(folder)
-    plan = build_plan(weights.shapes, weights.load, source.name_map(config), source=str(folder))
+    plan = build_plan(
+        weights.shapes, weights.load, source.name_map(config), source=str(folder),
+        source_format="hf",
+    )  # fmt: skip
     bundle = Bundle(folder)
     bundle.source(folder / "config.json")
     for path in weights.files:
@@ -180,7 +183,10 @@ def _from_ct2(model_bin: Path, family: str | None) -> Prepared:
         )
     bundle.copy(folder / TOKENIZER_JSON)
     config = source.config(model, ct2_json)
-    plan = build_plan(model.shapes, model.load, source.name_map(config), source=str(model_bin))
+    plan = build_plan(
+        model.shapes, model.load, source.name_map(config), source=str(model_bin),
+        source_format="ct2",
+    )  # fmt: skip
     return Prepared(config, plan, bundle, str(model_bin))
 
 
@@ -189,7 +195,9 @@ def _from_gguf(path: Path, family: str | None) -> Prepared:
     arch = gguf.get("general.architecture")
     source = _detect("gguf", arch, family, path, "a GGUF of architecture")
     config = source.config(gguf)
-    plan = build_plan(gguf.shapes, gguf.load, source.name_map(config), source=str(path))
+    plan = build_plan(
+        gguf.shapes, gguf.load, source.name_map(config), source=str(path), source_format="gguf"
+    )
     if source.fix_plan is not None:
         plan = source.fix_plan(plan, config)
     bundle = Bundle(path.parent)

@@ -30,7 +30,7 @@ from ..core.mlp import embedding
 from ..core.norm import LayerNorm
 from ..errors import ConfigError, ConversionError, InputError
 from ..preprocess.text import check_texts
-from .maps import Target, activation, read_json, require
+from .maps import HF_ACTIVATION_NAMES, Target, activation, read_json, require
 from .spec import Family, Source
 
 
@@ -248,6 +248,20 @@ def hf_config(cfg: dict[str, Any], folder: Path) -> BertConfig:
     )
 
 
+def hf_export_config(cfg: BertConfig, files: Any = None) -> dict[str, Any]:
+    """The ``BertModel`` config.json of ``cfg`` (inverse of ``hf_config``)."""
+    enc = cfg.encoder
+    return {
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": cfg.vocab_size,
+        "hidden_size": enc.dim, "num_hidden_layers": enc.n_layers,
+        "num_attention_heads": enc.n_heads, "intermediate_size": enc.mlp_dim,
+        "hidden_act": HF_ACTIVATION_NAMES[enc.activation], "layer_norm_eps": enc.norm_eps,
+        "max_position_embeddings": enc.max_positions, "type_vocab_size": cfg.type_vocab_size,
+        "pad_token_id": cfg.pad_token_id, "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
+    }  # fmt: skip
+
+
 def _minilm_l6() -> BertConfig:
     encoder = TransformerConfig(
         dim=384, n_layers=6, n_heads=12, mlp_dim=1536, norm_eps=1e-12, norm_placement="post",
@@ -274,6 +288,7 @@ FAMILY = Family(
         config=hf_config,
         name_map=lambda cfg: HF_MAP,
         extra_files=("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"),
+        export_config=hf_export_config,
     ),
     presets={"all-minilm-l6-v2": _minilm_l6()},
 )

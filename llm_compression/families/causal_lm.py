@@ -291,3 +291,24 @@ def causal_lm_family(name: str, **sources: Any) -> Family:
         tasks=("generate",),
         **sources,
     )
+
+
+def causal_lm_export_config(
+    cfg: CausalLMConfig, model_type: str, architecture: str, **extra: Any
+) -> dict[str, Any]:
+    """The ``*ForCausalLM`` config.json of ``cfg`` (inverse of ``causal_lm_config``); ``extra``
+    adds the family's own keys (norm eps, clip_qkv)."""
+    body = cfg.body
+    eos = list(cfg.eos_token_ids)
+    return {
+        "architectures": [architecture], "model_type": model_type, "vocab_size": cfg.vocab_size,
+        "hidden_size": body.dim, "num_hidden_layers": body.n_layers,
+        "num_attention_heads": body.n_heads,
+        "num_key_value_heads": body.n_kv_heads or body.n_heads,
+        "head_dim": body.head_dim or body.dim // body.n_heads,
+        "intermediate_size": body.mlp_dim, "hidden_act": "silu",
+        "max_position_embeddings": body.max_positions, "rope_theta": body.rope_theta,
+        "attention_bias": body.qkv_bias, "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else eos or None,
+        "pad_token_id": cfg.pad_token_id, "torch_dtype": "float32", **extra,
+    }  # fmt: skip

@@ -29,7 +29,7 @@ from ..core.mlp import embedding, linear
 from ..core.norm import LayerNorm
 from ..errors import ConfigError, ConversionError, InputError
 from ..preprocess.text import check_texts
-from .maps import Target, activation, read_json, require
+from .maps import HF_ACTIVATION_NAMES, Target, activation, read_json, require
 from .spec import Family, Source
 
 
@@ -360,6 +360,31 @@ def _clip_vit_b_32() -> CLIPConfig:
     return CLIPConfig(vision=vision, text=text)
 
 
+def _hf_tower(tower: TransformerConfig) -> dict[str, Any]:
+    return {
+        "hidden_size": tower.dim, "intermediate_size": tower.mlp_dim,
+        "num_hidden_layers": tower.n_layers, "num_attention_heads": tower.n_heads,
+        "hidden_act": HF_ACTIVATION_NAMES[tower.activation], "layer_norm_eps": tower.norm_eps,
+    }  # fmt: skip
+
+
+def hf_export_config(cfg: CLIPConfig, files: Any = None) -> dict[str, Any]:
+    """The ``CLIPModel`` config.json of ``cfg`` (inverse of ``hf_config``)."""
+    text = _hf_tower(cfg.text) | {
+        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.text.max_positions,
+        "eos_token_id": cfg.eos_token_id, "projection_dim": cfg.projection_dim,
+    }  # fmt: skip
+    vision = _hf_tower(cfg.vision) | {
+        "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+        "projection_dim": cfg.projection_dim,
+    }  # fmt: skip
+    return {
+        "architectures": ["CLIPModel"], "model_type": "clip",
+        "projection_dim": cfg.projection_dim, "text_config": text, "vision_config": vision,
+        "torch_dtype": "float32",
+    }  # fmt: skip
+
+
 FAMILY = Family(
     name="clip",
     config_class=CLIPConfig,
@@ -373,6 +398,7 @@ FAMILY = Family(
         architectures={"CLIPModel": "clip"},
         config=hf_config,
         name_map=lambda cfg: HF_MAP,
+        export_config=hf_export_config,
     ),
     presets={"clip-vit-b-32": _clip_vit_b_32()},
 )

@@ -13,7 +13,13 @@ import numpy as np
 
 from ..config import TransformerConfig
 from ..errors import ConversionError
-from .causal_lm import CausalLMConfig, causal_lm_config, causal_lm_family, causal_lm_map
+from .causal_lm import (
+    CausalLMConfig,
+    causal_lm_config,
+    causal_lm_export_config,
+    causal_lm_family,
+    causal_lm_map,
+)
 from .maps import Item, Target, optional_int, token_ids
 from .spec import Source
 
@@ -29,6 +35,14 @@ def hf_config(cfg: dict[str, Any], folder: Path) -> CausalLMConfig:
     return causal_lm_config(
         cfg, where, "llama", norm="rmsnorm", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         mlp_bias=bool(cfg.get("mlp_bias", False)),
+    )  # fmt: skip
+
+
+def hf_export_config(cfg: CausalLMConfig, files: Any = None) -> dict[str, Any]:
+    """The ``LlamaForCausalLM`` config.json of ``cfg``, whichever format it was converted from."""
+    return causal_lm_export_config(
+        cfg, "llama", "LlamaForCausalLM", rms_norm_eps=cfg.body.norm_eps,
+        mlp_bias=cfg.body.mlp_bias,
     )  # fmt: skip
 
 
@@ -146,6 +160,7 @@ FAMILY = causal_lm_family(
         architectures={"LlamaForCausalLM": "llama"},
         config=hf_config,
         name_map=hf_map,
+        export_config=hf_export_config,
     ),
     gguf=Source(
         names=("llama",),

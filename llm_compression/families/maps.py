@@ -116,3 +116,11 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConversionError(f"cannot read {path} as JSON: {e}; restore the file") from e
+
+
+# Our activation names -> the Hugging Face ``hidden_act`` that export writes (inverse of the above).
+HF_ACTIVATION_NAMES: dict[str, str] = {
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_pytorch_tanh",
+    "quick_gelu": "quick_gelu",
+}

@@ -13,7 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .causal_lm import CausalLMConfig, causal_lm_config, causal_lm_family, causal_lm_map
+from .causal_lm import (
+    CausalLMConfig,
+    causal_lm_config,
+    causal_lm_export_config,
+    causal_lm_family,
+    causal_lm_map,
+)
 from .maps import Target
 from .spec import Source
 
@@ -46,6 +52,15 @@ def hf_config(cfg: dict[str, Any], folder: Path) -> CausalLMConfig:
     )  # fmt: skip
 
 
+def hf_export_config(cfg: CausalLMConfig, files: Any = None) -> dict[str, Any]:
+    """The ``Olmo2ForCausalLM`` (qk norm) or ``OlmoForCausalLM`` config.json of ``cfg``."""
+    if cfg.body.qk_norm:
+        return causal_lm_export_config(
+            cfg, "olmo2", "Olmo2ForCausalLM", rms_norm_eps=cfg.body.norm_eps
+        )
+    return causal_lm_export_config(cfg, "olmo", "OlmoForCausalLM", clip_qkv=cfg.body.clip_qkv)
+
+
 FAMILY = causal_lm_family(
     "olmo",
     hf=Source(
@@ -53,5 +68,6 @@ FAMILY = causal_lm_family(
         architectures={"OlmoForCausalLM": "olmo", "Olmo2ForCausalLM": "olmo2"},
         config=hf_config,
         name_map=hf_map,
+        export_config=hf_export_config,
     ),
 )

@@ -27,6 +27,9 @@ class Source:
     Face class names that identify it when ``model_type`` is absent (class -> model_type).
     ``fix_plan(plan, config)`` rewrites the plan after mapping (GGUF's permuted q/k rows).
     ``extra_files`` are further files of a folder that are recorded as sources when present.
+    ``export_config(config, files) -> dict`` (Hugging Face sources only) is the inverse of
+    ``config``: the ``config.json`` that ``llm-compression export`` writes beside the tensors,
+    named by inverting ``name_map`` (``files``: the weight file's bundled files).
     """
 
     names: tuple[str, ...]
@@ -35,6 +38,7 @@ class Source:
     architectures: Mapping[str, str] = field(default_factory=dict)
     fix_plan: Callable[[dict, Any], dict] | None = None
     extra_files: tuple[str, ...] = ()
+    export_config: Callable[[Any, Mapping[str, bytes]], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

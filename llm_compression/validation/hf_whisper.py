@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..convert.ct2 import CT2Model
-from ..convert.mapping import Split, Target, build_plan
+from ..convert.mapping import Split, Target, build_plan, to_upstream
 from ..convert.readers import read_json
 from ..errors import ConversionError
 from ..families import WhisperConfig
@@ -45,20 +45,8 @@ def invert_map(weight_map: Mapping[str, Target]) -> list[tuple[re.Pattern[str], 
 def rename(
     tensors: Mapping[str, np.ndarray], weight_map: Mapping[str, Target]
 ) -> dict[str, np.ndarray]:
-    """Canonical-name ``tensors`` under the upstream names of ``weight_map``."""
-    inverse = invert_map(weight_map)
-    out, unknown = {}, []
-    for name, value in tensors.items():
-        for pattern, upstream in inverse:
-            match = pattern.fullmatch(name)
-            if match:
-                out[upstream.replace("{}", match.group(1)) if match.groups() else upstream] = value
-                break
-        else:
-            unknown.append(name)
-    if unknown:
-        raise ConversionError(f"canonical tensors with no upstream name in the map: {unknown[:8]}")
-    return out
+    """Canonical-name ``tensors`` under the upstream names of ``weight_map`` (what export does)."""
+    return to_upstream(tensors, weight_map, source="the canonical Whisper tensors")
 
 
 def canonical_tensors(model_bin: Path) -> tuple[WhisperConfig, dict[str, np.ndarray]]:

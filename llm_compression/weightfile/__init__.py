@@ -14,15 +14,18 @@ Example
 1
 """
 
+from .decoding import decode_tensor
 from .format import (
     FORMAT_VERSION,
     QUANT_INT8_SYM_CHANNEL,
     SCHEMA,
     STORAGE_DTYPES,
+    UNUSED_PREFIX,
     TensorInfo,
     WeightFileMetadata,
     bfloat16_bits_to_float32,
     float32_to_bfloat16_bits,
+    is_unused,
     quantize_int8_rows,
 )
 from .reader import WeightFile, read_metadata, read_tensor_index
@@ -34,10 +37,13 @@ __all__ = [
     "SCHEMA",
     "STORAGE_DTYPES",
     "TensorInfo",
+    "UNUSED_PREFIX",
     "WeightFile",
     "WeightFileMetadata",
     "bfloat16_bits_to_float32",
+    "decode_tensor",
     "float32_to_bfloat16_bits",
+    "is_unused",
     "quantize_int8_rows",
     "read_metadata",
     "read_tensor_index",

@@ -60,6 +60,31 @@ ENCODING_BYTE_STREAM_SPLIT = "byte_stream_split"
 ENCODINGS = (ENCODING_PLAIN, ENCODING_BYTE_STREAM_SPLIT)
 SPLIT_DTYPES = ("float16", "bfloat16")
 
+# Source tensors the runtime does not use (a BertModel's pooler, position_ids buffers, a tied
+# lm_head, CTranslate2 config scalars) are kept, so a file is a faithful copy of its checkpoint, under
+# "unused/<source format>/<upstream name>": canonical names never contain "/", so the namespace is
+# apart from them, and the format ("hf", "ct2", "gguf") says which checkpoint layout the name is of.
+UNUSED_PREFIX = "unused/"
+
+
+def unused_name(source_format: str, upstream: str) -> str:
+    """The row name of an unused upstream tensor: ``unused/<source_format>/<upstream>``."""
+    return f"{UNUSED_PREFIX}{source_format}/{upstream}"
+
+
+def is_unused(name: str) -> bool:
+    """True for rows that hold an unused source tensor (the loader skips them)."""
+    return name.startswith(UNUSED_PREFIX)
+
+
+def split_unused(name: str) -> tuple[str, str] | None:
+    """``(source_format, upstream name)`` of an unused row; None for a canonical tensor."""
+    if not is_unused(name):
+        return None
+    source_format, _, upstream = name[len(UNUSED_PREFIX) :].partition("/")
+    return source_format, upstream
+
+
 META_PREFIX = "llm_compression."
 FILE_PREFIX = META_PREFIX + "file."  # one key per bundled file: base64(zstd(bytes))
 

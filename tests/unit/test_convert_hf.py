@@ -110,7 +110,7 @@ def test_bert_sentence_transformers_settings(tmp_path):
     assert "modules.json" in loader.metadata.sources
 
 
-def test_bert_normalize_module_and_pooler_dropped(tmp_path):
+def test_bert_normalize_module_and_pooler_kept_unused(tmp_path):
     import transformers as tf
 
     hf = tf.BertModel(
@@ -130,6 +130,12 @@ def test_bert_normalize_module_and_pooler_dropped(tmp_path):
     assert loader.config.normalize is True and loader.config.pooling == "mean"
     assert not [n for n in loader.tensor_names if "pool" in n]
     assert "embed.token.weight" in loader.tensor_names
+    pooler = {"unused/hf/pooler.dense.weight", "unused/hf/pooler.dense.bias"}
+    assert pooler <= set(loader.unused_names)  # kept, not loaded into the model
+    state = hf.state_dict()
+    for name in pooler:
+        upstream = name.removeprefix("unused/hf/")
+        assert torch.equal(loader.get_layer(name), state[upstream])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int8"])

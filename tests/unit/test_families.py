@@ -22,7 +22,8 @@ def test_shapes_come_from_the_model_built_on_meta(name):
     shapes = tensor_shapes(cfg)
     model = build_model(cfg)
     assert all(p.is_meta for p in model.parameters())
-    assert shapes == {n: tuple(p.shape) for n, p in model.named_parameters()}
+    tensors = [*model.named_parameters(), *model.named_buffers()]  # batch-norm statistics
+    assert shapes == {n: tuple(t.shape) for n, t in tensors}
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_every_family_names_its_config_model_and_purpose():
     for name, fam in REGISTRY.items():
         assert fam.name == name
         assert fam.describes and fam.provider_argument
-        assert fam.hf or fam.ct2 or fam.gguf  # converts from at least one format
+        assert fam.hf or fam.ct2 or fam.gguf or fam.state_dict  # converts from some format
         for cfg in fam.presets.values():
             assert isinstance(cfg, fam.config_class)
             assert cfg.family == name

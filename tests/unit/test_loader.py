@@ -149,8 +149,8 @@ def test_float32_rows_are_not_copied(tmp_path, monkeypatch):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("force_float32", [True, False])
 def test_split_rows_decode_bit_exact_across_chunks(tmp_path, dtype, force_float32):
-    from llm_compression.loader import _CHUNK
     from llm_compression.weightfile import float32_to_bfloat16_bits
+    from llm_compression.weightfile.decoding import CHUNK as _CHUNK
 
     rng = np.random.default_rng(2)
     value = rng.standard_normal(2 * _CHUNK + 7).astype(np.float32) * 1e-3

@@ -75,8 +75,24 @@ def test_json_output(tmp_path, capsys):
         "nbytes": 1600,
         "stored_bytes": info["tensors"][0]["stored_bytes"],
         "quant_type": None,
+        "unused": False,
     }
     assert 0 < info["tensors"][0]["stored_bytes"] < 2500
+    assert info["unused_tensors"] == 0 and info["unused_params"] == 0
+
+
+def test_unused_source_tensors_are_marked(tmp_path, capsys):
+    pooler = {"unused/hf/pooler.dense.bias": np.ones(16, np.float32)}
+    path = write_model(tmp_path / "m.parquet", {**TENSORS, **pooler}, config=CFG)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "unused          1 source tensors (16 params)" in out
+    line = next(row for row in out.splitlines() if row.startswith("unused/hf/pooler.dense.bias"))
+    assert line.split()[-1] == "unused"
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [t["unused"] for t in info["tensors"]] == [False, False, False, True]
+    assert (info["unused_tensors"], info["unused_params"]) == (1, 16)
 
 
 def test_never_decodes_tensor_data(tmp_path, capsys):

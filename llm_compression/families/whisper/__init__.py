@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..spec import Family, Source
 from .config import WhisperConfig, whisper_preset
-from .convert import CT2_MAP, HF_MAP, ct2_config, hf_config
+from .convert import CT2_MAP, HF_MAP, ct2_config, hf_config, hf_export_config
 from .model import Whisper
 
 __all__ = ["FAMILY", "Whisper", "WhisperConfig"]
@@ -30,6 +30,7 @@ FAMILY = Family(
         },
         config=hf_config,
         name_map=lambda cfg: HF_MAP,
+        export_config=hf_export_config,
     ),
     ct2=Source(names=("WhisperSpec",), config=ct2_config, name_map=lambda cfg: CT2_MAP),
     presets={

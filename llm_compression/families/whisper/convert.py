@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from ...config import TransformerConfig
 from ...errors import ConversionError
-from ..maps import Split, Target, activation, read_json, require, token_ids
+from ..maps import HF_ACTIVATION_NAMES, Split, Target, activation, read_json, require, token_ids
 from .config import WhisperConfig
 
 _HF_ATTN = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o"}
@@ -196,3 +197,36 @@ def ct2_config(model: Any, ct2_json: dict[str, Any]) -> WhisperConfig:
         suppress=token_ids(ct2_json.get("suppress_ids")),
         begin_suppress=token_ids(ct2_json.get("suppress_ids_begin")),
     )  # fmt: skip
+
+
+def _special_ids(files: Any) -> dict[str, int]:
+    """Special token -> id from the bundled tokenizer.json (its ``added_tokens``)."""
+    raw = (files or {}).get("tokenizer.json")
+    if raw is None:
+        raise ConversionError(
+            "the weight file bundles no tokenizer.json, so Whisper's special token ids are "
+            "unknown; re-convert the model with its tokenizer.json"
+        )
+    return {t["content"]: int(t["id"]) for t in json.loads(raw).get("added_tokens", [])}
+
+
+def hf_export_config(cfg: WhisperConfig, files: Any = None) -> dict[str, Any]:
+    """The ``WhisperForConditionalGeneration`` config.json of ``cfg`` (inverse of ``hf_config``);
+    token ids from the bundled tokenizer.json."""
+    ids = _special_ids(files)
+    eot = ids.get("<|endoftext|>", cfg.vocab_size - 1)
+    enc, dec = cfg.encoder, cfg.decoder
+    return {
+        "architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper",
+        "vocab_size": cfg.vocab_size, "num_mel_bins": cfg.n_mels, "d_model": enc.dim,
+        "encoder_layers": enc.n_layers, "encoder_attention_heads": enc.n_heads,
+        "encoder_ffn_dim": enc.mlp_dim, "decoder_layers": dec.n_layers,
+        "decoder_attention_heads": dec.n_heads, "decoder_ffn_dim": dec.mlp_dim,
+        "max_source_positions": enc.max_positions, "max_target_positions": dec.max_positions,
+        "activation_function": HF_ACTIVATION_NAMES[enc.activation],
+        "suppress_tokens": list(cfg.suppress_tokens),
+        "begin_suppress_tokens": list(cfg.begin_suppress_tokens),
+        "decoder_start_token_id": ids.get("<|startoftranscript|>", eot + 1),
+        "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
+        "tie_word_embeddings": True, "torch_dtype": "float32",
+    }  # fmt: skip
