@@ -62,7 +62,10 @@ def test_empty_folder_and_missing_paths(tmp_path):
     with pytest.raises(ModelFileNotFoundError, match="does not exist"):
         convert(tmp_path / "nowhere", tmp_path / "m.parquet")
     (tmp_path / "x.txt").write_text("hello")
-    with pytest.raises(ConversionError, match="neither a GGUF file, a CTranslate2 model.bin nor a PyTorch state dict"):
+    with pytest.raises(
+        ConversionError,
+        match="neither a GGUF file, a CTranslate2 model.bin nor a PyTorch state dict",
+    ):
         convert(tmp_path / "x.txt", tmp_path / "m.parquet")
 
 
