@@ -7,8 +7,9 @@ modality is named after it, for every family whose registry entry lists that mod
   tokens, special tokens included), ``model.empty_text_ok`` and ``model.normalizes`` (the file
   ends in its own L2 normalisation, as sentence-transformers' ``Normalize``);
 - image: ``model.encode_image(pixels (B, 3, S, S))`` with ``config.image_size/image_mean/image_std``;
-- audio: ``model.encode_audio(mel (B, n_mels, 3000), frames (B,))`` with ``config.n_mels``,
-  ``config.n_samples`` and ``model.samples_per_frame``.
+- audio: ``model.encode_audio(mel (B, n_mels, 3000), frames (B,))`` with the config's log-mel
+  settings (``n_mels``, ``n_samples``, ``n_fft``, ``hop_length``, ``sample_rate``) and
+  ``model.samples_per_frame``.
 
 Everything else happens here, once: tokenizing, decoding, resizing, resampling, log-mel,
 batching (texts sorted by token count across the whole call, then restored to input order),
@@ -143,7 +144,10 @@ def embed_audio(
             (i, w) for i, wave in enumerate(waves) for w in split_windows(wave, cfg.n_samples)
         ]
         frames = [max(1, math.ceil(len(w) / model.samples_per_frame)) for _, w in windows]
-        mel = log_mel_batch([w for _, w in windows], n_mels=cfg.n_mels, n_samples=cfg.n_samples)
+        mel = log_mel_batch(
+            [w for _, w in windows], n_mels=cfg.n_mels, n_samples=cfg.n_samples, n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length, sample_rate=cfg.sample_rate,
+        )  # fmt: skip
         means = model.encode_audio(mel, torch.tensor(frames)).double().cpu().numpy()  # (W, C)
         owner = np.array([i for i, _ in windows])
         weights = np.asarray(frames, np.float64)[:, None]

@@ -74,7 +74,7 @@ class MultimodalEmbeddingProvider:
         self._clip = self._text = self._audio = None
         if clip_model is not None:
             self._metas["clip"] = check_family(
-                clip_model, role="clip_model", expected=_can("image")
+                clip_model, role="clip_model", expected=_can("image", "text")
             )
             self._clip = LazySlot(partial(CLIPEngine, clip_model, max_pixels=max_pixels))
         if text_model is not None:
@@ -295,6 +295,6 @@ def _dimension(meta: Any) -> int:
     return int(family(cfg.family).embedding_dim(cfg))
 
 
-def _can(modality: str) -> tuple[str, ...]:
-    """The registered families whose files embed ``modality``."""
-    return tuple(f.name for f in REGISTRY.values() if modality in f.modalities)
+def _can(*modalities: str) -> tuple[str, ...]:
+    """The registered families whose files embed all of ``modalities``."""
+    return tuple(f.name for f in REGISTRY.values() if set(modalities) <= set(f.modalities))

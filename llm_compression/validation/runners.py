@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 
-from ..families.whisper.model import SAMPLES_PER_FRAME
 from ..preprocess.image import DEFAULT_MAX_PIXELS
 from ..provider.modalities import embed_audio, embed_images, embed_texts, text_ids
 from .compare import (
@@ -137,7 +136,7 @@ def run_whisper(
             audio = _load_16k(path)
             feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
             h = hf.model.encoder(feats).last_hidden_state[0]  # (1500, C)
-            frames = min(max(1, math.ceil(len(audio) / SAMPLES_PER_FRAME)), h.shape[0])
+            frames = min(max(1, math.ceil(len(audio) / ours.samples_per_frame)), h.shape[0])
             ref_emb.append(h[:frames].double().mean(0))
             ours_h = ours.encode(feats)[0]  # same features: isolates the encoder
             states.append((ours_h[:frames], h[:frames]))

@@ -34,8 +34,6 @@ from ...preprocess.audio import load_audio, log_mel_batch, split_windows
 from . import decoding as wd
 from .config import WhisperConfig
 
-SAMPLES_PER_FRAME = 320  # encoder frame: 2 mel hops of 160 samples (conv2 has stride 2) = 20 ms
-
 
 def _conv1d(n_in: int, n_out: int, stride: int) -> nn.Conv1d:
     conv = nn.Conv1d(n_in, n_out, 3, stride=stride, padding=1, device="meta")
@@ -91,7 +89,11 @@ class Whisper(nn.Module):
     def embedding_dim(self) -> int:
         return self.config.encoder.dim
 
-    samples_per_frame = SAMPLES_PER_FRAME
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per encoder frame: two mel hops (conv2 has stride 2), 320 = 20 ms."""
+        return 2 * self.config.hop_length
+
     normalizes = False  # the provider L2-normalises the pooled vector (once)
 
     def _param(self) -> torch.Tensor:
