@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import soundfile as sf
-from provider_helpers import make_video, photo, photo_path, tiny_model_file, tone
+from provider_helpers import make_video, photo, photo_path, tone
 
 import llm_compression.loader as models
 from llm_compression.errors import (
@@ -24,19 +24,6 @@ from llm_compression.provider import (
     l2_normalize,
     sample_frames,
 )
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "provider_models"
-    return {kind: tiny_model_file(kind, root) for kind in ("clip", "bert", "whisper")}
-
-
-@pytest.fixture(scope="module")
-def provider(files):
-    return MultimodalEmbeddingProvider(
-        text_model=files["bert"], clip_model=files["clip"], audio_model=files["whisper"]
-    )
 
 
 def _cos(a, b):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from provider_helpers import photo, tiny_model_file, tone
+from provider_helpers import photo, tone
 
 import llm_compression.provider.batching as batching
 from llm_compression.errors import InputError
@@ -26,19 +26,6 @@ TEXTS = [
     "another fairly long sentence, with commas, clauses and several more words in it",
     "x",
 ]
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "provider_models"
-    return {kind: tiny_model_file(kind, root) for kind in ("clip", "bert", "whisper")}
-
-
-@pytest.fixture(scope="module")
-def provider(files):
-    return MultimodalEmbeddingProvider(
-        text_model=files["bert"], clip_model=files["clip"], audio_model=files["whisper"]
-    )
 
 
 def _spy(monkeypatch, model, name):
