@@ -45,7 +45,10 @@ class MultimodalEmbeddingProvider:
     max_pixels : int, optional
         Largest image ``width * height`` accepted (see ``CLIPEngine``).
 
-    Every vector returned is float32 and L2-normalised. Text vectors of ``text_model`` (MiniLM)
+    Every vector returned is float32 and L2-normalised (once, in ``batching.embed_in_batches``;
+    ``encode(..., normalize_embeddings=False)`` keeps the file's own output). Preprocessing,
+    batching and normalisation run on ``modalities``, the path ``CLIPEngine`` uses too; which
+    file embeds what comes from the family registry. Text vectors of ``text_model`` (MiniLM)
     and CLIP vectors live in different spaces: compare text with images only through
     ``compute_cross_modal_similarity``, which uses CLIP's two towers.
 
