@@ -84,8 +84,7 @@ class MultimodalEmbeddingProvider:
             self._metas["text"] = check_family(text_model, role="text_model", expected=_can("text"))
             self._text = LazySlot(partial(_load_model, text_model))
         elif clip_model is not None:  # text goes through CLIP's text tower
-            self._metas["text"] = self._metas["clip"]
-            self._text = LazySlot(lambda: self.clip_engine.model)
+            self._metas["text"], self._text = self._metas["clip"], self._clip
         if audio_model is not None:
             self._metas["audio"] = check_family(
                 audio_model, role="audio_model", expected=_can("audio")
@@ -156,7 +155,8 @@ class MultimodalEmbeddingProvider:
             empty = embed_in_batches([], prepare=None, embed=None, dim=self.dimension,
                                      batch_size=batch_size)  # fmt: skip
             return empty.vectors
-        model = self._slot("text").get()
+        slot = self._slot("text")
+        model = self.clip_engine.model if slot is self._clip else slot.get()
         return embed_texts(
             model, texts, batch_size=batch_size, show_progress=show_progress, normalize=normalize
         )
