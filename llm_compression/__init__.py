@@ -6,8 +6,8 @@ The public names below are imported lazily, so ``import llm_compression`` is che
 Example
 -------
 >>> import llm_compression as lc
->>> model = lc.load_model("all-minilm-l6-v2.parquet")           # doctest: +SKIP
->>> model.embed_texts(["a cat on a mat"]).shape                  # doctest: +SKIP
+>>> p = lc.MultimodalEmbeddingProvider(text_model="all-minilm-l6-v2.parquet")  # doctest: +SKIP
+>>> p.encode(["a cat on a mat"]).shape                                          # doctest: +SKIP
 (1, 384)
 """
 

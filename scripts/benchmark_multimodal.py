@@ -134,21 +134,21 @@ def throughput(family, metric, unit, n, ours, hf, runs) -> dict:
 # -- fresh process to first result -----------------------------------------------------------------
 PRELUDE = f"import torch; torch.set_num_threads({THREADS}); torch.set_grad_enabled(False)\n"
 COLD = {
-    ("clip", "ours"): "from llm_compression.families import load_model\n"
-    "m = load_model(OURS); m.embed_images([IMAGE])",
+    ("clip", "ours"): "from llm_compression.provider import CLIPEngine\n"
+    "CLIPEngine(OURS).encode_image([IMAGE])",
     (
         "clip",
         "hf",
     ): "from transformers import CLIPImageProcessor, CLIPModel\nfrom PIL import Image\n"
     "m = CLIPModel.from_pretrained(HF).eval(); p = CLIPImageProcessor()\n"
     "m.get_image_features(**p(images=Image.open(IMAGE).convert('RGB'), return_tensors='pt'))",
-    ("minilm", "ours"): "from llm_compression.families import load_model\n"
-    "load_model(OURS).embed_texts(['A photo of a cat.'])",
+    ("minilm", "ours"): "from llm_compression.provider import MultimodalEmbeddingProvider\n"
+    "MultimodalEmbeddingProvider(text_model=OURS).encode(['A photo of a cat.'])",
     ("minilm", "hf"): "from transformers import AutoTokenizer, BertModel\n"
     "t = AutoTokenizer.from_pretrained(HF); m = BertModel.from_pretrained(HF).eval()\n"
     "h = m(**t(['A photo of a cat.'], return_tensors='pt')).last_hidden_state\n"
     "torch.nn.functional.normalize(h.mean(1), dim=-1)",
-    ("whisper", "ours"): "from llm_compression.families import load_model\n"
+    ("whisper", "ours"): "from llm_compression.loader import load_model\n"
     "load_model(OURS).transcribe(SPEECH, language='en')",
     ("whisper", "hf"): "import soundfile as sf\n"
     "from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, "
@@ -159,7 +159,7 @@ COLD = {
     "f = WhisperFeatureExtractor(feature_size=m.config.num_mel_bins)(a, sampling_rate=sr, "
     "return_tensors='pt').input_features\n"
     "t.decode(m.generate(f, language='en')[0], skip_special_tokens=True)",
-    ("olmo", "ours"): "from llm_compression.families import load_model\n"
+    ("olmo", "ours"): "from llm_compression.loader import load_model\n"
     "m = load_model(OURS); m.generate_ids(m.tokenizer.encode(PROMPT), max_new_tokens=1)",
     ("olmo", "hf"): "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
     "t = AutoTokenizer.from_pretrained(HF); m = AutoModelForCausalLM.from_pretrained(HF).eval()\n"
@@ -212,11 +212,12 @@ def bench_clip(paths, runs, quick):
 
     ours, hf = load_model(paths["ours"]), CLIPModel.from_pretrained(paths["hf"]).eval()
     from llm_compression.preprocess.image import clip_pixels
+    from llm_compression.provider.modalities import text_ids
 
     c = ours.config
     px = clip_pixels(list(photo_paths()), size=c.image_size, mean=c.image_mean, std=c.image_std)
     px1, px16 = px[:1], px.repeat(4, 1, 1, 1)[:16]
-    ids = ours.tokenize(["a photo of a cat sitting on a sofa"])
+    ids = torch.from_numpy(text_ids(ours, ["a photo of a cat sitting on a sofa"])[0])
     with torch.inference_mode():
         return [
             latency("clip", "vision batch-1 latency", lambda: ours.encode_image(px1),

@@ -4,7 +4,8 @@ Everything the project knows about BERT: its config, the model, the Hugging Face
 sentence-transformers converter map and the all-MiniLM-L6-v2 preset.
 
 Embeddings (token + position + token type, LayerNorm) -> post-norm transformer body -> pooling from
-the config (mean over real tokens, CLS or max) -> optional L2 normalisation.
+the config (mean over real tokens, CLS or max). The optional L2 normalisation (``normalize``) and
+the tokenizing are done by the provider.
 
 Truncation: texts are cut to ``config.max_seq_length`` tokens including [CLS] and [SEP], as
 sentence-transformers does (256 for all-MiniLM-L6-v2). The empty string is a valid text: it embeds
@@ -14,14 +15,11 @@ sentence-transformers does (256 for all-MiniLM-L6-v2). The empty string is a val
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import TransformerConfig, check_choice, check_positive
@@ -29,7 +27,6 @@ from ..core import Transformer
 from ..core.mlp import embedding
 from ..core.norm import LayerNorm
 from ..errors import ConfigError, ConversionError, InputError
-from ..preprocess.text import check_texts
 from .maps import HF_ACTIVATION_NAMES, Target, activation, read_json, require
 from .spec import Family, Source
 
@@ -83,7 +80,14 @@ def pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class SentenceEncoder(Transformer):
-    """Sentence embeddings with the pooling and normalisation stored in the file."""
+    """Sentence embeddings: token ids -> the body -> the pooling stored in the file.
+
+    Tensors in, tensors out: ``encode(ids, mask)`` returns the pooled, **unnormalised** vectors.
+    The file's sentence-transformers ``Normalize`` module (``config.normalize``) is applied by the
+    provider, which L2-normalises once; tokenizing and batching are the provider's too.
+    """
+
+    empty_text_ok = True  # "" embeds [CLS] [SEP]
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config.encoder)  # post-norm: the config says final_norm=False
@@ -95,48 +99,34 @@ class SentenceEncoder(Transformer):
     def embedding_dim(self) -> int:
         return self.config.encoder.dim
 
+    @property
+    def text_context(self) -> int:
+        """Most tokens of one text, [CLS] and [SEP] included (sentence-transformers' truncation)."""
+        return self.config.max_seq_length
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the file's pipeline ends in L2 normalisation (sentence-transformers Normalize)."""
+        return self.config.normalize
+
     @torch.inference_mode()
-    def encode(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Embeddings (B, D) for token ids (B, T) with an attention mask (B, T), 1 = real token."""
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled embeddings (B, D), unnormalised, for token ids (B, T) and a mask (B, T), 1 = real."""
         if ids.shape[1] > self.config.encoder.max_positions:
             raise InputError(
                 f"{ids.shape[1]} tokens exceed the position table "
                 f"({self.config.encoder.max_positions}); truncate the input"
             )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(ids)
-        keep = attention_mask.bool()  # (B, T)
+        if mask is None:
+            mask = torch.ones_like(ids)
+        keep = mask.bool()  # (B, T)
         padded = not bool(keep.all())
-        mask = keep[:, None, None, :] if padded else None  # (B, 1, 1, T)
-        h = super().forward(self.embed(ids), mask=mask)
-        out = pool(h, keep, self.config.pooling)
-        return F.normalize(out, p=2, dim=-1) if self.config.normalize else out
+        attn = keep[:, None, None, :] if padded else None  # (B, 1, 1, T)
+        h = super().forward(self.embed(ids), mask=attn)
+        return pool(h, keep, self.config.pooling)
 
     forward = encode
-
-    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        """Embed texts -> float32 array (N, D), in input order.
-
-        Texts are sorted by token count and padded per batch for throughput.
-        """
-        texts = check_texts(texts)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if self.tokenizer is None:
-            raise InputError("this model has no tokenizer; load it with llm_compression.load_model")
-        ids, att = self.tokenizer.encode_batch(list(texts), max_length=self.config.max_seq_length)
-        lengths = att.sum(axis=1)
-        order = np.argsort(-lengths, kind="stable")
-        device = self.embed.token.weight.device
-        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            cols = np.flatnonzero(att[rows].any(axis=0))  # drop columns that are padding only
-            batch_ids = torch.from_numpy(np.ascontiguousarray(ids[rows][:, cols], dtype=np.int64))
-            batch_mask = torch.from_numpy(np.ascontiguousarray(att[rows][:, cols]))
-            vectors = self.encode(batch_ids.to(device), batch_mask.to(device))
-            out[rows] = vectors.float().cpu().numpy()
-        return out
+    encode_text = encode  # the name every text family shares: the provider calls encode_text
 
 
 logger = logging.getLogger(__name__)

@@ -3,22 +3,21 @@
 Everything the project knows about CLIP: its config, the model, the Hugging Face ``CLIPModel``
 converter map and the ViT-B/32 preset.
 
-``encode_image`` / ``encode_text`` return L2-normalised vectors in the joint space
+``encode_image`` / ``encode_text`` return projected, unnormalised features in the joint space
 (``projection_dim``, 512 for ViT-B/32); ``logit_scale`` is stored as its log, as in the checkpoints.
-Texts longer than the context (77 tokens) are truncated, keeping the end-of-text token last, as
-OpenAI's ``clip.tokenize(..., truncate=True)`` does.
+The provider tokenizes (texts longer than the 77-token context are truncated keeping the
+end-of-text token last, as OpenAI's ``clip.tokenize(..., truncate=True)`` does), batches and
+normalises.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +27,6 @@ from ..core import Transformer
 from ..core.mlp import embedding, linear
 from ..core.norm import LayerNorm
 from ..errors import ConfigError, ConversionError, InputError
-from ..preprocess.text import check_texts
 from .maps import HF_ACTIVATION_NAMES, Target, activation, read_json, require
 from .spec import Family, Source
 
@@ -121,7 +119,16 @@ class TextTower(Transformer):
 
 
 class CLIP(nn.Module):
-    """CLIP with ``vision`` and ``text`` towers and ``logit_scale`` (canonical names)."""
+    """CLIP with ``vision`` and ``text`` towers and ``logit_scale`` (canonical names).
+
+    Tensors in, tensors out, as OpenAI's ``model.py``: ``encode_image`` / ``encode_text`` return
+    the projected, **unnormalised** features (Hugging Face's ``get_image_features`` /
+    ``get_text_features``). Preprocessing (pixels, token ids), batching and the one L2
+    normalisation belong to ``llm_compression.provider`` (``CLIPEngine``).
+    """
+
+    normalizes = False  # the provider L2-normalises the features (once)
+    empty_text_ok = False  # the provider refuses "": CLIP needs at least one token of text
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
@@ -135,81 +142,39 @@ class CLIP(nn.Module):
     def embedding_dim(self) -> int:
         return self.config.projection_dim
 
+    @property
+    def text_context(self) -> int:
+        """Most tokens of one text, start and end tokens included (77)."""
+        return self.config.context_length
+
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embeddings (B, P) for preprocessed pixels (B, 3, S, S)."""
+        """Projected image features (B, P), unnormalised, for preprocessed pixels (B, 3, S, S)."""
         size = self.config.image_size
         if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (3, size, size):
             raise InputError(
                 f"pixels must have shape (B, 3, {size}, {size}), got {tuple(pixels.shape)}; "
-                "preprocess images with embed_images or preprocess.image.clip_pixels"
+                "preprocess images with preprocess.image.clip_pixels (or use CLIPEngine)"
             )
-        return F.normalize(self.vision(pixels), dim=-1)
+        return self.vision(pixels)
 
     @torch.inference_mode()
-    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """L2-normalised text embeddings (B, P) for token ids (B, T) ending in end-of-text."""
-        return F.normalize(self.text(ids), dim=-1)
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected text features (B, P), unnormalised, for token ids (B, T) with end-of-text.
+
+        ``mask`` (B, T) is accepted for the common text signature and not needed: the tower is
+        causal and pools at the first end-of-text token, so right padding never changes a row.
+        """
+        return self.text(ids)
 
     @torch.inference_mode()
-    def similarity_logits(
-        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor
-    ) -> torch.Tensor:
-        """``exp(logit_scale) * image @ text.T`` (images x texts), as CLIP's ``logits_per_image``."""
-        return self.logit_scale.exp() * image_embeds @ text_embeds.T
+    def similarity_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``exp(logit_scale) * cos(image, text)`` (images x texts), as CLIP's ``logits_per_image``.
 
-    def embed_images(self, images: Sequence, *, batch_size: int = 32) -> np.ndarray:
-        """Embed images (paths, PIL images or arrays) -> float32 (N, P), in input order."""
-        from ..preprocess.image import clip_pixels
-
-        if not isinstance(images, (list, tuple)):
-            raise InputError(
-                f"images must be a list of images, got {type(images).__name__}; wrap one image: [image]"
-            )
-        if not images:
-            raise InputError("images is empty; pass at least one image")
-        _check_batch_size(batch_size)
-        cfg = self.config
-        out = []
-        for start in range(0, len(images), batch_size):
-            pixels = clip_pixels(
-                images[start : start + batch_size],
-                size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std,
-            )  # fmt: skip
-            out.append(self.encode_image(pixels.to(self.logit_scale.device)).float().cpu())
-        return torch.cat(out).numpy()
-
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """Token ids (N, T) padded with end-of-text, truncated to the context (end token kept)."""
-        texts = check_texts(texts)
-        empty = [i for i, t in enumerate(texts) if not t.strip()]
-        if empty:
-            raise InputError(f"texts at positions {empty[:5]} are empty; CLIP needs some text")
-        if self.tokenizer is None:
-            raise InputError("this model has no tokenizer; load it with llm_compression.load_model")
-        eos, context = self.config.eos_token_id, self.config.context_length
-        rows = [list(self.tokenizer.encode(t, add_special_tokens=True)) for t in texts]
-        ids = torch.full((len(rows), max(len(r) for r in rows)), eos, dtype=torch.long)
-        for i, r in enumerate(rows):
-            if len(r) > context:
-                r = r[: context - 1] + [eos]
-            ids[i, : len(r)] = torch.tensor(r)
-        return ids[:, :context]
-
-    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        """Embed texts -> float32 (N, P), in input order (truncated to the 77-token context)."""
-        _check_batch_size(batch_size)
-        ids = self.tokenize(texts).to(self.logit_scale.device)
-        out = [
-            self.encode_text(ids[start : start + batch_size]).float().cpu()
-            for start in range(0, ids.shape[0], batch_size)
-        ]
-        return torch.cat(out).numpy()
-
-
-def _check_batch_size(batch_size) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        Takes features from ``encode_image`` / ``encode_text`` (normalised here, as CLIP's forward).
+        """
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        return self.logit_scale.exp() * image @ text.T
 
 
 _LAYER = {

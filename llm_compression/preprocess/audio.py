@@ -253,6 +253,11 @@ def _pad_or_trim(audio: np.ndarray | torch.Tensor, n_samples: int) -> torch.Tens
     return torch.nn.functional.pad(wave, (0, n_samples - wave.shape[0]))
 
 
+def split_windows(wave: np.ndarray, n_samples: int = N_SAMPLES) -> list[np.ndarray]:
+    """Consecutive windows of ``n_samples`` (the last one shorter) covering a 1-D ``wave``."""
+    return [wave[i : i + n_samples] for i in range(0, len(wave), n_samples)]
+
+
 def log_mel_batch(
     audios: Sequence[np.ndarray | torch.Tensor],
     *,

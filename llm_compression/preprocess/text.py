@@ -304,16 +304,3 @@ class Tokenizer:
             )  # fmt: skip
         except jinja2.exceptions.TemplateError as e:
             raise InputError(f"the chat template rejected the messages: {e}") from e
-
-
-def check_texts(texts: Any) -> list[str]:
-    """``texts`` as a non-empty list of str, or ``InputError`` saying what is wrong."""
-    if isinstance(texts, str):
-        raise InputError("texts must be a list of str, got a single str; wrap it: [text]")
-    texts = list(texts)
-    if not texts:
-        raise InputError("texts is empty; pass at least one text")
-    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-    if bad:
-        raise InputError(f"every text must be a str, got {bad[:3]}")
-    return texts

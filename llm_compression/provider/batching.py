@@ -1,8 +1,10 @@
-"""Batched embedding with a progress bar and per-item error handling, shared by every modality.
+"""The one batching loop of the embedding path: validation, progress, on_error, order, normalisation.
 
-Inputs are consumed in chunks of ``batch_size``: each item of a chunk is prepared (decoded, resized,
-resampled) on its own, so a bad item is reported with its position; the good ones of the chunk go to
-the model together as one batch. Only one chunk of decoded inputs is in memory at a time.
+Each input is prepared (tokenized, decoded, resized, resampled) on its own, so a bad one is
+reported with its position; the good ones go to the model ``batch_size`` at a time. Variable-length
+inputs (token rows) are sorted by length across the whole call so each batch pads little, then the
+rows are put back in input order. Fixed-size inputs (images, 30 s audio windows) keep input order
+and are decoded one batch at a time, so memory holds at most one batch of them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, LLMCompressionError
 from .protocol import EmbeddingResult
+from .similarity import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -48,57 +51,86 @@ def embed_in_batches(
     items: Sequence[Any],
     *,
     prepare: Callable[[Any], Any],
-    embed: Callable[[list[Any]], np.ndarray],
+    embed: Callable[[list[Any]], Any],
     dim: int,
     batch_size: int = 32,
     show_progress: bool = False,
     on_error: OnError = "raise",
     desc: str = "embedding",
+    length: Callable[[Any], int] | None = None,
+    normalize: bool = False,
 ) -> EmbeddingResult:
-    """Prepare and embed ``items`` in chunks of ``batch_size``.
+    """Prepare and embed ``items`` in batches of ``batch_size``: the one batching loop.
 
     Parameters
     ----------
     items : sequence
-        Raw inputs (paths, arrays, PIL images, texts).
+        Raw inputs (paths, arrays, PIL images, token rows).
     prepare : callable
         One raw input -> what ``embed`` takes; raises an ``LLMCompressionError`` for a bad input.
     embed : callable
-        A list of prepared inputs (at most ``batch_size``) -> float32 ``(len, dim)`` array.
+        A list of prepared inputs (at most ``batch_size``) -> ``(len, dim)`` array or tensor.
     dim : int
         Embedding dimension (shape of the empty result).
     batch_size, show_progress, on_error
-        Chunk size handed to the model; a tqdm bar on stderr; ``"raise"`` stops at the first bad
+        Batch size handed to the model; a tqdm bar on stderr; ``"raise"`` stops at the first bad
         input (its position is in the message), ``"skip"`` records it and goes on.
+    length : callable, optional
+        Prepared input -> its length. Given, every input is prepared first and the batches are
+        cut from all inputs sorted by length, longest first (as sentence-transformers does), so
+        each batch pads to similar lengths; the rows come back in input order. Without it inputs
+        are prepared one batch at a time (at most one batch of decoded images in memory).
+    normalize : bool
+        L2-normalise the rows (the only place the embedding path normalises).
 
     Returns
     -------
     EmbeddingResult
-        Vectors of the embedded inputs, their positions, and ``(position, reason)`` per skipped one.
+        float32 vectors of the embedded inputs in input order, their positions, and
+        ``(position, reason)`` per skipped one.
     """
     check_options(batch_size, on_error)
-    vectors: list[np.ndarray] = []
-    kept: list[int] = []
+    step = int(batch_size)
     errors: list[tuple[int, str]] = []
+
+    def prepared(positions: Sequence[int]) -> list[tuple[int, Any]]:
+        out = []
+        for index in positions:
+            try:
+                out.append((index, prepare(items[index])))
+            except LLMCompressionError as e:
+                if on_error == "raise":
+                    raise relabel(e, index) from e
+                errors.append((index, str(e)))
+        return out
+
+    if length is None:  # input order, prepared batch by batch; each counts its whole span
+        ends = [(s, min(s + step, len(items))) for s in range(0, len(items), step)]
+        batches = ((end - s, prepared(range(s, end))) for s, end in ends)
+    else:  # whole call prepared first, sorted by length (stable: ties keep input order)
+        ready = sorted(prepared(range(len(items))), key=lambda pair: -length(pair[1]))
+        batches = ((len(b), b) for b in (ready[s : s + step] for s in range(0, len(ready), step)))
+    rows: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=not show_progress, file=sys.stderr)
     with bar:
-        for start in range(0, len(items), int(batch_size)):
-            prepared, positions = [], []
-            for index in range(start, min(start + int(batch_size), len(items))):
-                try:
-                    prepared.append(prepare(items[index]))
-                    positions.append(index)
-                except LLMCompressionError as e:
-                    if on_error == "raise":
-                        raise relabel(e, index) from e
-                    errors.append((index, str(e)))
-            if prepared:
-                out = np.asarray(embed(prepared), dtype=np.float32)
-                vectors.append(out.reshape(len(prepared), -1))
-                kept.extend(positions)
-            bar.update(min(int(batch_size), len(items) - start))
+        bar.update(len(errors))  # inputs refused while preparing the whole call (sorted mode)
+        for span, batch in batches:
+            if batch:
+                out = _as_float32(embed([x for _, x in batch])).reshape(len(batch), -1)
+                rows.update(zip((i for i, _ in batch), out, strict=True))
+            bar.update(span)
     if errors:
-        listing = "; ".join(f"[{i}] {reason}" for i, reason in errors)
+        listing = "; ".join(f"[{i}] {reason}" for i, reason in sorted(errors))
         logger.warning("skipped %d of %d inputs: %s", len(errors), len(items), listing)
-    matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
-    return EmbeddingResult(vectors=matrix, indices=tuple(kept), errors=tuple(errors))
+    kept = sorted(rows)
+    matrix = np.stack([rows[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
+    if normalize:
+        matrix = l2_normalize(matrix)
+    return EmbeddingResult(vectors=matrix, indices=tuple(kept), errors=tuple(sorted(errors)))
+
+
+def _as_float32(x: Any) -> np.ndarray:
+    """A model output (torch tensor or array) as a float32 numpy array."""
+    if hasattr(x, "detach"):  # a torch tensor; torch is not imported for numpy-only callers
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)

@@ -1,4 +1,7 @@
-"""CLIPEngine: CLIP's image and text towers from one Parquet weight file, in one embedding space."""
+"""CLIPEngine: CLIP's image and text towers from one Parquet weight file, in one embedding space.
+
+It runs on the provider's one embedding path (``modalities.embed_texts`` / ``embed_images``).
+"""
 
 from __future__ import annotations
 
@@ -11,19 +14,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .batching import OnError, embed_in_batches
+from .batching import OnError
 from .inputs import as_items, as_texts
+from .modalities import embed_images, embed_texts
 from .protocol import EmbeddingResult
-from .similarity import cosine_matrix, l2_normalize, softmax, top_k
+from .similarity import cosine_matrix, softmax, top_k
 
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) to 100
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """A model output (torch tensor or array) as a float32 numpy array."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to(torch.float32).cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
 
 
 class CLIPEngine:
@@ -85,13 +82,14 @@ class CLIPEngine:
     def encode_text(
         self, texts: str | Sequence[str], *, batch_size: int = 32, show_progress: bool = False
     ) -> np.ndarray:
-        """Texts -> float32 ``(N, embedding_dim)`` L2-normalised (one string gives ``N = 1``)."""
-        items = as_texts(texts)
-        result = embed_in_batches(
-            items, prepare=_nonempty_text, embed=self._embed_texts, dim=self.embedding_dim,
-            batch_size=batch_size, show_progress=show_progress, desc="CLIP text",
+        """Texts -> float32 ``(N, embedding_dim)`` L2-normalised (one string gives ``N = 1``).
+
+        Texts longer than the 77-token context are truncated, keeping the end-of-text token.
+        """
+        return embed_texts(
+            self.model, as_texts(texts), batch_size=batch_size, show_progress=show_progress,
+            desc="CLIP text",
         )  # fmt: skip
-        return result.vectors
 
     def encode_image(
         self,
@@ -117,39 +115,11 @@ class CLIPEngine:
             returned. ``"skip"``: bad images are left out and an ``EmbeddingResult`` is returned
             (``.vectors``, ``.indices`` of the kept inputs, ``.errors`` as ``(index, reason)``).
         """
-        result = self.embed_images(
-            as_items(images), batch_size=batch_size, show_progress=show_progress, on_error=on_error
-        )
-        return result if on_error == "skip" else result.vectors
-
-    def embed_images(
-        self, items: Sequence[Any], *, batch_size: int, show_progress: bool, on_error: OnError
-    ) -> EmbeddingResult:
-        """``encode_image`` on a list, always returning the ``EmbeddingResult``."""
-        from ..preprocess.image import load_image
-
-        return embed_in_batches(
-            items, prepare=lambda x: load_image(x, max_pixels=self.max_pixels),
-            embed=self._embed_pil, dim=self.embedding_dim, batch_size=batch_size,
+        result = embed_images(
+            self.model, as_items(images), max_pixels=self.max_pixels, batch_size=batch_size,
             show_progress=show_progress, on_error=on_error, desc="CLIP images",
         )  # fmt: skip
-
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            out = self.model.embed_texts(texts, batch_size=len(texts))
-        return l2_normalize(to_numpy(out))
-
-    def _embed_pil(self, images: list[Any]) -> np.ndarray:
-        from ..preprocess.image import clip_pixels
-
-        cfg = self.config
-        pixels = clip_pixels(
-            images, size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std,
-            max_pixels=self.max_pixels,
-        )  # fmt: skip
-        with torch.inference_mode():
-            out = self.model.encode_image(pixels)
-        return l2_normalize(to_numpy(out))
+        return result if on_error == "skip" else result.vectors
 
     # -- similarity and its uses --------------------------------------------------------------
 
@@ -212,12 +182,6 @@ class CLIPEngine:
         )
         probs = softmax(logits[0])
         return {label: float(p) for label, p in zip(labels, probs, strict=True)}
-
-
-def _nonempty_text(text: str) -> str:
-    if not text.strip():
-        raise InputError("the text is empty; CLIP needs at least one token of text")
-    return text
 
 
 def _check_top_k(k: Any) -> None:

@@ -6,6 +6,7 @@ family and learn its dimension); each model is built on first use, once, under a
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -15,16 +16,18 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
-from ..families import config_from_dict, family
+from ..families import REGISTRY, config_from_dict, family
 from ._loading import LazySlot, check_family
 from .batching import OnError, embed_in_batches
-from .clip_engine import CLIPEngine, to_numpy
-from .inputs import as_items, as_texts, check_waveform
+from .clip_engine import CLIPEngine
+from .inputs import as_items, as_texts
+from .modalities import embed_audio, embed_texts
 from .protocol import EmbeddingResult
 from .similarity import l2_normalize
 from .video import sample_frames
 
 PathLike = str | os.PathLike
+logger = logging.getLogger(__name__)
 
 
 class MultimodalEmbeddingProvider:
@@ -42,7 +45,10 @@ class MultimodalEmbeddingProvider:
     max_pixels : int, optional
         Largest image ``width * height`` accepted (see ``CLIPEngine``).
 
-    Every vector returned is float32 and L2-normalised. Text vectors of ``text_model`` (MiniLM)
+    Every vector returned is float32 and L2-normalised (once, in ``batching.embed_in_batches``;
+    ``encode(..., normalize_embeddings=False)`` keeps the file's own output). Preprocessing,
+    batching and normalisation run on ``modalities``, the path ``CLIPEngine`` uses too; which
+    file embeds what comes from the family registry. Text vectors of ``text_model`` (MiniLM)
     and CLIP vectors live in different spaces: compare text with images only through
     ``compute_cross_modal_similarity``, which uses CLIP's two towers.
 
@@ -70,21 +76,18 @@ class MultimodalEmbeddingProvider:
         self._metas: dict[str, Any] = {}
         self._clip = self._text = self._audio = None
         if clip_model is not None:
-            self._metas["clip"] = check_family(clip_model, role="clip_model", expected=("clip",))
+            self._metas["clip"] = check_family(
+                clip_model, role="clip_model", expected=_can("image", "text")
+            )
             self._clip = LazySlot(partial(CLIPEngine, clip_model, max_pixels=max_pixels))
         if text_model is not None:
-            self._metas["text"] = check_family(
-                text_model, role="text_model", expected=("bert", "clip")
-            )
-            if self._metas["text"].family == "clip":
-                self._text = LazySlot(partial(CLIPEngine, text_model, max_pixels=max_pixels))
-            else:
-                self._text = LazySlot(partial(_load_model, text_model))
+            self._metas["text"] = check_family(text_model, role="text_model", expected=_can("text"))
+            self._text = LazySlot(partial(_load_model, text_model))
         elif clip_model is not None:  # text goes through CLIP's text tower
             self._metas["text"], self._text = self._metas["clip"], self._clip
         if audio_model is not None:
             self._metas["audio"] = check_family(
-                audio_model, role="audio_model", expected=("whisper",)
+                audio_model, role="audio_model", expected=_can("audio")
             )
             self._audio = LazySlot(partial(_load_model, audio_model))
 
@@ -106,25 +109,57 @@ class MultimodalEmbeddingProvider:
         """The ``CLIPEngine`` of ``clip_model`` (loaded on first access): retrieval, zero-shot."""
         return self._slot("clip").get()
 
-    def encode(self, text: str) -> np.ndarray:
-        """One text -> float32 ``(dimension,)``."""
-        if not isinstance(text, str):
-            raise InputError(
-                f"encode takes one string, got {type(text).__name__}; use encode_batch"
-            )
-        return self.encode_batch([text])[0]
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = True,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        """Text(s) -> vectors, with sentence-transformers' ``encode`` signature.
+
+        One string gives ``(dimension,)``, a list ``(N, dimension)``: a float32 numpy array, a
+        torch tensor with ``convert_to_tensor=True``, a list of 1-D tensors with
+        ``convert_to_numpy=False``. ``show_progress_bar=None`` shows a bar when this module's
+        logger is at INFO or below. ``normalize_embeddings=False`` returns the model's features
+        as the file defines them (a MiniLM file ends in its own normalisation, as in
+        sentence-transformers).
+        """
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+        vectors = self._encode_texts(
+            as_texts(sentences), batch_size, bool(show_progress_bar), bool(normalize_embeddings)
+        )
+        out: Any = vectors
+        if convert_to_tensor:
+            out = torch.from_numpy(vectors)
+        elif not convert_to_numpy:
+            out = list(torch.from_numpy(vectors))
+        return out[0] if isinstance(sentences, str) else out
 
     def encode_batch(
         self, texts: Sequence[str], *, batch_size: int = 32, show_progress: bool = False
     ) -> np.ndarray:
-        """Texts -> float32 ``(N, dimension)``; ``batch_size`` texts per forward pass."""
-        items = as_texts(texts)
-        model = self._slot("text").get() if items else None
-        result = embed_in_batches(
-            items, prepare=lambda t: t, embed=lambda chunk: _embed_texts(model, chunk),
-            dim=self.dimension, batch_size=batch_size, show_progress=show_progress, desc="text",
-        )  # fmt: skip
-        return result.vectors
+        """Texts -> float32 ``(N, dimension)``, L2-normalised; ``batch_size`` texts per forward pass.
+
+        The batches are cut from all ``texts`` sorted by token count; rows keep input order.
+        """
+        return self._encode_texts(as_texts(texts), batch_size, show_progress, True)
+
+    def _encode_texts(
+        self, texts: list[str], batch_size: int, show_progress: bool, normalize: bool
+    ) -> np.ndarray:
+        if not texts:  # no model is loaded for nothing; the options are still checked
+            empty = embed_in_batches([], prepare=None, embed=None, dim=self.dimension,
+                                     batch_size=batch_size)  # fmt: skip
+            return empty.vectors
+        slot = self._slot("text")
+        model = self.clip_engine.model if slot is self._clip else slot.get()
+        return embed_texts(
+            model, texts, batch_size=batch_size, show_progress=show_progress, normalize=normalize
+        )
 
     # -- images and video -----------------------------------------------------------------------
 
@@ -181,18 +216,9 @@ class MultimodalEmbeddingProvider:
             As in ``encode_image``: clips per forward pass, a tqdm bar, ``"raise"`` or ``"skip"``
             (then an ``EmbeddingResult`` is returned).
         """
-        from ..preprocess.audio import load_audio
-
-        model = self._slot("audio").get()
-
-        def prepare(x: Any) -> np.ndarray:
-            rate = None if isinstance(x, str | os.PathLike) else sample_rate  # files carry theirs
-            return check_waveform(load_audio(x, sample_rate=rate))
-
-        result = embed_in_batches(
-            as_items(audio), prepare=prepare, embed=lambda waves: _embed_audio(model, waves),
-            dim=_dimension(self._meta("audio")), batch_size=batch_size,
-            show_progress=show_progress, on_error=on_error, desc="audio",
+        result = embed_audio(
+            self._slot("audio").get(), as_items(audio), sample_rate=sample_rate,
+            batch_size=batch_size, show_progress=show_progress, on_error=on_error,
         )  # fmt: skip
         return result if on_error == "skip" else result.vectors
 
@@ -272,15 +298,6 @@ def _dimension(meta: Any) -> int:
     return int(family(cfg.family).embedding_dim(cfg))
 
 
-def _embed_texts(model: Any, texts: list[str]) -> np.ndarray:
-    if isinstance(model, CLIPEngine):
-        return model.encode_text(texts, batch_size=len(texts))
-    with torch.inference_mode():
-        out = model.embed_texts(texts, batch_size=len(texts))
-    return l2_normalize(to_numpy(out))
-
-
-def _embed_audio(model: Any, waves: list[np.ndarray]) -> np.ndarray:
-    with torch.inference_mode():
-        out = model.embed_audio(waves, batch_size=len(waves), sample_rate=16000)
-    return l2_normalize(to_numpy(out))
+def _can(*modalities: str) -> tuple[str, ...]:
+    """The registered families whose files embed all of ``modalities``."""
+    return tuple(f.name for f in REGISTRY.values() if set(modalities) <= set(f.modalities))

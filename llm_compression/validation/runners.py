@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from ..preprocess.image import DEFAULT_MAX_PIXELS
+from ..provider.modalities import embed_audio, embed_images, embed_texts, text_ids
 from .compare import (
     OutputResult,
     Thresholds,
@@ -17,8 +19,6 @@ from .compare import (
 )
 from .inputs import ValidationInputs
 from .reference import Reference
-
-SAMPLES_PER_FRAME = 320  # one Whisper encoder frame: 2 mel hops of 160 samples
 
 
 def _ids_output(name: str, ours: list[list[int]], ref: list[list[int]]) -> OutputResult:
@@ -40,7 +40,7 @@ def run_clip(ours, ref: Reference, inputs: ValidationInputs, th: Thresholds) -> 
         if inputs.images:
             from PIL import Image
 
-            img = ours.embed_images(list(inputs.images))
+            img = embed_images(ours, list(inputs.images), max_pixels=DEFAULT_MAX_PIXELS).vectors
             pixels = ref.settings["image_processor"](
                 images=[Image.open(p).convert("RGB") for p in inputs.images], return_tensors="pt"
             ).pixel_values
@@ -58,11 +58,10 @@ def run_clip(ours, ref: Reference, inputs: ValidationInputs, th: Thresholds) -> 
                 ref.tokenizer(s, truncation=True, max_length=context).input_ids
                 for s in inputs.sentences
             ]
-            our_ids = ours.tokenize(list(inputs.sentences)).tolist()
-            eos = ours.config.eos_token_id
-            our_ids = [row[: row.index(eos) + 1] if eos in row else row for row in our_ids]
+            ids, mask = text_ids(ours, list(inputs.sentences))
+            our_ids = [row[m.astype(bool)].tolist() for row, m in zip(ids, mask, strict=True)]
             out.append(_ids_output("text_token_ids", our_ids, ref_ids))
-            txt = ours.embed_texts(list(inputs.sentences))
+            txt = embed_texts(ours, list(inputs.sentences))
             feats = [
                 hf.get_text_features(input_ids=torch.tensor([i])).pooler_output for i in ref_ids
             ]
@@ -86,9 +85,7 @@ def run_bert(ours, ref: Reference, inputs: ValidationInputs, th: Thresholds) -> 
     s = ref.settings
     max_len = s.get("max_seq_length") or ours.config.max_seq_length
     enc = [ref.tokenizer(t, truncation=True, max_length=max_len) for t in inputs.sentences]
-    our_ids, our_masks = ours.tokenizer.encode_batch(
-        list(inputs.sentences), max_length=ours.config.max_seq_length
-    )
+    our_ids, our_masks = text_ids(ours, list(inputs.sentences))
     our_rows = [
         [int(i) for i, m in zip(row, mask, strict=True) if m]
         for row, mask in zip(our_ids, our_masks, strict=True)
@@ -103,8 +100,9 @@ def run_bert(ours, ref: Reference, inputs: ValidationInputs, th: Thresholds) -> 
             v = {"cls": h[0], "max": h.max(0).values}.get(s.get("pooling"), h.mean(0))
             vectors.append(torch.nn.functional.normalize(v, dim=-1) if s.get("normalize") else v)
     ref_vec = torch.stack(vectors)
-    batched = ours.embed_texts(list(inputs.sentences), batch_size=len(inputs.sentences))
-    single = np.concatenate([ours.embed_texts([t]) for t in inputs.sentences])
+    texts = list(inputs.sentences)  # normalize=False: normalised only if the file says so
+    batched = embed_texts(ours, texts, batch_size=len(texts), normalize=False)
+    single = np.concatenate([embed_texts(ours, [t], normalize=False) for t in texts])
     out.append(
         compare_vectors(
             "sentence_embedding", single, ref_vec, th, top1=nearest_agreement(single, ref_vec)
@@ -138,13 +136,13 @@ def run_whisper(
             audio = _load_16k(path)
             feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
             h = hf.model.encoder(feats).last_hidden_state[0]  # (1500, C)
-            frames = min(max(1, math.ceil(len(audio) / SAMPLES_PER_FRAME)), h.shape[0])
+            frames = min(max(1, math.ceil(len(audio) / ours.samples_per_frame)), h.shape[0])
             ref_emb.append(h[:frames].double().mean(0))
             ours_h = ours.encode(feats)[0]  # same features: isolates the encoder
             states.append((ours_h[:frames], h[:frames]))
             ids = hf.generate(feats, language=inputs.language, task="transcribe")
             ref_texts.append(ref.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
-    emb = ours.embed_audio([str(p) for p in inputs.speech])
+    emb = embed_audio(ours, [str(p) for p in inputs.speech], normalize=False).vectors
     our_texts = [ours.transcribe(str(p), language=inputs.language) for p in inputs.speech]
     enc = compare_vectors(
         "encoder_states", torch.cat([a for a, _ in states]), torch.cat([b for _, b in states]), th

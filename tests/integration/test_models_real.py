@@ -15,6 +15,7 @@ import torch
 
 from llm_compression.families import CausalLM, SentenceEncoder
 from llm_compression.loader import load_model
+from llm_compression.provider.modalities import embed_texts
 from llm_compression.weights import packaged_minilm, packaged_smollm2
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ def test_minilm_matches_transformers(real_minilm_parquet):
 
     model = load_model(real_minilm_parquet)
     assert isinstance(model, SentenceEncoder) and model.config.max_seq_length == 256
-    ours = model.embed_texts(SENTENCES, batch_size=2)
+    ours = embed_texts(model, SENTENCES, batch_size=2)
     tok = transformers.AutoTokenizer.from_pretrained(packaged_minilm())
     hf = transformers.AutoModel.from_pretrained(packaged_minilm()).eval()
     batch = tok(SENTENCES, padding=True, truncation=True, max_length=256, return_tensors="pt")

@@ -12,6 +12,7 @@ import torch
 from llm_compression.families.whisper import convert as whisper_convert
 from llm_compression.loader import load_model
 from llm_compression.preprocess.audio import load_audio, log_mel_batch
+from llm_compression.provider.modalities import embed_audio
 from llm_compression.validation.hf_whisper import rename
 
 pytestmark = pytest.mark.integration
@@ -93,7 +94,7 @@ def test_encoder_embeddings_match_hf(base):
     clips = [load_audio(SPEECH), load_audio(FIXTURES / "hello_world_stereo_44k.flac")]
     with torch.no_grad():
         states = hf.model.encoder(log_mel_batch(clips)).last_hidden_state
-    got = ours.embed_audio(clips)
+    got = embed_audio(ours, clips, sample_rate=16000, normalize=False).vectors
     for i, clip in enumerate(clips):
         frames = int(np.ceil(len(clip) / 320))
         ref = states[i, :frames].mean(0).numpy()

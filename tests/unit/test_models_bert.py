@@ -15,6 +15,8 @@ from llm_compression.errors import InputError
 from llm_compression.families import SentenceEncoder, build_model
 from llm_compression.loader import load_weights_into
 from llm_compression.preprocess.text import Tokenizer
+from llm_compression.provider.inputs import as_texts
+from llm_compression.provider.modalities import embed_texts
 
 WORDS = [
     "[PAD]",
@@ -73,7 +75,7 @@ def pair():
     return hf, model
 
 
-def hf_embed(hf, ids, att, pooling="mean"):
+def hf_embed(hf, ids, att, pooling="mean", normalize=True):
     with torch.inference_mode():
         h = hf(input_ids=ids, attention_mask=att).last_hidden_state
     if pooling == "cls":
@@ -81,7 +83,7 @@ def hf_embed(hf, ids, att, pooling="mean"):
     else:
         m = att[..., None].float()
         out = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    return F.normalize(out, dim=-1)
+    return F.normalize(out, dim=-1) if normalize else out
 
 
 def test_mean_pooled_embeddings_match_hf_with_padding(pair):
@@ -90,9 +92,15 @@ def test_mean_pooled_embeddings_match_hf_with_padding(pair):
     att = torch.ones_like(ids)
     att[1, 6:] = 0
     att[2, 2:] = 0
-    torch.testing.assert_close(model.encode(ids, att), hf_embed(hf, ids, att), atol=1e-5, rtol=1e-5)
+    pooled = model.encode(ids, att)  # the model pools; the provider normalises
     torch.testing.assert_close(
-        model.encode(ids[:1]), hf_embed(hf, ids[:1], att[:1]), atol=1e-5, rtol=1e-5
+        pooled, hf_embed(hf, ids, att, normalize=False), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        F.normalize(pooled, dim=-1), hf_embed(hf, ids, att), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        model.encode(ids[:1]), hf_embed(hf, ids[:1], att[:1], normalize=False), atol=1e-5, rtol=1e-5
     )
 
 
@@ -101,13 +109,27 @@ def test_cls_pooling_and_no_normalize():
     cls_cfg = dataclasses.replace(cfg, pooling="cls")
     model = load_weights_into(build_model(cls_cfg), state)
     ids = torch.randint(5, 50, (2, 6))
-    torch.testing.assert_close(
-        model.encode(ids), hf_embed(hf, ids, torch.ones_like(ids), "cls"), atol=1e-5, rtol=1e-5
-    )
+    ref = hf_embed(hf, ids, torch.ones_like(ids), "cls", normalize=False)
+    torch.testing.assert_close(model.encode(ids), ref, atol=1e-5, rtol=1e-5)
     raw = load_weights_into(build_model(dataclasses.replace(cfg, normalize=False)), state).encode(
         ids
     )
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(2))
+
+
+def test_the_files_normalize_flag_is_applied_once_by_the_provider(pair):
+    hf, model = pair
+    texts = ["the cat sat", "a big red dog runs fast"]
+    ids, att = model.tokenizer.encode_batch(texts, max_length=8)
+    raw = hf_embed(hf, torch.from_numpy(ids), torch.from_numpy(att), normalize=False).numpy()
+    assert model.normalizes  # the sentence-transformers folder ends in Normalize
+    for normalize in (True, False):  # the file's own Normalize applies either way
+        got = embed_texts(model, texts, normalize=normalize)
+        np.testing.assert_allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+    plain = load_weights_into(build_model(dataclasses.replace(model.config, normalize=False)),
+                              dict(model.state_dict()))  # fmt: skip
+    plain.tokenizer = model.tokenizer
+    np.testing.assert_allclose(embed_texts(plain, texts, normalize=False), raw, atol=1e-5)
 
 
 def test_embed_texts_in_input_order_any_batch_size(pair):
@@ -116,22 +138,22 @@ def test_embed_texts_in_input_order_any_batch_size(pair):
     ids, att = model.tokenizer.encode_batch(texts, max_length=8)
     expected = hf_embed(hf, torch.from_numpy(ids), torch.from_numpy(att)).numpy()
     for batch_size in (1, 2, 32):
-        got = model.embed_texts(texts, batch_size=batch_size)
+        got = embed_texts(model, texts, batch_size=batch_size)
         assert got.dtype == np.float32 and got.shape == (5, model.embedding_dim)
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert ids.shape[1] == 8  # the long text was truncated to max_seq_length, [SEP] kept
     assert ids[3, 7] == 3
 
 
-@pytest.mark.parametrize("texts", [[], "a cat", ["ok", None], [b"bytes"]])
+@pytest.mark.parametrize("texts", [["ok", None], [b"bytes"], 3])
 def test_bad_texts_raise(pair, texts):
     with pytest.raises(InputError):
-        pair[1].embed_texts(texts)
+        embed_texts(pair[1], as_texts(texts))
 
 
 def test_bad_batch_size_raises(pair):
     with pytest.raises(InputError, match="batch_size"):
-        pair[1].embed_texts(["cat"], batch_size=0)
+        embed_texts(pair[1], ["cat"], batch_size=0)
 
 
 def test_final_norm_comes_from_the_config():

@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hf_tiny import tiny_clip
 
 from llm_compression.errors import InputError
 from llm_compression.families import CLIP, build_model
 from llm_compression.loader import load_weights_into
+from llm_compression.provider.modalities import embed_images, embed_texts
+from llm_compression.provider.modalities import text_ids as tokenize
 
 
 @pytest.fixture(scope="module", params=[49, 2], ids=["eos49", "legacy-eos2"])
@@ -24,30 +27,40 @@ def text_ids(eos: int) -> torch.Tensor:
     return ids
 
 
+def _features(out):
+    """get_*_features returns a tensor (transformers 4) or an output with pooler_output (5)."""
+    return getattr(out, "pooler_output", out)
+
+
 def test_embeddings_and_logits_match_hf(pair):
     hf, model = pair
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     ids = text_ids(model.config.eos_token_id)
     with torch.inference_mode():
         ref = hf(input_ids=ids, pixel_values=pixels)
+        ref_image = _features(hf.get_image_features(pixel_values=pixels))
+        ref_text = _features(hf.get_text_features(input_ids=ids))
     image, text = model.encode_image(pixels), model.encode_text(ids)
-    torch.testing.assert_close(image, ref.image_embeds, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(text, ref.text_embeds, atol=1e-5, rtol=1e-5)
+    # the models return the projected features, unnormalised (as get_image/text_features)
+    torch.testing.assert_close(image, ref_image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(text, ref_text, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(image.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(F.normalize(image, dim=-1), ref.image_embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(F.normalize(text, dim=-1), ref.text_embeds, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
         model.similarity_logits(image, text), ref.logits_per_image, atol=1e-4, rtol=1e-5
     )
-    assert torch.allclose(image.norm(dim=-1), torch.ones(2))
 
 
 def test_embed_images_uses_clip_preprocessing(pair):
-    from llm_compression.preprocess.image import clip_pixels
+    from llm_compression.preprocess.image import DEFAULT_MAX_PIXELS, clip_pixels
 
     _, model = pair
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(3)]
     pixels = clip_pixels(images, size=32, mean=model.config.image_mean, std=model.config.image_std)
-    expected = model.encode_image(pixels).numpy()
-    got = model.embed_images(images, batch_size=2)
+    expected = F.normalize(model.encode_image(pixels), dim=-1).numpy()
+    got = embed_images(model, images, max_pixels=DEFAULT_MAX_PIXELS, batch_size=2).vectors
     assert got.shape == (3, model.embedding_dim) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -58,12 +71,6 @@ def test_bad_inputs_raise(pair):
         model.encode_image(torch.zeros(1, 3, 16, 16))
     with pytest.raises(InputError, match="context"):
         model.encode_text(torch.zeros(1, 17, dtype=torch.long))
-    with pytest.raises(InputError, match="list"):
-        model.embed_images(np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(InputError, match="empty"):
-        model.embed_images([])
-    with pytest.raises(InputError, match="empty"):
-        model.embed_texts([])
 
 
 def test_meta_build_names():
@@ -110,12 +117,12 @@ def test_embed_texts_tokenizes_pads_and_truncates():
     model.tokenizer = clip_word_tokenizer()
     long = " ".join(["a big red cat on the mat"] * 3)  # 21 words + 2 specials > context 16
     texts = ["a photo of a cat", long, "dog"]
-    ids = model.tokenize(texts)
+    ids, mask = tokenize(model, texts)
     assert ids.shape == (3, 16) and ids[1, -1] == 49 and ids[1, 0] == 48
-    assert ids[2].tolist()[:3] == [48, 9, 49]
-    expected = model.encode_text(ids).numpy()
-    np.testing.assert_allclose(model.embed_texts(texts, batch_size=2), expected, atol=1e-6)
-    single = model.embed_texts(["dog"])  # padding never changes a text's embedding (causal)
+    assert ids[2].tolist()[:3] == [48, 9, 49] and mask[2].tolist()[:4] == [1, 1, 1, 0]
+    expected = F.normalize(model.encode_text(torch.from_numpy(ids)), dim=-1).numpy()
+    np.testing.assert_allclose(embed_texts(model, texts, batch_size=2), expected, atol=1e-6)
+    single = embed_texts(model, ["dog"])  # padding never changes a text's embedding (causal)
     np.testing.assert_allclose(single[0], expected[2], atol=1e-6)
     with pytest.raises(InputError, match="empty"):
-        model.embed_texts(["a cat", "  "])
+        embed_texts(model, ["a cat", "  "])

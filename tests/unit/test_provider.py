@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import soundfile as sf
-from provider_helpers import make_video, photo, photo_path, tiny_model_file, tone
+from provider_helpers import make_video, photo, photo_path, tone
 
 import llm_compression.loader as models
 from llm_compression.errors import (
@@ -24,19 +24,6 @@ from llm_compression.provider import (
     l2_normalize,
     sample_frames,
 )
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "provider_models"
-    return {kind: tiny_model_file(kind, root) for kind in ("clip", "bert", "whisper")}
-
-
-@pytest.fixture(scope="module")
-def provider(files):
-    return MultimodalEmbeddingProvider(
-        text_model=files["bert"], clip_model=files["clip"], audio_model=files["whisper"]
-    )
 
 
 def _cos(a, b):
@@ -105,8 +92,11 @@ def test_encode_and_encode_batch(provider):
     assert batch.shape == (3, 32)
     assert _cos(batch[0], v) >= 0.9999
     assert provider.encode_batch([]).shape == (0, 32)
-    with pytest.raises(InputError, match="one string"):
-        provider.encode(["a list"])
+    listed = provider.encode(["a list"])  # sentence-transformers: a list gives a matrix
+    assert listed.shape == (1, 32)
+    np.testing.assert_array_equal(listed, provider.encode_batch(["a list"]))
+    with pytest.raises(InputError, match="string or a list of strings"):
+        provider.encode(3)
 
 
 def test_text_batch_invariance(provider):
@@ -122,15 +112,15 @@ def test_text_batch_invariance(provider):
 def test_batch_size_controls_the_text_model_batch(provider, monkeypatch):
     model = provider._slot("text").get()
     sizes = []
-    real = model.embed_texts
+    real = model.encode_text
 
-    def spy(texts, *, batch_size=32):
-        sizes.append((len(texts), batch_size))
-        return real(texts, batch_size=batch_size)
+    def spy(ids, mask):
+        sizes.append(len(ids))
+        return real(ids, mask)
 
-    monkeypatch.setattr(model, "embed_texts", spy)
+    monkeypatch.setattr(model, "encode_text", spy)
     provider.encode_batch([f"text {i}" for i in range(10)], batch_size=4)
-    assert sizes == [(4, 4), (4, 4), (2, 2)]
+    assert sizes == [4, 4, 2]
 
 
 def test_show_progress_writes_a_bar_to_stderr(provider, capsys):
@@ -212,13 +202,13 @@ def test_audio_batch_invariance_mixed_lengths(provider):
 def test_audio_batch_size_controls_the_model_batch(provider, monkeypatch):
     model = provider._slot("audio").get()
     sizes = []
-    real = model.embed_audio
+    real = model.encode_audio
 
-    def spy(waves, **kwargs):
-        sizes.append(len(waves))
-        return real(waves, **kwargs)
+    def spy(mel, frames):
+        sizes.append(len(mel))
+        return real(mel, frames)
 
-    monkeypatch.setattr(model, "embed_audio", spy)
+    monkeypatch.setattr(model, "encode_audio", spy)
     provider.encode_audio([tone(0.3, 440)] * 3, sample_rate=16000, batch_size=2)
     assert sizes == [2, 1]
 

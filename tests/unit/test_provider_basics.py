@@ -165,3 +165,36 @@ def test_missing_model_file_is_typed(tmp_path):
 
     with pytest.raises(ModelFileNotFoundError, match="clip_model: weight file not found"):
         MultimodalEmbeddingProvider(clip_model=tmp_path / "nope.parquet")
+
+
+def test_length_sorts_the_whole_call_and_restores_input_order():
+    calls = []
+
+    def embed(chunk):
+        calls.append(list(chunk))
+        return np.array([[float(x), 1.0] for x in chunk], np.float32)
+
+    items = [3, 9, 1, 7, 5, 8, 2]
+    res = embed_in_batches(
+        items, prepare=lambda x: x, embed=embed, dim=2, batch_size=3, length=lambda x: x
+    )
+    assert calls == [[9, 8, 7], [5, 3, 2], [1]]  # longest first, across the whole call
+    assert res.indices == tuple(range(7))
+    np.testing.assert_array_equal(res.vectors[:, 0], items)  # back in input order
+
+
+def test_length_mode_skips_bad_items_and_counts_them_in_the_bar(capsys):
+    res = embed_in_batches(
+        list(range(6)), prepare=_prepare_rejecting({1, 4}), embed=_fake_embed([]), dim=2,
+        batch_size=2, on_error="skip", length=lambda x: x, show_progress=True,
+    )  # fmt: skip
+    assert res.indices == (0, 2, 3, 5) and [i for i, _ in res.errors] == [1, 4]
+    assert "6/6" in capsys.readouterr().err
+
+
+def test_normalize_is_applied_once_to_the_result():
+    res = embed_in_batches(
+        [3, 4], prepare=lambda x: x, embed=lambda c: np.array([[x, 4.0] for x in c]), dim=2,
+        normalize=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(res.vectors, [[0.6, 0.8], [4 / 32**0.5, 4 / 32**0.5]], atol=1e-7)

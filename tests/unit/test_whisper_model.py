@@ -16,6 +16,7 @@ from llm_compression.families import WhisperConfig, build_model
 from llm_compression.loader import load_weights_into
 from llm_compression.preprocess.audio import log_mel_batch
 from llm_compression.preprocess.text import Tokenizer
+from llm_compression.provider.modalities import embed_audio
 
 transformers = pytest.importorskip("transformers")
 
@@ -130,8 +131,10 @@ def test_embed_audio_is_the_mean_over_frames_with_audio(pair):
     clips = [_audio(3, 1.0), _audio(4, 0.001)]
     with torch.no_grad():
         ref = hf.model.encoder(log_mel_batch(clips)).last_hidden_state
-    got = ours.embed_audio(clips, batch_size=1)
+    got = embed_audio(ours, clips, sample_rate=16000, batch_size=1, normalize=False).vectors
     assert got.shape == (2, 64) and got.dtype == np.float32
+    pooled = ours.encode_audio(log_mel_batch(clips), torch.tensor([50, 1]))  # the tensor level
+    np.testing.assert_allclose(pooled.numpy(), got, atol=1e-6)
     np.testing.assert_allclose(got[0], ref[0, :50].mean(0).numpy(), atol=1e-5)
     np.testing.assert_allclose(got[1], ref[1, :1].mean(0).numpy(), atol=1e-5)
 
@@ -140,9 +143,10 @@ def test_embed_audio_long_clip_averages_windows(pair):
     _, ours = pair
     long = _audio(5, 31.0)
     head, tail = long[:480000], long[480000:]
-    both = ours.embed_audio([head, tail])
+    both = embed_audio(ours, [head, tail], sample_rate=16000, normalize=False).vectors
     expected = (both[0] * 1500 + both[1] * 50) / 1550
-    np.testing.assert_allclose(ours.embed_audio([long])[0], expected, atol=1e-5)
+    got = embed_audio(ours, [long], sample_rate=16000, normalize=False).vectors
+    np.testing.assert_allclose(got[0], expected, atol=1e-5)
 
 
 def _hf_tokens(hf, audio, **kwargs) -> list[int]:
@@ -210,8 +214,8 @@ def test_bad_arguments_raise_typed_errors(pair):
         ours.transcribe(audio, task="summarise")
     with pytest.raises(InputError, match="empty"):
         ours.transcribe(np.zeros(0, np.float32))
-    with pytest.raises(InputError, match="list"):
-        ours.embed_audio(audio)
+    with pytest.raises(InputError, match="frames"):
+        ours.encode_audio(log_mel_batch([audio]), torch.tensor([0]))
     with pytest.raises(InputError, match="mel"):
         ours.encode(torch.zeros(1, 80, 100))
 

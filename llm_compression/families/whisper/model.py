@@ -1,10 +1,10 @@
 """Whisper on the shared core: conv stem + encoder, decoder with cross-attention, greedy decoding.
 
 - ``encode(mel)``: log-mel ``(B, n_mels, 3000)`` -> encoder states ``(B, 1500, dim)``.
-- ``embed_audio(waveforms)``: one vector per clip, the mean of the encoder states over the frames
-  that hold audio (an encoder frame is 20 ms = 320 samples: ``ceil(n / 320)`` frames, at least 1).
-  Audio longer than 30 s is cut into consecutive 30 s windows and the vector is the mean over the
-  audio frames of all windows (so every second of audio weighs the same).
+- ``encode_audio(mel, frames)``: the mean of the encoder states over the frames that hold audio
+  (an encoder frame is 20 ms = 320 samples: ``ceil(n / 320)`` frames, at least 1). The provider
+  cuts audio longer than 30 s into 30 s windows and averages the windows weighted by their audio
+  frames (so every second of audio weighs the same), then L2-normalises.
 - ``transcribe(audio)``: greedy decoding like transformers' ``generate`` (see
   ``whisper_decoding``). Audio longer than 30 s is transcribed as consecutive 30 s windows (the
   language detected on the first window is kept), and the window texts are joined with a space;
@@ -19,7 +19,6 @@ Example
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,11 +30,9 @@ from torch import nn
 from ...core import Transformer
 from ...core.mlp import embedding
 from ...errors import InputError
-from ...preprocess.audio import load_audio, log_mel_batch
+from ...preprocess.audio import load_audio, log_mel_batch, split_windows
 from . import decoding as wd
 from .config import WhisperConfig
-
-SAMPLES_PER_FRAME = 320  # encoder frame: 2 mel hops of 160 samples (conv2 has stride 2) = 20 ms
 
 
 def _conv1d(n_in: int, n_out: int, stride: int) -> nn.Conv1d:
@@ -92,6 +89,13 @@ class Whisper(nn.Module):
     def embedding_dim(self) -> int:
         return self.config.encoder.dim
 
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per encoder frame: two mel hops (conv2 has stride 2), 320 = 20 ms."""
+        return 2 * self.config.hop_length
+
+    normalizes = False  # the provider L2-normalises the pooled vector (once)
+
     def _param(self) -> torch.Tensor:
         return self.encoder.conv1.weight
 
@@ -103,8 +107,7 @@ class Whisper(nn.Module):
         return load_audio(audio)
 
     def _windows(self, wave: np.ndarray) -> list[np.ndarray]:
-        n = self.config.n_samples
-        return [wave[i : i + n] for i in range(0, len(wave), n)]
+        return split_windows(wave, self.config.n_samples)
 
     @torch.inference_mode()
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
@@ -126,35 +129,23 @@ class Whisper(nn.Module):
         )  # fmt: skip
 
     @torch.inference_mode()
-    def embed_audio(
-        self, waveforms: Sequence[Any], *, batch_size: int = 8, sample_rate: int = 16000
-    ) -> np.ndarray:
-        """Mean-pooled encoder embeddings, float32 ``(N, dim)``.
+    def encode_audio(self, mel: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Mean encoder state (B, dim), float32, over the first ``frames[b]`` frames of each window.
 
-        Parameters
-        ----------
-        waveforms : sequence of arrays (taken at ``sample_rate``) or audio file paths
-        batch_size : 30 s windows per encoder call
-        sample_rate : rate of array inputs (Whisper's 16000 by default); files carry their own
+        ``mel`` (B, n_mels, 3000) as ``encode`` takes; ``frames`` (B,) how many of the 1500 encoder
+        frames hold audio (``ceil(samples / samples_per_frame)``, at least 1). Unnormalised: the
+        provider pools the windows of a long clip and L2-normalises once.
         """
-        if isinstance(waveforms, (str, np.ndarray, torch.Tensor)):
-            raise InputError("embed_audio takes a list of clips; wrap a single clip: [audio]")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        waves = [self._load(w, sample_rate) for w in waveforms]
-        if not waves:
-            raise InputError("no audio given; pass at least one clip")
-        jobs = [(i, w) for i, wave in enumerate(waves) for w in self._windows(wave)]
-        sums = np.zeros((len(waves), self.embedding_dim), dtype=np.float64)
-        counts = np.zeros(len(waves), dtype=np.int64)
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            states = self.encode(self._mel([w for _, w in chunk])).float()  # (b, 1500, C)
-            for row, (i, w) in enumerate(chunk):
-                frames = min(max(1, math.ceil(len(w) / SAMPLES_PER_FRAME)), states.shape[1])
-                sums[i] += states[row, :frames].sum(dim=0, dtype=torch.float64).cpu().numpy()
-                counts[i] += frames
-        return (sums / counts[:, None]).astype(np.float32)
+        states = self.encode(mel)  # (B, 1500, C)
+        frames = torch.as_tensor(frames, device=states.device).reshape(-1)
+        if frames.shape[0] != states.shape[0] or bool((frames < 1).any()):
+            raise InputError(
+                f"frames must hold one count >= 1 per window ({states.shape[0]}), got "
+                f"{frames.tolist()}; count ceil(samples / {self.samples_per_frame}) per window"
+            )
+        keep = torch.arange(states.shape[1], device=states.device) < frames[:, None]  # (B, 1500)
+        total = (states * keep[..., None]).sum(dim=1, dtype=torch.float64)  # (B, C)
+        return (total / keep.sum(dim=1, keepdim=True)).float()  # float32 whatever the dtype
 
     # --- decoding ------------------------------------------------------------------------------
 
