@@ -350,6 +350,14 @@ def hf_export_config(cfg: CLIPConfig, files: Any = None) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def image_pixels(images: Any, cfg: CLIPConfig, max_pixels: int) -> torch.Tensor:
+    """CLIP's pixels: shorter side to ``image_size`` (bicubic), centre crop, CLIP mean/std."""
+    from ..preprocess.image import clip_pixels
+
+    return clip_pixels(images, size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std,
+                       max_pixels=max_pixels)  # fmt: skip
+
+
 FAMILY = Family(
     name="clip",
     config_class=CLIPConfig,
@@ -357,6 +365,7 @@ FAMILY = Family(
     describes="a CLIP weight file",
     provider_argument="clip_model",
     modalities=("image", "text"),
+    image_pixels=image_pixels,
     embedding_dim=lambda cfg: cfg.projection_dim,
     hf=Source(
         names=("clip",),

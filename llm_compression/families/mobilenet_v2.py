@@ -172,14 +172,16 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.encode_image(pixels))
 
     def classify(self, images: Sequence[Any], *, k: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``k`` most likely ``(label, probability)`` pairs of each image, best first."""
-        from ..preprocess.image import imagenet_pixels
+        """The ``k`` most likely ``(label, probability)`` pairs of each image, best first.
 
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.config.num_classes:
-            raise InputError(f"k must be an integer from 1 to {self.config.num_classes}, got {k!r}")
+        ``images``: paths, PIL images or arrays, preprocessed as ``image_pixels`` does.
+        """
+        from ..preprocess.image import DEFAULT_MAX_PIXELS
+
         cfg = self.config
-        pixels = imagenet_pixels(images, size=cfg.image_size, resize=cfg.resize_size,
-                                 mean=cfg.image_mean, std=cfg.image_std)  # fmt: skip
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= cfg.num_classes:
+            raise InputError(f"k must be an integer from 1 to {cfg.num_classes}, got {k!r}")
+        pixels = image_pixels(images, cfg, DEFAULT_MAX_PIXELS)
         probs = self.logits(pixels).float().softmax(dim=-1)
         top = probs.topk(k, dim=-1)
         names = cfg.labels or tuple(str(i) for i in range(cfg.num_classes))
@@ -187,6 +189,14 @@ class MobileNetV2(nn.Module):
             [(names[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
             for row_p, row_i in zip(top.values, top.indices, strict=True)
         ]
+
+
+def image_pixels(images: Any, cfg: MobileNetV2Config, max_pixels: int) -> torch.Tensor:
+    """torchvision's ImageNet pixels: shorter side to ``resize_size`` (bilinear), centre crop."""
+    from ..preprocess.image import imagenet_pixels
+
+    return imagenet_pixels(images, size=cfg.image_size, resize=cfg.resize_size,
+                           mean=cfg.image_mean, std=cfg.image_std, max_pixels=max_pixels)  # fmt: skip
 
 
 # -- conversion from torchvision's state dict ------------------------------------------------------
@@ -257,6 +267,7 @@ FAMILY = Family(
     modalities=("image",),
     tasks=("classify",),
     tokenizer=False,
+    image_pixels=image_pixels,
     embedding_dim=lambda cfg: cfg.feature_dim,
     state_dict=Source(names=(), config=state_dict_config, name_map=torchvision_map),
     presets={"mobilenet-v2-imagenet": MobileNetV2Config(labels=imagenet_labels())},

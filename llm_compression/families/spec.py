@@ -55,6 +55,8 @@ class Family:
         ``("audio",)``; empty for generative models).
     tasks : what its models do beyond embedding: ``"transcribe"``, ``"generate"``, ``"classify"``.
     tokenizer : its files bundle a tokenizer (``load_model`` attaches it as ``model.tokenizer``).
+    image_pixels : for image families, ``(images, config, max_pixels) -> (N, 3, S, S)`` tensor:
+        the family's own image preprocessing (CLIP's bicubic resize and crop, ImageNet's ...).
     describes : what a file of this family is, in words, for error messages.
     provider_argument : the provider argument its files go to (or how else to use them).
     embedding_dim : config -> length of its embeddings (None when it does not embed).
@@ -72,6 +74,7 @@ class Family:
     modalities: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
     tokenizer: bool = True
+    image_pixels: Callable[[Any, Any, int], Any] | None = None
     embedding_dim: Callable[[Any], int] | None = None
     hf: Source | None = None
     ct2: Source | None = None

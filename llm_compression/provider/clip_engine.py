@@ -50,18 +50,12 @@ class CLIPEngine:
 
     def __init__(self, path: str | os.PathLike, *, max_pixels: int | None = None) -> None:
         from ..loader import load_model
-        from ..preprocess.image import DEFAULT_MAX_PIXELS
         from ._loading import check_family
+        from .inputs import max_pixels_or_default
 
         check_family(path, role="CLIPEngine", expected=("clip",))
         self.path = os.fspath(path)
-        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-        if (
-            isinstance(self.max_pixels, bool)
-            or not isinstance(self.max_pixels, int)
-            or self.max_pixels < 1
-        ):
-            raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        self.max_pixels = max_pixels_or_default(max_pixels)
         self.model = load_model(path)
         self.config = self.model.config
 

@@ -48,3 +48,14 @@ def check_waveform(wave: Any, what: str = "audio") -> np.ndarray:
     if not np.isfinite(arr).all():
         raise InputError(f"{what} contains NaN or infinite samples; clean or re-decode it")
     return arr.astype(np.float32, copy=False)
+
+
+def max_pixels_or_default(max_pixels: Any) -> int:
+    """The largest image ``width * height`` to accept: ``max_pixels``, or the default for None."""
+    from ..preprocess.image import DEFAULT_MAX_PIXELS
+
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    return max_pixels

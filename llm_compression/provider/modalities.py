@@ -6,7 +6,8 @@ modality is named after it, for every family whose registry entry lists that mod
 - text: ``model.encode_text(ids (B, T), mask (B, T))``, with ``model.text_context`` (most
   tokens, special tokens included), ``model.empty_text_ok`` and ``model.normalizes`` (the file
   ends in its own L2 normalisation, as sentence-transformers' ``Normalize``);
-- image: ``model.encode_image(pixels (B, 3, S, S))`` with ``config.image_size/image_mean/image_std``;
+- image: ``model.encode_image(pixels (B, 3, S, S))``, pixels made by the family's own
+  ``image_pixels`` (CLIP's bicubic crop, ImageNet's bilinear resize-and-crop);
 - audio: ``model.encode_audio(mel (B, n_mels, 3000), frames (B,))`` with the config's log-mel
   settings (``n_mels``, ``n_samples``, ``n_fft``, ``hop_length``, ``sample_rate``) and
   ``model.samples_per_frame``.
@@ -97,16 +98,14 @@ def embed_images(
     desc: str = "images",
 ) -> EmbeddingResult:
     """Images -> ``EmbeddingResult`` (float32 rows, L2-normalised unless ``normalize=False``)."""
-    from ..preprocess.image import clip_pixels, load_image
+    from ..families import family
+    from ..preprocess.image import load_image
 
     cfg, device = model.config, _device(model)
+    pixels_of = family(cfg.family).image_pixels
 
     def encode(pictures: list[Any]) -> torch.Tensor:
-        pixels = clip_pixels(
-            pictures, size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std,
-            max_pixels=max_pixels,
-        )  # fmt: skip
-        return model.encode_image(pixels.to(device))
+        return model.encode_image(pixels_of(pictures, cfg, max_pixels).to(device))
 
     return embed_in_batches(
         images, prepare=lambda x: load_image(x, max_pixels=max_pixels), embed=encode,

@@ -20,8 +20,8 @@ from ..families import REGISTRY, config_from_dict, family
 from ._loading import LazySlot, check_family
 from .batching import OnError, embed_in_batches
 from .clip_engine import CLIPEngine
-from .inputs import as_items, as_texts
-from .modalities import embed_audio, embed_texts
+from .inputs import as_items, as_texts, max_pixels_or_default
+from .modalities import embed_audio, embed_images, embed_texts
 from .protocol import EmbeddingResult
 from .similarity import l2_normalize
 from .video import sample_frames
@@ -40,6 +40,10 @@ class MultimodalEmbeddingProvider:
         Without it, text goes through the CLIP text tower of ``clip_model``.
     clip_model : path, optional
         CLIP file: images, video frames and cross-modal similarity.
+    image_model : path, optional
+        A file of any family that embeds images (MobileNetV2: 1,280-d ImageNet features; or
+        CLIP): ``encode_image`` and ``encode_video`` use it instead of ``clip_model``, whose
+        towers still serve cross-modal similarity.
     audio_model : path, optional
         Whisper file: audio (mean of the encoder states over the frames that hold audio).
     max_pixels : int, optional
@@ -66,15 +70,22 @@ class MultimodalEmbeddingProvider:
         text_model: PathLike | None = None,
         clip_model: PathLike | None = None,
         audio_model: PathLike | None = None,
+        image_model: PathLike | None = None,
         max_pixels: int | None = None,
     ) -> None:
-        if text_model is None and clip_model is None and audio_model is None:
+        if all(m is None for m in (text_model, clip_model, audio_model, image_model)):
             raise ConfigError(
                 "MultimodalEmbeddingProvider needs at least one model: pass text_model=, "
-                "clip_model= and/or audio_model= (paths of converted .parquet files)"
+                "clip_model=, image_model= and/or audio_model= (paths of converted .parquet files)"
             )
         self._metas: dict[str, Any] = {}
-        self._clip = self._text = self._audio = None
+        self._clip = self._text = self._audio = self._image = None
+        self._max_pixels = max_pixels_or_default(max_pixels)
+        if image_model is not None:
+            self._metas["image"] = check_family(
+                image_model, role="image_model", expected=_can("image")
+            )
+            self._image = LazySlot(partial(_load_model, image_model))
         if clip_model is not None:
             self._metas["clip"] = check_family(
                 clip_model, role="clip_model", expected=_can("image", "text")
@@ -101,8 +112,13 @@ class MultimodalEmbeddingProvider:
     @property
     def loaded(self) -> dict[str, bool]:
         """Which models have been built so far (``{"text": False, "clip": True, ...}``)."""
-        slots = {"text": self._text, "clip": self._clip, "audio": self._audio}
+        slots = {"text": self._text, "clip": self._clip, "audio": self._audio, "image": self._image}
         return {name: slot.loaded for name, slot in slots.items() if slot is not None}
+
+    @property
+    def image_dimension(self) -> int:
+        """Length of the image vectors (``image_model``'s, else CLIP's)."""
+        return _dimension(self._meta("image" if self._image is not None else "clip"))
 
     @property
     def clip_engine(self) -> CLIPEngine:
@@ -171,25 +187,30 @@ class MultimodalEmbeddingProvider:
         show_progress: bool = False,
         on_error: OnError = "raise",
     ) -> np.ndarray | EmbeddingResult:
-        """Images -> float32 ``(N, clip dim)``; inputs and ``on_error`` as ``CLIPEngine.encode_image``."""
-        engine = self.clip_engine
-        return engine.encode_image(
-            images, batch_size=batch_size, show_progress=show_progress, on_error=on_error
-        )
+        """Images -> float32 ``(N, image_dimension)``; inputs and ``on_error`` as
+        ``CLIPEngine.encode_image``. ``image_model`` embeds them when given, else ``clip_model``."""
+        if self._image is None:
+            return self.clip_engine.encode_image(
+                images, batch_size=batch_size, show_progress=show_progress, on_error=on_error
+            )
+        result = embed_images(
+            self._image.get(), as_items(images), max_pixels=self._max_pixels,
+            batch_size=batch_size, show_progress=show_progress, on_error=on_error,
+        )  # fmt: skip
+        return result if on_error == "skip" else result.vectors
 
     def encode_video(
         self, path: PathLike, *, frames: int = 16, batch_size: int = 16, show_progress: bool = False
     ) -> np.ndarray:
-        """One video -> float32 ``(clip dim,)``.
+        """One video -> float32 ``(image_dimension,)``.
 
         ``frames`` frames are sampled evenly over the whole stream (the centre of each of
-        ``frames`` equal spans; every frame when the video has fewer), embedded with the CLIP
-        image tower, averaged, and the mean is L2-normalised. A still image file raises
+        ``frames`` equal spans; every frame when the video has fewer), embedded as images
+        (``encode_image``), averaged, and the mean is L2-normalised. A still image file raises
         ``InputError`` (use ``encode_image``): it is never replicated into frames.
         """
-        engine = self.clip_engine
         pictures = sample_frames(path, frames)
-        vectors = engine.encode_image(pictures, batch_size=batch_size, show_progress=show_progress)
+        vectors = self.encode_image(pictures, batch_size=batch_size, show_progress=show_progress)
         return l2_normalize(vectors.mean(axis=0))
 
     # -- audio ------------------------------------------------------------------------------------
@@ -269,7 +290,9 @@ class MultimodalEmbeddingProvider:
         return self._metas[name]
 
     def _slot(self, name: str) -> LazySlot:
-        slot = {"text": self._text, "clip": self._clip, "audio": self._audio}[name]
+        slot = {"text": self._text, "clip": self._clip, "audio": self._audio, "image": self._image}[
+            name
+        ]
         if slot is None:
             raise ConfigError(_missing(name))
         return slot
@@ -279,6 +302,7 @@ _ARG = {
     "text": "text_model= (a MiniLM file) or clip_model=",
     "clip": "clip_model= (a CLIP file)",
     "audio": "audio_model= (a Whisper file)",
+    "image": "image_model= (a MobileNetV2 or CLIP file) or clip_model=",
 }
 
 

@@ -86,3 +86,23 @@ def test_classify_returns_labels_and_probabilities(tiny, tmp_path):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     with pytest.raises(InputError, match="k must be"):
         model.classify([image], k=0)
+
+
+def test_provider_embeds_images_with_an_image_model(tiny, tmp_path):
+    from llm_compression.errors import WrongFamilyError
+    from llm_compression.provider import MultimodalEmbeddingProvider
+
+    ref, pth = tiny
+    path = convert(pth, tmp_path / "m.parquet", family="mobilenet_v2", dtype="float32")
+    provider = MultimodalEmbeddingProvider(image_model=path)
+    assert provider.image_dimension == 1280 and provider.loaded == {"image": False}
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(3)]
+    vectors = provider.encode_image(images, batch_size=2)
+    with torch.inference_mode():
+        feats = torch.nn.functional.adaptive_avg_pool2d(ref.features(imagenet_pixels(images)), 1)
+    want = torch.nn.functional.normalize(feats.flatten(1), dim=-1).numpy()
+    np.testing.assert_allclose(vectors, want, atol=1e-5)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6)
+    with pytest.raises(WrongFamilyError, match="pass it as image_model"):
+        MultimodalEmbeddingProvider(clip_model=path)  # MobileNet has no text tower
