@@ -153,7 +153,7 @@ class MultimodalEmbeddingProvider:
         ``InputError`` (use ``encode_image``): it is never replicated into frames.
         """
         engine = self.clip_engine
-        pictures = sample_frames(path, frames)
+        pictures = sample_frames(path, frames, max_pixels=engine.max_pixels)
         vectors = engine.encode_image(pictures, batch_size=batch_size, show_progress=show_progress)
         return l2_normalize(vectors.mean(axis=0))
 
