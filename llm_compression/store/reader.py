@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import math
-import mmap
+import os
 import threading
+import weakref
 import zlib
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from .format import (
     join_bytes,
     package_version,
 )
-from .pages import DataFrame, data_frame
+from .pages import DataFrame, FileSpan, data_frame
 from .stream import decode_split
 
 _PARQUET_MAGIC = b"PAR1"
@@ -278,20 +279,48 @@ class WeightFile:
 
     ``read`` may be called from several threads at once; each thread reads through its own
     Parquet reader (sharing the parsed footer), so decoding runs in parallel.
+
+    The file is never memory-mapped unless ``memory_map`` asks for it: a mapped file that another
+    process truncates kills this process with SIGBUS. Without the map, a file cut short or replaced
+    since it was opened raises CorruptFileError at the next read.
     """
 
-    def __init__(self, path: str | Path, *, memory_map: bool = True) -> None:
+    def __init__(self, path: str | Path, *, memory_map: bool = False) -> None:
         self.path = Path(path)
         self._memory_map = memory_map
         # The index comes from the footer JSON; tensor data is verified by the per-row checksum.
-        pf = _open_parquet(self.path, memory_map=memory_map, verify_pages=True)
+        pf = _open_parquet(self.path, memory_map=False, verify_pages=True)
         _check_schema(self.path, pf.schema_arrow)
         self.metadata = _parse_metadata(self.path, pf)
         self.tensors = _read_index(self.path, pf)
         self._footer = pf.metadata
         self._data_column = pf.schema_arrow.get_field_index("data")
-        self._map: memoryview | None = None  # the whole file, mapped on the first read_split
+        self._fd = os.open(self.path, os.O_RDONLY)  # read_split's positional reads
+        weakref.finalize(self, os.close, self._fd)
+        opened = os.fstat(self._fd)
+        self._identity = (opened.st_dev, opened.st_ino)
+        self._check_unchanged()
         self._local = threading.local()
+
+    def _check_unchanged(self) -> None:
+        """CorruptFileError when the file was replaced or cut short since it was opened."""
+        try:
+            now = os.stat(self.path)
+        except OSError as e:
+            raise CorruptFileError(
+                f"{self.path} is gone since it was opened ({e}); open it again once it is back"
+            ) from e
+        if (now.st_dev, now.st_ino) != self._identity:
+            raise CorruptFileError(
+                f"{self.path} was replaced by another file since it was opened; open it again "
+                "(a new WeightLoader or load_model) to read the new file"
+            )
+        size = os.fstat(self._fd).st_size
+        if size < self.metadata.file_size:
+            raise CorruptFileError(
+                f"{self.path} was cut to {size} bytes since it was opened (it had "
+                f"{self.metadata.file_size}); {_FIX_DAMAGED}"
+            )
 
     def _reader(self) -> pq.ParquetFile:
         pf = getattr(self._local, "pf", None)
@@ -314,6 +343,7 @@ class WeightFile:
         """
         quantized = info.quant_type is not None
         columns = ["data", "scales"] if quantized else ["data"]
+        self._check_unchanged()
         try:
             table = self._reader().read_row_group(
                 info.row_group, columns=columns, use_threads=False
@@ -346,11 +376,10 @@ class WeightFile:
             )
 
     def _frame(self, info: TensorInfo) -> DataFrame | None:
-        if self._map is None:
-            with open(self.path, "rb") as f:
-                self._map = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        self._check_unchanged()
         column = self._footer.row_group(info.row_group).column(self._data_column)
-        return data_frame(self._map, column, info.nbytes)
+        whole = FileSpan(self._fd, 0, os.fstat(self._fd).st_size)
+        return data_frame(whole, column, info.nbytes)
 
     def read_split(
         self, info: TensorInfo, *, upcast: bool, verify: bool = True
