@@ -242,6 +242,10 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
         if name not in names:
             continue
         if name in ("vision", "text", "encoder", "decoder", "body"):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{cls.__name__}.{name} needs a dict of fields, got {value!r:.40}"
+                )
             value = _build(TransformerConfig, value)
         elif isinstance(value, list):
             value = tuple(value)
@@ -254,6 +258,8 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 def config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Rebuild a family config from ``config_to_dict`` output (as read from a weight file)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a model config is a dict with a 'family', got {type(data).__name__}")
     family = data.get("family")
     if family not in _FAMILY_CLASSES:
         raise ConfigError(f"unknown model family {family!r}; supported families: {list(FAMILIES)}")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, config_from_dict
-from .errors import ConfigError, FormatError, InputError, MissingTensorError
+from .errors import ConfigError, CorruptFileError, FormatError, InputError, MissingTensorError
 from .store import TensorInfo, WeightFile, WeightFileMetadata
 from .store import format as _format
 from .store.format import ENCODING_BYTE_STREAM_SPLIT
@@ -156,6 +156,12 @@ class WeightLoader:
             self._config = config_from_dict(self.metadata.config)
         except ConfigError as e:
             raise FormatError(f"{self.path}: the stored model config cannot be rebuilt: {e}") from e
+        if self._config.family != self.metadata.family:
+            raise CorruptFileError(
+                f"{self.path}: metadata key 'llm_compression.family' says {self.metadata.family!r} "
+                f"but the stored config is of family {self._config.family!r}; they must agree: the "
+                "file was edited or damaged: re-run `llm-compression convert`"
+            )
 
     @property
     def metadata(self) -> WeightFileMetadata:
@@ -237,6 +243,32 @@ class WeightLoader:
                     zip((i.name for i in infos), pool.map(self._decode, infos), strict=True)
                 )
         return {n: decoded[n] for n in wanted}
+
+    def check_fits(self, module: torch.nn.Module) -> None:
+        """Before any tensor is decoded: the file holds exactly ``module``'s tensors, in its shapes.
+
+        ``module`` is built from this file's own ``.config`` (on the meta device: no memory), so a
+        difference means the stored config and tensors disagree. Raises MissingTensorError for
+        missing or unexpected names, CorruptFileError for a shape that differs.
+        """
+        expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+        stored = self._file.tensors
+        missing, unexpected = sorted(expected.keys() - stored), sorted(stored.keys() - expected)
+        if missing or unexpected:
+            raise MissingTensorError(
+                f"{self.path} does not fit the {type(module).__name__} its config builds: missing "
+                f"{missing[:8]} ({len(missing)} in all), unexpected {unexpected[:8]} "
+                f"({len(unexpected)} in all); the file was edited or damaged: re-convert the model"
+            )
+        wrong = [n for n, shape in expected.items() if stored[n].shape != shape]
+        if wrong:
+            shown = ", ".join(
+                f"{n!r} {stored[n].shape} (expected {expected[n]})" for n in wrong[:4]
+            )
+            raise CorruptFileError(
+                f"{self.path}: the stored config does not fit the stored tensors: {shown} "
+                f"({len(wrong)} in all); the config or the tensors were edited: re-convert the model"
+            )
 
     def load_into(
         self, module: torch.nn.Module, *, strict: bool = True

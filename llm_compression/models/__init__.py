@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import BertConfig, CausalLMConfig, CLIPConfig, ModelConfig, WhisperConfig
-from ..errors import InputError, MissingTensorError, UnsupportedFamilyError
+from ..errors import ConfigError, InputError, MissingTensorError, UnsupportedFamilyError
 from .bert import SentenceEncoder
 from .causal_lm import CausalLM
 from .clip import CLIP
@@ -65,7 +65,10 @@ def load_weights_into(
         )
     if dtype is not None:
         weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
-    model.load_state_dict(weights, strict=True, assign=True)
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as e:  # size mismatches
+        raise ConfigError(f"weights do not fit {type(model).__name__}: {e}") from e
     model.eval()
     model.requires_grad_(False)
     return model
@@ -92,6 +95,7 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
     start = time.perf_counter()
     loader = WeightLoader(path, device=device)
     model = build_model(loader.config)
+    loader.check_fits(model)  # shapes against the config before decoding anything
     load_weights_into(model, loader.load_weights(), dtype=dtype)
     model.tokenizer = Tokenizer.from_files(dict(loader.metadata.files))
     log.info("loaded %s from %s in %.3f s", type(model).__name__, path, time.perf_counter() - start)

@@ -8,6 +8,7 @@ Every failure of the file itself becomes a typed error naming the file, what was
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CorruptFileError, FormatError, ModelFileNotFoundError
+from ..config import config_from_dict
+from ..errors import ConfigError, CorruptFileError, FormatError, ModelFileNotFoundError
 from . import format as _format
 from .format import (
     CHECKSUMS,
@@ -32,6 +34,7 @@ from .format import (
     INDEX_COLUMNS,
     INDEX_KEY,
     META_PREFIX,
+    METADATA_CHECKSUM_KEY,
     NUMPY_DTYPES,
     QUANT_INT8_SYM_CHANNEL,
     SCHEMA,
@@ -39,6 +42,7 @@ from .format import (
     WeightFileMetadata,
     checksum,
     join_bytes,
+    metadata_checksum,
     package_version,
 )
 from .pages import DataFrame, FileSpan, data_frame
@@ -146,6 +150,50 @@ def _decode_files(path: Path, kv: dict[bytes, bytes]) -> dict[str, bytes]:
     return files
 
 
+def _check_metadata(path: Path, kv: dict[bytes, bytes]) -> bool:
+    """Verify the metadata checksum; False for files written before it existed (not checked)."""
+    stored = kv.get(METADATA_CHECKSUM_KEY.encode())
+    if stored is None:
+        return False
+    prefix = META_PREFIX.encode()
+    try:
+        text = {k.decode(): v.decode() for k, v in kv.items() if k.startswith(prefix)}
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{path}: metadata is not UTF-8 ({e}); {_FIX_DAMAGED}") from e
+    algorithm = text[METADATA_CHECKSUM_KEY].split(":", 1)[0]
+    if algorithm not in CHECKSUMS:
+        raise FormatError(
+            f"{path}: the metadata checksum uses {algorithm!r}, which llm_compression "
+            f"{package_version()} does not know (it knows {sorted(CHECKSUMS)}); upgrade llm_compression"
+        )
+    computed = metadata_checksum(text, algorithm=algorithm)
+    if computed != text[METADATA_CHECKSUM_KEY]:
+        raise CorruptFileError(
+            f"{path}: the metadata (config, family, bundled files, tensor index) fails its checksum "
+            f"(stored {text[METADATA_CHECKSUM_KEY]}, computed {computed}): it was edited or damaged "
+            "after the file was written; re-run `llm-compression convert`"
+        )
+    return True
+
+
+def _check_config(path: Path, meta: WeightFileMetadata) -> None:
+    """The stored config rebuilds (``config_from_dict``) and agrees with the ``family`` key."""
+    if not isinstance(meta.config, dict):
+        raise CorruptFileError(
+            f"{path}: metadata key {META_PREFIX + 'config'!r} holds a JSON "
+            f"{type(meta.config).__name__}, expected an object of config fields; {_FIX_DAMAGED}"
+        )
+    try:
+        family = config_from_dict(meta.config).family
+    except ConfigError as e:
+        raise FormatError(f"{path}: the stored model config cannot be rebuilt: {e}") from e
+    if family != meta.family:
+        raise CorruptFileError(
+            f"{path}: metadata key {META_PREFIX + 'family'!r} says {meta.family!r} but the stored "
+            f"config is of family {family!r}; they must agree: {_FIX_DAMAGED}"
+        )
+
+
 def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
     kv = pf.metadata.metadata or {}
     version = _check_version(path, kv)
@@ -163,6 +211,7 @@ def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
         checksum=_kv(path, kv, "checksum"),
         file_size=path.stat().st_size,
     )
+    _check_config(path, meta)
     if meta.checksum not in CHECKSUMS:
         raise FormatError(
             f"{path}: tensor checksums use {meta.checksum!r}, which llm_compression "
@@ -178,6 +227,13 @@ def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
     return meta
 
 
+def _checked(meta: WeightFileMetadata, pf: pq.ParquetFile) -> WeightFileMetadata:
+    """``meta`` once the metadata checksum matches. It runs after the structural checks, whose
+    messages say exactly what is wrong; it catches the well-formed edits they cannot see."""
+    checked = _check_metadata(meta.path, pf.metadata.metadata or {})
+    return dataclasses.replace(meta, metadata_checked=checked)
+
+
 def read_metadata(path: str | Path) -> WeightFileMetadata:
     """The file's format version, family, config dict, bundled files, sources and totals.
 
@@ -186,7 +242,7 @@ def read_metadata(path: str | Path) -> WeightFileMetadata:
     path = Path(path)
     pf = _open_parquet(path, memory_map=False)
     _check_schema(path, pf.schema_arrow)
-    return _parse_metadata(path, pf)
+    return _checked(_parse_metadata(path, pf), pf)
 
 
 def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> TensorInfo:
@@ -291,8 +347,9 @@ class WeightFile:
         # The index comes from the footer JSON; tensor data is verified by the per-row checksum.
         pf = _open_parquet(self.path, memory_map=False, verify_pages=True)
         _check_schema(self.path, pf.schema_arrow)
-        self.metadata = _parse_metadata(self.path, pf)
+        metadata = _parse_metadata(self.path, pf)
         self.tensors = _read_index(self.path, pf)
+        self.metadata = _checked(metadata, pf)
         self._footer = pf.metadata
         self._data_column = pf.schema_arrow.get_field_index("data")
         self._fd = os.open(self.path, os.O_RDONLY)  # read_split's positional reads

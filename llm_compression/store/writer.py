@@ -30,6 +30,7 @@ from .format import (
     KEPT_DTYPES,
     MAX_TENSOR_BYTES,
     META_PREFIX,
+    METADATA_CHECKSUM_KEY,
     NUMPY_DTYPES,
     QUANT_INT8_SYM_CHANNEL,
     SCHEMA,
@@ -39,6 +40,7 @@ from .format import (
     checksum,
     float32_to_bfloat16_bits,
     is_quantizable,
+    metadata_checksum,
     package_version,
     quantize_int8_rows,
     split_bytes,
@@ -195,7 +197,8 @@ def _file_metadata(config: ModelConfig, dtype: str, files, sources, index) -> di
         "checksum": CHECKSUM_ALGORITHM,
         INDEX_KEY: json.dumps(index, separators=(",", ":")),
     }
-    return {META_PREFIX + k: v for k, v in meta.items()} | _encode_files(files or {})
+    kv = {META_PREFIX + k: v for k, v in meta.items()} | _encode_files(files or {})
+    return kv | {METADATA_CHECKSUM_KEY: metadata_checksum(kv)}
 
 
 def _check_config(config: Any) -> None:
