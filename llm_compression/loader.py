@@ -120,6 +120,19 @@ def _as_tensor(buffer, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tens
     return torch.frombuffer(buffer, dtype=dtype).view(shape)
 
 
+def _usable_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)`` once a tensor can be made there (``cuda`` needs a CUDA build + GPU)."""
+    try:
+        parsed = torch.device(device)
+        torch.empty(0, device=parsed)
+    except (RuntimeError, TypeError, AssertionError) as e:  # torch asserts "not compiled with CUDA"
+        raise ConfigError(
+            f"device={device!r} cannot be used here ({e}); pass device='cpu', or install a "
+            "torch build for that device"
+        ) from e
+    return parsed
+
+
 class WeightLoader:
     """Reads tensors from a weight file written by ``llm_compression.store.write_model``.
 
@@ -146,10 +159,7 @@ class WeightLoader:
         self._file = WeightFile(path)
         self.path: Path = self._file.path
         self.force_float32 = force_float32
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise ConfigError(f"device={device!r} is not a torch device: {e}; use 'cpu'") from e
+        self.device = _usable_device(device)
         self.verify = verify
         self.num_threads = num_threads or os.cpu_count() or 1
         try:

@@ -29,6 +29,7 @@ from ..core import Transformer
 from ..core.norm import LayerNorm
 from ..errors import InputError
 from .causal_lm import embedding
+from .family_hint import FamilyMethods
 
 
 class BertEmbeddings(nn.Module):
@@ -56,7 +57,7 @@ def pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
-class SentenceEncoder(Transformer):
+class SentenceEncoder(FamilyMethods, Transformer):
     """Sentence embeddings with the pooling and normalisation stored in the file."""
 
     def __init__(self, config: BertConfig) -> None:

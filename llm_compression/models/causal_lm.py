@@ -21,6 +21,7 @@ from ..config import CausalLMConfig
 from ..core import KVCache, Transformer
 from ..core.mlp import linear
 from ..errors import InputError
+from .family_hint import FamilyMethods
 from .generation import SamplingConfig, TextStreamer, decode_loop
 
 
@@ -31,7 +32,7 @@ def embedding(n: int, dim: int) -> nn.Embedding:
     return layer
 
 
-class CausalLM(Transformer):
+class CausalLM(FamilyMethods, Transformer):
     """Token embedding -> transformer body -> LM head.
 
     Attributes

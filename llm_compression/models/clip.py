@@ -27,6 +27,7 @@ from ..core.norm import LayerNorm
 from ..errors import InputError
 from .bert import _check_texts
 from .causal_lm import embedding
+from .family_hint import FamilyMethods
 
 
 class VisionTower(Transformer):
@@ -83,7 +84,7 @@ class TextTower(Transformer):
         return self.proj(h[torch.arange(ids.shape[0], device=ids.device), eot])
 
 
-class CLIP(nn.Module):
+class CLIP(FamilyMethods, nn.Module):
     """CLIP with ``vision`` and ``text`` towers and ``logit_scale`` (canonical names)."""
 
     def __init__(self, config: CLIPConfig) -> None:

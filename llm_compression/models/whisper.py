@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..preprocess.audio import load_audio, log_mel_batch
 from . import whisper_decoding as wd
 from .causal_lm import embedding
+from .family_hint import FamilyMethods
 
 SAMPLES_PER_FRAME = 320  # encoder frame: 2 mel hops of 160 samples (conv2 has stride 2) = 20 ms
 
@@ -78,7 +79,7 @@ class TextDecoder(Transformer):
         return h @ self.token_embed.weight.T
 
 
-class Whisper(nn.Module):
+class Whisper(FamilyMethods, nn.Module):
     """Whisper speech model (canonical names ``encoder.*`` and ``decoder.*``, docs/naming.md)."""
 
     def __init__(self, config: WhisperConfig) -> None:

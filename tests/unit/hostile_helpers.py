@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from llm_compression.config import BertConfig, CausalLMConfig, TransformerConfig
+from llm_compression.config import BertConfig, CausalLMConfig, CLIPConfig, TransformerConfig
 from llm_compression.models import build_model
 from llm_compression.store import write_model
 from llm_compression.store.format import META_PREFIX, METADATA_CHECKSUM_KEY, metadata_checksum
@@ -29,6 +29,17 @@ LLAMA = CausalLMConfig(
         qkv_bias=False, k_bias=False, out_bias=False, mlp_bias=False,
     ),
     vocab_size=300, tie_embeddings=True, bos_token_id=1, eos_token_ids=(2,), pad_token_id=0,
+)  # fmt: skip
+
+CLIP = CLIPConfig(
+    vision=TransformerConfig(
+        dim=48, n_layers=1, n_heads=4, mlp_dim=96, activation="quick_gelu", max_positions=17
+    ),
+    text=TransformerConfig(
+        dim=32, n_layers=1, n_heads=4, mlp_dim=64, activation="quick_gelu", causal=True,
+        max_positions=16,
+    ),
+    image_size=32, patch_size=8, projection_dim=24, vocab_size=300, eos_token_id=2,
 )  # fmt: skip
 
 
