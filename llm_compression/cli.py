@@ -2,7 +2,9 @@
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a
 handler ``func(args) -> int``. Handlers import heavy modules lazily so `--help` stays fast.
-Typed errors (``LLMCompressionError``) are printed as one line and exit with status 2.
+Typed errors (``LLMCompressionError``) and ``OSError`` from a path the user gave (unwritable,
+missing, a file where a folder is expected) are printed as one line and exit with status 2; any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -51,10 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LLMCompressionError as e:
-        print(f"llm-compression {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(e))
+    except OSError as e:  # a path the user gave: missing, unwritable, a file for a folder ...
+        return _fail(args.command, _os_message(e))
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(command: str, message: str) -> int:
+    """One line on stderr, exit status 2: user errors never print a traceback."""
+    line = " ".join(message.split())
+    print(f"llm-compression {command}: error: {line}", file=sys.stderr)
+    return 2
+
+
+def _os_message(e: OSError) -> str:
+    what = e.strerror or str(e) or type(e).__name__
+    paths = [p for p in (e.filename, e.filename2) if p is not None]
+    where = " -> ".join(repr(str(p)) for p in paths)
+    hint = "check the path, that its folder exists and that you may read or write there"
+    return f"{where}: {what}; {hint}" if where else f"{what}; {hint}"
 
 
 if __name__ == "__main__":
