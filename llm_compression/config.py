@@ -261,7 +261,7 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"a model config is a dict with a 'family', got {type(data).__name__}")
     family = data.get("family")
-    if family not in _FAMILY_CLASSES:
+    if not isinstance(family, str) or family not in _FAMILY_CLASSES:
         raise ConfigError(f"unknown model family {family!r}; supported families: {list(FAMILIES)}")
     if _FAMILY_CLASSES[family] is CausalLMConfig:
         return _build(CausalLMConfig, data)

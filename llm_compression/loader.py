@@ -18,6 +18,7 @@ torch.Size([30522, 384])
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ModelConfig, config_from_dict
+from .config import ModelConfig, TransformerConfig, config_from_dict
 from .errors import ConfigError, CorruptFileError, FormatError, InputError, MissingTensorError
 from .store import TensorInfo, WeightFile, WeightFileMetadata
 from .store import format as _format
@@ -166,11 +167,23 @@ class WeightLoader:
             self._config = config_from_dict(self.metadata.config)
         except ConfigError as e:
             raise FormatError(f"{self.path}: the stored model config cannot be rebuilt: {e}") from e
+        self._check_layer_count()
         if self._config.family != self.metadata.family:
             raise CorruptFileError(
                 f"{self.path}: metadata key 'llm_compression.family' says {self.metadata.family!r} "
                 f"but the stored config is of family {self._config.family!r}; they must agree: the "
                 "file was edited or damaged: re-run `llm-compression convert`"
+            )
+
+    def _check_layer_count(self) -> None:
+        """Every layer holds tensors: a config with more layers than the file has tensors is
+        refused before a model with them is built (1e12 layers would exhaust memory even on meta)."""
+        fields = (getattr(self._config, f.name) for f in dataclasses.fields(self._config))
+        layers = sum(v.n_layers for v in fields if isinstance(v, TransformerConfig))
+        if layers > len(self._file.tensors):
+            raise CorruptFileError(
+                f"{self.path}: the stored config has {layers} layers but the file holds only "
+                f"{len(self._file.tensors)} tensors; the config was edited: re-convert the model"
             )
 
     @property

@@ -47,8 +47,12 @@ def _model_class(config: ModelConfig) -> type[nn.Module]:
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The model for ``config`` with parameters on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        return _model_class(config)(config)
+    cls = _model_class(config)
+    try:
+        with torch.device("meta"):
+            return cls(config)
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # e.g. a dim too large
+        raise ConfigError(f"{type(config).__name__} cannot build a {cls.__name__}: {e}") from e
 
 
 def load_weights_into(

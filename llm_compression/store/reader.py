@@ -271,17 +271,36 @@ def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> Te
     )  # fmt: skip
 
 
+_NONE = type(None)
+# JSON types of the index fields (docs/format.md); "shape" is a list of ints.
+_INDEX_TYPES = {
+    "name": str, "dtype": str, "encoding": str, "n_params": int, "checksum": int,
+    "quant_type": (str, _NONE), "quant_axis": (int, _NONE), "group_size": (int, _NONE),
+}  # fmt: skip
+
+
+def _index_row_ok(row: Any) -> bool:
+    if not isinstance(row, dict) or not set(INDEX_COLUMNS) <= set(row):
+        return False
+    shape = row["shape"]
+    fields_ok = all(
+        isinstance(row[k], t) and not isinstance(row[k], bool) for k, t in _INDEX_TYPES.items()
+    )
+    shape_ok = isinstance(shape, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    )
+    return fields_ok and shape_ok
+
+
 def _index_rows(path: Path, pf: pq.ParquetFile) -> list[dict[str, Any]]:
     """The index entries from the footer JSON (written by every writer of format version 1)."""
     rows = _kv(path, pf.metadata.metadata or {}, INDEX_KEY, json.loads)
-    ok = isinstance(rows, list) and all(
-        isinstance(r, dict) and set(INDEX_COLUMNS) <= set(r) and isinstance(r["shape"], list)
-        for r in rows
-    )
+    ok = isinstance(rows, list) and all(_index_row_ok(r) for r in rows)
     if not ok or len(rows) != pf.num_row_groups:
         raise CorruptFileError(
             f"{path}: the tensor index in {META_PREFIX + INDEX_KEY!r} does not list the "
-            f"{pf.num_row_groups} row groups with fields {INDEX_COLUMNS}; {_FIX_DAMAGED}"
+            f"{pf.num_row_groups} row groups with fields {INDEX_COLUMNS} of the types of "
+            f"docs/format.md; {_FIX_DAMAGED}"
         )
     return rows
 

@@ -8,12 +8,28 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from hypothesis import HealthCheck, settings
 
 from llm_compression.config import BertConfig, CausalLMConfig, CLIPConfig, TransformerConfig
 from llm_compression.models import build_model
 from llm_compression.store import write_model
 from llm_compression.store.format import META_PREFIX, METADATA_CHECKSUM_KEY, metadata_checksum
 from llm_compression.store.writer import _new_writer
+
+# FUZZ=long runs many more examples, from a random seed; the default is a small, fixed sample.
+FUZZ_LONG = os.environ.get("FUZZ") == "long"
+
+
+def fuzz(examples: int):
+    """hypothesis settings: ``examples`` by default, 40x as many under FUZZ=long."""
+    return settings(
+        max_examples=examples * 40 if FUZZ_LONG else examples,
+        deadline=None,
+        derandomize=not FUZZ_LONG,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
 
 BERT = BertConfig(
     encoder=TransformerConfig(
