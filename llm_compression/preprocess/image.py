@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import threading
 import warnings
 from collections.abc import Sequence
@@ -50,6 +51,9 @@ _UINT16_TO_UINT8 = 257.0  # 65535 / 255
 MAX_WHOLE_RESIZE_ASPECT = 64
 _BICUBIC_SUPPORT = 2.0  # source pixels each side Pillow's bicubic reads (times the scale)
 _PIL_LIMIT_LOCK = threading.Lock()
+# What PIL's format plugins raise on a damaged file (a PPM header cut short: ValueError, a bad TIFF
+# tag: struct.error or IndexError ...): all mean "this file cannot be decoded".
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, struct.error)
 
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
 
@@ -136,8 +140,8 @@ def _load_file(path: str, max_pixels: int) -> Image.Image:
         ) from e
     except UnidentifiedImageError as e:
         raise InputError(f"{path!r} is not an image format PIL can read: {e}") from e
-    except OSError as e:
-        raise InputError(f"cannot read image {path!r}: {e}") from e
+    except _DECODE_ERRORS as e:
+        raise InputError(f"cannot read image {path!r} (damaged header?): {e!r}") from e
     with im:
         _check_size(im.size, max_pixels, f"image {path!r}")
         try:
@@ -145,7 +149,7 @@ def _load_file(path: str, max_pixels: int) -> Image.Image:
             rgb = _to_rgb(ImageOps.exif_transpose(im))
         except InputError:
             raise
-        except (OSError, SyntaxError, ValueError) as e:
+        except _DECODE_ERRORS as e:
             raise InputError(f"cannot decode image {path!r} (truncated or corrupt?): {e}") from e
         return rgb.copy() if rgb is im else rgb  # `with` closes `im`
 
