@@ -127,8 +127,9 @@ def _usable_device(device: str | torch.device) -> torch.device:
         parsed = torch.device(device)
         torch.empty(0, device=parsed)
     except (RuntimeError, TypeError, AssertionError) as e:  # torch asserts "not compiled with CUDA"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(
-            f"device={device!r} cannot be used here ({e}); pass device='cpu', or install a "
+            f"device={device!r} cannot be used here ({reason}); pass device='cpu', or install a "
             "torch build for that device"
         ) from e
     return parsed
@@ -167,17 +168,11 @@ class WeightLoader:
             self._config = config_from_dict(self.metadata.config)
         except ConfigError as e:
             raise FormatError(f"{self.path}: the stored model config cannot be rebuilt: {e}") from e
-        self._check_layer_count()
-        if self._config.family != self.metadata.family:
-            raise CorruptFileError(
-                f"{self.path}: metadata key 'llm_compression.family' says {self.metadata.family!r} "
-                f"but the stored config is of family {self._config.family!r}; they must agree: the "
-                "file was edited or damaged: re-run `llm-compression convert`"
-            )
 
-    def _check_layer_count(self) -> None:
-        """Every layer holds tensors: a config with more layers than the file has tensors is
-        refused before a model with them is built (1e12 layers would exhaust memory even on meta)."""
+    def check_layer_count(self) -> None:
+        """Before building the model of ``.config``: every layer holds tensors, so a config with
+        more layers than the file has tensors was edited; refused here, as building 1e12 layers
+        would exhaust memory even on the meta device. Raises CorruptFileError."""
         fields = (getattr(self._config, f.name) for f in dataclasses.fields(self._config))
         layers = sum(v.n_layers for v in fields if isinstance(v, TransformerConfig))
         if layers > len(self._file.tensors):

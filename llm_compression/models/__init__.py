@@ -98,6 +98,7 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
         raise InputError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
     start = time.perf_counter()
     loader = WeightLoader(path, device=device)
+    loader.check_layer_count()
     model = build_model(loader.config)
     loader.check_fits(model)  # shapes against the config before decoding anything
     load_weights_into(model, loader.load_weights(), dtype=dtype)

@@ -117,6 +117,8 @@ def test_family_key_contradicting_the_config(bert):
         (_set("encoder", "mlp_dim", 48), CorruptFileError, r"\(64, 32\) \(expected \(48, 32\)\)"),
         (_set(None, "vocab_size", 301), CorruptFileError, "does not fit the stored tensors"),
         (_set("encoder", "n_layers", 2), MissingTensorError, "missing.*layers.1"),
+        (_set("encoder", "n_layers", 10**12), CorruptFileError, "1000000000000 layers but"),
+        (_set("encoder", "dim", 2**62), ConfigError, "cannot build a SentenceEncoder"),
         (_set("encoder", "norm_placement", "nowhere"), FormatError, "norm_placement='nowhere'"),
         (_set("encoder", "norm_eps", "tiny"), FormatError, "cannot be rebuilt"),
     ],
