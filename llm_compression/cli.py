@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _escape_unprintable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -58,6 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.command, _os_message(e))
     except KeyboardInterrupt:
         return 130
+
+
+def _escape_unprintable_output() -> None:
+    """Print what UTF-8 cannot encode as escapes, never fail on it.
+
+    Arguments that are not valid UTF-8 (a file name with a stray byte) reach Python as lone
+    surrogates; echoing one (``wrote PATH``, argparse's usage errors) must not end in a traceback.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            reconfigure(errors="backslashreplace")
 
 
 def _fail(command: str, message: str) -> int:

@@ -103,3 +103,14 @@ def test_bugs_still_show_their_traceback(monkeypatch):
     monkeypatch.setattr(inspect_command, "run", boom)
     with pytest.raises(ZeroDivisionError):
         main(["inspect", "x.parquet"])
+
+
+def test_arguments_that_are_not_utf8_are_echoed_escaped(tmp_path, capsys):
+    # A file name with a stray byte reaches Python as a lone surrogate (surrogateescape).
+    odd = str(tmp_path / "caf\udce9.parquet")
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", odd, "--no-such-flag"])  # argparse echoes the arguments it refuses
+    assert info.value.code == 2
+    assert main(["inspect", odd]) == 2
+    err = capsys.readouterr().err
+    assert "\\udce9" in err and "Traceback" not in err
