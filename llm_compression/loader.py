@@ -122,7 +122,7 @@ def _as_tensor(buffer, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tens
 
 
 def _usable_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)`` once a tensor can be made there (``cuda`` needs a CUDA build + GPU)."""
+    """``torch.device(device)`` once a tensor can be made there (cuda: a CUDA build and a GPU)."""
     try:
         parsed = torch.device(device)
         torch.empty(0, device=parsed)
@@ -285,7 +285,7 @@ class WeightLoader:
             )
             raise CorruptFileError(
                 f"{self.path}: the stored config does not fit the stored tensors: {shown} "
-                f"({len(wrong)} in all); the config or the tensors were edited: re-convert the model"
+                f"({len(wrong)} in all); the config or the tensors were edited: re-convert it"
             )
 
     def load_into(

@@ -246,8 +246,9 @@ def resize_center_crop(im: Image.Image, resize_to: int, crop: int) -> np.ndarray
     """Shortest side to ``resize_to`` (bicubic), then the centre ``crop`` x ``crop``, as uint8.
 
     Equal to ``center_crop(np.asarray(resize_shortest_side(im, resize_to)), crop)``: bit-exact up to
-    an aspect ratio of `MAX_WHOLE_RESIZE_ASPECT`, a few pixels off by 1 or 2 beyond it, where only the source
-    rows (or columns) the crop reads are resized, so time and memory follow the output size.
+    an aspect ratio of `MAX_WHOLE_RESIZE_ASPECT`; beyond it only the source rows (or columns) the
+    crop reads are resized, so time and memory follow the output size, and a few pixels may be off
+    by 1 or 2.
     Returns ``(crop, crop, C)`` (zero-padded where the resized image is smaller than ``crop``).
     """
     width, height = im.size

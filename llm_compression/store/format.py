@@ -64,7 +64,7 @@ META_PREFIX = "llm_compression."
 FILE_PREFIX = META_PREFIX + "file."  # one key per bundled file: base64(zstd(bytes))
 # A hash of every other llm_compression.* key and value (config, family, bundled files, the tensor
 # index ...), so an edit to the metadata is caught like an edit to tensor data. Files written before
-# it have no such key: they load as before, without this check (WeightFileMetadata.metadata_checked).
+# it have no such key: they load as before, unchecked (WeightFileMetadata.metadata_checked).
 METADATA_CHECKSUM_KEY = META_PREFIX + "metadata_checksum"
 
 SCHEMA = pa.schema(

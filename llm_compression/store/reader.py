@@ -164,14 +164,14 @@ def _check_metadata(path: Path, kv: dict[bytes, bytes]) -> bool:
     if algorithm not in CHECKSUMS:
         raise FormatError(
             f"{path}: the metadata checksum uses {algorithm!r}, which llm_compression "
-            f"{package_version()} does not know (it knows {sorted(CHECKSUMS)}); upgrade llm_compression"
+            f"{package_version()} does not know (it knows {sorted(CHECKSUMS)}); upgrade it"
         )
     computed = metadata_checksum(text, algorithm=algorithm)
     if computed != text[METADATA_CHECKSUM_KEY]:
         raise CorruptFileError(
-            f"{path}: the metadata (config, family, bundled files, tensor index) fails its checksum "
-            f"(stored {text[METADATA_CHECKSUM_KEY]}, computed {computed}): it was edited or damaged "
-            "after the file was written; re-run `llm-compression convert`"
+            f"{path}: the metadata (config, family, bundled files, tensor index) fails its "
+            f"checksum (stored {text[METADATA_CHECKSUM_KEY]}, computed {computed}): it was edited "
+            "or damaged after the file was written; re-run `llm-compression convert`"
         )
     return True
 

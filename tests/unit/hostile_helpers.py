@@ -1,4 +1,4 @@
-"""Tiny weight files built without transformers, and a metadata editor, for the hostile-input tests."""
+"""Tiny weight files built without transformers and a metadata editor, for the hostile tests."""
 
 from __future__ import annotations
 

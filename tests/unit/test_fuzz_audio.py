@@ -1,4 +1,4 @@
-"""Fuzz: random audio shapes, dtypes, rates and values give a waveform or an InputError (issue 10)."""
+"""Fuzz: random audio shapes, dtypes, rates and values give a waveform or an InputError (10)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from llm_compression.store import read_metadata
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )  # fmt: skip
 BIG_INTS = st.sampled_from([0, -1, 1, 2, 3, 5, 7, 2**31, 2**63, 10**18, 10**100])

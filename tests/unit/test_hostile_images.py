@@ -1,4 +1,4 @@
-"""Hostile images: work and memory follow the output size, whatever the aspect ratio (issue 10.1)."""
+"""Hostile images: work and memory follow the output size, whatever the aspect ratio (10.1)."""
 
 from __future__ import annotations
 

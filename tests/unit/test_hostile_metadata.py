@@ -1,4 +1,4 @@
-"""Edited metadata: checksummed like the tensors, and the config checked against the shapes (10.2, 10.4)."""
+"""Edited metadata is checksummed like tensors; the config is checked against the shapes (10.2)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_new_files_carry_a_metadata_checksum_that_verifies(bert):
 
 
 def test_one_flipped_bit_in_norm_eps_is_caught(bert):
-    # The issue's reproduction: 1e-12 -> 1e-02 by one bit of one character ('1' -> '0' is 0x31 ^ 0x01).
+    # The issue's reproduction: 1e-12 -> 1e-02, one bit of one character ('1' ^ 0x01 is '0').
     def flip(kv):
         assert '"norm_eps": 1e-12' in kv[CONFIG]
         kv[CONFIG] = kv[CONFIG].replace('"norm_eps": 1e-12', '"norm_eps": 1e-02')

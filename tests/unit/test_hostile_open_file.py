@@ -1,4 +1,4 @@
-"""A weight file cut short or replaced under an open WeightLoader: typed errors, never SIGBUS (10.3).
+"""A weight file cut short or replaced under an open WeightLoader: typed errors, not SIGBUS (10.3).
 
 Each case runs in a child process, so a bus error fails one test instead of killing pytest.
 """
