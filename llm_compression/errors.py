@@ -50,6 +50,13 @@ class WrongFamilyError(LLMCompressionError, TypeError):
     """A call does not fit the loaded model's family (e.g. transcribe on a MiniLM file)."""
 
 
+class WrongFamilyMethodError(WrongFamilyError, AttributeError):
+    """A method of another model family was called (``load_model(minilm).transcribe(...)``).
+
+    Also an ``AttributeError``, so ``hasattr(model, "transcribe")`` stays False.
+    """
+
+
 class StorageError(LLMCompressionError):
     """Base class of embedding-store errors."""
 

@@ -16,6 +16,7 @@ torch.Size([30522, 384])
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, FormatError, InputError, MissingTensorError
+from .config import TransformerConfig
+from .errors import ConfigError, CorruptFileError, FormatError, InputError, MissingTensorError
 from .families import build_model, config_from_dict, family
 from .weightfile import TensorInfo, WeightFile, WeightFileMetadata, decode_tensor, is_unused
 
@@ -47,6 +49,20 @@ def _as_tensor(buffer, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tens
     if buffer.size == 0:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(buffer, dtype=dtype).view(shape)
+
+
+def _usable_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)`` once a tensor can be made there (cuda: a CUDA build and a GPU)."""
+    try:
+        parsed = torch.device(device)
+        torch.empty(0, device=parsed)
+    except (RuntimeError, TypeError, AssertionError) as e:  # torch asserts "not compiled with CUDA"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"device={device!r} cannot be used here ({reason}); pass device='cpu', or install a "
+            "torch build for that device"
+        ) from e
+    return parsed
 
 
 class WeightLoader:
@@ -75,16 +91,51 @@ class WeightLoader:
         self._file = WeightFile(path)
         self.path: Path = self._file.path
         self.force_float32 = force_float32
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise ConfigError(f"device={device!r} is not a torch device: {e}; use 'cpu'") from e
+        self.device = _usable_device(device)
         self.verify = verify
         self.num_threads = num_threads or os.cpu_count() or 1
         try:
             self._config = config_from_dict(self.metadata.config)
         except ConfigError as e:
             raise FormatError(f"{self.path}: the stored model config cannot be rebuilt: {e}") from e
+
+    def check_layer_count(self) -> None:
+        """Before building the model of ``.config``: every layer holds tensors, so a config with
+        more layers than the file has tensors was edited; refused here, as building 1e12 layers
+        would exhaust memory even on the meta device. Raises CorruptFileError."""
+        fields = (getattr(self._config, f.name) for f in dataclasses.fields(self._config))
+        layers = sum(v.n_layers for v in fields if isinstance(v, TransformerConfig))
+        if layers > len(self._file.tensors):
+            raise CorruptFileError(
+                f"{self.path}: the stored config has {layers} layers but the file holds only "
+                f"{len(self._file.tensors)} tensors; the config was edited: re-convert the model"
+            )
+
+    def check_fits(self, module: torch.nn.Module) -> None:
+        """Before any tensor is decoded: the file holds exactly ``module``'s tensors, in its shapes.
+
+        ``module`` is built from this file's own ``.config`` (on the meta device: no memory), so a
+        difference means the stored config and tensors disagree. Raises MissingTensorError for
+        missing or unexpected names, CorruptFileError for a shape that differs.
+        """
+        expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+        stored = {n: self._file.tensors[n] for n in self.tensor_names}
+        missing, unexpected = sorted(expected.keys() - stored), sorted(stored.keys() - expected)
+        if missing or unexpected:
+            raise MissingTensorError(
+                f"{self.path} does not fit the {type(module).__name__} its config builds: missing "
+                f"{missing[:8]} ({len(missing)} in all), unexpected {unexpected[:8]} "
+                f"({len(unexpected)} in all); the file was edited or damaged: re-convert the model"
+            )
+        wrong = [n for n, shape in expected.items() if stored[n].shape != shape]
+        if wrong:
+            shown = ", ".join(
+                f"{n!r} {stored[n].shape} (expected {expected[n]})" for n in wrong[:4]
+            )
+            raise CorruptFileError(
+                f"{self.path}: the stored config does not fit the stored tensors: {shown} "
+                f"({len(wrong)} in all); the config or the tensors were edited: re-convert it"
+            )
 
     @property
     def metadata(self) -> WeightFileMetadata:
@@ -205,7 +256,10 @@ def load_weights_into(
         )
     if dtype is not None:
         weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
-    model.load_state_dict(weights, strict=True, assign=True)
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as e:  # size mismatches
+        raise ConfigError(f"weights do not fit {type(model).__name__}: {e}") from e
     model.eval()
     model.requires_grad_(False)
     return model
@@ -230,7 +284,9 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
         raise InputError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
     start = time.perf_counter()
     loader = WeightLoader(path, device=device)
+    loader.check_layer_count()
     model = build_model(loader.config)
+    loader.check_fits(model)  # shapes against the config before decoding anything
     load_weights_into(model, loader.load_weights(), dtype=dtype)
     if family(loader.config.family).tokenizer:
         model.tokenizer = Tokenizer.from_files(dict(loader.metadata.files))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -30,12 +31,15 @@ class SamplingConfig:
             raise InputError(
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
             )
-        if not self.temperature >= 0:
+        if not _is_number(self.temperature) or not self.temperature >= 0:
             raise InputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise InputError(f"top_k must be a positive integer or None, got {self.top_k!r}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
             raise InputError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
+        seed = self.seed
+        if seed is not None and not (_is_int(seed) and 0 <= seed < 2**64):
+            raise InputError(f"seed must be an integer in [0, 2**64) or None, got {seed!r}")
 
     @property
     def greedy(self) -> bool:
@@ -44,7 +48,15 @@ class SamplingConfig:
     def generator(self, device) -> torch.Generator | None:
         if self.greedy or self.seed is None:
             return None
-        return torch.Generator(device=device).manual_seed(self.seed)
+        return torch.Generator(device=device).manual_seed(int(self.seed))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
 
 
 def sample(logits: torch.Tensor, opts: SamplingConfig, generator=None) -> torch.Tensor:

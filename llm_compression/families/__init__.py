@@ -91,7 +91,7 @@ def config_from_dict(data: Any) -> Any:
             "is damaged: convert the checkpoint again"
         )
     name = data.get("family")
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         raise ConfigError(
             f"the config names model family {name!r}; supported families: {list(FAMILIES)} (was "
             "the file written by a newer llm_compression?)"
@@ -132,8 +132,12 @@ def preset(name: str) -> Any:
 
 def build_model(config: Any) -> torch.nn.Module:
     """The model for ``config`` with parameters on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        return family(config.family).model_class(config)
+    cls = family(config.family).model_class
+    try:
+        with torch.device("meta"):
+            return cls(config)
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # e.g. a dim too large
+        raise ConfigError(f"{type(config).__name__} cannot build a {cls.__name__}: {e}") from e
 
 
 def tensor_shapes(config: Any) -> dict[str, tuple[int, ...]]:

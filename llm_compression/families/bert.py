@@ -28,6 +28,7 @@ from ..core.mlp import embedding
 from ..core.norm import LayerNorm
 from ..errors import ConfigError, ConversionError, InputError
 from .maps import HF_ACTIVATION_NAMES, Target, activation, read_json, require
+from .methods import FamilyMethods
 from .spec import Family, Source
 
 
@@ -79,7 +80,7 @@ def pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
-class SentenceEncoder(Transformer):
+class SentenceEncoder(FamilyMethods, Transformer):
     """Sentence embeddings: token ids -> the body -> the pooling stored in the file.
 
     Tensors in, tensors out: ``encode(ids, mask)`` returns the pooled, **unnormalised** vectors.

@@ -19,6 +19,7 @@ from ..core.generation import SamplingConfig, TextStreamer, decode_loop
 from ..core.mlp import embedding, linear
 from ..errors import ConfigError, InputError
 from .maps import Target, gated_activation, optional_int, require, rope_theta, token_ids
+from .methods import FamilyMethods
 from .spec import Family
 
 
@@ -41,7 +42,7 @@ class CausalLMConfig:
             raise ConfigError("CausalLMConfig.body must have causal=True")
 
 
-class CausalLM(Transformer):
+class CausalLM(FamilyMethods, Transformer):
     """Token embedding -> transformer body -> LM head.
 
     Attributes

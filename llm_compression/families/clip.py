@@ -28,6 +28,7 @@ from ..core.mlp import embedding, linear
 from ..core.norm import LayerNorm
 from ..errors import ConfigError, ConversionError, InputError
 from .maps import HF_ACTIVATION_NAMES, Target, activation, read_json, require
+from .methods import FamilyMethods
 from .spec import Family, Source
 
 
@@ -118,7 +119,7 @@ class TextTower(Transformer):
         return self.proj(h[torch.arange(ids.shape[0], device=ids.device), eot])
 
 
-class CLIP(nn.Module):
+class CLIP(FamilyMethods, nn.Module):
     """CLIP with ``vision`` and ``text`` towers and ``logit_scale`` (canonical names).
 
     Tensors in, tensors out, as OpenAI's ``model.py``: ``encode_image`` / ``encode_text`` return

@@ -30,6 +30,7 @@ from ..config import check_positive
 from ..core.mlp import linear
 from ..errors import ConfigError, ConversionError, InputError
 from .maps import Target
+from .methods import FamilyMethods
 from .spec import Family, Source
 
 # (expand ratio t, output channels c, repeats n, first stride s) per stage: the paper's Table 2.
@@ -130,7 +131,7 @@ class InvertedResidual(nn.Module):
         return x + h if self.residual else h
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FamilyMethods, nn.Module):
     """Stem -> inverted residual blocks -> 1x1 head -> global average pool -> classifier."""
 
     def __init__(self, config: MobileNetV2Config) -> None:

@@ -29,6 +29,11 @@ HOP_LENGTH = 160  # 10 ms hop: 100 frames per second
 CHUNK_SECONDS = 30
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples in one window
 MAX_CHANNELS = 64  # a 2-D array with more "channels" than this is rejected (probably a batch)
+# Resampling to 16 kHz multiplies the length by 16000 / rate: at 1 Hz a 1 MB clip would become
+# 64 GB. Real audio is sampled at 8 kHz and up; below 1 kHz a rate is a mistake. Above 1 MHz
+# (ultrasonic recorders stop at 768 kHz) soxr's ratio is out of its range.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 1_000_000
 _INT_SCALE = {
     np.dtype(np.int16): 32768.0,
     np.dtype(np.int32): 2147483648.0,
@@ -99,6 +104,8 @@ def load_audio(x: AudioInput, *, sample_rate: int | None = None) -> np.ndarray:
 
 def _to_mono(arr: np.ndarray) -> np.ndarray:
     """1-D or 2-D (either layout) samples of any supported dtype -> float32 mono."""
+    if arr.ndim == 2 and arr.size == 0:
+        raise InputError(f"audio array of shape {arr.shape} is empty; pass at least one sample")
     if arr.ndim == 2:
         axis = 0 if arr.shape[0] <= arr.shape[1] else 1
         if arr.shape[axis] > MAX_CHANNELS:
@@ -129,6 +136,11 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
 
 
 def _finish(samples: np.ndarray, rate: int, what: str) -> np.ndarray:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise InputError(
+            f"{what} has a sample rate of {rate} Hz; expected {MIN_SAMPLE_RATE:,} to "
+            f"{MAX_SAMPLE_RATE:,} Hz (speech is usually 16000, music 44100 or 48000)"
+        )
     if samples.size == 0:
         raise InputError(f"{what} is empty (0 samples); pass at least one sample of audio")
     if not np.isfinite(samples).all():

@@ -3,7 +3,9 @@
 `load_image` turns a path, a PIL image of any mode or a numpy array into an RGB PIL image;
 `clip_pixels` applies CLIP's preprocessing exactly as transformers' ``CLIPImageProcessor`` (PIL
 backend) does it: shortest side resized to ``size`` with PIL bicubic, centre crop, rescale by 1/255,
-normalise with the CLIP mean and std.
+normalise with the CLIP mean and std. `resize_center_crop` is that resize and crop on its own, for
+any preprocessing of the kind (CLIP, video frames, MobileNet's resize-256-crop-224): its work and
+memory follow the output size, whatever the aspect ratio of the input.
 
 Conversions follow transformers where it defines them:
 
@@ -22,7 +24,9 @@ must lie in [0, 1]. Anything else that PIL can convert to RGB (``1``, ``L``, ``P
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import threading
 import warnings
 from collections.abc import Sequence
@@ -39,7 +43,17 @@ DEFAULT_MAX_PIXELS = 89_478_485
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _UINT16_TO_UINT8 = 257.0  # 65535 / 255
+# Images up to this aspect ratio are resized whole and then cropped, exactly as transformers does it
+# (a 1:64 image resized to 224 is 224 x 14336, 9.6 MB). Longer ones keep only the source rows (or
+# columns) the centre crop reads, so a 1 x 20000 PNG does not become a 224 x 4,480,000 intermediate
+# (10 GB); a few of their pixels may then differ from the whole resize by 1 or 2 (of 255): Pillow
+# takes the offsets of the kept part as float32.
+MAX_WHOLE_RESIZE_ASPECT = 64
+_BICUBIC_SUPPORT = 2.0  # source pixels each side Pillow's bicubic reads (times the scale)
 _PIL_LIMIT_LOCK = threading.Lock()
+# What PIL's format plugins raise on a damaged file (a PPM header cut short: ValueError, a bad TIFF
+# tag: struct.error or IndexError ...): all mean "this file cannot be decoded".
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, struct.error)
 
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
 
@@ -126,8 +140,8 @@ def _load_file(path: str, max_pixels: int) -> Image.Image:
         ) from e
     except UnidentifiedImageError as e:
         raise InputError(f"{path!r} is not an image format PIL can read: {e}") from e
-    except OSError as e:
-        raise InputError(f"cannot read image {path!r}: {e}") from e
+    except _DECODE_ERRORS as e:
+        raise InputError(f"cannot read image {path!r} (damaged header?): {e!r}") from e
     with im:
         _check_size(im.size, max_pixels, f"image {path!r}")
         try:
@@ -135,7 +149,7 @@ def _load_file(path: str, max_pixels: int) -> Image.Image:
             rgb = _to_rgb(ImageOps.exif_transpose(im))
         except InputError:
             raise
-        except (OSError, SyntaxError, ValueError) as e:
+        except _DECODE_ERRORS as e:
             raise InputError(f"cannot decode image {path!r} (truncated or corrupt?): {e}") from e
         return rgb.copy() if rgb is im else rgb  # `with` closes `im`
 
@@ -228,6 +242,48 @@ def resize_shortest_side(im: Image.Image, size: int) -> Image.Image:
     return im.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
 
 
+def resize_center_crop(im: Image.Image, resize_to: int, crop: int) -> np.ndarray:
+    """Shortest side to ``resize_to`` (bicubic), then the centre ``crop`` x ``crop``, as uint8.
+
+    Equal to ``center_crop(np.asarray(resize_shortest_side(im, resize_to)), crop)``: bit-exact up to
+    an aspect ratio of `MAX_WHOLE_RESIZE_ASPECT`; beyond it only the source rows (or columns) the
+    crop reads are resized, so time and memory follow the output size, and a few pixels may be off
+    by 1 or 2.
+    Returns ``(crop, crop, C)`` (zero-padded where the resized image is smaller than ``crop``).
+    """
+    width, height = im.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(resize_to * long / short)
+    if new_long <= MAX_WHOLE_RESIZE_ASPECT * resize_to:
+        return center_crop(np.asarray(resize_shortest_side(im, resize_to)), crop)
+    return center_crop(np.asarray(_resize_window(im, resize_to, crop, new_long)), crop)
+
+
+def _resize_window(im: Image.Image, resize_to: int, crop: int, new_long: int) -> Image.Image:
+    """The part of ``resize_shortest_side(im, resize_to)`` that a centre crop keeps (long axis).
+
+    Two one-axis passes in Pillow's own order (horizontal, then vertical) over just the source
+    rows or columns the kept part reads: its centre ``min(crop, new_long)`` pixels of the long axis.
+    """
+    width, height = im.size
+    tall = height > width
+    long = height if tall else width
+    length = min(crop, new_long)
+    start = (new_long - length) // 2
+    scale = long / new_long  # source pixels per resized pixel
+    reach = _BICUBIC_SUPPORT * max(scale, 1.0) + 2
+    first = max(0, math.floor(start * scale - reach))
+    last = min(long, math.ceil((start + length) * scale + reach))
+    lo, hi = start * scale - first, (start + length) * scale - first
+    bicubic = Image.Resampling.BICUBIC
+    if tall:
+        rows = im.crop((0, first, width, last)).resize((resize_to, last - first), bicubic)
+        return rows.resize((resize_to, length), bicubic, box=(0, lo, resize_to, hi))
+    cols = im.crop((first, 0, last, height))
+    cols = cols.resize((length, height), bicubic, box=(lo, 0, hi, height))
+    return cols.resize((length, resize_to), bicubic)
+
+
 def center_crop(arr: np.ndarray, size: int) -> np.ndarray:
     """Centre crop an ``(H, W, C)`` array to ``size`` x ``size``, zero-padding if smaller.
 
@@ -286,8 +342,7 @@ def clip_pixels(
     std32 = np.asarray(std, dtype=np.float32)
     out = np.empty((len(batch), 3, size, size), dtype=np.float32)
     for i, item in enumerate(batch):
-        im = resize_shortest_side(load_image(item, max_pixels=max_pixels), size)
-        crop = center_crop(np.asarray(im), size)  # (size, size, 3) uint8
+        crop = resize_center_crop(load_image(item, max_pixels=max_pixels), size, size)  # (S, S, 3)
         scaled = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
         out[i] = ((scaled - mean32) / std32).transpose(2, 0, 1)
     return torch.from_numpy(out)

@@ -191,6 +191,14 @@ class Tokenizer:
     def _check_text(text: Any) -> str:
         if not isinstance(text, str):
             raise InputError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800"
+            raise InputError(
+                f"text has {text[e.start : e.end]!r} at character {e.start}, which is not valid "
+                "Unicode (a lone surrogate); clean it, e.g. "
+                "text.encode('utf-8', 'replace').decode('utf-8')"
+            ) from e
         return text
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:

@@ -209,7 +209,7 @@ class MultimodalEmbeddingProvider:
         (``encode_image``), averaged, and the mean is L2-normalised. A still image file raises
         ``InputError`` (use ``encode_image``): it is never replicated into frames.
         """
-        pictures = sample_frames(path, frames)
+        pictures = sample_frames(path, frames, max_pixels=self._max_pixels)
         vectors = self.encode_image(pictures, batch_size=batch_size, show_progress=show_progress)
         return l2_normalize(vectors.mean(axis=0))
 

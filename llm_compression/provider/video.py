@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError, ModelFileNotFoundError
+from ..preprocess.image import DEFAULT_MAX_PIXELS
 
 # Demuxers that read single pictures: a still image is never turned into "video" frames.
 STILL_IMAGE_FORMATS = ("image2", "image2pipe")
@@ -66,23 +67,33 @@ def frame_indices(total: int, frames: int) -> np.ndarray:
     return np.floor((np.arange(n) + 0.5) * total / n).astype(np.int64)
 
 
-def sample_frames(path: str | os.PathLike, frames: int = 16) -> list[Image.Image]:
+def sample_frames(
+    path: str | os.PathLike, frames: int = 16, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[Image.Image]:
     """``frames`` RGB frames spread evenly over the video at ``path`` (all of them if it has fewer).
+
+    Frames larger than ``max_pixels`` (width x height, read from the stream header) are refused
+    before any is decoded, as `preprocess.image.load_image` refuses such images.
 
     Raises
     ------
     ModelFileNotFoundError
         The file does not exist.
     InputError
-        ``frames`` < 1, the file is not a readable video, has no video stream or no frames, or is
-        a still image.
+        ``frames`` < 1, the file is not a readable video, has no video stream or no frames, is
+        a still image, or its frames have more than ``max_pixels`` pixels.
     """
     import av
 
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise InputError(f"frames must be a positive integer, got {frames!r}")
     p = _check_path(path)
-    total, codec = count_frames(p), _codec(p)
+    total, (codec, width, height) = count_frames(p), _stream_info(p)
+    if width * height > max_pixels:
+        raise InputError(
+            f"{p} has {width}x{height} = {width * height:,} pixel frames, over the limit of "
+            f"{max_pixels:,}; downscale the video (ffmpeg -i in -vf scale=1280:-2 out.mp4)"
+        )
     if total == 0:
         raise InputError(f"{p} has a video stream without frames; pass a non-empty video")
     if total == 1 and codec in STILL_IMAGE_CODECS:
@@ -111,10 +122,12 @@ def sample_frames(path: str | os.PathLike, frames: int = 16) -> list[Image.Image
     return picked
 
 
-def _codec(path: Path) -> str:
+def _stream_info(path: Path) -> tuple[str, int, int]:
+    """Codec name, frame width and height of the first video stream (from its header)."""
     container = _open(path)
     try:
-        return container.streams.video[0].codec_context.name
+        context = container.streams.video[0].codec_context
+        return context.name, int(context.width or 0), int(context.height or 0)
     finally:
         container.close()
 

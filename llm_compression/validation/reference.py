@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..convert.ct2 import peek_spec
 from ..convert.gguf_reader import is_gguf
-from ..errors import ModelFileNotFoundError, UnsupportedFamilyError
+from ..errors import (
+    ConversionError,
+    LLMCompressionError,
+    ModelFileNotFoundError,
+    UnsupportedFamilyError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +126,26 @@ def sentence_pooling(folder: Path) -> dict[str, Any]:
     return out
 
 
+def _loaded(load: Callable[[], Any], source: Path) -> Any:
+    """``load()`` (a transformers ``from_pretrained``), its failures as one ConversionError."""
+    try:
+        return load()
+    except Exception as e:  # transformers raises many types: OSError, ValueError, UnpicklingError
+        if isinstance(e, LLMCompressionError):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConversionError(
+            f"transformers cannot load the reference model from {source}: {first} "
+            f"({type(e).__name__}); pass the folder or file the weight file was converted from, "
+            "with safetensors weights"
+        ) from e
+
+
 def _from_hf(folder: Path, family: str, files: Mapping[str, bytes]) -> Reference:
+    return _loaded(lambda: _from_hf_unchecked(folder, family, files), folder)
+
+
+def _from_hf_unchecked(folder: Path, family: str, files: Mapping[str, bytes]) -> Reference:
     import transformers as tf
 
     kwargs = {"dtype": "float32"}
@@ -155,8 +179,11 @@ def build_reference(src: str | Path, family: str, files: Mapping[str, bytes]) ->
             raise UnsupportedFamilyError(f"{path} is a GGUF file but the weight file is {family!r}")
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype="float32"
+        model = _loaded(
+            lambda: AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype="float32"
+            ),
+            path,
         )
         return Reference(family, model.eval(), tokenizer_from_files(files), str(path))
     if family != "whisper":

@@ -87,6 +87,10 @@ def split_unused(name: str) -> tuple[str, str] | None:
 
 META_PREFIX = "llm_compression."
 FILE_PREFIX = META_PREFIX + "file."  # one key per bundled file: base64(zstd(bytes))
+# A hash of every other llm_compression.* key and value (config, family, bundled files, the tensor
+# index ...), so an edit to the metadata is caught like an edit to tensor data. Files written before
+# it have no such key: they load as before, unchecked (WeightFileMetadata.metadata_checked).
+METADATA_CHECKSUM_KEY = META_PREFIX + "metadata_checksum"
 
 SCHEMA = pa.schema(
     [
@@ -132,6 +136,7 @@ class WeightFileMetadata:
     total_params: int
     checksum: str
     file_size: int
+    metadata_checked: bool = False  # True when the file has a metadata checksum and it matched
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,19 @@ def checksum(data: Any, scales: Any = None, *, algorithm: str = CHECKSUM_ALGORIT
     if scales is not None:
         hasher.update(scales)
     return hasher.value()
+
+
+def metadata_checksum(kv: dict[str, str], *, algorithm: str = CHECKSUM_ALGORITHM) -> str:
+    """``"<algorithm>:<hex>"`` of every ``llm_compression.*`` key and value of ``kv`` but the
+    checksum's own, in key order, each key and value as UTF-8 preceded by its byte length (8 bytes,
+    little-endian), so no two different key sets hash the same bytes."""
+    hasher = CHECKSUMS[algorithm]()
+    for key in sorted(k for k in kv if k.startswith(META_PREFIX) and k != METADATA_CHECKSUM_KEY):
+        for text in (key, kv[key]):
+            raw = text.encode("utf-8")
+            hasher.update(len(raw).to_bytes(8, "little"))
+            hasher.update(raw)
+    return f"{algorithm}:{hasher.value() & ((1 << 64) - 1):016x}"
 
 
 def float32_to_bfloat16_bits(x: np.ndarray) -> np.ndarray:

@@ -8,10 +8,12 @@ Every failure of the file itself becomes a typed error naming the file, what was
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
-import mmap
+import os
 import threading
+import weakref
 import zlib
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from .format import (
     INDEX_COLUMNS,
     INDEX_KEY,
     META_PREFIX,
+    METADATA_CHECKSUM_KEY,
     NUMPY_DTYPES,
     QUANT_INT8_SYM_CHANNEL,
     SCHEMA,
@@ -38,9 +41,10 @@ from .format import (
     WeightFileMetadata,
     checksum,
     join_bytes,
+    metadata_checksum,
     package_version,
 )
-from .pages import DataFrame, data_frame
+from .pages import DataFrame, FileSpan, data_frame
 from .stream import decode_split
 
 _PARQUET_MAGIC = b"PAR1"
@@ -145,6 +149,51 @@ def _decode_files(path: Path, kv: dict[bytes, bytes]) -> dict[str, bytes]:
     return files
 
 
+def _check_metadata(path: Path, kv: dict[bytes, bytes]) -> bool:
+    """Verify the metadata checksum; False for files written before it existed (not checked)."""
+    stored = kv.get(METADATA_CHECKSUM_KEY.encode())
+    if stored is None:
+        return False
+    prefix = META_PREFIX.encode()
+    try:
+        text = {k.decode(): v.decode() for k, v in kv.items() if k.startswith(prefix)}
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{path}: metadata is not UTF-8 ({e}); {_FIX_DAMAGED}") from e
+    algorithm = text[METADATA_CHECKSUM_KEY].split(":", 1)[0]
+    if algorithm not in CHECKSUMS:
+        raise FormatError(
+            f"{path}: the metadata checksum uses {algorithm!r}, which llm_compression "
+            f"{package_version()} does not know (it knows {sorted(CHECKSUMS)}); upgrade it"
+        )
+    computed = metadata_checksum(text, algorithm=algorithm)
+    if computed != text[METADATA_CHECKSUM_KEY]:
+        raise CorruptFileError(
+            f"{path}: the metadata (config, family, bundled files, tensor index) fails its "
+            f"checksum (stored {text[METADATA_CHECKSUM_KEY]}, computed {computed}): it was edited "
+            "or damaged after the file was written; re-run `llm-compression convert`"
+        )
+    return True
+
+
+def _check_config(path: Path, meta: WeightFileMetadata) -> None:
+    """The stored config is a JSON object that names the same family as the ``family`` key.
+
+    Rebuilding it into a family config (and so checking every field) is the loader's job: this
+    package knows no family (``loader.WeightLoader`` raises FormatError for one that will not build).
+    """
+    if not isinstance(meta.config, dict):
+        raise CorruptFileError(
+            f"{path}: metadata key {META_PREFIX + 'config'!r} holds a JSON "
+            f"{type(meta.config).__name__}, expected an object of config fields; {_FIX_DAMAGED}"
+        )
+    family = meta.config.get("family")
+    if family != meta.family:
+        raise CorruptFileError(
+            f"{path}: metadata key {META_PREFIX + 'family'!r} says {meta.family!r} but the stored "
+            f"config is of family {family!r}; they must agree: {_FIX_DAMAGED}"
+        )
+
+
 def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
     kv = pf.metadata.metadata or {}
     version = _check_version(path, kv)
@@ -162,6 +211,7 @@ def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
         checksum=_kv(path, kv, "checksum"),
         file_size=path.stat().st_size,
     )
+    _check_config(path, meta)
     if meta.checksum not in CHECKSUMS:
         raise FormatError(
             f"{path}: tensor checksums use {meta.checksum!r}, which llm_compression "
@@ -177,6 +227,13 @@ def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
     return meta
 
 
+def _checked(meta: WeightFileMetadata, pf: pq.ParquetFile) -> WeightFileMetadata:
+    """``meta`` once the metadata checksum matches. It runs after the structural checks, whose
+    messages say exactly what is wrong; it catches the well-formed edits they cannot see."""
+    checked = _check_metadata(meta.path, pf.metadata.metadata or {})
+    return dataclasses.replace(meta, metadata_checked=checked)
+
+
 def read_metadata(path: str | Path) -> WeightFileMetadata:
     """The file's format version, family, config dict, bundled files, sources and totals.
 
@@ -185,7 +242,7 @@ def read_metadata(path: str | Path) -> WeightFileMetadata:
     path = Path(path)
     pf = _open_parquet(path, memory_map=False)
     _check_schema(path, pf.schema_arrow)
-    return _parse_metadata(path, pf)
+    return _checked(_parse_metadata(path, pf), pf)
 
 
 def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> TensorInfo:
@@ -214,17 +271,36 @@ def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> Te
     )  # fmt: skip
 
 
+_NONE = type(None)
+# JSON types of the index fields (docs/format.md); "shape" is a list of ints.
+_INDEX_TYPES = {
+    "name": str, "dtype": str, "encoding": str, "n_params": int, "checksum": int,
+    "quant_type": (str, _NONE), "quant_axis": (int, _NONE), "group_size": (int, _NONE),
+}  # fmt: skip
+
+
+def _index_row_ok(row: Any) -> bool:
+    if not isinstance(row, dict) or not set(INDEX_COLUMNS) <= set(row):
+        return False
+    shape = row["shape"]
+    fields_ok = all(
+        isinstance(row[k], t) and not isinstance(row[k], bool) for k, t in _INDEX_TYPES.items()
+    )
+    shape_ok = isinstance(shape, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    )
+    return fields_ok and shape_ok
+
+
 def _index_rows(path: Path, pf: pq.ParquetFile) -> list[dict[str, Any]]:
     """The index entries from the footer JSON (written by every writer of format version 1)."""
     rows = _kv(path, pf.metadata.metadata or {}, INDEX_KEY, json.loads)
-    ok = isinstance(rows, list) and all(
-        isinstance(r, dict) and set(INDEX_COLUMNS) <= set(r) and isinstance(r["shape"], list)
-        for r in rows
-    )
+    ok = isinstance(rows, list) and all(_index_row_ok(r) for r in rows)
     if not ok or len(rows) != pf.num_row_groups:
         raise CorruptFileError(
             f"{path}: the tensor index in {META_PREFIX + INDEX_KEY!r} does not list the "
-            f"{pf.num_row_groups} row groups with fields {INDEX_COLUMNS}; {_FIX_DAMAGED}"
+            f"{pf.num_row_groups} row groups with fields {INDEX_COLUMNS} of the types of "
+            f"docs/format.md; {_FIX_DAMAGED}"
         )
     return rows
 
@@ -278,20 +354,49 @@ class WeightFile:
 
     ``read`` may be called from several threads at once; each thread reads through its own
     Parquet reader (sharing the parsed footer), so decoding runs in parallel.
+
+    The file is never memory-mapped unless ``memory_map`` asks for it: a mapped file that another
+    process truncates kills this process with SIGBUS. Without the map, a file cut short or replaced
+    since it was opened raises CorruptFileError at the next read.
     """
 
-    def __init__(self, path: str | Path, *, memory_map: bool = True) -> None:
+    def __init__(self, path: str | Path, *, memory_map: bool = False) -> None:
         self.path = Path(path)
         self._memory_map = memory_map
         # The index comes from the footer JSON; tensor data is verified by the per-row checksum.
-        pf = _open_parquet(self.path, memory_map=memory_map, verify_pages=True)
+        pf = _open_parquet(self.path, memory_map=False, verify_pages=True)
         _check_schema(self.path, pf.schema_arrow)
-        self.metadata = _parse_metadata(self.path, pf)
+        metadata = _parse_metadata(self.path, pf)
         self.tensors = _read_index(self.path, pf)
+        self.metadata = _checked(metadata, pf)
         self._footer = pf.metadata
         self._data_column = pf.schema_arrow.get_field_index("data")
-        self._map: memoryview | None = None  # the whole file, mapped on the first read_split
+        self._fd = os.open(self.path, os.O_RDONLY)  # read_split's positional reads
+        weakref.finalize(self, os.close, self._fd)
+        opened = os.fstat(self._fd)
+        self._identity = (opened.st_dev, opened.st_ino)
+        self._check_unchanged()
         self._local = threading.local()
+
+    def _check_unchanged(self) -> None:
+        """CorruptFileError when the file was replaced or cut short since it was opened."""
+        try:
+            now = os.stat(self.path)
+        except OSError as e:
+            raise CorruptFileError(
+                f"{self.path} is gone since it was opened ({e}); open it again once it is back"
+            ) from e
+        if (now.st_dev, now.st_ino) != self._identity:
+            raise CorruptFileError(
+                f"{self.path} was replaced by another file since it was opened; open it again "
+                "(a new WeightLoader or load_model) to read the new file"
+            )
+        size = os.fstat(self._fd).st_size
+        if size < self.metadata.file_size:
+            raise CorruptFileError(
+                f"{self.path} was cut to {size} bytes since it was opened (it had "
+                f"{self.metadata.file_size}); {_FIX_DAMAGED}"
+            )
 
     def _reader(self) -> pq.ParquetFile:
         pf = getattr(self._local, "pf", None)
@@ -314,6 +419,7 @@ class WeightFile:
         """
         quantized = info.quant_type is not None
         columns = ["data", "scales"] if quantized else ["data"]
+        self._check_unchanged()
         try:
             table = self._reader().read_row_group(
                 info.row_group, columns=columns, use_threads=False
@@ -346,11 +452,10 @@ class WeightFile:
             )
 
     def _frame(self, info: TensorInfo) -> DataFrame | None:
-        if self._map is None:
-            with open(self.path, "rb") as f:
-                self._map = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        self._check_unchanged()
         column = self._footer.row_group(info.row_group).column(self._data_column)
-        return data_frame(self._map, column, info.nbytes)
+        whole = FileSpan(self._fd, 0, os.fstat(self._fd).st_size)
+        return data_frame(whole, column, info.nbytes)
 
     def read_split(
         self, info: TensorInfo, *, upcast: bool, verify: bool = True

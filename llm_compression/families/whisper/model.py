@@ -31,6 +31,7 @@ from ...core import Transformer
 from ...core.mlp import embedding
 from ...errors import InputError
 from ...preprocess.audio import load_audio, log_mel_batch, split_windows
+from ..methods import FamilyMethods
 from . import decoding as wd
 from .config import WhisperConfig
 
@@ -75,7 +76,7 @@ class TextDecoder(Transformer):
         return h @ self.token_embed.weight.T
 
 
-class Whisper(nn.Module):
+class Whisper(FamilyMethods, nn.Module):
     """Whisper speech model (canonical names ``encoder.*`` and ``decoder.*``, docs/naming.md)."""
 
     def __init__(self, config: WhisperConfig) -> None:
