@@ -1,0 +1,199 @@
+"""Every call into ``deltalake`` that changes a table, with its errors turned into typed ones.
+
+Commits are Delta's: data files first, then one atomic ``_delta_log/NNN.json`` (put-if-absent, so
+two writers can never both commit version N; the loser retries on the new version). A process
+killed before its commit leaves only uncommitted data files, which readers never see and
+``vacuum`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake.exceptions import DeltaError, TableNotFoundError
+
+from ..errors import StoreBusyError, StoreCorruptError, StoreFullError, StoreNotFoundError
+
+# Delta has no per-column codec: snappy costs ~1% over no compression on the (incompressible)
+# vector column; zstd took 40% more CPU per append (scripts/benchmark_storage.py, decision 0007)
+WRITER = WriterProperties(compression="SNAPPY", max_row_group_size=1 << 16)
+COMMIT = CommitProperties(max_commit_retries=50)
+LOCK_FILE = ".write.lock"
+LOCK_WAIT_S = 600.0
+CONFIG_KEY = "llm_compression"
+
+
+def open_table(path: Path) -> DeltaTable | None:
+    """The table at ``path``, or None when there is none yet."""
+    if not (path / "_delta_log").is_dir():
+        return None
+    try:
+        return DeltaTable(str(path))
+    except TableNotFoundError:
+        return None
+    except (DeltaError, OSError) as e:
+        raise StoreCorruptError(
+            f"{path}: the Delta log cannot be read ({e}); run `llm-compression tables verify` "
+            "on the store, then `llm-compression tables repair`"
+        ) from e
+
+
+def config_of(table: DeltaTable) -> dict[str, str]:
+    """What the table's description records (model, model_checksum, model_family, dim).
+
+    Delta rejects table properties it does not know, so this lives in the description, as JSON
+    under ``CONFIG_KEY``: ``{"llm_compression": {...}}``.
+    """
+    try:
+        return dict(json.loads(table.metadata().description or "{}").get(CONFIG_KEY, {}))
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def append(path: Path, data: pa.Table, config: dict[str, str] | None, *, operation: str) -> None:
+    """Append rows; ``config``: when given, the table is new and its description records it."""
+    description = json.dumps({CONFIG_KEY: config}) if config is not None else None
+    with translated(path):
+        write_deltalake(
+            str(path), data, mode="append", schema_mode="merge", writer_properties=WRITER,
+            description=description, commit_properties=_commit(operation),
+        )  # fmt: skip
+
+
+def merge_by(table: DeltaTable, data: pa.Table, key: str = "id") -> dict[str, Any]:
+    """Merge on ``key``: rows whose key is in the table are replaced, the others inserted."""
+    with translated(Path(table.table_uri)):
+        return (
+            table.merge(
+                data, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
+                merge_schema=True, writer_properties=WRITER, commit_properties=_commit("upsert"),
+            )  # fmt: skip
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+
+
+def delete_ids(table: DeltaTable, ids: list[str]) -> int:
+    """Delete the rows with these ids (one commit); returns how many went."""
+    source = pa.table({"id": pa.array(ids, pa.string())})
+    with translated(Path(table.table_uri)):
+        metrics = (
+            table.merge(
+                source, predicate="t.id = s.id", source_alias="s", target_alias="t",
+                writer_properties=WRITER, commit_properties=_commit("delete"),
+            )  # fmt: skip
+            .when_matched_delete()
+            .execute()
+        )
+    return int(metrics.get("num_target_rows_deleted", 0))
+
+
+def compact(table: DeltaTable) -> dict[str, Any]:
+    """Rewrite small files into large ones (Delta ``OPTIMIZE``); the old files stay for readers
+    of older versions until ``vacuum``."""
+    with translated(Path(table.table_uri)):
+        return table.optimize.compact(writer_properties=WRITER, commit_properties=_commit("compact"))
+
+
+def vacuum(table: DeltaTable, retention_hours: float) -> list[str]:
+    """Remove files no version newer than ``retention_hours`` needs, and uncommitted leftovers."""
+    with translated(Path(table.table_uri)):
+        return table.vacuum(
+            retention_hours=int(retention_hours), dry_run=False, enforce_retention_duration=False
+        )
+
+
+def _commit(operation: str) -> CommitProperties:
+    return CommitProperties(
+        custom_metadata={"llm_compression.operation": operation}, max_commit_retries=50
+    )
+
+
+@contextlib.contextmanager
+def translated(path: Path) -> Iterator[None]:
+    """Turn a full disk into ``StoreFullError`` (nothing was committed; the table is readable)."""
+    try:
+        yield
+    except (DeltaError, OSError) as e:
+        if _is_full(e):
+            raise StoreFullError(
+                f"{path}: the disk is full (no space left on device); nothing of this write was "
+                "committed and the table is readable. Free space (`llm-compression tables vacuum` "
+                "removes files no version needs), then retry the write"
+            ) from e
+        raise
+
+
+def _is_full(e: BaseException) -> bool:
+    text = str(e)
+    return (
+        getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        or "No space left" in text
+        or "os error 28" in text
+        or "Disk quota exceeded" in text
+    )
+
+
+class WriteLock:
+    """One writer at a time per store: a thread lock plus an ``flock`` on ``STORE/.write.lock``.
+
+    Delta's commit protocol keeps concurrent commits from overwriting each other, but it has no
+    unique keys: two processes adding the same id at once would both commit. The lock makes the
+    id check and the commit one step. Readers never take it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_FILE
+        self._thread = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def held(self, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+        if not self._thread.acquire(timeout=wait_s):
+            raise StoreBusyError(f"{self.path}: another thread held the write lock for {wait_s} s")
+        try:
+            if self._depth == 0:
+                self._fd = _flock(self.path, wait_s)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    os.close(self._fd)  # releases the flock
+                    self._fd = None
+        finally:
+            self._thread.release()
+
+
+def _flock(path: Path, wait_s: float) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError as e:
+        raise StoreNotFoundError(f"{path.parent} was removed while in use") from e
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise StoreBusyError(
+                    f"{path}: another process held the store's write lock for {wait_s} s; "
+                    "wait for it to finish, or stop it"
+                ) from None
+            time.sleep(0.01)

@@ -1,0 +1,363 @@
+"""MultimodalStorage: one Delta Lake table per modality, with exact cosine search."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from ..errors import (
+    IdNotFoundError,
+    InvalidEmbeddingError,
+    SchemaMismatchError,
+    StoreNotFoundError,
+)
+from . import checksums, delta
+from . import schema as sc
+from .ingest import IngestMixin
+from .models import ModelInfo, model_info, model_paths
+from .query import DEFAULT_TABLES, as_query_matrix, encode, query_kind
+from .search import Hit, SearchResult
+from .state import TableState
+from .where import matching_ids
+
+log = logging.getLogger(__name__)
+
+MARKER = "store.json"
+FORMAT = {"format": "llm_compression embedding tables (Delta Lake)", "version": 2}
+
+
+class MultimodalStorage(IngestMixin):
+    """Embedding tables per modality, each a Delta Lake table under ``path/<modality>/``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store directory (made when missing or empty, unless ``create=False``).
+    text_model, clip_model, audio_model : path, optional
+        The weight files that embed each modality: ``add_texts`` / ``add_files`` and text, image
+        or audio queries use them, and every row records its model's name from the file.
+    provider : object, optional
+        The embedding provider to use instead of one built from the model files.
+
+    Examples
+    --------
+    >>> store = MultimodalStorage("embeddings", text_model="minilm.parquet")  # doctest: +SKIP
+    >>> store.add_texts(["a cat", "a dog"], ids=["c", "d"], metadata=[{"lang": "en"}] * 2)
+    >>> store.search("kitten", k=1, where="metadata.lang = 'en'")[0].id  # doctest: +SKIP
+    'c'
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, provider: Any = None,
+                 text_model=None, clip_model=None, audio_model=None) -> None:  # fmt: skip
+        self.path = Path(path)
+        self._models = model_paths(text_model=text_model, clip_model=clip_model,
+                                   audio_model=audio_model)  # fmt: skip
+        self._provider = provider
+        _open_or_create(self.path, create)
+        self._lock = delta.WriteLock(self.path)
+        self._sync_lock = threading.RLock()
+        self._tables: dict[str, DeltaTable] = {}
+        self._states: dict[str, TableState] = {}
+        self._checksums: dict[str, dict[str, str]] = {}
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return f"MultimodalStorage({str(self.path)!r}, tables={list(self.modalities)})"
+
+    def __len__(self) -> int:
+        return self.count()
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities that have a table."""
+        return tuple(sorted(self._tables))
+
+    @property
+    def provider(self) -> Any:
+        """The embedding provider (built from the model files at first use)."""
+        if self._provider is None and self._models:
+            from ..provider import MultimodalEmbeddingProvider
+
+            paths = {"text_model": self._models.get("text"), "clip_model": self._models.get("image"),
+                     "audio_model": self._models.get("audio")}  # fmt: skip
+            if paths["text_model"] == paths["clip_model"]:
+                paths["text_model"] = None
+            self._provider = MultimodalEmbeddingProvider(**paths)
+        return self._provider
+
+    def table(self, modality: str) -> DeltaTable:
+        """The ``deltalake.DeltaTable`` of one modality, at the latest version."""
+        self.refresh()
+        if sc.check_modality(modality) not in self._tables:
+            raise IdNotFoundError(f"the store has no {modality} table; it has {self.modalities}")
+        return DeltaTable(str(self.path / modality))
+
+    def version(self, modality: str) -> int:
+        """The Delta version of one modality's table that this object reads."""
+        return self.table(modality).version()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Move every table to its latest version, reading only data files not read yet."""
+        with self._sync_lock:
+            for modality in sc.MODALITIES:
+                self._sync(modality)
+
+    def _sync(self, modality: str) -> None:
+        table = self._tables.get(modality)
+        if table is None:
+            table = delta.open_table(self.path / modality)
+            if table is None:
+                return
+            self._tables[modality] = table
+        else:
+            table.update_incremental()
+        files = pa.table(table.get_add_actions(flatten=False)).column("path").to_pylist()
+        state = self._states.get(modality)
+        if state is None or state.wants_rebuild(files):
+            state = TableState(self.path / modality, int(delta.config_of(table).get("dim", 0)))
+        state.sync(files)
+        self._states[modality] = state
+
+    def count(self, modality: str | None = None) -> int:
+        """Live rows of one table, or of all."""
+        self.refresh()
+        names = [sc.check_modality(modality)] if modality else list(self._states)
+        return sum(self._states[m].live_count for m in names if m in self._states)
+
+    def get(self, ids, *, modality: str) -> pa.Table:
+        """The rows with these ids (all columns), in the order asked."""
+        ids = sc.check_ids(ids)
+        table = self.table(modality).to_pyarrow_dataset()
+        rows = table.to_table(filter=pc.field("id").isin(ids))
+        missing = set(ids) - set(rows.column("id").to_pylist())
+        if missing:
+            raise IdNotFoundError(_missing(sorted(missing), modality, "get"))
+        order = {i: n for n, i in enumerate(rows.column("id").to_pylist())}
+        return rows.take([order[i] for i in ids])
+
+    def stats(self) -> dict[str, Any]:
+        """Per table: version, live rows, data files, bytes, model and dim."""
+        self.refresh()
+        out = {}
+        for name, table in sorted(self._tables.items()):
+            adds = pa.table(table.get_add_actions(flatten=False))
+            config = delta.config_of(table)
+            out[name] = {"version": table.version(), "rows": self._states[name].live_count,
+                         "files": adds.num_rows, "bytes": int(pc.sum(adds["size_bytes"]).as_py() or 0),
+                         "model": config.get("model"), "dim": int(config.get("dim", 0))}  # fmt: skip
+        return out
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def add(self, ids, vectors, *, modality: str, model_file=None, sources=None, metadata=None) -> int:
+        """Append new rows; ids already in the table raise (use ``upsert``). Returns the version.
+
+        ``model_file``: the weight file that made the vectors (default: the store's model for the
+        modality); the ``model`` column and the table's model come from it.
+        """
+        return self._write(ids, vectors, modality, model_file, sources, metadata, upsert=False)
+
+    def upsert(self, ids, vectors, *, modality: str, model_file=None, sources=None,
+               metadata=None) -> int:  # fmt: skip
+        """Like ``add``, but rows whose id is in the table are replaced (merge by id, one commit)."""
+        return self._write(ids, vectors, modality, model_file, sources, metadata, upsert=True)
+
+    def _write(self, ids, vectors, modality, model_file, sources, metadata, *, upsert) -> int:
+        sc.check_modality(modality)
+        model = self._model(modality, model_file)
+        batch = sc.validate_batch(ids, vectors, sources, metadata)
+        data = sc.batch_table(batch, modality=modality, model=model.name)
+        with self._lock.held(), self._sync_lock:
+            self._sync(modality)
+            self._check_model(modality, model, batch.dim)
+            live = self._states[modality].live() if modality in self._states else {}
+            if upsert and not live.keys().isdisjoint(batch.ids):
+                delta.merge_by(self._tables[modality], data, "id")
+            else:
+                self._check_taken(modality, batch.ids)
+                new = None if modality in self._tables else model.config(batch.dim)
+                delta.append(self.path / modality, data, new, operation="add")
+            self._sync(modality)
+            self._record(modality)
+            return self._tables[modality].version()
+
+    def _record(self, modality: str) -> None:
+        """Checksum the data files and log entries committed since the last record (lock held)."""
+        known = self._checksums.get(modality)
+        if known is None:
+            known = self._checksums[modality] = checksums.read(self.path / modality)
+        checksums.record_new(self.path / modality, self._states[modality].live_files, known)
+
+    def _model(self, modality: str, model_file) -> ModelInfo:
+        path = model_file if model_file is not None else self._models.get(modality)
+        if path is None:
+            raise SchemaMismatchError(
+                f"no model file for the {modality} table: pass model_file= (the weight file that "
+                "made the vectors), or open the store with text_model= / clip_model= / audio_model="
+            )
+        return model_info(path)
+
+    def _check_model(self, modality: str, model: ModelInfo, dim: int) -> None:
+        if modality not in self._tables:
+            return
+        config = delta.config_of(self._tables[modality])
+        want = (config.get("model_checksum"), config.get("dim"))
+        if want != (model.checksum, str(dim)):
+            raise SchemaMismatchError(
+                f"the {modality} table holds {config.get('dim')}-d vectors of model "
+                f"{config.get('model')!r} (checksum {config.get('model_checksum')}); got {dim}-d "
+                f"vectors of {model.name!r} (checksum {model.checksum}); embed with the table's "
+                "model, or use another store"
+            )
+
+    def _check_taken(self, modality: str, ids: list[str]) -> None:
+        state = self._states.get(modality)
+        live = state.live() if state is not None else {}
+        if not live.keys().isdisjoint(ids):
+            taken = [i for i in ids if i in live]
+            raise InvalidEmbeddingError(
+                f"{len(taken)} ids are already in the {modality} table (e.g. {taken[:5]}); use "
+                "upsert() to replace them, or delete() them first"
+            )
+
+    def delete(self, ids, *, modality: str | None = None, missing_ok: bool = False) -> int:
+        """Delete rows by id from one table (or every table); returns how many rows went.
+
+        Ids found in no table raise ``IdNotFoundError`` unless ``missing_ok``.
+        """
+        ids = sc.check_ids(ids)
+        names = [sc.check_modality(modality)] if modality else list(sc.MODALITIES)
+        with self._lock.held(), self._sync_lock:
+            self.refresh()
+            found, deleted = set(), 0
+            for name in (n for n in names if n in self._states):
+                live = self._states[name].live()
+                hit = [i for i in ids if i in live]
+                if hit:
+                    deleted += delta.delete_ids(self._tables[name], hit)
+                    found.update(hit)
+                    self._sync(name)
+                    self._record(name)
+            missing = [i for i in ids if i not in found]
+            if missing and not missing_ok:
+                raise IdNotFoundError(_missing(missing, modality, "delete"))
+            return deleted
+
+    def compact(self, modality: str | None = None) -> dict[str, Any]:
+        """Rewrite each table's small files into large ones (Delta OPTIMIZE); returns metrics.
+
+        Readers of older versions keep working: the old files stay until ``vacuum``.
+        """
+        names = [sc.check_modality(modality)] if modality else list(sc.MODALITIES)
+        with self._lock.held(), self._sync_lock:
+            self.refresh()
+            out = {n: delta.compact(self._tables[n]) for n in names if n in self._tables}
+            self.refresh()
+            for name in out:
+                self._record(name)
+        return out
+
+    def vacuum(self, *, retention_hours: float = 168) -> dict[str, list[str]]:
+        """Remove files no version of the last ``retention_hours`` needs (and crash leftovers).
+
+        A reader still reading a version older than that may fail; keep the default (7 days)
+        unless no such reader exists.
+        """
+        with self._lock.held(), self._sync_lock:
+            self.refresh()
+            return {n: delta.vacuum(t, retention_hours) for n, t in sorted(self._tables.items())}
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def search(self, query, *, k: int = 10, modality: str | None = None, where=None,
+               kernel: str = "auto") -> SearchResult | list[SearchResult]:  # fmt: skip
+        """Exact top-``k`` rows by cosine similarity; a batch of queries gives a list of results.
+
+        ``query``: a vector or (Q, dim) matrix, text, an image (PIL or file) or an audio file
+        (embedded by the store's provider). ``where``: a SQL predicate over the table's columns
+        (``"source LIKE '%.txt' AND metadata.lang = 'en'"``) or a dict of equalities
+        (``{"lang": "en"}``; keys are columns or metadata keys).
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidEmbeddingError(f"k must be a positive int, got {k!r}")
+        kind = query_kind(query)
+        self.refresh()
+        name = self._pick(kind, modality)
+        state = self._states[name]
+        raw = query if kind == "vector" else encode(self.provider, kind, query, name)
+        queries = as_query_matrix(raw, state.dim)
+        allow = self._allowed(name, where) if where is not None else None
+        snap = state.snapshot()
+        found = snap.index.topk(queries, int(k), dead=snap.dead, allow=allow, kernel=kernel)
+        results = [self._result(state, snap, rows, scores) for rows, scores in found]
+        single = kind != "vector" and not isinstance(query, list | tuple)
+        single = single or (kind == "vector" and np.asarray(query).ndim == 1)
+        return results[0] if single else results
+
+    def _pick(self, kind: str, modality: str | None) -> str:
+        if modality is not None:
+            if sc.check_modality(modality) not in self._states:
+                raise IdNotFoundError(f"the store has no {modality} table; it has {self.modalities}")
+            return modality
+        names = [m for m in DEFAULT_TABLES.get(kind, ()) if m in self._states]
+        if kind == "vector" and len(self._states) == 1:
+            names = list(self._states)
+        if not names:
+            raise InvalidEmbeddingError(
+                f"cannot tell which table a {kind} query searches (tables: {self.modalities}); "
+                "pass modality="
+            )
+        return names[0]
+
+    def _allowed(self, name: str, where) -> np.ndarray:
+        ids = matching_ids(self._tables[name], where, name).to_pylist()
+        live = self._states[name].live()
+        return np.sort(np.array([live[i] for i in ids if i in live], np.int64))
+
+    def _result(self, state: TableState, snap, rows: np.ndarray, scores: np.ndarray):
+        hits = []
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+            f = bisect.bisect_right(snap.starts, row) - 1
+            attrs = state.attributes(snap.files[f]).slice(row - snap.starts[f], 1).to_pylist()[0]
+            hits.append(Hit(attrs["id"], score, attrs.get("source"), attrs.get("metadata")))
+        return SearchResult(tuple(hits))
+
+
+def _missing(ids: list[str], modality: str | None, verb: str) -> str:
+    where = f"the {modality} table" if modality else "any table"
+    return f"{len(ids)} ids to {verb} are not in {where} (e.g. {ids[:5]})"
+
+
+def _open_or_create(path: Path, create: bool) -> None:
+    """Check ``path`` is a store, or make one; safe when several processes create it at once."""
+    if (path / MARKER).is_file():
+        return
+    if (path / "manifests").is_dir():
+        raise StoreNotFoundError(
+            f"{path} is an embedding store of the old format (manifests/ and fragments, before "
+            "Delta Lake tables); re-index its inputs into a new store with `llm-compression index`"
+        )
+    leftovers = [p for p in path.iterdir() if not p.name.startswith(".")] if path.is_dir() else []
+    if not create or leftovers or (path.exists() and not path.is_dir()):
+        raise StoreNotFoundError(
+            f"{path} is not an embedding store (no {MARKER}); pass the directory of an existing "
+            "store, or a new or empty one with create=True"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{MARKER}.{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(FORMAT))
+    os.replace(tmp, path / MARKER)  # atomic: concurrent creators write the same content
+    (path / delta.LOCK_FILE).touch()
