@@ -21,7 +21,7 @@ COMMAND_MODULES = (
     "generate",
     "embed",
     "validate",
-    "storage",
+    "tables",
     "demo",
 )
 

@@ -76,8 +76,13 @@ def merge_by(table: DeltaTable, data: pa.Table, key: str = "id") -> dict[str, An
     with translated(Path(table.table_uri)):
         return (
             table.merge(
-                data, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
-                merge_schema=True, writer_properties=WRITER, commit_properties=_commit("upsert"),
+                data,
+                predicate=f't."{key}" = s."{key}"',
+                source_alias="s",
+                target_alias="t",
+                merge_schema=True,
+                writer_properties=WRITER,
+                commit_properties=_commit("upsert"),
             )  # fmt: skip
             .when_matched_update_all()
             .when_not_matched_insert_all()
@@ -91,8 +96,12 @@ def delete_ids(table: DeltaTable, ids: list[str]) -> int:
     with translated(Path(table.table_uri)):
         metrics = (
             table.merge(
-                source, predicate="t.id = s.id", source_alias="s", target_alias="t",
-                writer_properties=WRITER, commit_properties=_commit("delete"),
+                source,
+                predicate="t.id = s.id",
+                source_alias="s",
+                target_alias="t",
+                writer_properties=WRITER,
+                commit_properties=_commit("delete"),
             )  # fmt: skip
             .when_matched_delete()
             .execute()
@@ -104,7 +113,9 @@ def compact(table: DeltaTable) -> dict[str, Any]:
     """Rewrite small files into large ones (Delta ``OPTIMIZE``); the old files stay for readers
     of older versions until ``vacuum``."""
     with translated(Path(table.table_uri)):
-        return table.optimize.compact(writer_properties=WRITER, commit_properties=_commit("compact"))
+        return table.optimize.compact(
+            writer_properties=WRITER, commit_properties=_commit("compact")
+        )
 
 
 def vacuum(table: DeltaTable, retention_hours: float) -> list[str]:

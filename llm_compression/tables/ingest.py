@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from ..errors import InvalidEmbeddingError, LLMCompressionError
 from . import delta
+from .where import is_in, select
 
 FILES_TABLE = "_files"
 SNIFF_BYTES = 1 << 16
@@ -131,7 +132,11 @@ class IngestMixin:
         report = IngestReport()
         files = [Path(p).resolve() for p in paths]
         known = self.file_log() if skip_unchanged else {}
-        groups: dict[str, list[tuple[Path, os.stat_result]]] = {"text": [], "image": [], "audio": []}
+        groups: dict[str, list[tuple[Path, os.stat_result]]] = {
+            "text": [],
+            "image": [],
+            "audio": [],
+        }
         for path in files:
             try:
                 st = path.stat()
@@ -140,7 +145,9 @@ class IngestMixin:
                     continue
                 kind = report.modality[str(path)] = sniff(path)
                 if kind not in groups:
-                    raise InvalidEmbeddingError(f"{kind} files are not indexed (only text, image, audio)")
+                    raise InvalidEmbeddingError(
+                        f"{kind} files are not indexed (only text, image, audio)"
+                    )
                 groups[kind].append((path, st))
             except (OSError, LLMCompressionError) as e:
                 report.failed[str(path)] = _reason(e)
@@ -161,7 +168,11 @@ class IngestMixin:
             if not rows:
                 return
             vectors = self._require_provider("text").encode_batch([t for _, t, _, _ in rows])
-            ids, metadata, sources = [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+            ids, metadata, sources = (
+                [r[0] for r in rows],
+                [r[2] for r in rows],
+                [r[3] for r in rows],
+            )
         else:
             provider = self._require_provider(kind)
             encode = provider.encode_image if kind == "image" else provider.encode_audio
@@ -184,10 +195,7 @@ class IngestMixin:
             self.delete(stale, modality=modality, missing_ok=True)
 
     def _stale_ids(self, modality: str, sources: set[str], ids: set[str]) -> list[str]:
-        table = self.table(modality).to_pyarrow_dataset()
-        import pyarrow.compute as pc
-
-        rows = table.to_table(columns=["id"], filter=pc.field("source").isin(list(sources)))
+        rows = select(self.table(modality), is_in("source", sorted(sources)), "id")
         return [i for i in rows.column("id").to_pylist() if i not in ids]
 
     def _require_provider(self, modality: str):

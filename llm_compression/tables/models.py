@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LLMCompressionError, SchemaMismatchError
+from .checksums import file_hash
 
 # which weight file embeds each modality: text prefers the sentence encoder, then CLIP's text tower
 MODEL_ROLES = {
@@ -24,7 +25,8 @@ MODEL_ROLES = {
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """``name``: the weight file's name without suffix; ``checksum``: its data checksum."""
+    """``name``: the weight file's name without suffix; ``checksum``: xxh3-64 of the whole file
+    (two conversions of one model with different weights are different models)."""
 
     name: str
     checksum: str
@@ -40,8 +42,8 @@ class ModelInfo:
 def _read(path: str, size: int, mtime_ns: int) -> ModelInfo:
     from ..store import read_metadata  # the weight-file reader's public entry point
 
-    meta = read_metadata(path)
-    return ModelInfo(Path(path).stem, meta.checksum, meta.family)
+    meta = read_metadata(path)  # checks it is a weight file; its family
+    return ModelInfo(Path(path).stem, "xxh3_64:" + file_hash(Path(path)), meta.family)
 
 
 def model_info(path: str | os.PathLike) -> ModelInfo:

@@ -88,7 +88,9 @@ class TableState:
             self.ids.extend(ids)
         live = set(live_files)
         ends = [*self.starts[1:], self.rows]
-        gone = [np.arange(self.starts[i], ends[i]) for i, f in enumerate(self.files) if f not in live]
+        gone = [
+            np.arange(self.starts[i], ends[i]) for i, f in enumerate(self.files) if f not in live
+        ]
         dead = np.concatenate(gone).astype(np.int64) if gone else np.empty(0, np.int64)
         for row in np.setdiff1d(dead, self.dead, assume_unique=True).tolist():
             if row < self._live_rows and self._live.get(self.ids[row]) == row:

@@ -29,7 +29,7 @@ from .models import ModelInfo, model_info, model_paths
 from .query import DEFAULT_TABLES, as_query_matrix, encode, query_kind
 from .search import Hit, SearchResult
 from .state import TableState
-from .where import matching_ids
+from .where import is_in, matching_ids, select
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,7 @@ class MultimodalStorage(IngestMixin):
     def get(self, ids, *, modality: str) -> pa.Table:
         """The rows with these ids (all columns), in the order asked."""
         ids = sc.check_ids(ids)
-        table = self.table(modality).to_pyarrow_dataset()
-        rows = table.to_table(filter=pc.field("id").isin(ids))
+        rows = select(self.table(modality), is_in("id", ids)) if ids else pa.table({"id": []})
         missing = set(ids) - set(rows.column("id").to_pylist())
         if missing:
             raise IdNotFoundError(_missing(sorted(missing), modality, "get"))
@@ -162,7 +161,9 @@ class MultimodalStorage(IngestMixin):
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def add(self, ids, vectors, *, modality: str, model_file=None, sources=None, metadata=None) -> int:
+    def add(
+        self, ids, vectors, *, modality: str, model_file=None, sources=None, metadata=None
+    ) -> int:
         """Append new rows; ids already in the table raise (use ``upsert``). Returns the version.
 
         ``model_file``: the weight file that made the vectors (default: the store's model for the
@@ -310,7 +311,9 @@ class MultimodalStorage(IngestMixin):
     def _pick(self, kind: str, modality: str | None) -> str:
         if modality is not None:
             if sc.check_modality(modality) not in self._states:
-                raise IdNotFoundError(f"the store has no {modality} table; it has {self.modalities}")
+                raise IdNotFoundError(
+                    f"the store has no {modality} table; it has {self.modalities}"
+                )
             return modality
         names = [m for m in DEFAULT_TABLES.get(kind, ()) if m in self._states]
         if kind == "vector" and len(self._states) == 1:

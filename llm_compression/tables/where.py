@@ -54,12 +54,23 @@ def _literal(value: Any) -> str:
     )
 
 
+def is_in(column: str, values: list[str]) -> str:
+    """``"column" IN ('a', 'b')`` with the values quoted."""
+    return f'"{column}" IN (' + ", ".join(_literal(v) for v in values) + ")"
+
+
+def select(table: DeltaTable, sql_predicate: str, columns: str = "*") -> pa.Table:
+    """The rows of ``table`` (at its loaded version) that satisfy a SQL predicate."""
+    sql = f"SELECT {columns} FROM t WHERE {sql_predicate}"
+    result = pa.table(QueryBuilder().register("t", table).execute(sql).read_all())
+    schema = pa.schema(table.schema().to_arrow())  # DataFusion answers with string_view
+    return result.cast(pa.schema([schema.field(name) for name in result.column_names]))
+
+
 def matching_ids(table: DeltaTable, where: str | dict[str, Any], name: str) -> pa.Array:
     """Ids of the rows of ``table`` (at its loaded version) that satisfy ``where``."""
-    sql = f"SELECT id FROM t WHERE {predicate(where)}"
     try:
-        reader = QueryBuilder().register("t", table).execute(sql)
-        return pa.table(reader.read_all()).column("id").combine_chunks()
+        return select(table, predicate(where), "id").column("id").combine_chunks()
     except Exception as e:  # DataFusion raises plain Exceptions for SQL errors
         columns = [f.name for f in pa.schema(table.schema().to_arrow())]
         raise InvalidFilterError(
