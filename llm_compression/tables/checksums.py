@@ -28,6 +28,14 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def size(table_dir: Path) -> int:
+    """Bytes in the record (it only grows), -1 when there is none."""
+    try:
+        return (table_dir / SIDECAR).stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
 def read(table_dir: Path) -> dict[str, str]:
     """relative path -> xxh3-64 hex of every recorded file (a torn last line is ignored)."""
     try:

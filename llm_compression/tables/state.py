@@ -27,6 +27,10 @@ WORKERS = 2  # files decoded in parallel when several are new (pyarrow releases 
 ATTRIBUTE_COLUMNS = ("id", "source", "modality", "model", "created_at", "metadata")
 
 
+class FileGone(StoreCorruptError):
+    """A data file read for an older version was removed (vacuum): read the newer version."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What a search needs, consistent at one version (later syncs do not change it)."""
@@ -50,6 +54,7 @@ class TableState:
         self.dead = np.empty(0, np.int64)  # sorted row numbers of rows no version lists
         self.index = VectorIndex(dim)
         self._live_files: list[str] = []
+        self._live_set: set[str] = set()
         self._vector_files = 0  # files whose vectors are in index
         self._live: dict[str, int] = {}
         self._live_rows = 0
@@ -80,6 +85,7 @@ class TableState:
     def sync(self, live_files: list[str]) -> None:
         """Read the files of ``live_files`` not read yet (ids only); mark rows of the others dead."""
         self._live_files = list(live_files)
+        self._live_set = set(live_files)
         known = set(self.files)
         new = [f for f in live_files if f not in known]
         for file, ids in zip(new, _map(self._read_ids, new), strict=True):
@@ -105,6 +111,8 @@ class TableState:
         try:
             schema = pq.read_schema(path)
             return pq.read_table(path, columns=[c for c in columns if c in schema.names])
+        except FileNotFoundError as e:  # vacuumed after a newer version dropped it
+            raise FileGone(f"{path} is gone; a newer version of the table does not need it") from e
         except (OSError, pa.ArrowException) as e:
             raise StoreCorruptError(
                 f"{path}: data file of the live version cannot be read ({e}); run "
@@ -135,6 +143,8 @@ class TableState:
             )
 
     def _read_unit(self, file: str) -> np.ndarray:
+        if file not in self._live_set:  # dead rows are never returned: no need to read them
+            return np.zeros((self._size(file), self.dim), np.float32)
         column = self._read(file, ["vector"]).column("vector")
         return normalize(vectors_of(column, self.dim, str(self.root / file)))
 

@@ -28,12 +28,13 @@ from .ingest import IngestMixin
 from .models import ModelInfo, model_info, model_paths
 from .query import DEFAULT_TABLES, as_query_matrix, encode, query_kind
 from .search import Hit, SearchResult
-from .state import TableState
+from .state import FileGone, TableState
 from .where import is_in, matching_ids, select
 
 log = logging.getLogger(__name__)
 
 MARKER = "store.json"
+RETRIES = 5  # reads retried on a newer version when a vacuum removed a file meanwhile
 FORMAT = {"format": "llm_compression embedding tables (Delta Lake)", "version": 2}
 
 
@@ -69,7 +70,7 @@ class MultimodalStorage(IngestMixin):
         self._sync_lock = threading.RLock()
         self._tables: dict[str, DeltaTable] = {}
         self._states: dict[str, TableState] = {}
-        self._checksums: dict[str, dict[str, str]] = {}
+        self._checksums: dict[str, tuple[int, dict[str, str]]] = {}
         self.refresh()
 
     def __repr__(self) -> str:
@@ -116,6 +117,16 @@ class MultimodalStorage(IngestMixin):
                 self._sync(modality)
 
     def _sync(self, modality: str) -> None:
+        for _ in range(RETRIES - 1):
+            try:
+                return self._sync_once(modality)
+            except FileGone:  # vacuumed meanwhile: a newer version does not list it
+                log.debug(
+                    "a data file of %s went while reading; moving to the newer version", modality
+                )
+        return self._sync_once(modality)
+
+    def _sync_once(self, modality: str) -> None:
         table = self._tables.get(modality)
         if table is None:
             table = delta.open_table(self.path / modality)
@@ -197,10 +208,17 @@ class MultimodalStorage(IngestMixin):
 
     def _record(self, modality: str) -> None:
         """Checksum the data files and log entries committed since the last record (lock held)."""
-        known = self._checksums.get(modality)
-        if known is None:
-            known = self._checksums[modality] = checksums.read(self.path / modality)
-        checksums.record_new(self.path / modality, self._states[modality].live_files, known)
+        table_dir = self.path / modality
+        size, known = self._checksums.get(modality, (-1, {}))
+        if checksums.size(table_dir) != size:  # another writer recorded files meanwhile
+            known = checksums.read(table_dir)
+        try:
+            checksums.record_new(table_dir, self._states[modality].live_files, known)
+            self._checksums[modality] = (checksums.size(table_dir), known)
+        except OSError as e:  # the commit stands; verify will only decode these files
+            log.warning(
+                "could not record checksums in %s (%s); the write is committed", modality, e
+            )
 
     def _model(self, modality: str, model_file) -> ModelInfo:
         path = model_file if model_file is not None else self._models.get(modality)
@@ -295,6 +313,14 @@ class MultimodalStorage(IngestMixin):
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidEmbeddingError(f"k must be a positive int, got {k!r}")
         kind = query_kind(query)
+        for attempt in range(RETRIES):
+            try:
+                return self._search(query, kind, k, modality, where, kernel)
+            except FileGone:
+                if attempt == RETRIES - 1:
+                    raise
+
+    def _search(self, query, kind, k, modality, where, kernel):
         self.refresh()
         name = self._pick(kind, modality)
         state = self._states[name]
