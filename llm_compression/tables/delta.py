@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from ..errors import StoreBusyError, StoreCorruptError, StoreFullError, StoreNotFoundError
 
@@ -134,9 +134,15 @@ def _commit(operation: str) -> CommitProperties:
 
 @contextlib.contextmanager
 def translated(path: Path) -> Iterator[None]:
-    """Turn a full disk into ``StoreFullError`` (nothing was committed; the table is readable)."""
+    """Turn a full disk into ``StoreFullError`` and a lost commit race into ``StoreBusyError``
+    (nothing was committed; the table is readable)."""
     try:
         yield
+    except CommitFailedError as e:
+        raise StoreBusyError(
+            f"{path}: a writer that does not take this store's lock (another engine) committed a "
+            f"conflicting change meanwhile ({e}); nothing was committed: retry the write"
+        ) from e
     except (DeltaError, OSError) as e:
         if _is_full(e):
             raise StoreFullError(
