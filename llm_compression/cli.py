@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "embed",
     "validate",
     "tables",
+    "index",
+    "search",
     "demo",
 )
 

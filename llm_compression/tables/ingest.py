@@ -152,8 +152,13 @@ class IngestMixin:
             except (OSError, LLMCompressionError) as e:
                 report.failed[str(path)] = _reason(e)
         for kind, items in groups.items():
-            if items:
-                self._ingest(kind, items, text_field, report)
+            try:
+                if items:
+                    self._ingest(kind, items, text_field, report)
+            except LLMCompressionError as e:  # no model for this modality, a write refused ...
+                for path, _ in items:
+                    report.stored.pop(str(path), None)
+                    report.failed.setdefault(str(path), _reason(e))
         self._log_files(files, report)
         return report
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,8 @@ from ..errors import (
     IdNotFoundError,
     InvalidEmbeddingError,
     SchemaMismatchError,
-    StoreNotFoundError,
 )
-from . import checksums, delta
+from . import checksums, delta, layout
 from . import schema as sc
 from .ingest import IngestMixin
 from .models import ModelInfo, model_info, model_paths
@@ -33,9 +30,7 @@ from .where import is_in, matching_ids, select
 
 log = logging.getLogger(__name__)
 
-MARKER = "store.json"
 RETRIES = 5  # reads retried on a newer version when a vacuum removed a file meanwhile
-FORMAT = {"format": "llm_compression embedding tables (Delta Lake)", "version": 2}
 
 
 class MultimodalStorage(IngestMixin):
@@ -62,10 +57,10 @@ class MultimodalStorage(IngestMixin):
     def __init__(self, path: str | os.PathLike, *, create: bool = True, provider: Any = None,
                  text_model=None, clip_model=None, audio_model=None) -> None:  # fmt: skip
         self.path = Path(path)
-        self._models = model_paths(text_model=text_model, clip_model=clip_model,
-                                   audio_model=audio_model)  # fmt: skip
+        layout.open_or_create(self.path, create)
+        given = model_paths(text_model=text_model, clip_model=clip_model, audio_model=audio_model)
+        self._models = {**layout.remembered_models(self.path), **given}
         self._provider = provider
-        _open_or_create(self.path, create)
         self._lock = delta.WriteLock(self.path)
         self._sync_lock = threading.RLock()
         self._tables: dict[str, DeltaTable] = {}
@@ -229,18 +224,24 @@ class MultimodalStorage(IngestMixin):
             )
         return model_info(path)
 
-    def _check_model(self, modality: str, model: ModelInfo, dim: int) -> None:
+    def _check_model(self, modality: str, model: ModelInfo, dim: int | None) -> None:
+        """The table's model must be ``model`` (and its dim ``dim``, unless None)."""
         if modality not in self._tables:
             return
         config = delta.config_of(self._tables[modality])
-        want = (config.get("model_checksum"), config.get("dim"))
-        if want != (model.checksum, str(dim)):
-            raise SchemaMismatchError(
-                f"the {modality} table holds {config.get('dim')}-d vectors of model "
-                f"{config.get('model')!r} (checksum {config.get('model_checksum')}); got {dim}-d "
-                f"vectors of {model.name!r} (checksum {model.checksum}); embed with the table's "
-                "model, or use another store"
-            )
+        if config.get("model_checksum") == model.checksum and dim in (None, int(config["dim"])):
+            return
+        raise SchemaMismatchError(
+            f"the {modality} table holds {config.get('dim')}-d vectors of model "
+            f"{config.get('model')!r} ({config.get('model_checksum')}); got "
+            f"{dim or 'vectors'}-d of {model.name!r} ({model.checksum}); embed with the table's "
+            "model file, or use another store"
+        )
+
+    def remember_models(self) -> None:
+        """Record this store's model files in ``store.json``, so later opens (``search``) use them."""
+        with self._lock.held():
+            layout.remember_models(self.path, self._models)
 
     def _check_taken(self, modality: str, ids: list[str]) -> None:
         state = self._states.get(modality)
@@ -324,6 +325,8 @@ class MultimodalStorage(IngestMixin):
         self.refresh()
         name = self._pick(kind, modality)
         state = self._states[name]
+        if kind != "vector" and self._provider is None:  # the query model must be the table's
+            self._check_model(name, self._model(name, None), None)
         raw = query if kind == "vector" else encode(self.provider, kind, query, name)
         queries = as_query_matrix(raw, state.dim)
         allow = self._allowed(name, where) if where is not None else None
@@ -368,25 +371,3 @@ class MultimodalStorage(IngestMixin):
 def _missing(ids: list[str], modality: str | None, verb: str) -> str:
     where = f"the {modality} table" if modality else "any table"
     return f"{len(ids)} ids to {verb} are not in {where} (e.g. {ids[:5]})"
-
-
-def _open_or_create(path: Path, create: bool) -> None:
-    """Check ``path`` is a store, or make one; safe when several processes create it at once."""
-    if (path / MARKER).is_file():
-        return
-    if (path / "manifests").is_dir():
-        raise StoreNotFoundError(
-            f"{path} is an embedding store of the old format (manifests/ and fragments, before "
-            "Delta Lake tables); re-index its inputs into a new store with `llm-compression index`"
-        )
-    leftovers = [p for p in path.iterdir() if not p.name.startswith(".")] if path.is_dir() else []
-    if not create or leftovers or (path.exists() and not path.is_dir()):
-        raise StoreNotFoundError(
-            f"{path} is not an embedding store (no {MARKER}); pass the directory of an existing "
-            "store, or a new or empty one with create=True"
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{MARKER}.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(FORMAT))
-    os.replace(tmp, path / MARKER)  # atomic: concurrent creators write the same content
-    (path / delta.LOCK_FILE).touch()
