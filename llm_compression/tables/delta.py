@@ -20,14 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from ..errors import StoreBusyError, StoreCorruptError, StoreFullError, StoreNotFoundError
 
-# Delta has no per-column codec: snappy costs ~1% over no compression on the (incompressible)
-# vector column; zstd took 40% more CPU per append (scripts/benchmark_storage.py, decision 0007)
-WRITER = WriterProperties(compression="SNAPPY", max_row_group_size=1 << 16)
+# Delta's writer has one codec for all columns: snappy is cheap on the (incompressible) vectors,
+# zstd took ~40% more CPU per append. Dictionary encoding is off: on floats the writer builds a
+# dictionary, then falls back to plain (decision 0007).
+WRITER = WriterProperties(
+    compression="SNAPPY", default_column_properties=ColumnProperties(dictionary_enabled=False)
+)
 COMMIT = CommitProperties(max_commit_retries=50)
 LOCK_FILE = ".write.lock"
 LOCK_WAIT_S = 600.0

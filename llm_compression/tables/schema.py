@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import InvalidEmbeddingError, SchemaMismatchError
 
@@ -57,20 +58,32 @@ def check_modality(modality: Any) -> str:
 
 
 def check_ids(ids: Any) -> list[str]:
-    """A list of non-empty ``str`` ids; bytes, numbers and None are refused (no silent casts)."""
+    """A list of non-empty ``str`` ids; bytes, numbers and None are refused (no silent casts).
+
+    Arrow infers ``string`` only when every id is a ``str``, so the check runs in C.
+    """
     if isinstance(ids, str | bytes) or not isinstance(ids, Sequence | np.ndarray):
         raise InvalidEmbeddingError(
             f"ids must be a list of strings, got {type(ids).__name__}; wrap a single id in a list"
         )
     ids = list(ids)
-    bad = [i for i in ids if not isinstance(i, str) or not i or len(i) > MAX_ID_CHARS]
-    if bad:
-        raise InvalidEmbeddingError(
-            f"{len(bad)} ids are not non-empty str of at most {MAX_ID_CHARS} characters (e.g. "
-            f"{bad[0]!r} of type {type(bad[0]).__name__}); decode bytes ids first, e.g. "
-            "id.decode('utf-8'), and use str(i) for numbers"
-        )
-    return ids
+    try:
+        arr = pa.array(ids, from_pandas=False) if ids else pa.array([], pa.string())
+        lengths = pc.utf8_length(arr) if pa.types.is_string(arr.type) else None
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        lengths = None
+    if lengths is not None and arr.null_count == 0 and len(ids):
+        lo, hi = pc.min_max(lengths).values()
+        if lo.as_py() > 0 and hi.as_py() <= MAX_ID_CHARS:
+            return ids
+    elif lengths is not None and not ids:
+        return ids
+    bad = next(i for i in ids if not isinstance(i, str) or not i or len(i) > MAX_ID_CHARS)
+    raise InvalidEmbeddingError(
+        f"ids must be non-empty str of at most {MAX_ID_CHARS} characters, got {bad!r} of type "
+        f"{type(bad).__name__}; decode bytes ids first (id.decode('utf-8')) and use str(i) for "
+        "numbers"
+    )
 
 
 def validate_batch(ids: Any, vectors: Any, sources: Any, metadata: Any) -> Batch:

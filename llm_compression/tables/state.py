@@ -110,7 +110,9 @@ class TableState:
         path = self.root / file
         try:
             schema = pq.read_schema(path)
-            return pq.read_table(path, columns=[c for c in columns if c in schema.names])
+            return pq.read_table(
+                path, columns=[c for c in columns if c in schema.names], memory_map=True
+            )
         except FileNotFoundError as e:  # vacuumed after a newer version dropped it
             raise FileGone(f"{path} is gone; a newer version of the table does not need it") from e
         except (OSError, pa.ArrowException) as e:
