@@ -191,3 +191,21 @@ def test_operations_match_a_dict_model(tmp_path_factory, ops):
         assert sorted(live_ids_everywhere(tmp / "s" / "text")["pyarrow"]) == sorted(want)
         for i, vec in want.items():
             assert store.search(vec, k=1)[0].id == i
+
+
+def test_the_documented_polars_and_duckdb_queries_run(store):
+    import duckdb
+    import polars as pl
+
+    text = DeltaTable(str(store.path / "text"))
+    df = pl.read_delta(str(store.path / "text")).filter(
+        pl.col("metadata").struct.field("lang") == "en"
+    )
+    assert df.height == 30
+    query = unit_vectors(60)[4]
+    dataset = text.to_pyarrow_dataset()  # noqa: F841 (DuckDB scans it by name)
+    top = duckdb.sql(f"""
+        SELECT id, source, metadata.lang AS lang,
+               array_cosine_similarity(vector::FLOAT[16], {query.tolist()}::FLOAT[16]) AS score
+        FROM dataset ORDER BY score DESC LIMIT 3""").fetchall()
+    assert top[0][:3] == ("d4", "doc1.txt", "de")
