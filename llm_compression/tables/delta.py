@@ -15,11 +15,15 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import (
     ColumnProperties,
     CommitProperties,
@@ -28,6 +32,7 @@ from deltalake import (
     write_deltalake,
 )
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction
 
 from ..errors import StoreBusyError, StoreCorruptError, StoreFullError, StoreNotFoundError
 
@@ -78,6 +83,39 @@ def append(path: Path, data: pa.Table, config: dict[str, str] | None, *, operati
             str(path), data, mode="append", schema_mode="merge", writer_properties=WRITER,
             description=description, commit_properties=_commit(operation),
         )  # fmt: skip
+
+
+def write_files(table_dir: Path, data: pa.Table, parts: int) -> list[AddAction]:
+    """Write ``data`` as ``parts`` data files in parallel threads (pyarrow releases the GIL);
+    nothing is committed: pass the actions to ``commit_files``. Files no commit lists are
+    invisible to readers and removed by ``vacuum``."""
+    cuts = [len(data) * i // parts for i in range(parts + 1)]
+    slices = [data.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+    with translated(table_dir):
+        if len(slices) == 1:
+            return [_write_file(table_dir, slices[0])]
+        with ThreadPoolExecutor(len(slices)) as pool:
+            return list(pool.map(lambda part: _write_file(table_dir, part), slices))
+
+
+def _write_file(table_dir: Path, part: pa.Table) -> AddAction:
+    name = f"part-{uuid.uuid4()}-c000.snappy.parquet"
+    pq.write_table(part, table_dir / name, compression="snappy", use_dictionary=False,
+                   write_statistics=["id"])  # fmt: skip
+    low, high = pc.min_max(part.column("id")).values()
+    stats = {"numRecords": len(part), "minValues": {"id": low.as_py()},
+             "maxValues": {"id": high.as_py()}, "nullCount": {"id": 0}}  # fmt: skip
+    return AddAction(name, (table_dir / name).stat().st_size, {}, int(time.time() * 1000), True,
+                     json.dumps(stats))  # fmt: skip
+
+
+def commit_files(table: DeltaTable, actions: list[AddAction], schema: pa.Schema, *,
+                 operation: str) -> None:  # fmt: skip
+    """Commit files written by ``write_files`` in one transaction (all or none)."""
+    with translated(Path(table.table_uri)):
+        table.create_write_transaction(
+            actions, mode="append", schema=schema, commit_properties=_commit(operation)
+        )
 
 
 def merge_by(table: DeltaTable, data: pa.Table, key: str = "id") -> dict[str, Any]:

@@ -30,6 +30,8 @@ from .where import is_in, matching_ids, select
 
 log = logging.getLogger(__name__)
 
+WRITE_THREADS = os.cpu_count() or 1
+MIN_FILE_ROWS = 1 << 15  # a batch is split into parallel files of at least 32k rows
 RETRIES = 5  # reads retried on a newer version when a vacuum removed a file meanwhile
 
 
@@ -195,11 +197,21 @@ class MultimodalStorage(IngestMixin):
                 delta.merge_by(self._tables[modality], data, "id")
             else:
                 self._check_taken(modality, batch.ids)
-                new = None if modality in self._tables else model.config(batch.dim)
-                delta.append(self.path / modality, data, new, operation="add")
+                self._append(modality, data, model.config(batch.dim))
             self._sync(modality)
             self._record(modality)
             return self._tables[modality].version()
+
+    def _append(self, modality: str, data: pa.Table, config: dict[str, str]) -> None:
+        """One commit; a large batch into an existing table of the same schema is written as
+        one file per core in parallel (write_deltalake writes one file at a time)."""
+        table = self._tables.get(modality)
+        parts = min(WRITE_THREADS, len(data) // MIN_FILE_ROWS)
+        if table is None or parts < 2 or not data.schema.equals(_schema(table)):
+            delta.append(self.path / modality, data, None if table else config, operation="add")
+            return
+        actions = delta.write_files(self.path / modality, data, parts)
+        delta.commit_files(table, actions, data.schema, operation="add")
 
     def _record(self, modality: str) -> None:
         """Checksum the data files and log entries committed since the last record (lock held)."""
@@ -371,3 +383,7 @@ class MultimodalStorage(IngestMixin):
 def _missing(ids: list[str], modality: str | None, verb: str) -> str:
     where = f"the {modality} table" if modality else "any table"
     return f"{len(ids)} ids to {verb} are not in {where} (e.g. {ids[:5]})"
+
+
+def _schema(table: DeltaTable) -> pa.Schema:
+    return pa.schema(table.schema().to_arrow())

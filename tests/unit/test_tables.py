@@ -209,3 +209,21 @@ def test_the_documented_polars_and_duckdb_queries_run(store):
                array_cosine_similarity(vector::FLOAT[16], {query.tolist()}::FLOAT[16]) AS score
         FROM dataset ORDER BY score DESC LIMIT 3""").fetchall()
     assert top[0][:3] == ("d4", "doc1.txt", "de")
+
+
+def test_large_appends_write_files_in_parallel_in_one_commit(store, model, monkeypatch):
+    from llm_compression.tables import store as store_module
+
+    monkeypatch.setattr(store_module, "MIN_FILE_ROWS", 10)
+    monkeypatch.setattr(store_module, "WRITE_THREADS", 3)
+    version = store.table("text").version()
+    x = unit_vectors(90, seed=11)
+    store.add([f"p{i}" for i in range(90)], x, modality="text", model_file=model,
+              sources=["s"] * 90, metadata=[{"lang": "fr", "page": i} for i in range(90)])  # fmt: skip
+    table = store.table("text")
+    assert table.version() == version + 1 and len(table.file_uris()) == 1 + 3
+    assert len(live_ids_everywhere(store.path / "text")["duckdb"]) == 150
+    assert store.search(x[50], k=1)[0].id == "p50"
+    from llm_compression.tables import verify
+
+    assert verify(store.path).ok and not verify(store.path).unchecked

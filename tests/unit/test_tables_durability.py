@@ -28,7 +28,8 @@ WORKER = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from llm_compression.tables import MultimodalStorage
+    from llm_compression.tables import MultimodalStorage, store as store_module
+    store_module.MIN_FILE_ROWS = 50  # 200-row adds take the parallel-files path
     store_path, model, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     store = MultimodalStorage(store_path)
     rng = np.random.default_rng(seed)
