@@ -203,13 +203,17 @@ class MultimodalStorage(IngestMixin):
             return self._tables[modality].version()
 
     def _append(self, modality: str, data: pa.Table, config: dict[str, str]) -> None:
-        """One commit; a large batch into an existing table of the same schema is written as
-        one file per core in parallel (write_deltalake writes one file at a time)."""
-        table = self._tables.get(modality)
-        parts = min(WRITE_THREADS, len(data) // MIN_FILE_ROWS)
-        if table is None or parts < 2 or not data.schema.equals(_schema(table)):
-            delta.append(self.path / modality, data, None if table else config, operation="add")
+        """One commit of new data files, one per core for a large batch, written in parallel
+        (write_deltalake writes one file at a time); ``write_deltalake`` only when the batch
+        widens the schema (a new metadata key)."""
+        if modality not in self._tables:
+            delta.create(self.path / modality, data.schema, config)
+            self._sync(modality)
+        table = self._tables[modality]
+        if not data.schema.equals(_schema(table)):
+            delta.append(self.path / modality, data, None, operation="add")
             return
+        parts = max(1, min(WRITE_THREADS, len(data) // MIN_FILE_ROWS))
         actions = delta.write_files(self.path / modality, data, parts)
         delta.commit_files(table, actions, data.schema, operation="add")
 

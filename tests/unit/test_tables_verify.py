@@ -77,28 +77,28 @@ def test_a_truncated_file_is_found_and_intact_files_survive_repair(store):
 
 def test_an_edited_log_entry_is_found_and_a_damaged_newest_entry_set_aside(store):
     log = store.path / "text" / "_delta_log"
-    first = log / "00000000000000000000.json"
+    first = log / "00000000000000000001.json"  # the first add (version 0 made the table)
     edited = re.sub(r'"modificationTime":(\d+)', lambda m: f'"modificationTime":{int(m[1]) + 1}',
                     first.read_text(), count=1)  # fmt: skip
     assert edited != first.read_text()
     original = first.read_text()
     first.write_text(edited)  # still valid JSON: only the recorded checksum tells
-    assert any("00000000000000000000.json" in p for p in verify(store.path).problems)
+    assert any("00000000000000000001.json" in p for p in verify(store.path).problems)
     fixed = repair(store.path)
     assert fixed.unrepaired  # an old entry with intact ones after it: restore from a backup
     first.write_text(original)
-    newest = log / "00000000000000000002.json"
+    newest = log / "00000000000000000003.json"
     newest.write_text(newest.read_text()[:50])  # torn
     assert not verify(store.path).ok
     fixed = repair(store.path)
-    assert fixed.set_aside == [f"text/{DAMAGED_DIR}/_delta_log/00000000000000000002.json"]
+    assert fixed.set_aside == [f"text/{DAMAGED_DIR}/_delta_log/00000000000000000003.json"]
     assert not fixed.unrepaired
     reopened = MultimodalStorage(store.path)
     assert reopened.count() == 80 and verify(store.path).ok
     reopened.add(
         ["new"], unit_vectors(1), modality="text", model_file=weight_file(store.path.parent)
     )
-    assert verify(store.path).ok  # the new version 2 is recorded afresh
+    assert verify(store.path).ok  # the new version 3 is recorded afresh
 
 
 def test_unrecorded_files_are_decoded_and_reported_unchecked(store):
