@@ -251,7 +251,11 @@ def test_enospc_from_deltalake_is_a_typed_error(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(delta, "write_deltalake", full)
+    monkeypatch.setattr(delta.pq, "write_table", full)  # our data-file writer
     with pytest.raises(StoreFullError):
         store.add(["b"], unit_vectors(1, seed=2), modality="text", model_file=model)
+    monkeypatch.setattr(delta, "write_deltalake", full)  # deltalake's (schema evolution)
+    with pytest.raises(StoreFullError):
+        store.add(["c"], unit_vectors(1, seed=3), modality="text", model_file=model,
+                  metadata=[{"new": 1}])  # fmt: skip
     assert store.count() == 1
