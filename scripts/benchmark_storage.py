@@ -42,6 +42,7 @@ APPEND_BATCH = 100_000
 # search right after numpy's `X @ q` took 47-60 ms, 0.3 s later 27-30 ms), so each timed call
 # waits this long first: every contender starts with the other core free. --settle 0 disables it.
 SETTLE_S = 0.3
+ANN = False  # --ann
 
 
 def timed(*fns, repeat: int, settle: float = SETTLE_S) -> list[float]:
@@ -112,7 +113,9 @@ def bench_store_and_numpy(
         repeat=max(1, repeat // 5),
         settle=settle,
     )
+    ann = bench_ann(cold, queries, matrix, unit_q, repeat, settle) if ANN else None
     ours = {
+        "ann": ann,
         "append_vectors_per_s": n / append_s,
         "append_cpu_s_per_100k": append_cpu * 100_000 / n,  # all threads: load-independent
         "append_vectors_per_cpu_s": n / append_cpu,
@@ -123,6 +126,60 @@ def bench_store_and_numpy(
         "exact_matches_numpy": exact,
     }
     return ours, {"single_ms": 1e3 * single[1], "batch_ms": 1e3 * batch[1]}
+
+
+def bench_ann(store, queries, matrix, unit_q, repeat: int, settle: float) -> dict | None:
+    """Build the HNSW index; recall@10 of ``search(ann=True)`` against the exact top-10 of numpy
+    over the same rows, and the median single-query latency."""
+    try:
+        import usearch  # noqa: F401
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    store.build_index("text")
+    build_s = time.perf_counter() - start
+    hits = store.search(queries, k=K, ann=True)
+    exact = numpy_topk(matrix, unit_q)
+    found = [
+        len({int(i[2:]) for i in h.ids} & set(e.tolist())) for h, e in zip(hits, exact, strict=True)
+    ]
+    single = timed(lambda: store.search(queries[0], k=K, ann=True), repeat=repeat, settle=settle)
+    return {"build_s": build_s, "recall_at_10": sum(found) / (K * len(found)),
+            "single_ms": 1e3 * single[0]}  # fmt: skip
+
+
+def stdlib_sentences(n: int) -> list[str]:
+    """``n`` distinct English sentences from the docstrings of Python's standard library (a
+    corpus every machine has), in a fixed order."""
+    import re
+    import sysconfig
+
+    out, seen = [], set()
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        for doc in re.findall(r'"""(.*?)"""', path.read_text(errors="ignore"), flags=re.S):
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+                if 30 <= len(sentence) <= 200 and sentence not in seen:
+                    seen.add(sentence)
+                    out.append(sentence)
+                    if len(out) == n:
+                        return out
+    return out
+
+
+def bench_ann_real(root: Path, minilm: Path, n: int, repeat: int, settle: float) -> dict:
+    """HNSW recall@10 and latency on real MiniLM embeddings of ``n`` stdlib sentences; the
+    queries are 100 further sentences."""
+    from llm_compression.provider import MultimodalEmbeddingProvider
+
+    texts = stdlib_sentences(n + BATCH_QUERIES)
+    start = time.perf_counter()
+    vectors = MultimodalEmbeddingProvider(text_model=minilm).encode_batch(texts, batch_size=64)
+    embed_s = time.perf_counter() - start
+    store = MultimodalStorage(root / "real")
+    store.add([f"id{i}" for i in range(n)], vectors[:n], modality="text", model_file=minilm)
+    queries = vectors[n:]
+    row = bench_ann(store, queries, vectors[:n], queries, repeat, settle)
+    return {"rows": n, "embed_s": embed_s, **row}
 
 
 def _weight_file(root: Path) -> Path:
@@ -192,7 +249,15 @@ def main() -> int:
         default="100000x384,1000000x384,100000x512,1000000x512",
         help="comma-separated ROWSxDIM tables to measure (default: %(default)s)",
     )
+    parser.add_argument("--ann", action="store_true", help="also build the HNSW index (usearch) "
+                        "and report its recall@10 against exact search and its latency")  # fmt: skip
+    parser.add_argument("--ann-minilm", type=Path, help="with --ann: also measure the index on "
+                        "real embeddings, made by this MiniLM weight file")  # fmt: skip
+    parser.add_argument("--ann-texts", type=int, default=3000,
+                        help="sentences embedded for --ann-minilm (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
+    global ANN
+    ANN = args.ann
     logging.basicConfig(level=logging.WARNING)
     sizes = [(20_000, 384)] if args.quick else _parse_sizes(args.sizes)
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
@@ -214,9 +279,19 @@ def main() -> int:
             _print_row(row)
         finally:
             shutil.rmtree(root, ignore_errors=True)
+    real = None
+    if args.ann and args.ann_minilm:
+        root = Path(tempfile.mkdtemp(prefix="bench_storage_"))
+        try:
+            real = bench_ann_real(root, args.ann_minilm, args.ann_texts, args.repeat, args.settle)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(f"\nHNSW on {real['rows']:,} real MiniLM embeddings (stdlib docstring sentences): "
+              f"recall@10 {real['recall_at_10']:.3f}, 1 query {real['single_ms']:.2f} ms, "
+              f"built in {real['build_s']:.1f} s")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"load_average": load, "blas": blas_info(), "env": env,
-                                         "search_kernel": describe_kernel(), "settle_s": args.settle,
+                                         "search_kernel": describe_kernel(), "settle_s": args.settle, "ann_real": real,
                                          "load_average_end": os.getloadavg()[0],
                                          "results": results}, indent=2))  # fmt: skip
     return 0
@@ -243,6 +318,10 @@ def _print_row(row: dict) -> None:
     for key, label in (("single_ms", "1 query (ms)"), ("batch_ms", "100 queries (ms)")):
         lance_ms = f"{lance[key]:>10.1f}{lance[key] / s[key]:>8.2f}" if lance else f"{'absent':>10}"
         print(f"  {label:<22}{s[key]:>10.1f}{npy[key]:>10.1f}{npy[key] / s[key]:>8.2f}{lance_ms}")
+    if s.get("ann"):
+        a = s["ann"]
+        print(f"  HNSW (usearch): built in {a['build_s']:.1f} s, recall@10 {a['recall_at_10']:.3f}, "
+              f"1 query {a['single_ms']:.2f} ms")  # fmt: skip
     if lance:
         print(f"  lancedb table creation {lance['append_vectors_per_s']:,.0f} vectors/s")
 

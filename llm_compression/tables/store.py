@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
@@ -22,11 +20,10 @@ from ..errors import (
 from . import checksums, delta, layout
 from . import schema as sc
 from .ingest import IngestMixin
+from .lookup import SearchMixin
 from .models import ModelInfo, model_info, model_paths
-from .query import DEFAULT_TABLES, as_query_matrix, encode, query_kind
-from .search import Hit, SearchResult
 from .state import FileGone, TableState
-from .where import is_in, matching_ids, select
+from .where import is_in, select
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +32,7 @@ MIN_FILE_ROWS = 1 << 15  # a batch is split into parallel files of at least 32k 
 RETRIES = 5  # reads retried on a newer version when a vacuum removed a file meanwhile
 
 
-class MultimodalStorage(IngestMixin):
+class MultimodalStorage(IngestMixin, SearchMixin):
     """Embedding tables per modality, each a Delta Lake table under ``path/<modality>/``.
 
     Parameters
@@ -68,6 +65,7 @@ class MultimodalStorage(IngestMixin):
         self._tables: dict[str, DeltaTable] = {}
         self._states: dict[str, TableState] = {}
         self._checksums: dict[str, tuple[int, dict[str, str]]] = {}
+        self._ann: dict[str, Any] = {}  # modality -> AnnIndex, once built or loaded
         self.refresh()
 
     def __repr__(self) -> str:
@@ -315,73 +313,6 @@ class MultimodalStorage(IngestMixin):
         with self._lock.held(), self._sync_lock:
             self.refresh()
             return {n: delta.vacuum(t, retention_hours) for n, t in sorted(self._tables.items())}
-
-    # -- search ----------------------------------------------------------------------------------
-
-    def search(self, query, *, k: int = 10, modality: str | None = None, where=None,
-               kernel: str = "auto") -> SearchResult | list[SearchResult]:  # fmt: skip
-        """Exact top-``k`` rows by cosine similarity; a batch of queries gives a list of results.
-
-        ``query``: a vector or (Q, dim) matrix, text, an image (PIL or file) or an audio file
-        (embedded by the store's provider). ``where``: a SQL predicate over the table's columns
-        (``"source LIKE '%.txt' AND metadata.lang = 'en'"``) or a dict of equalities
-        (``{"lang": "en"}``; keys are columns or metadata keys).
-        """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise InvalidEmbeddingError(f"k must be a positive int, got {k!r}")
-        kind = query_kind(query)
-        for attempt in range(RETRIES):
-            try:
-                return self._search(query, kind, k, modality, where, kernel)
-            except FileGone:
-                if attempt == RETRIES - 1:
-                    raise
-
-    def _search(self, query, kind, k, modality, where, kernel):
-        self.refresh()
-        name = self._pick(kind, modality)
-        state = self._states[name]
-        if kind != "vector" and self._provider is None:  # the query model must be the table's
-            self._check_model(name, self._model(name, None), None)
-        raw = query if kind == "vector" else encode(self.provider, kind, query, name)
-        queries = as_query_matrix(raw, state.dim)
-        allow = self._allowed(name, where) if where is not None else None
-        snap = state.snapshot()
-        found = snap.index.topk(queries, int(k), dead=snap.dead, allow=allow, kernel=kernel)
-        results = [self._result(state, snap, rows, scores) for rows, scores in found]
-        single = kind != "vector" and not isinstance(query, list | tuple)
-        single = single or (kind == "vector" and np.asarray(query).ndim == 1)
-        return results[0] if single else results
-
-    def _pick(self, kind: str, modality: str | None) -> str:
-        if modality is not None:
-            if sc.check_modality(modality) not in self._states:
-                raise IdNotFoundError(
-                    f"the store has no {modality} table; it has {self.modalities}"
-                )
-            return modality
-        names = [m for m in DEFAULT_TABLES.get(kind, ()) if m in self._states]
-        if kind == "vector" and len(self._states) == 1:
-            names = list(self._states)
-        if not names:
-            raise InvalidEmbeddingError(
-                f"cannot tell which table a {kind} query searches (tables: {self.modalities}); "
-                "pass modality="
-            )
-        return names[0]
-
-    def _allowed(self, name: str, where) -> np.ndarray:
-        ids = matching_ids(self._tables[name], where, name).to_pylist()
-        live = self._states[name].live()
-        return np.sort(np.array([live[i] for i in ids if i in live], np.int64))
-
-    def _result(self, state: TableState, snap, rows: np.ndarray, scores: np.ndarray):
-        hits = []
-        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
-            f = bisect.bisect_right(snap.starts, row) - 1
-            attrs = state.attributes(snap.files[f]).slice(row - snap.starts[f], 1).to_pylist()[0]
-            hits.append(Hit(attrs["id"], score, attrs.get("source"), attrs.get("metadata")))
-        return SearchResult(tuple(hits))
 
 
 def _missing(ids: list[str], modality: str | None, verb: str) -> str:
