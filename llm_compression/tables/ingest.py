@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +49,10 @@ class IngestReport:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     modality: dict[str, str] = field(default_factory=dict)
+
+    def count(self, sources: list[str]) -> None:
+        for source in sources:
+            self.stored[source] = self.stored.get(source, 0) + 1
 
 
 def sniff(path: Path) -> str:
@@ -103,6 +106,61 @@ def documents(path: Path, text_field: str) -> list[tuple[str, str, dict | None]]
     return docs
 
 
+@dataclass
+class Rows:
+    """Embedded rows of one modality, ready for ``add``/``upsert``."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    sources: list[str]
+    metadata: list[dict | None] | None
+
+
+def group_files(files: list[Path], report: IngestReport, known: dict) -> dict[str, list[Path]]:
+    """Files by modality (from their content); unreadable or unknown ones go to ``report``,
+    ones ``known`` as stored with the same size and mtime to ``report.skipped``."""
+    groups: dict[str, list[Path]] = {"text": [], "image": [], "audio": []}
+    for path in files:
+        try:
+            st = path.stat()
+            if known.get(str(path)) == (st.st_size, st.st_mtime_ns, "stored"):
+                report.skipped.append(str(path))
+                continue
+            kind = report.modality[str(path)] = sniff(path)
+            if kind not in groups:
+                raise InvalidEmbeddingError(
+                    f"{kind} files are not indexed (only text, image, audio)"
+                )
+            groups[kind].append(path)
+        except (OSError, LLMCompressionError) as e:
+            report.failed[str(path)] = _reason(e)
+    return {kind: items for kind, items in groups.items() if items}
+
+
+def embed_group(provider, kind: str, paths: list[Path], text_field: str, report: IngestReport):
+    """``Rows`` of files of one modality, embedded by ``provider``; failures go to ``report``."""
+    if kind == "text":
+        docs = []
+        for path in paths:
+            try:
+                docs += [(i, t, m, str(path)) for i, t, m in documents(path, text_field)]
+            except (OSError, UnicodeDecodeError, LLMCompressionError) as e:
+                report.failed[str(path)] = _reason(e)
+        if not docs:
+            return None
+        vectors = provider.encode_batch([d[1] for d in docs])
+        return Rows([d[0] for d in docs], np.asarray(vectors, np.float32), [d[3] for d in docs],
+                    [d[2] for d in docs])  # fmt: skip
+    encode = provider.encode_image if kind == "image" else provider.encode_audio
+    result = encode([str(p) for p in paths], on_error="skip")
+    for index, reason in result.errors:
+        report.failed[str(paths[index])] = reason
+    sources = [str(paths[i]) for i in result.indices]
+    if not sources:
+        return None
+    return Rows(sources, np.asarray(result.vectors, np.float32), sources, None)
+
+
 class IngestMixin:
     """``add_texts`` / ``add_files`` for ``MultimodalStorage`` (which provides ``provider``,
     ``upsert``, ``delete`` and ``path``)."""
@@ -131,71 +189,24 @@ class IngestMixin:
         """
         report = IngestReport()
         files = [Path(p).resolve() for p in paths]
-        known = self.file_log() if skip_unchanged else {}
-        groups: dict[str, list[tuple[Path, os.stat_result]]] = {
-            "text": [],
-            "image": [],
-            "audio": [],
-        }
-        for path in files:
-            try:
-                st = path.stat()
-                if known.get(str(path)) == (st.st_size, st.st_mtime_ns, "stored"):
-                    report.skipped.append(str(path))
-                    continue
-                kind = report.modality[str(path)] = sniff(path)
-                if kind not in groups:
-                    raise InvalidEmbeddingError(
-                        f"{kind} files are not indexed (only text, image, audio)"
-                    )
-                groups[kind].append((path, st))
-            except (OSError, LLMCompressionError) as e:
-                report.failed[str(path)] = _reason(e)
+        groups = group_files(files, report, self.file_log() if skip_unchanged else {})
         for kind, items in groups.items():
             try:
-                if items:
-                    self._ingest(kind, items, text_field, report)
+                rows = embed_group(self._require_provider(kind), kind, items, text_field, report)
+                if rows is not None:
+                    self._replace_rows(kind, rows)
+                    report.count(rows.sources)
             except LLMCompressionError as e:  # no model for this modality, a write refused ...
-                for path, _ in items:
-                    report.stored.pop(str(path), None)
+                for path in items:
                     report.failed.setdefault(str(path), _reason(e))
-        self._log_files(files, report)
+        self.record_files(files, report)
         return report
 
-    def _ingest(self, kind: str, items, text_field: str, report: IngestReport) -> None:
-        if kind == "text":
-            rows = []
-            for path, _ in items:
-                try:
-                    rows += [(i, t, m, str(path)) for i, t, m in documents(path, text_field)]
-                except (OSError, UnicodeDecodeError, LLMCompressionError) as e:
-                    report.failed[str(path)] = _reason(e)
-            if not rows:
-                return
-            vectors = self._require_provider("text").encode_batch([t for _, t, _, _ in rows])
-            ids, metadata, sources = (
-                [r[0] for r in rows],
-                [r[2] for r in rows],
-                [r[3] for r in rows],
-            )
-        else:
-            provider = self._require_provider(kind)
-            encode = provider.encode_image if kind == "image" else provider.encode_audio
-            result = encode([str(p) for p, _ in items], on_error="skip")
-            for index, reason in result.errors:
-                report.failed[str(items[index][0])] = reason
-            sources = [str(items[i][0]) for i in result.indices]
-            ids, vectors, metadata = sources, result.vectors, None
-        if not ids:
-            return
-        self._replace_rows(kind, ids, np.asarray(vectors, np.float32), sources, metadata)
-        for source in sources:
-            report.stored[source] = report.stored.get(source, 0) + 1
-
-    def _replace_rows(self, modality, ids, vectors, sources, metadata) -> None:
+    def _replace_rows(self, modality: str, rows: Rows) -> None:
         """Upsert the rows, then delete rows the same sources gave before and no longer give."""
-        self.upsert(ids, vectors, modality=modality, sources=sources, metadata=metadata)
-        stale = self._stale_ids(modality, set(sources), set(ids))
+        self.upsert(rows.ids, rows.vectors, modality=modality, sources=rows.sources,
+                    metadata=rows.metadata)  # fmt: skip
+        stale = self._stale_ids(modality, set(rows.sources), set(rows.ids))
         if stale:
             self.delete(stale, modality=modality, missing_ok=True)
 
@@ -230,7 +241,8 @@ class IngestMixin:
         rows = table.to_pyarrow_table(columns=["path", "status", "reason"]).to_pylist()
         return {r["path"]: r["reason"] for r in rows if r["status"] == "failed"}
 
-    def _log_files(self, files: list[Path], report: IngestReport) -> None:
+    def record_files(self, files: list[Path], report: IngestReport) -> None:
+        """Record each file's outcome in the ``_files`` table (merged by path)."""
         now = dt.datetime.now(dt.UTC)
         rows = []
         for path in files:
