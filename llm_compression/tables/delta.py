@@ -99,6 +99,7 @@ def write_files(table_dir: Path, data: pa.Table, parts: int) -> list[AddAction]:
     nothing is committed: pass the actions to ``commit_files``. Files no commit lists are
     invisible to readers and removed by ``vacuum``. Vectors are stored uncompressed (they do
     not compress; reading them back costs ~25% less CPU), the other columns with snappy."""
+    table_dir.mkdir(exist_ok=True)  # a worker may write before the driver made the table
     cuts = [len(data) * i // parts for i in range(parts + 1)]
     slices = [data.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
     with translated(table_dir):

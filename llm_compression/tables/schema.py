@@ -86,17 +86,21 @@ def check_ids(ids: Any) -> list[str]:
     )
 
 
-def validate_batch(ids: Any, vectors: Any, sources: Any, metadata: Any) -> Batch:
-    """Check one batch of rows; raises ``InvalidEmbeddingError`` / ``SchemaMismatchError``."""
-    ids = check_ids(ids)
-    if not ids:
-        raise InvalidEmbeddingError("the batch is empty: pass at least one id and vector")
+def check_unique(ids: list[str]) -> None:
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dups = [i for i in ids if i in seen or seen.add(i)]
         raise InvalidEmbeddingError(
             f"{len(dups)} ids appear twice in one batch (e.g. {dups[:3]}); ids must be unique"
         )
+
+
+def validate_batch(ids: Any, vectors: Any, sources: Any, metadata: Any) -> Batch:
+    """Check one batch of rows; raises ``InvalidEmbeddingError`` / ``SchemaMismatchError``."""
+    ids = check_ids(ids)
+    if not ids:
+        raise InvalidEmbeddingError("the batch is empty: pass at least one id and vector")
+    check_unique(ids)
     arr = np.asarray(vectors)
     if arr.dtype.kind != "f" or arr.ndim != 2 or arr.shape[0] != len(ids) or arr.shape[1] == 0:
         raise SchemaMismatchError(

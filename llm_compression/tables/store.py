@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from ..errors import (
@@ -215,6 +216,36 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         actions = delta.write_files(self.path / modality, data, parts)
         delta.commit_files(table, actions, data.schema, operation="add")
 
+    def commit_files(self, modality: str, actions: list) -> int:
+        """Commit data files that workers wrote with ``delta.write_files`` (one transaction).
+
+        Their ids must be new to the table and unique, and their model the store's for the
+        modality; otherwise nothing is committed (the files stay unlisted; ``vacuum`` removes
+        them). A batch whose metadata adds keys first widens the schema (an empty commit).
+        Returns the table version.
+        """
+        folder = self.path / sc.check_modality(modality)
+        with self._lock.held(), self._sync_lock:
+            self._sync(modality)
+            ids, schema, dim = _files_content(folder, [a.path for a in actions])
+            model = self._model(modality, None)
+            self._check_model(modality, model, dim)
+            sc.check_unique(ids)
+            self._check_taken(modality, ids)
+            if modality not in self._tables:
+                delta.create(folder, schema, model.config(dim))
+                self._sync(modality)
+            elif not set(schema.names) <= set(_schema(self._tables[modality]).names) or any(
+                not _schema(self._tables[modality]).field(f.name).equals(f) for f in schema
+            ):  # widen first: Delta commits files of the table's schema
+                delta.append(folder, schema.empty_table(), None, operation="evolve")
+                self._sync(modality)
+            table = self._tables[modality]
+            delta.commit_files(table, actions, _schema(table), operation="add")
+            self._sync(modality)
+            self._record(modality)
+            return self._tables[modality].version()
+
     def _record(self, modality: str) -> None:
         """Checksum the data files and log entries committed since the last record (lock held)."""
         table_dir = self.path / modality
@@ -322,3 +353,13 @@ def _missing(ids: list[str], modality: str | None, verb: str) -> str:
 
 def _schema(table: DeltaTable) -> pa.Schema:
     return pa.schema(table.schema().to_arrow())
+
+
+def _files_content(folder: Path, files: list[str]) -> tuple[list[str], pa.Schema, int]:
+    """(ids, unified Arrow schema, vector length) of uncommitted data files."""
+    ids, schemas = [], []
+    for file in files:
+        schemas.append(pq.read_schema(folder / file).remove_metadata())
+        ids += pq.read_table(folder / file, columns=["id"]).column("id").to_pylist()
+    first = pq.ParquetFile(folder / files[0]).read_row_group(0, columns=["vector"])
+    return ids, pa.unify_schemas(schemas), len(first.column("vector")[0])
