@@ -53,8 +53,17 @@ def expand(inputs: list[str], store: Path) -> tuple[list[Path], list[str]]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..errors import ConfigError, ModelFileNotFoundError
     from ..tables import MultimodalStorage
 
+    given = {f"--{k}-model": getattr(args, f"{k}_model") for k in ("text", "clip", "audio")}
+    if not any(given.values()):
+        raise ConfigError(
+            "index needs a model: pass --text-model, --clip-model and/or --audio-model"
+        )
+    for flag, path in given.items():
+        if path is not None and not Path(path).is_file():
+            raise ModelFileNotFoundError(f"{flag} {path}: no such file; pass a converted .parquet")
     store = MultimodalStorage(args.store, text_model=args.text_model, clip_model=args.clip_model,
                               audio_model=args.audio_model)  # fmt: skip
     store.remember_models()

@@ -81,7 +81,8 @@ class SearchMixin:
     def _allowed(self, name: str, where) -> np.ndarray:
         ids = matching_ids(self._tables[name], where, name).to_pylist()
         live = self._states[name].live()
-        return np.sort(np.array([live[i] for i in ids if i in live], np.int64))
+        rows = [row for i in ids if (row := live.get(i)) is not None]  # a writer may be syncing
+        return np.sort(np.array(rows, np.int64))
 
     def _result(self, state: TableState, snap: Snapshot, rows: np.ndarray, scores: np.ndarray):
         hits = []
@@ -128,7 +129,7 @@ class SearchMixin:
         live, allowed = state.live(), None if allow is None else set(allow.tolist())
         found = []
         for query, ids in zip(queries, index.candidates(queries, k), strict=True):
-            rows = np.array(sorted({live[i] for i in ids if i in live}), np.int64)
+            rows = np.array(sorted({r for i in ids if (r := live.get(i)) is not None}), np.int64)
             if allowed is not None:
                 rows = np.array([r for r in rows.tolist() if r in allowed], np.int64)
                 if len(rows) < k:  # the filter left too few candidates: answer exactly

@@ -128,3 +128,20 @@ def test_add_texts_and_add_files_embed_with_the_stores_models(models, corpus, tm
     assert "audio" in report.failed[str(corpus / "tone.wav")]  # no audio model: recorded
     table = store.table("text").to_pyarrow_table()
     assert set(table["model"].to_pylist()) == {models["bert"].stem}
+
+
+def test_index_without_or_with_missing_models_is_one_line(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("hello")
+    assert main(["index", str(tmp_path / "a.txt"), "--store", str(tmp_path / "s")]) == 2
+    assert "needs a model" in capsys.readouterr().err
+    argv = [
+        "index",
+        str(tmp_path / "a.txt"),
+        "--store",
+        str(tmp_path / "s"),
+        "--text-model",
+        "no.parquet",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
