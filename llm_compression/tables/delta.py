@@ -110,7 +110,7 @@ def write_files(table_dir: Path, data: pa.Table, parts: int) -> list[AddAction]:
 
 
 def _write_file(table_dir: Path, part: pa.Table) -> AddAction:
-    name = f"part-{uuid.uuid4()}-c000.snappy.parquet"
+    name = f"part-{uuid.uuid4()}-c000.parquet"  # vectors plain, other columns snappy
     codecs = {name: "none" if name == "vector" else "snappy" for name in part.column_names}
     pq.write_table(part, table_dir / name, compression=codecs, use_dictionary=False,
                    write_statistics=["id"])  # fmt: skip
