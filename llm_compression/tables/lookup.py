@@ -68,6 +68,8 @@ class SearchMixin:
                     f"the store has no {modality} table; it has {self.modalities}"
                 )
             return modality
+        if not self._states:
+            raise IdNotFoundError(f"the store {self.path} has no tables yet: add rows first")
         names = [m for m in DEFAULT_TABLES.get(kind, ()) if m in self._states]
         if kind == "vector" and len(self._states) == 1:
             names = list(self._states)

@@ -274,7 +274,10 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         if modality not in self._tables:
             return
         config = delta.config_of(self._tables[modality])
-        if config.get("model_checksum") == model.checksum and dim in (None, int(config["dim"])):
+        if config.get("model_checksum") == model.checksum and dim in (
+            None,
+            int(config.get("dim", -1)),
+        ):
             return
         raise SchemaMismatchError(
             f"the {modality} table holds {config.get('dim')}-d vectors of model "
