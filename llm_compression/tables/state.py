@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import StoreCorruptError
+from . import cache
 from .schema import vectors_of
 from .search import VectorIndex, normalize
 
@@ -147,8 +148,13 @@ class TableState:
     def _read_unit(self, file: str) -> np.ndarray:
         if file not in self._live_set:  # dead rows are never returned: no need to read them
             return np.zeros((self._size(file), self.dim), np.float32)
+        cached = cache.load(self.root, file, self._size(file), self.dim)
+        if cached is not None:
+            return cached
         column = self._read(file, ["vector"]).column("vector")
-        return normalize(vectors_of(column, self.dim, str(self.root / file)))
+        unit = normalize(vectors_of(column, self.dim, str(self.root / file)))
+        cache.store(self.root, file, unit)
+        return unit
 
     def attributes(self, file: str) -> pa.Table:
         """The non-vector columns of one data file (cached), for search results."""

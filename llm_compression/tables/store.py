@@ -18,7 +18,7 @@ from ..errors import (
     InvalidEmbeddingError,
     SchemaMismatchError,
 )
-from . import checksums, delta, layout
+from . import cache, checksums, delta, layout
 from . import schema as sc
 from .ingest import IngestMixin
 from .lookup import SearchMixin
@@ -346,7 +346,10 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         """
         with self._lock.held(), self._sync_lock:
             self.refresh()
-            return {n: delta.vacuum(t, retention_hours) for n, t in sorted(self._tables.items())}
+            out = {n: delta.vacuum(t, retention_hours) for n, t in sorted(self._tables.items())}
+            for name, state in self._states.items():
+                cache.prune(self.path / name, set(state.live_files))
+            return out
 
 
 def _missing(ids: list[str], modality: str | None, verb: str) -> str:

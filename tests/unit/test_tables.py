@@ -227,3 +227,31 @@ def test_large_appends_write_files_in_parallel_in_one_commit(store, model, monke
     from llm_compression.tables import verify
 
     assert verify(store.path).ok and not verify(store.path).unchecked
+
+
+def test_a_later_open_maps_the_vector_cache_and_ignores_a_damaged_one(store, monkeypatch):
+    from llm_compression.tables import cache, state
+
+    x = unit_vectors(60)
+    want = store.search(x[:5], k=4)
+    cache.flush()
+    folder = store.path / "text" / cache.CACHE_DIR
+    assert sorted(p.suffix for p in folder.iterdir()) == [".npy", ".xxh3"]
+
+    def no_decoding(self, file, columns):
+        assert "vector" not in columns, "the vectors should come from the cache"
+        return original(self, file, columns)
+
+    original = state.TableState._read
+    monkeypatch.setattr(state.TableState, "_read", no_decoding)
+    assert MultimodalStorage(store.path).search(x[:5], k=4) == want
+    monkeypatch.undo()
+    npy = next(folder.glob("*.npy"))
+    raw = bytearray(npy.read_bytes())
+    raw[-5] ^= 0x10
+    npy.write_bytes(raw)
+    assert MultimodalStorage(store.path).search(x[:5], k=4) == want  # decoded again
+    cache.flush()
+    store.delete([f"d{i}" for i in range(60)])
+    store.vacuum(retention_hours=0)
+    assert not any(p.name.startswith("part") for p in folder.iterdir())  # pruned with its file
