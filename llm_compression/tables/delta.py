@@ -63,6 +63,17 @@ def open_table(path: Path) -> DeltaTable | None:
         ) from e
 
 
+def update(table: DeltaTable) -> None:
+    """Move ``table`` to its latest version (reading only the new log entries)."""
+    try:
+        table.update_incremental()
+    except (DeltaError, OSError) as e:
+        raise StoreCorruptError(
+            f"{table.table_uri}: the Delta log cannot be read ({e}); run `llm-compression tables "
+            "verify` on the store, then `llm-compression tables repair`"
+        ) from e
+
+
 def config_of(table: DeltaTable) -> dict[str, str]:
     """What the table's description records (model, model_checksum, model_family, dim).
 

@@ -130,7 +130,7 @@ class MultimodalStorage(IngestMixin, SearchMixin):
                 return
             self._tables[modality] = table
         else:
-            table.update_incremental()
+            delta.update(table)
         files = pa.table(table.get_add_actions(flatten=False)).column("path").to_pylist()
         state = self._states.get(modality)
         if state is None or state.wants_rebuild(files):
