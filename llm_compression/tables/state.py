@@ -138,23 +138,26 @@ class TableState:
         """Load the vectors of files read since the last search; a view that stays consistent."""
         with self._lock:
             new = self.files[self._vector_files :]
-            for unit in _map(self._read_unit, new):
+            loaded = _map(self._read_unit, new)
+            for unit, _ in loaded:
                 self.index.append(unit)
             self._vector_files = len(self.files)
+            for file, (unit, decoded) in zip(new, loaded, strict=True):
+                if decoded:  # after every file is loaded: the writer does not slow the loads
+                    cache.store(self.root, file, unit)
             return Snapshot(
                 self.index, self.rows, self.ids, self.dead, tuple(self.files), tuple(self.starts)
             )
 
-    def _read_unit(self, file: str) -> np.ndarray:
+    def _read_unit(self, file: str) -> tuple[np.ndarray, bool]:
+        """(unit rows of a data file, whether they were decoded rather than mapped)."""
         if file not in self._live_set:  # dead rows are never returned: no need to read them
-            return np.zeros((self._size(file), self.dim), np.float32)
+            return np.zeros((self._size(file), self.dim), np.float32), False
         cached = cache.load(self.root, file, self._size(file), self.dim)
         if cached is not None:
-            return cached
+            return cached, False
         column = self._read(file, ["vector"]).column("vector")
-        unit = normalize(vectors_of(column, self.dim, str(self.root / file)))
-        cache.store(self.root, file, unit)
-        return unit
+        return normalize(vectors_of(column, self.dim, str(self.root / file))), True
 
     def attributes(self, file: str) -> pa.Table:
         """The non-vector columns of one data file (cached), for search results."""
