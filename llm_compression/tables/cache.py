@@ -12,6 +12,7 @@ cache files of data files that are gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -26,7 +27,16 @@ from .checksums import file_hash
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "_llmc_cache"
-_writer = ThreadPoolExecutor(1, thread_name_prefix="vector-cache")
+WRITER_NICE = 10  # the writer thread yields the cores to searches (Linux: per-thread niceness)
+
+
+def _lower_priority() -> None:
+    # not Linux, or not allowed: the thread writes at normal priority
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+
+
+_writer = ThreadPoolExecutor(1, thread_name_prefix="vector-cache", initializer=_lower_priority)
 _pending: list[Future] = []
 _lock = threading.Lock()
 
