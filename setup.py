@@ -17,8 +17,8 @@ EXTENSIONS = [
         optional=True,
     ),
     Extension(
-        "llm_compression.storage._scan",
-        ["llm_compression/storage/_scan.c"],
+        "llm_compression.tables._scan",
+        ["llm_compression/tables/_scan.c"],
         extra_compile_args=CFLAGS,
         optional=True,
     ),

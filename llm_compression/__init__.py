@@ -1,7 +1,7 @@
 """llm_compression: a compressed Parquet model weight store and CPU inference engine.
 
 The public names below are imported lazily, so ``import llm_compression`` is cheap and
-``llm_compression.storage`` works without torch.
+``llm_compression.tables`` works without torch.
 
 Example
 -------
@@ -30,7 +30,7 @@ _LAZY = {
     "CLIPEngine": "llm_compression.provider",
     "MultimodalEmbeddingProvider": "llm_compression.provider",
     "EmbeddingProvider": "llm_compression.provider",
-    "MultimodalStorage": "llm_compression.storage",
+    "MultimodalStorage": "llm_compression.tables",
     "preset": "llm_compression.families",
 }
 

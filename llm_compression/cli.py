@@ -24,7 +24,9 @@ COMMAND_MODULES = (
     "generate",
     "embed",
     "validate",
-    "storage",
+    "tables",
+    "index",
+    "search",
     "demo",
 )
 

@@ -65,6 +65,10 @@ class StoreNotFoundError(StorageError, FileNotFoundError):
     """A path is not an embedding store."""
 
 
+class StoreBusyError(StorageError, TimeoutError):
+    """Another writer held an embedding store's write lock for longer than the wait allowed."""
+
+
 class SchemaMismatchError(StorageError, ValueError):
     """Vectors do not fit a table: wrong dimension, dtype, model or modality."""
 
@@ -75,6 +79,14 @@ class StoreCorruptError(StorageError, OSError):
 
 class InvalidEmbeddingError(StorageError, ValueError):
     """Ids or vectors given to an embedding store are invalid (NaN, empty, duplicate or taken ids)."""
+
+
+class StoreFullError(StorageError, OSError):
+    """The disk under an embedding store is full; nothing of the failed write was committed."""
+
+
+class InvalidFilterError(StorageError, ValueError):
+    """A ``where`` filter of an embedding-store search is not a valid predicate over its columns."""
 
 
 class IdNotFoundError(StorageError, KeyError):

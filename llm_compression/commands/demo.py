@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     from llm_compression.loader import load_model
     from llm_compression.provider import MultimodalEmbeddingProvider
-    from llm_compression.storage import MultimodalStorage
+    from llm_compression.tables import MultimodalStorage
     from llm_compression.validation.inputs import SPEECH_TEXT
 
     workdir: Path = args.workdir
@@ -158,22 +158,25 @@ def run(args: argparse.Namespace) -> int:
     store = MultimodalStorage(workdir / "store", provider=provider)
     for modality, ids, vecs, model in (
         ("text", [f"sentence-{i}" for i in range(len(SENTENCES))], text_vecs, "all-minilm-l6-v2"),
-        ("image", [p.stem for p in photos], image_vecs, "clip-vit-b-32-random"),
+        ("image", [p.stem for p in photos], image_vecs, "clip-vit-b-32"),
         ("audio", [name for name, _ in clips], audio_vecs, "whisper-base"),
     ):
-        store.upsert(ids, np.asarray(vecs, dtype=np.float32), modality=modality, model=model)
+        store.upsert(ids, np.asarray(vecs, dtype=np.float32), modality=modality,
+                     model_file=paths[model])  # fmt: skip
     counts = {m: store.count(m) for m in store.modalities}
-    print(f"   store v{store.version} holds {store.count()} vectors: {counts}")
+    print(f"   store holds {store.count()} vectors: {counts}")
     for query in QUERIES:
         hits = store.search(query, k=2, modality="text")
-        best = ", ".join(f"{SENTENCES[int(i.split('-')[1])]!r} ({s:.3f})" for i, s in hits)
+        best = ", ".join(f"{SENTENCES[int(h.id.split('-')[1])]!r} ({h.score:.3f})" for h in hits)
         print(f"   text query {query!r}: {best}")
     hits = store.search(audio_vecs[0], k=4, modality="audio")
-    print("   audio nearest to the speech clip: " + ", ".join(f"{i} ({s:.3f})" for i, s in hits))
+    print(
+        "   audio nearest to the speech clip: " + ", ".join(f"{h.id} ({h.score:.3f})" for h in hits)
+    )
     hits = store.search(image_vecs[0], k=3, modality="image")
     print(
         "   image nearest to chelsea: "
-        + ", ".join(f"{i} ({s:.3f})" for i, s in hits)
+        + ", ".join(f"{h.id} ({h.score:.3f})" for h in hits)
         + f"  [{RANDOM_CLIP_NOTE}]"
     )
     _done(start)

@@ -63,7 +63,7 @@ def argvs(draw, paths) -> list[str]:
         return argv
 
     command = draw(st.sampled_from(["inspect", "embed", "generate", "transcribe", "convert",
-                                    "storage", "validate", "nonsense"]))  # fmt: skip
+                                    "tables", "search", "validate", "nonsense"]))  # fmt: skip
     if command == "inspect":
         argv = [command, draw(model), *opts(**{"--json": None, "--no-tensors": None})]
     elif command == "embed":
@@ -87,9 +87,15 @@ def argvs(draw, paths) -> list[str]:
         ]
     elif command == "convert":
         argv = [command, draw(inp), draw(out), "--no-progress", *opts(**{"--dtype": text})]
-    elif command == "storage":
+    elif command == "tables":
         action = draw(st.sampled_from(["verify", "stats", "nope"]))
         argv = [command, action, draw(st.one_of(inp, out))]
+    elif command == "search":
+        argv = [
+            command,
+            draw(st.one_of(inp, out)),
+            *opts(**{"--text": text, "--k": num, "--where": text, "--json": None}),
+        ]
     elif command == "validate":
         argv = [command, draw(model), "--reference", draw(st.one_of(inp, out))]
     else:

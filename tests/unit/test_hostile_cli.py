@@ -62,8 +62,8 @@ def test_embed_output_to_an_unwritable_place(bert_parquet, not_a_folder, capsys)
     assert "Not a directory" in _user_error(argv, capsys)
 
 
-def test_storage_verify_on_a_file(not_a_folder, capsys):
-    assert "file.txt" in _user_error(["storage", "verify", not_a_folder], capsys)
+def test_tables_verify_on_a_file(not_a_folder, capsys):
+    assert "file.txt" in _user_error(["tables", "verify", not_a_folder], capsys)
 
 
 def test_demo_workdir_that_cannot_be_made(not_a_folder, capsys):

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tables_helpers import weight_file
 
-from llm_compression.storage import MultimodalStorage, int8_scan, search
-from llm_compression.storage.int8_scan import slack_per_l1
-from llm_compression.storage.search import VectorIndex, normalize
+from llm_compression.tables import MultimodalStorage, int8_scan, search
+from llm_compression.tables.int8_scan import slack_per_l1
+from llm_compression.tables.search import VectorIndex, normalize
 
 needs_scan = pytest.mark.skipif(int8_scan._scan is None, reason="the _scan extension is not built")
 NONE = np.empty(0, np.int64)
@@ -264,16 +265,13 @@ def test_int8_copy_follows_appends_without_being_built_by_them(small_threads):
 
 @needs_scan
 def test_store_search_uses_int8_with_deletes_and_filters(tmp_path, monkeypatch):
-    import pyarrow.compute as pc
-
     monkeypatch.setattr(search, "INT8_MIN_ROWS", 1)
     store = MultimodalStorage(tmp_path / "s")
     rows = unit(900, 12, seed=22)
-    store.add([f"r{i}" for i in range(900)], rows, modality="text", model="m",
-              sources=["a" if i % 3 else "b" for i in range(900)])  # fmt: skip
+    store.add([f"r{i}" for i in range(900)], rows, modality="text",
+              model_file=weight_file(tmp_path), sources=["a" if i % 3 else "b" for i in range(900)])  # fmt: skip
     store.delete([f"r{i}" for i in range(0, 900, 5)])
-    cond = pc.field("source") == "b"
-    hits = store.search(rows[:4], k=6, filter=cond)
+    hits = store.search(rows[:4], k=6, where={"source": "b"})
     dead = np.arange(0, 900, 5)
     allow = np.arange(0, 900, 3)
     want = reference(rows, normalize(rows[:4]), 6, dead, allow)

@@ -1,10 +1,10 @@
 """Exact cosine top-k over in-memory, L2-normalised float32 rows.
 
-The index holds every row of a modality table in fragment order (deleted rows included, masked at
-query time) as a list of contiguous chunks: a large append becomes its own chunk as given (no
-copy), small appends are copied into a tail chunk that grows by doubling up to ``TAIL_BYTES``. So an
-append costs its batch, never a copy of the rows already held, and the index is rebuilt only when the
-set of fragments changes other than by appending (a compaction).
+The index holds every row of a modality table in data-file order (rows of files a newer version
+dropped included, masked at query time) as a list of contiguous chunks: a large file becomes its
+own chunk as given (no copy), small ones are copied into a tail chunk that grows by doubling up to
+``TAIL_BYTES``. So new files cost their rows, never a copy of the rows already held; the index is
+rebuilt when more than half its rows are dead (state.py).
 
 Two ways to the same top-k:
 
@@ -25,6 +25,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,24 +48,37 @@ INT8_MAX_K = 1024
 LOWEST_SCORE = -2.0  # below any cosine of unit rows (>= -1 - rounding); dead rows score -inf
 
 
+class Hit(NamedTuple):
+    """One search result: the row's id, cosine similarity, source and metadata (a dict or None)."""
+
+    id: str
+    score: float
+    source: str | None
+    metadata: dict[str, Any] | None
+
+
 @dataclass(frozen=True)
 class SearchResult:
-    """Ranked hits of one query: ids and cosine similarities, best first.
+    """Ranked hits of one query, best first; iterating yields ``Hit`` tuples."""
 
-    Iterating yields ``(id, score)`` pairs.
-    """
+    hits: tuple[Hit, ...]
 
-    ids: tuple[str, ...]
-    scores: np.ndarray  # (k,) float32, descending
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(h.id for h in self.hits)
 
-    def __iter__(self) -> Iterator[tuple[str, float]]:
-        return iter(zip(self.ids, self.scores.tolist(), strict=True))
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([h.score for h in self.hits], np.float32)
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.hits)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.hits)
 
-    def __getitem__(self, i: int) -> tuple[str, float]:
-        return self.ids[i], float(self.scores[i])
+    def __getitem__(self, i: int) -> Hit:
+        return self.hits[i]
 
 
 def normalize(

@@ -2,7 +2,7 @@
 
 ``Shadow`` keeps an int8 copy of one chunk of rows (symmetric per row: ``q8 = rint(x / s)``,
 ``s = max|x| / 127``; ``dim + 4`` bytes per row), quantizing only the rows added since its last
-``sync``. ``scan`` runs the C kernel (storage/_scan.c) over pieces of the rows on a long-lived thread
+``sync``. ``scan`` runs the C kernel (tables/_scan.c) over pieces of the rows on a long-lived thread
 pool and returns, per query, the few rows whose score bound can reach the k-th best
 (``slack_per_l1`` derives the bound); search.py re-ranks them exactly. ``_scan`` is None when the
 extension is not built (no C compiler at install): search.py then answers with BLAS.
@@ -100,7 +100,7 @@ def slack_per_l1(dim: int) -> float:
 @functools.cache
 def warn_no_extension() -> None:
     log.warning(
-        "llm_compression.storage._scan is not built, so searches use BLAS over float32 rows (about "
+        "llm_compression.tables._scan is not built, so searches use BLAS over float32 rows (about "
         "2x slower for single queries); reinstall with a C compiler (pip install -e .) to build it"
     )
 
