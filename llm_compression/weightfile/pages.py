@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .. import thrift_compact as tc
+from . import thrift_compact as tc
 
 # parquet.thrift: PageHeader fields and enum values used here.
 _PAGE_TYPE, _UNCOMPRESSED_SIZE, _COMPRESSED_SIZE, _DATA_PAGE_HEADER = 1, 2, 3, 5

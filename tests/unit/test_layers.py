@@ -10,7 +10,7 @@ import llm_compression
 ROOT = Path(llm_compression.__file__).parent
 # Lowest first. A module may import from its own entry and from entries before it.
 LAYERS = [
-    "errors", "config", "thrift_compact", "weights", "weightfile", "core", "preprocess",
+    "errors", "config", "weights", "weightfile", "core", "preprocess",
     "families", "loader", "convert", "provider", "tables", "distributed", "validation", "commands", "cli",
     "__main__", "__init__",
 ]  # fmt: skip

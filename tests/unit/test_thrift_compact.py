@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm_compression import thrift_compact as tc
+from llm_compression.weightfile import thrift_compact as tc
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 

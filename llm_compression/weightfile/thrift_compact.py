@@ -1,8 +1,8 @@
 """Thrift's compact protocol, just what Parquet page headers and footers need.
 
-thrift/doc/specs/thrift-compact-protocol.md. ``encode_struct`` writes structs (storage/
-parquet_writer.py writes fragment pages and footers with it); ``Reader`` reads them field by field
-and skips what its caller does not need (weightfile/pages.py finds a tensor's zstd frame with it).
+thrift/doc/specs/thrift-compact-protocol.md. ``Reader`` reads structs field by field and skips
+what its caller does not need (pages.py finds a tensor's zstd frame with it); ``encode_struct``
+writes them (the tests craft page headers with it).
 """
 
 from __future__ import annotations
