@@ -98,9 +98,14 @@ def is_current(path: str | os.PathLike, *, dtype: str) -> bool:
 
 
 def convert_cached(
-    src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "float16", progress=False
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    dtype: str = "float16",
+    family: str | None = None,
+    progress=False,
 ) -> Path:
     """``convert(src, dst)`` unless ``dst`` already ``is_current``; returns ``dst``."""
     if is_current(dst, dtype=dtype):
         return Path(dst)
-    return convert(src, dst, dtype=dtype, progress=progress)
+    return convert(src, dst, family=family, dtype=dtype, progress=progress)
