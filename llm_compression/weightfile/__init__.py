@@ -28,7 +28,8 @@ from .format import (
     is_unused,
     quantize_int8_rows,
 )
-from .reader import WeightFile, read_metadata, read_tensor_index
+from .metadata import read_metadata
+from .reader import WeightFile, read_tensor_index
 from .writer import write_model
 
 __all__ = [

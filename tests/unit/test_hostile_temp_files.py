@@ -14,7 +14,7 @@ import pytest
 
 from llm_compression.families import preset
 from llm_compression.weightfile import write_model
-from llm_compression.weightfile.writer import LEGACY_TEMP_SECONDS, remove_stale_temps
+from llm_compression.weightfile.tempfiles import LEGACY_TEMP_SECONDS, remove_stale_temps
 
 CFG = preset("all-minilm-l6-v2")
 TENSORS = {"w": np.ones((4, 4), np.float32)}
