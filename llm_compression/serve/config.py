@@ -45,13 +45,13 @@ class ServeConfig:
 
 
 def with_store_models(cfg: ServeConfig) -> ServeConfig:
-    """``cfg`` with the model files its store was indexed with, where no flag named one."""
-    if cfg.store is None or any((cfg.text_model, cfg.clip_model, cfg.audio_model)):
+    """``cfg`` with the model files its store was indexed with, for each role no flag named."""
+    if cfg.store is None:
         return cfg
     from ..tables.layout import remembered_models
 
     models = remembered_models(Path(cfg.store))
-    clip = models.get("image") or models.get("clip")
-    text = models.get("text")
+    clip = cfg.clip_model or models.get("image") or models.get("clip")
+    text = cfg.text_model or models.get("text")
     return replace(cfg, text_model=None if text == clip else text, clip_model=clip,
-                   audio_model=models.get("audio"))  # fmt: skip
+                   audio_model=cfg.audio_model or models.get("audio"))  # fmt: skip

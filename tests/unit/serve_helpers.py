@@ -103,4 +103,5 @@ def build_store(root: Path, files: dict[str, Path]) -> Path:
     store = MultimodalStorage(path, text_model=files["bert"], clip_model=files["clip"])
     report = store.add_files(paths)
     assert not store.failures(), report
+    store.remember_models()  # as `llm-compression index` does: `serve --store` needs no model flags
     return path
