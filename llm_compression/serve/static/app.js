@@ -2,6 +2,7 @@
 // The search page: text or a dropped file -> POST /v1/search -> ranked results.
 const $ = (id) => document.getElementById(id);
 let pendingFile = null;
+let latest = 0; // only the newest search renders its answer
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -40,11 +41,13 @@ async function search() {
   if ($("modality").value) body.modality = $("modality").value;
   setStatus("Searching...");
   const started = performance.now();
+  const mine = ++latest;
   const resp = await fetch("/v1/search", { method: "POST", headers: headers(), body: JSON.stringify(body) });
   const data = await resp.json();
+  if (mine !== latest) return;
   if (!resp.ok) { setStatus(data.error ? data.error.message : resp.statusText, true); render([]); return; }
   const ms = Math.round(performance.now() - started);
-  setStatus(`${data.data.length} results for a ${data.query_modality} query in ${data.tables.join(", ")} (${ms} ms)`);
+  setStatus(`${data.data.length} results for the ${data.query_modality} query in ${data.tables.join(", ")} (${ms} ms)`);
   render(data.data);
 }
 
