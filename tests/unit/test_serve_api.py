@@ -137,3 +137,26 @@ def test_unknown_route_and_method(server):
     assert r.status_code == 404 and "error" in r.json()
     r = httpx.get(server + "/v1/embeddings", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 405 and "error" in r.json()
+
+
+def test_openai_client_passes_image_objects_through(client, provider):
+    url = data_url(png_bytes(photo("rocket")), "image/png")
+    got = client.embeddings.create(model="tiny_clip", input=[{"image": url}])  # type: ignore[list-item]
+    np.testing.assert_allclose(got.data[0].embedding,
+                               provider.encode_image([photo("rocket")])[0], atol=1e-4)  # fmt: skip
+
+
+def test_cli_refuses_a_missing_model_file(capsys):
+    from llm_compression.cli import main
+
+    assert main(["serve", "--text-model", "/nonexistent/minilm.parquet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_provider_encode_is_sentence_transformers_compatible(provider):
+    one = provider.encode("a cat", batch_size=4, show_progress_bar=False)
+    many = provider.encode(["a cat", "a dog"], batch_size=1, normalize_embeddings=True)
+    tensor = provider.encode(["a cat"], convert_to_tensor=True)
+    assert one.shape == (provider.dimension,) and many.shape == (2, provider.dimension)
+    assert tuple(tensor.shape) == (1, provider.dimension)
+    np.testing.assert_allclose(many[0], one, atol=1e-5)
