@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -112,7 +112,7 @@ async def _stream_pieces(eng: Engines, llm, messages, opts) -> AsyncIterator[str
         stop.set()
 
 
-async def _sse(pieces: AsyncIterator[str], cid: str, name: str | None, admit: _Admit):
+async def _sse(pieces: AsyncGenerator[str, None], cid: str, name: str | None, admit: _Admit):
     def event(delta: dict[str, Any], finish: str | None) -> str:
         chunk = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
                  "model": name, "choices": [{"index": 0, "delta": delta,
@@ -127,7 +127,8 @@ async def _sse(pieces: AsyncIterator[str], cid: str, name: str | None, admit: _A
     except Exception as e:  # headers are sent: the error goes in the stream, as OpenAI does
         err = from_exception(e)
         yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind}})}\n\n"
-    finally:
+    finally:  # also when the client goes away: the LLM thread stops at its next token
+        await pieces.aclose()
         admit.__exit__()
     yield "data: [DONE]\n\n"
 
