@@ -57,7 +57,7 @@ def create_app(cfg: ServeConfig) -> Any:
 def _add_busy_and_timeout(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(QueueFull)
     async def _busy(_: Request, exc: QueueFull):
-        metrics.observe_rejected(str(exc).split()[1])
+        metrics.observe_rejected(exc.model)
         return error_response(APIError(503, f"{exc}; retry shortly", kind="server_busy",
                                        code="queue_full", headers={"Retry-After": "1"}))  # fmt: skip
 

@@ -21,7 +21,11 @@ from .metrics import Metrics
 
 
 class QueueFull(Exception):
-    """The batcher's queue holds ``max_queue`` jobs already."""
+    """A model's queue holds ``max_queue`` requests already (``model`` names it)."""
+
+    def __init__(self, model: str, max_queue: int) -> None:
+        super().__init__(f"the {model} queue is full ({max_queue} requests)")
+        self.model = model
 
 
 @dataclass
@@ -57,7 +61,7 @@ class Batcher:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            raise QueueFull(f"the {self.name} queue is full ({self.max_queue} requests)") from None
+            raise QueueFull(self.name, self.max_queue) from None
         return await job.future
 
     def _start(self) -> None:

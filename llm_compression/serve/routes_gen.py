@@ -33,7 +33,7 @@ class _Admit:
 
     def __enter__(self):
         if self.eng.inflight[self.role] >= self.eng.cfg.max_queue:
-            raise QueueFull(f"the {self.role} queue is full ({self.eng.cfg.max_queue} requests)")
+            raise QueueFull(self.role, self.eng.cfg.max_queue)
         self.eng.inflight[self.role] += 1
 
     def __exit__(self, *exc) -> None:
