@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "validate",
     "storage",
     "demo",
+    "align",
+    "report",
 )
 
 

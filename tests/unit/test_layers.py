@@ -11,7 +11,7 @@ ROOT = Path(llm_compression.__file__).parent
 # Lowest first. A module may import from its own entry and from entries before it.
 LAYERS = [
     "errors", "config", "thrift_compact", "weights", "weightfile", "core", "preprocess",
-    "families", "loader", "convert", "provider", "storage", "validation", "commands", "cli",
+    "families", "loader", "convert", "provider", "storage", "validation", "align", "commands", "cli",
     "__main__", "__init__",
 ]  # fmt: skip
 RUNTIME = ("weightfile", "core", "preprocess", "families", "loader", "provider", "storage")
