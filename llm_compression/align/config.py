@@ -154,7 +154,7 @@ def parse_config(data: dict[str, Any], root: Path) -> AlignConfig:
     loss = _build(LossConfig, data.pop("loss", {}), "[loss]")
     for key in ("dataset", "cache", "out"):
         if key not in data:
-            raise ConfigError(f"the config needs `{key} = \"...\"` (a path)")
+            raise ConfigError(f'the config needs `{key} = "..."` (a path)')
         data[key] = root / data[key]
     data["models"] = {k: root / v for k, v in data.get("models", {}).items()}
     for key in ("emotions", "behaviours"):
@@ -166,7 +166,9 @@ def load_config(path: str | os.PathLike) -> AlignConfig:
     """Read a TOML training config (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileNotFoundError(f"no config file at {path}; pass a TOML file (docs/alignment.md)")
+        raise ModelFileNotFoundError(
+            f"no config file at {path}; pass a TOML file (docs/alignment.md)"
+        )
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

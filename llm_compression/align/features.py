@@ -131,7 +131,11 @@ def _compute(todo: dict[str, list[tuple[str, str]]], models, workers: int) -> di
 
 
 def build_features(
-    records: Sequence[Record], models: dict[str, Path], cache: str | os.PathLike, *, workers: int = 2
+    records: Sequence[Record],
+    models: dict[str, Path],
+    cache: str | os.PathLike,
+    *,
+    workers: int = 2,
 ) -> Features:
     """Features of ``records`` for every modality in ``models``, from the cache or computed."""
     cache = Path(cache)

@@ -50,7 +50,9 @@ def validate_report(report, modalities, emotions=EMOTIONS, behaviours=BEHAVIOURS
     """Problems of ``report`` against ``report_schema`` (empty when it validates)."""
     if not isinstance(report, dict):
         return ["the report is not a JSON object"]
-    problems = [f"missing key {k!r}" for k in report_schema(modalities)["required"] if k not in report]
+    problems = [
+        f"missing key {k!r}" for k in report_schema(modalities)["required"] if k not in report
+    ]
     if problems:
         return problems
     if report["emotion"] not in emotions:
@@ -191,6 +193,7 @@ def evidence(model, aligned: dict, modalities) -> dict:
     return out
 
 
+@torch.no_grad()
 def write_report(model, llm, pieces: Pieces, aligned: dict) -> dict:
     """The report of one input set: ``aligned`` maps present modalities to (1, dim) vectors."""
     if not aligned:

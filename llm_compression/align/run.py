@@ -12,7 +12,7 @@ import torch
 from ..errors import ConfigError, InputError
 from .config import AlignConfig
 from .dataset import read_records, split
-from .features import Features, provider_kwargs, build_features, file_hash
+from .features import Features, build_features, file_hash, provider_kwargs
 from .heads import AlignModel, AlignModelConfig, load_checkpoint, save_checkpoint
 from .report import BEHAVIOURS, EMOTIONS, Pieces, ReportObjective, write_report
 from .trainer import Checkpoint, EarlyStopping, MetricsLog, Objective, Progress, Trainer

@@ -174,7 +174,7 @@ class Trainer:
             if loss.requires_grad:
                 loss.backward()
                 optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return float(np.mean(losses))
 
     @torch.no_grad()
