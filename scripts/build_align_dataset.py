@@ -1,13 +1,15 @@
 """Build the small real alignment dataset: scikit-image photos, captions, espeak-ng speech and
 synthetic sounds, as JSONL records (docs/alignment.md).
 
-    python scripts/build_align_dataset.py OUT_DIR [--per-subject 12] [--seed 0]
+    python scripts/build_align_dataset.py OUT_DIR [--per-subject 12] [--seed 0] [--convert]
 
 Each of 8 subjects (the cat photo, the horse, the astronaut ...) gets ``--per-subject`` records: a
 random crop / flip / brightness change of its photo, one of its captions, and audio that is
 either espeak-ng speaking the caption (even records) or a synthetic sound of the subject (odd
 records: a meow-like sweep, hoof beats, radio beeps ...). Report labels (emotion, behaviours) are
-fixed per subject. Writes OUT_DIR/records.jsonl, OUT_DIR/image/*.png and OUT_DIR/audio/*.wav.
+fixed per subject. Writes OUT_DIR/records.jsonl, OUT_DIR/image/*.png, OUT_DIR/audio/*.wav and a
+training config OUT_DIR/align.toml whose [models] point at OUT_DIR/models/ (``--convert`` writes
+them there from the packaged weights: MiniLM, MobileNetV2, Whisper base, SmolLM2-135M).
 """
 
 from __future__ import annotations
@@ -227,13 +229,75 @@ def build(out: Path, per_subject: int, seed: int) -> Path:
     return path
 
 
+CONFIG = """dataset = "records.jsonl"
+cache = "features"
+out = "runs"
+batch_size = 24
+holdout = 0.25
+workers = 2
+prompt_tokens = 4
+
+[models]
+text = "models/minilm.parquet"
+image = "models/mobilenet-v2.parquet"
+audio = "models/whisper-base.parquet"
+llm = "models/smollm2.parquet"
+
+[loss]
+name = "info_nce"
+temperature = 0.07
+
+[[stages]]  # single-modality warm-up: text <-> image only
+name = "warmup"
+epochs = 30
+lr = 1e-3
+pairs = [["text", "image"]]
+train = ["text", "image"]
+
+[[stages]]  # cross-modal: every pair, every head
+name = "cross"
+epochs = 60
+lr = 5e-4
+pairs = [["text", "image"], ["audio", "text"], ["image", "audio"]]
+train = ["text", "image", "audio"]
+
+[[stages]]  # report: projector only, LLM frozen
+name = "report"
+epochs = 4
+lr = 1e-3
+align_weight = 0.0
+report_weight = 1.0
+train = ["projector"]
+"""
+
+
+def convert_models(folder: Path) -> None:
+    from llm_compression import weights
+    from llm_compression.convert import convert_cached
+
+    folder.mkdir(parents=True, exist_ok=True)
+    convert_cached(weights.packaged_minilm(), folder / "minilm.parquet")
+    convert_cached(weights.packaged_whisper_base(), folder / "whisper-base.parquet")
+    convert_cached(weights.packaged_smollm2(), folder / "smollm2.parquet")
+    if not (folder / "mobilenet-v2.parquet").is_file():
+        from llm_compression.convert import convert
+
+        convert(weights.packaged_mobilenet_v2(), folder / "mobilenet-v2.parquet",
+                family="mobilenet_v2")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--per-subject", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--convert", action="store_true", help="convert the models too")
     args = parser.parse_args()
     print(build(args.out, args.per_subject, args.seed))
+    if not (args.out / "align.toml").exists():
+        (args.out / "align.toml").write_text(CONFIG)
+    if args.convert:
+        convert_models(args.out / "models")
 
 
 if __name__ == "__main__":
