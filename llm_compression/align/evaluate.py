@@ -19,7 +19,7 @@ from .features import Features
 def recall_at_k(queries, gallery, q_labels, g_labels, k: int) -> float:
     """Fraction of queries (Q, D) with a same-label item among their k best of gallery (G, D)."""
     scores = np.asarray(queries) @ np.asarray(gallery).T  # (Q, G)
-    top = np.argsort(-scores, axis=1)[:, :k]
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     hits = (np.asarray(g_labels)[top] == np.asarray(q_labels)[:, None]).any(axis=1)
     return float(hits.mean())
 
@@ -60,8 +60,8 @@ def drop_modalities(feats: Features, fraction: float, seed: int = 0) -> Features
     for i in range(len(feats.ids)):
         have = [m for m in names if present[m][i]]
         drop = [m for m in have if rng.random() < fraction]
-        if len(drop) == len(have):
-            drop = drop[1:]
+        if drop and len(drop) == len(have):
+            drop.pop(int(rng.integers(len(drop))))  # keep one modality, chosen at random
         for m in drop:
             present[m][i] = False
     vectors = {m: np.where(present[m][:, None], v, 0.0).astype(np.float32)

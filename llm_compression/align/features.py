@@ -150,7 +150,8 @@ def build_features(
         for m in modalities
     }
     log.info("features to compute: %s", {m: len(v) for m, v in todo.items()})
-    for m, rows in _compute({m: v for m, v in todo.items() if v}, models, workers).items():
+    todo = {m: v for m, v in todo.items() if v}
+    for m, rows in (_compute(todo, models, workers) if todo else {}).items():
         cached[m].update(rows)
         _write(_cache_file(cache, m, hashes[m]), m, hashes[m], cached[m])
     return _assemble(records, modalities, cached)
