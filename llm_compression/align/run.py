@@ -106,7 +106,7 @@ class Reporter:
         from ..provider import MultimodalEmbeddingProvider
 
         self.model = load_checkpoint(checkpoint).eval()
-        models = {k: Path(v) for k, v in self.model.config.models.items()}
+        models = {k: Path(v) for k, v in dict(self.model.config.models).items()}
         if "llm" not in models:
             raise ConfigError(
                 f"{checkpoint} was trained without an LLM; add `llm = ...` to [models] and a "
