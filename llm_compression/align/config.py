@@ -124,6 +124,13 @@ class AlignConfig:
             raise ConfigError(f"[models] has unknown keys {unknown}; use {[*MODALITIES, 'llm']}")
         if any(s.reports for s in self.stages) and "llm" not in self.models:
             raise ConfigError("a stage has report_weight > 0 but [models] names no llm file")
+        for s in self.stages:
+            used = {m for pair in s.pairs for m in pair} | (set(s.train) & set(MODALITIES))
+            if used - set(self.models):
+                raise ConfigError(
+                    f"stage {s.name!r} uses {sorted(used - set(self.models))} but [models] has no "
+                    "encoder for it; add the model file or drop the modality from the stage"
+                )
         if not 0 <= self.holdout < 1 or self.batch_size < 2 or self.workers < 1:
             raise ConfigError("holdout must be in [0, 1), batch_size >= 2, workers >= 1")
 

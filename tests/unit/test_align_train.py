@@ -171,7 +171,8 @@ def test_config_from_toml(tmp_path):
      (("epochs = 3", "epochs = 0"), "epochs must be"),
      (('name = "info_nce"', 'name = "triplet"'), "not supported"),
      (("[models]", "report = 1\n[models]"), "unknown keys"),
-     (("batch_size = 8", "batch_size = ["), "not valid TOML")],
+     (("batch_size = 8", "batch_size = ["), "not valid TOML"),
+     (('pairs = [["text", "image"]]\ntrain', 'pairs = [["text", "audio"]]\ntrain'), "no encoder")],
 )  # fmt: skip
 def test_config_errors(tmp_path, edit, match):
     (tmp_path / "c.toml").write_text(TOML.replace(*edit))
