@@ -263,8 +263,9 @@ train = ["text", "image", "audio"]
 
 [[stages]]  # report: projector only, LLM frozen
 name = "report"
-epochs = 4
-lr = 1e-3
+epochs = 6
+lr = 2e-3
+batch_size = 6
 align_weight = 0.0
 report_weight = 1.0
 train = ["projector"]

@@ -76,6 +76,7 @@ class Stage:
     align_weight: float = 1.0
     report_weight: float = 0.0
     patience: int = 0  # early stopping on the held-out loss; 0 = off
+    batch_size: int = 0  # 0: the config's batch_size
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1 or not self.lr > 0:

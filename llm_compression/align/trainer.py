@@ -165,9 +165,9 @@ class Trainer:
     def _epoch(self, stage: Stage, optimizer) -> float:
         self.model.train()
         order = self.rng.permutation(len(self.train.ids))
-        losses = []
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        losses, size = [], stage.batch_size or self.batch_size
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
             labels = None if self.labels is None else self.labels[rows]
             loss = self.objective(self.model, to_batch(self.train.subset(rows), labels), stage)
             optimizer.zero_grad(set_to_none=True)
