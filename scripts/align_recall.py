@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from llm_compression.align import AlignModel, Trainer, load_config
 from llm_compression.align.dataset import read_records, split
@@ -40,6 +41,7 @@ def run(cfg, drop: float) -> dict[str, list[dict]]:
         ("complete", train_f),
         (f"missing {drop:.0%}", drop_modalities(train_f, drop, cfg.seed)),
     ):
+        torch.manual_seed(cfg.seed)  # the same initial heads for both runs
         model = AlignModel(_model_config(cfg, feats, labels))
         model.temperature.log_t.data.fill_(float(np.log(cfg.loss.temperature)))
         trainer = Trainer(model, Objective(cfg.loss), data, None, labels=train_l,

@@ -81,6 +81,7 @@ def train(cfg: AlignConfig) -> Path:
     held_f = feats.subset([row[r.id] for r in held_r])
     labels = tuple(sorted({r.label for r in records if r.label}))
     mcfg = _model_config(cfg, feats, labels)
+    torch.manual_seed(cfg.seed)  # the heads' initial weights
     model = AlignModel(mcfg)
     model.temperature.log_t.data.fill_(float(np.log(cfg.loss.temperature)))
     cfg.out.mkdir(parents=True, exist_ok=True)
