@@ -29,6 +29,8 @@ COMMAND_MODULES = (
     "search",
     "demo",
     "serve",
+    "align",
+    "report",
 )
 
 

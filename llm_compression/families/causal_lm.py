@@ -71,14 +71,20 @@ class CausalLM(FamilyMethods, Transformer):
         cache: list[KVCache] | None = None,
         start_pos: int = 0,
         last_only: bool = False,
+        prefix_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-token logits (B, T, V) for token ids (B, T); (B, 1, V) with ``last_only``.
 
         ``mask`` (B, T) or (B, 1, 1, S): True for real tokens (padding masked out of attention).
+        ``prefix_embeds`` (B, P, C): input embeddings (soft prompts) placed before the tokens'
+        embeddings; the output then covers P + T positions and ``mask`` must cover them too.
         """
         if mask is not None and mask.dim() == 2:
             mask = mask.bool()[:, None, None, :]
-        h = super().forward(self.token_embed(ids), mask=mask, cache=cache, start_pos=start_pos)
+        x = self.token_embed(ids)  # (B, T, C)
+        if prefix_embeds is not None:
+            x = torch.cat([prefix_embeds.to(x.dtype), x], dim=1)  # (B, P + T, C)
+        h = super().forward(x, mask=mask, cache=cache, start_pos=start_pos)
         if last_only:
             h = h[:, -1:]
         weight = self.token_embed.weight if self.config.tie_embeddings else self.lm_head.weight

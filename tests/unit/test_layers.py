@@ -11,7 +11,7 @@ ROOT = Path(llm_compression.__file__).parent
 # Lowest first. A module may import from its own entry and from entries before it.
 LAYERS = [
     "errors", "config", "weights", "weightfile", "core", "preprocess",
-    "families", "loader", "convert", "provider", "tables", "distributed", "validation", "serve",
+    "families", "loader", "convert", "provider", "tables", "distributed", "validation", "align", "serve",
     "commands", "cli",
     "__main__", "__init__",
 ]  # fmt: skip

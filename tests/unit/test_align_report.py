@@ -1,0 +1,108 @@
+"""Phase 2: soft prompts through the frozen LLM, and a report that always validates."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
+
+from llm_compression.align import AlignModel, AlignModelConfig, report_schema, validate_report
+from llm_compression.align.report import (
+    BEHAVIOURS,
+    EMOTIONS,
+    Pieces,
+    ReportObjective,
+    soft_prompts,
+    write_report,
+)  # fmt: skip
+from llm_compression.errors import InputError
+from llm_compression.families import build_model
+from llm_compression.loader import load_weights_into
+from llm_compression.preprocess.text import Tokenizer
+
+MODALITIES = ("image", "audio", "text")
+SUBSETS = [s for k in (1, 2, 3) for s in itertools.combinations(MODALITIES, k)]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    tok = Tokenizer.from_files(tiny_tokenizer_files())
+    _, cfg, state = tiny_causal_lm("llama", vocab_size=tok.vocab_size, seed=1)
+    model = load_weights_into(build_model(cfg), state).eval()
+    model.tokenizer = tok
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = AlignModelConfig(
+        inputs=(("image", 12), ("audio", 10), ("text", 8)), dim=16, hidden=16, prompt_tokens=2,
+        llm_dim=32, labels=("cat", "horse"), emotions=EMOTIONS, behaviours=BEHAVIOURS,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    m = AlignModel(cfg).eval()
+    m.prototypes.copy_(torch.nn.functional.normalize(torch.randn(2, 16), dim=-1))
+    return m
+
+
+def test_prefix_embeds_equal_the_same_tokens_given_as_ids(llm):
+    ids = torch.tensor([[5, 17, 40, 9, 33]])
+    full = llm.logits(ids)
+    prefix = llm.token_embed(ids[:, :2])
+    split = llm.logits(ids[:, 2:], prefix_embeds=prefix)
+    torch.testing.assert_close(split, full, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_tokens_are_learned_not_zeros(model):
+    aligned = {"image": torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)}
+    soft = soft_prompts(model, aligned, {"image": torch.tensor([True, False])})
+    assert soft.shape == (2, 3 * 2, 32)
+    torch.testing.assert_close(soft[1, :2], model.projector.missing["image"])
+    assert soft[1, 2:].abs().sum() > 0  # audio and text: <MISSING>, not zeros
+    torch.testing.assert_close(soft[0, 2:4], model.projector.missing["audio"])
+
+
+@pytest.mark.parametrize("subset", SUBSETS, ids=["+".join(s) for s in SUBSETS])
+def test_report_validates_for_every_modality_subset(model, llm, subset):
+    pieces = Pieces.build(llm.tokenizer)
+    inputs = {m: torch.randn(1, d) for m, d in model.config.inputs if m in subset}
+    report = write_report(model, llm, pieces, model.embed(inputs))
+    assert validate_report(json.loads(json.dumps(report)), MODALITIES) == []
+    assert {m for m, e in report["evidence"].items() if e["present"]} == set(subset)
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(report, report_schema(MODALITIES))
+
+
+def test_no_input_is_a_typed_error(model, llm):
+    with pytest.raises(InputError, match="at least one"):
+        write_report(model, llm, Pieces.build(llm.tokenizer), {})
+
+
+def test_validator_finds_problems():
+    good = {"emotion": "calm", "behaviours": ["resting"], "confidence": 0.5,
+            "evidence": {m: {"present": False, "nearest": None, "score": None} for m in MODALITIES}}  # fmt: skip
+    assert validate_report(good, MODALITIES) == []
+    assert validate_report({**good, "emotion": "angry"}, MODALITIES)
+    assert validate_report({**good, "behaviours": []}, MODALITIES)
+    assert validate_report({**good, "confidence": 2}, MODALITIES)
+    assert validate_report({**good, "evidence": {}}, MODALITIES)
+    assert validate_report([], MODALITIES)
+
+
+def test_report_training_moves_the_projector_only(model, llm):
+    pieces = Pieces.build(llm.tokenizer)
+    objective = ReportObjective(
+        llm, pieces, {"a": ("calm", ("resting",)), "b": ("alert", ("moving",))}
+    )
+    batch = {"ids": ["a", "b"], "present": {m: torch.tensor([True, False]) for m in MODALITIES}}
+    z = model.embed({m: torch.randn(2, d) for m, d in model.config.inputs})
+    model.zero_grad()
+    loss = objective(model, z, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert all(p.grad is None for p in llm.parameters())
+    assert model.projector.missing["image"].grad.abs().sum() > 0  # row b has no image
+    assert any(p.grad is not None for p in model.projector.proj.parameters())
