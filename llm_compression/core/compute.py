@@ -20,6 +20,8 @@ Example
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,21 +60,24 @@ def parse_dtype(dtype: str | torch.dtype | None) -> str:
 
 
 class BFloat16Linear(nn.Module):
-    """``y = x W^T + b`` with W in bfloat16: input cast to bfloat16, output back to x's dtype."""
+    """``y = x W^T + b`` in bfloat16 (oneDNN AVX512_BF16), y left in bfloat16.
 
-    io_dtype = torch.float32  # what the layer takes and returns: the model's stream stays float32
+    The output stays bfloat16 so the next elementwise op and linear layer (activation -> down
+    projection, q/k/v -> attention -> output projection) take it without a cast; the residual
+    stream stays float32 because adding a bfloat16 tensor to it promotes (as torch.autocast)."""
+
+    io_dtype = torch.bfloat16  # what the layer returns (KV caches are made in it)
 
     def __init__(self, layer: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.weight = nn.Parameter(layer.weight.detach().to(torch.bfloat16), requires_grad=False)
         bias = layer.bias
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.bfloat16))
+        self.bias.requires_grad_(False) if self.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x.to(torch.bfloat16), self.weight)
-        y = y.to(x.dtype)
-        return y if self.bias is None else y.add_(self.bias)
+        return F.linear(x.to(torch.bfloat16), self.weight, self.bias)
 
 
 class Int8Linear(nn.Module):
@@ -87,7 +92,9 @@ class Int8Linear(nn.Module):
         w = layer.weight.detach().float()
         scales = w.abs().amax(dim=1).clamp_min(1e-12).double() / 127.0
         zeros = torch.zeros(w.shape[0], dtype=torch.int64)
-        qw = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
+        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated (2.13)
+            warnings.simplefilter("ignore", UserWarning)
+            qw = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
         bias = None if layer.bias is None else layer.bias.detach().float()
         self._packed = torch.ops.quantized.linear_prepack(qw, bias)
 
