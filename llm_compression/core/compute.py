@@ -126,3 +126,13 @@ def apply_compute(model: nn.Module, dtype: str | torch.dtype | None) -> nn.Modul
         model.to(torch.float16)
     model.compute_dtype = mode
     return model
+
+
+def compute_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights take in its compute mode (int8 layers: 1 byte a weight + scales)."""
+    total = sum(t.numel() * t.element_size() for t in model.parameters())
+    total += sum(t.numel() * t.element_size() for t in model.buffers())
+    for layer in model.modules():
+        if isinstance(layer, Int8Linear):
+            total += layer.out_features * (layer.in_features + 4 + 4)  # int8 rows, scale, bias
+    return total
