@@ -104,3 +104,17 @@ def test_cli_embed_dtype(bert_file, capsys):
     from llm_compression.cli import main
 
     assert main(["embed", "--text-model", str(bert_file), "--text", "hi", "--dtype", "int8"]) == 0
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
+def test_whisper_modes_embed_and_transcribe(tmp_path, mode):
+    from provider_helpers import tiny_whisper_folder
+
+    path = convert(tiny_whisper_folder(tmp_path / "w"), tmp_path / "w.parquet", dtype="float32")
+    wave = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32)
+    exact = MultimodalEmbeddingProvider(audio_model=path).encode_audio([wave], sample_rate=16000)
+    fast = MultimodalEmbeddingProvider(audio_model=path, dtype=mode).encode_audio(
+        [wave], sample_rate=16000
+    )
+    assert _cos(exact, fast).min() > 0.98
+    assert isinstance(load_model(path, dtype=mode).transcribe(wave, max_new_tokens=3), str)
