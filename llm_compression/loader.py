@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .config import TransformerConfig
-from .core.compute import apply_compute, parse_dtype
+from .core.compute import apply_compute, linear_names, parse_dtype
 from .errors import ConfigError, CorruptFileError, FormatError, InputError, MissingTensorError
 from .families import build_model, config_from_dict, family
 from .weightfile import TensorInfo, WeightFile, WeightFileMetadata, decode_tensor, is_unused
@@ -266,6 +266,19 @@ def load_weights_into(
     return model
 
 
+def _load_converting(loader: WeightLoader, model: torch.nn.Module, mode: str) -> None:
+    """Everything but the linear layers at once, then each linear layer decoded and converted in
+    turn (``apply_compute(fill=...)``): loading peaks near the compute-dtype bytes, not float32's."""
+    linear = set(linear_names(model))
+    rest = [n for n in loader.tensor_names if n not in linear]
+    result = model.load_state_dict(loader.load_weights(rest), assign=True, strict=False)
+    if result.unexpected_keys or set(result.missing_keys) != linear:  # check_fits ran before
+        raise MissingTensorError(f"{loader.path} does not fit {type(model).__name__}")
+    apply_compute(model, mode, fill=loader.load_weights)
+    model.eval()
+    model.requires_grad_(False)
+
+
 def load_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device="cpu"):
     """Build the model stored in a weight file: CLIP, Whisper, SentenceEncoder or CausalLM.
 
@@ -289,8 +302,11 @@ def load_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
     loader.check_layer_count()
     model = build_model(loader.config)
     loader.check_fits(model)  # shapes against the config before decoding anything
-    load_weights_into(model, loader.load_weights())
-    apply_compute(model, mode)
+    if mode in ("bfloat16", "int8"):
+        _load_converting(loader, model, mode)
+    else:
+        load_weights_into(model, loader.load_weights())
+        apply_compute(model, mode)
     if family(loader.config.family).tokenizer:
         model.tokenizer = Tokenizer.from_files(dict(loader.metadata.files))
     log.info("loaded %s from %s in %.3f s", type(model).__name__, path, time.perf_counter() - start)

@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -102,26 +103,45 @@ class Int8Linear(nn.Module):
         return torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)
 
 
-def _replace_linears(model: nn.Module, make) -> None:
+def _replace_linears(model: nn.Module, make, fill, prefix: str = "") -> None:
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear):
+            if fill is not None:  # this layer's weights, decoded just before it is converted
+                names = [f"{prefix}{name}.{p}" for p, _ in child.named_parameters()]
+                found = fill(names)
+                child.load_state_dict({n.rsplit(".", 1)[1]: found[n] for n in names}, assign=True)
             setattr(model, name, make(child))
         else:
-            _replace_linears(child, make)
+            _replace_linears(child, make, fill, f"{prefix}{name}.")
 
 
-def apply_compute(model: nn.Module, dtype: str | torch.dtype | None) -> nn.Module:
+def linear_names(model: nn.Module) -> list[str]:
+    """Names of the parameters of the model's ``nn.Linear`` layers (what the modes convert)."""
+    return [
+        f"{name}.{p}"
+        for name, layer in model.named_modules()
+        if isinstance(layer, nn.Linear)
+        for p, _ in layer.named_parameters()
+    ]
+
+
+def apply_compute(
+    model: nn.Module, dtype: str | torch.dtype | None, *, fill: Callable | None = None
+) -> nn.Module:
     """Convert a loaded (float32) model in place for compute mode ``dtype``; returns it.
 
     Only ``nn.Linear`` layers change (bfloat16 / int8); embeddings, norms, convolutions and
-    position tables stay as loaded. ``model.compute_dtype`` records the mode."""
+    position tables stay as loaded. ``model.compute_dtype`` records the mode. ``fill(names)``,
+    if given, returns ``{name: float32 tensor}`` for one linear layer's parameters still on the
+    meta device, so a loader can decode layer by layer and the float32 copy of the whole model
+    never exists (peak: the converted layers plus one float32 layer)."""
     mode = parse_dtype(dtype)
     if mode == "bfloat16":
-        _replace_linears(model, BFloat16Linear)
+        _replace_linears(model, BFloat16Linear, fill)
     elif mode == "int8":
         if "fbgemm" in torch.backends.quantized.supported_engines:
             torch.backends.quantized.engine = "fbgemm"
-        _replace_linears(model, Int8Linear)
+        _replace_linears(model, Int8Linear, fill)
     elif mode == "float16":
         model.to(torch.float16)
     model.compute_dtype = mode
