@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .config import TransformerConfig
+from .core.compute import apply_compute, linear_names, parse_dtype
 from .errors import ConfigError, CorruptFileError, FormatError, InputError, MissingTensorError
 from .families import build_model, config_from_dict, family
 from .weightfile import TensorInfo, WeightFile, WeightFileMetadata, decode_tensor, is_unused
@@ -265,7 +266,20 @@ def load_weights_into(
     return model
 
 
-def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device="cpu"):
+def _load_converting(loader: WeightLoader, model: torch.nn.Module, mode: str) -> None:
+    """Everything but the linear layers at once, then each linear layer decoded and converted in
+    turn (``apply_compute(fill=...)``): loading peaks near the compute-dtype bytes, not float32's."""
+    linear = set(linear_names(model))
+    rest = [n for n in loader.tensor_names if n not in linear]
+    result = model.load_state_dict(loader.load_weights(rest), assign=True, strict=False)
+    if result.unexpected_keys or set(result.missing_keys) != linear:  # check_fits ran before
+        raise MissingTensorError(f"{loader.path} does not fit {type(model).__name__}")
+    apply_compute(model, mode, fill=loader.load_weights)
+    model.eval()
+    model.requires_grad_(False)
+
+
+def load_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device="cpu"):
     """Build the model stored in a weight file: CLIP, Whisper, SentenceEncoder or CausalLM.
 
     The class is picked from the family recorded in the file; the model is built on the meta
@@ -275,19 +289,24 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
     Parameters
     ----------
     path : a weight file written by ``llm_compression.weightfile.write_model``.
-    dtype : compute dtype (float32 default; bfloat16 / float16 trade precision for speed).
+    dtype : compute mode, a string or torch dtype (``core.compute.parse_dtype``): "float32"
+        (default, exact), "bfloat16" (linear layers in bfloat16), "int8" (linear layers in
+        dynamic int8, weights per output channel), "float16" (the whole model cast).
     device : torch device for the weights.
     """
     from .preprocess.text import Tokenizer
 
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise InputError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
+    mode = parse_dtype(dtype)
     start = time.perf_counter()
     loader = WeightLoader(path, device=device)
     loader.check_layer_count()
     model = build_model(loader.config)
     loader.check_fits(model)  # shapes against the config before decoding anything
-    load_weights_into(model, loader.load_weights(), dtype=dtype)
+    if mode in ("bfloat16", "int8"):
+        _load_converting(loader, model, mode)
+    else:
+        load_weights_into(model, loader.load_weights())
+        apply_compute(model, mode)
     if family(loader.config.family).tokenizer:
         model.tokenizer = Tokenizer.from_files(dict(loader.metadata.files))
     log.info("loaded %s from %s in %.3f s", type(model).__name__, path, time.perf_counter() - start)

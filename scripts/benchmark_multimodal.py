@@ -3,6 +3,7 @@
 
     python scripts/benchmark_multimodal.py [--families clip,minilm,whisper,olmo,smollm2] [--quick]
         [--json artifacts/benchmarks/multimodal.json] [--runs 5] [--work DIR]
+        [--dtypes float32,bfloat16,int8] [--memory]
 
 Per family: load-to-first-result (fresh processes for both, time from process start to the first
 result line), batch-1 latency, batched throughput (CLIP b16, MiniLM b64 x 32 tokens, Whisper
@@ -204,13 +205,14 @@ def _photo() -> Path:
 
 
 # -- warm measurements per family ------------------------------------------------------------------
-def bench_clip(paths, runs, quick):
+def bench_clip(paths, runs, quick, dtype="float32"):
     from transformers import CLIPModel
 
     from llm_compression.loader import load_model
     from llm_compression.validation.inputs import photo_paths
 
-    ours, hf = load_model(paths["ours"]), CLIPModel.from_pretrained(paths["hf"]).eval()
+    ours = load_model(paths["ours"], dtype=dtype)
+    hf = CLIPModel.from_pretrained(paths["hf"]).eval()
     from llm_compression.preprocess.image import clip_pixels
     from llm_compression.provider.modalities import text_ids
 
@@ -230,12 +232,12 @@ def bench_clip(paths, runs, quick):
         ]  # fmt: skip
 
 
-def bench_minilm(paths, runs, quick):
+def bench_minilm(paths, runs, quick, dtype="float32"):
     from transformers import BertModel
 
     from llm_compression.loader import load_model
 
-    ours, hf = load_model(paths["ours"]), BertModel.from_pretrained(paths["hf"]).eval()
+    ours, hf = load_model(paths["ours"], dtype=dtype), BertModel.from_pretrained(paths["hf"]).eval()
     g = torch.Generator().manual_seed(0)
     ids1, ids64 = (torch.randint(1000, 20000, (b, 32), generator=g) for b in (1, 64))
 
@@ -252,7 +254,7 @@ def bench_minilm(paths, runs, quick):
         ]  # fmt: skip
 
 
-def bench_whisper(paths, runs, quick):
+def bench_whisper(paths, runs, quick, dtype="float32"):
     import soundfile as sf
     from transformers import (
         PreTrainedTokenizerFast,
@@ -262,7 +264,7 @@ def bench_whisper(paths, runs, quick):
 
     from llm_compression.loader import load_model
 
-    ours = load_model(paths["ours"])
+    ours = load_model(paths["ours"], dtype=dtype)
     hf = WhisperForConditionalGeneration.from_pretrained(paths["hf"]).eval()
     tok = PreTrainedTokenizerFast(tokenizer_file=str(paths["hf"] / "tokenizer.json"))
     fe = WhisperFeatureExtractor(feature_size=ours.config.n_mels)
@@ -339,15 +341,77 @@ def bench_smollm2(paths, runs, quick):
     return out + _decode_rows("smollm2", ours, hf, runs, quick)
 
 
+# -- peak resident memory while loading (fresh process) --------------------------------------------
+MEMORY = """
+import os, threading, time, torch
+torch.set_num_threads({threads})
+from llm_compression.core.compute import compute_bytes
+from llm_compression.loader import load_model
+page, peak, done = os.sysconf("SC_PAGE_SIZE"), [0], threading.Event()
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+def watch():  # ru_maxrss would count the imports' own peak: sample resident pages instead
+    while not done.is_set():
+        peak[0] = max(peak[0], rss()); time.sleep(0.0005)
+base = rss(); t = threading.Thread(target=watch); t.start()
+model = load_model({path!r}, dtype={dtype!r})
+done.set(); t.join(); peak[0] = max(peak[0], rss())
+print("MEM", peak[0] - base, compute_bytes(model))
+"""
+
+
+def memory_row(family: str, paths: dict[str, Path], dtype: str) -> dict:
+    """Peak RSS growth while ``load_model`` runs, over the model's bytes in its compute dtype."""
+    code = MEMORY.format(threads=THREADS, path=str(paths["ours"]), dtype=dtype)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grown, model = map(int, out.stdout.split("MEM")[-1].split())
+    r = dict(family=family, dtype=dtype, metric="peak RSS while loading / model bytes",
+             unit=f"x of {model / 1e6:.0f} MB", ours=grown / model, hf=float("nan"),
+             ratio=grown / model, target="<= 1.2", ok=grown / model <= 1.2)  # fmt: skip
+    return r
+
+
+# issue #11: speed ratios to HF float32 (same run) per (family, metric prefix, dtype)
+ISSUE_TARGETS = {
+    ("clip", "vision batch-1", "float32"): 2.5, ("clip", "vision b16", "float32"): 2.5,
+    ("clip", "vision b16", "bfloat16"): 3.5, ("clip", "vision b16", "int8"): 5.5,
+    ("minilm", "batch-1", "float32"): 3.0, ("minilm", "b64", "float32"): 2.0,
+    ("minilm", "batch-1", "int8"): 5.6, ("whisper", "encoder", "float32"): 1.6,
+    ("minilm", "load to first", "float32"): 1 / 0.4,
+}  # fmt: skip
+
+
+def issue_target(r: dict) -> float | None:
+    for (fam, prefix, dtype), target in ISSUE_TARGETS.items():
+        if r["family"] == fam and r["metric"].startswith(prefix) and r["dtype"] == dtype:
+            return target
+    return None
+
+
+DTYPE_FAMILIES = ("clip", "minilm", "whisper")  # the encoders; the LMs belong to issue #12
 BENCHES = {"clip": bench_clip, "minilm": bench_minilm, "whisper": bench_whisper,
            "olmo": bench_olmo, "smollm2": bench_smollm2}  # fmt: skip
 
 
+def _speedup(r: dict) -> str:
+    """HF's time over ours (> 1: we are faster) and the issue's target for it, if any."""
+    if r["hf"] != r["hf"]:  # nan: no HF side
+        return "-"
+    speed = r["ratio"] if r["target"] == ">= 1.0" else 1 / r["ratio"]
+    target = issue_target(r)
+    return f"{speed:.2f}x" + (f" (#11: {target:.2f}x)" if target else "")
+
+
 def table(rows: list[dict]) -> str:
-    head = "| family | metric | ours | HF | unit | ours/HF | target | ok |\n|---|---|---|---|---|---|---|---|"
+    head = (
+        "| family | dtype | metric | ours | HF | unit | ours/HF | speed-up | target | ok |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [
-        f"| {r['family']} | {r['metric']} | {r['ours']:.4g} | {r['hf']:.4g} | {r['unit']} | "
-        f"{r['ratio']:.2f} | {r['target']} | {'yes' if r['ok'] else '**NO**'} |"
+        f"| {r['family']} | {r.get('dtype', 'float32')} | {r['metric']} | {r['ours']:.4g} | "
+        f"{r['hf']:.4g} | {r['unit']} | {r['ratio']:.2f} | {_speedup(r)} | {r['target']} | "
+        f"{'yes' if r['ok'] else '**NO**'} |"
         for r in rows
     ]
     return "\n".join([head, *lines])
@@ -361,11 +425,18 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="artifacts/benchmarks/multimodal.json", help="output JSON")
     p.add_argument("--work", default=None, help="where converted weights are cached")
     p.add_argument("--no-cold", action="store_true", help="skip the fresh-process measurement")
+    p.add_argument(
+        "--dtypes",
+        default="float32",
+        help="compute modes of ours for clip/minilm/whisper: float32,bfloat16,int8",
+    )
+    p.add_argument("--memory", action="store_true", help="peak RSS while loading, per dtype")
     args = p.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         p.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     torch.set_num_threads(THREADS)
     runs = args.runs or (2 if args.quick else 5)
     from llm_compression.weights import cache_dir
@@ -376,8 +447,12 @@ def main(argv=None) -> int:
     for family in families:
         paths = prepare(family, work)
         if not args.no_cold:
-            rows.append(cold_row(family, paths, 1 if args.quick else 3))
-        rows += BENCHES[family](paths, runs, args.quick)
+            rows.append({**cold_row(family, paths, 1 if args.quick else 3), "dtype": "float32"})
+        for dtype in dtypes if family in DTYPE_FAMILIES else ("float32",):
+            kw = {"dtype": dtype} if family in DTYPE_FAMILIES else {}
+            rows += [{**r, "dtype": dtype} for r in BENCHES[family](paths, runs, args.quick, **kw)]
+            if args.memory:
+                rows.append(memory_row(family, paths, dtype))
         print(table([r for r in rows if r["family"] == family]).split("\n", 2)[-1], flush=True)
     print(table(rows))
     out = Path(args.json)

@@ -29,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--video", type=Path, metavar="PATH", help="a video file (pooled to one vector)")
     p.add_argument("--frames", type=int, default=16, help="video frames to sample (default 16)")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "int8"),
+        help="compute mode: float32 (exact, default), bfloat16 or int8 (faster, approximate)",
+    )  # fmt: skip
     p.add_argument("--skip-errors", action="store_true", help="skip bad images/audio, report them")
     p.add_argument("--similarity", action="store_true", help="print CLIP text x image cosines")
     p.add_argument("--output", type=Path, metavar="FILE.npz", help="save the vectors (numpy .npz)")
@@ -45,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if not (args.text or args.image or args.audio or args.video):
         raise InputError("nothing to embed; pass --text, --image, --audio and/or --video")
     provider = MultimodalEmbeddingProvider(
-        text_model=args.text_model, clip_model=args.clip_model, audio_model=args.audio_model
-    )
+        text_model=args.text_model, clip_model=args.clip_model, audio_model=args.audio_model,
+        dtype=args.dtype,
+    )  # fmt: skip
     opts = {"batch_size": args.batch_size, "show_progress": args.progress}
     on_error = "skip" if args.skip_errors else "raise"
     vectors: dict[str, np.ndarray] = {}

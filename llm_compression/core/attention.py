@@ -82,9 +82,10 @@ class Rotary:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x * cos + rotate_half(x) * sin`` for x of shape (B, heads, T, D)."""
+    """``x * cos + rotate_half(x) * sin`` for x of shape (B, heads, T, D), in x's dtype (the
+    tables are float32: bfloat16 q/k of ``core.compute`` stay bfloat16, as their KV cache)."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
 
 
 class Attention(nn.Module):

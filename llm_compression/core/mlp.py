@@ -32,10 +32,11 @@ def linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
 
 
 def embedding(n: int, dim: int) -> nn.Embedding:
-    """An ``nn.Embedding`` with an uninitialised weight (it is always loaded)."""
-    layer = nn.Embedding(n, dim, device="meta")
-    layer.weight = nn.Parameter(torch.empty(n, dim))
-    return layer
+    """An ``nn.Embedding`` with an uninitialised weight (it is always loaded).
+
+    ``_weight`` skips ``reset_parameters``: its ``normal_`` on the meta device runs through
+    torch's reference ops, which import ``torch._dynamo`` (and sympy): ~1 s of cold start."""
+    return nn.Embedding(n, dim, _weight=torch.empty(n, dim))
 
 
 class MLP(nn.Module):

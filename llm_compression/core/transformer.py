@@ -34,8 +34,9 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> list[KVCache]:
         """One preallocated ``KVCache`` per layer for incremental decoding of up to ``max_len``."""
-        ref = self.layers[0].attn.q.weight
-        dtype, device = dtype or ref.dtype, device or ref.device
+        q = self.layers[0].attn.q  # an nn.Linear, or a core.compute layer (float32 in and out)
+        ref = q.weight if isinstance(q, nn.Linear) else next(self.parameters())
+        dtype, device = dtype or getattr(q, "io_dtype", ref.dtype), device or ref.device
         cfg = self.cfg
         return [
             KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype=dtype, device=device)

@@ -33,6 +33,8 @@ class CLIPEngine:
     max_pixels : int, optional
         Largest ``width * height`` of an input image; larger ones raise ``InputError`` before any
         pixel is decoded. Default: ``preprocess.image.DEFAULT_MAX_PIXELS`` (~89.5 MP).
+    dtype : str or torch.dtype, optional
+        Compute mode: "float32" (default, exact), "bfloat16" or "int8" (``core.compute``).
 
     Raises
     ------
@@ -48,7 +50,13 @@ class CLIPEngine:
     {'cat': 0.93, 'dog': 0.07}
     """
 
-    def __init__(self, path: str | os.PathLike, *, max_pixels: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        max_pixels: int | None = None,
+        dtype: str | torch.dtype = "float32",
+    ) -> None:
         from ..loader import load_model
         from ._loading import check_family
         from .inputs import max_pixels_or_default
@@ -56,7 +64,7 @@ class CLIPEngine:
         check_family(path, role="CLIPEngine", expected=("clip",))
         self.path = os.fspath(path)
         self.max_pixels = max_pixels_or_default(max_pixels)
-        self.model = load_model(path)
+        self.model = load_model(path, dtype=dtype)
         self.config = self.model.config
 
     @property

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.compute import parse_dtype
 from ..errors import ConfigError, InputError
 from ..families import REGISTRY, config_from_dict, family
 from ._loading import LazySlot, check_family
@@ -48,6 +49,9 @@ class MultimodalEmbeddingProvider:
         Whisper file: audio (mean of the encoder states over the frames that hold audio).
     max_pixels : int, optional
         Largest image ``width * height`` accepted (see ``CLIPEngine``).
+    dtype : str or torch.dtype, optional
+        Compute mode of every model loaded: "float32" (default, exact), "bfloat16" or "int8"
+        (``core.compute``: linear layers in bfloat16 / dynamic int8; faster, approximate).
 
     Every vector returned is float32 and L2-normalised (once, in ``batching.embed_in_batches``;
     ``encode(..., normalize_embeddings=False)`` keeps the file's own output). Preprocessing,
@@ -72,6 +76,7 @@ class MultimodalEmbeddingProvider:
         audio_model: PathLike | None = None,
         image_model: PathLike | None = None,
         max_pixels: int | None = None,
+        dtype: str | torch.dtype = "float32",
     ) -> None:
         if all(m is None for m in (text_model, clip_model, audio_model, image_model)):
             raise ConfigError(
@@ -81,26 +86,29 @@ class MultimodalEmbeddingProvider:
         self._metas: dict[str, Any] = {}
         self._clip = self._text = self._audio = self._image = None
         self._max_pixels = max_pixels_or_default(max_pixels)
+        self.dtype = parse_dtype(dtype)  # checked now, not at the first lazy load
         if image_model is not None:
             self._metas["image"] = check_family(
                 image_model, role="image_model", expected=_can("image")
             )
-            self._image = LazySlot(partial(_load_model, image_model))
+            self._image = LazySlot(partial(_load_model, image_model, self.dtype))
         if clip_model is not None:
             self._metas["clip"] = check_family(
                 clip_model, role="clip_model", expected=_can("image", "text")
             )
-            self._clip = LazySlot(partial(CLIPEngine, clip_model, max_pixels=max_pixels))
+            self._clip = LazySlot(
+                partial(CLIPEngine, clip_model, max_pixels=max_pixels, dtype=self.dtype)
+            )
         if text_model is not None:
             self._metas["text"] = check_family(text_model, role="text_model", expected=_can("text"))
-            self._text = LazySlot(partial(_load_model, text_model))
+            self._text = LazySlot(partial(_load_model, text_model, self.dtype))
         elif clip_model is not None:  # text goes through CLIP's text tower
             self._metas["text"], self._text = self._metas["clip"], self._clip
         if audio_model is not None:
             self._metas["audio"] = check_family(
                 audio_model, role="audio_model", expected=_can("audio")
             )
-            self._audio = LazySlot(partial(_load_model, audio_model))
+            self._audio = LazySlot(partial(_load_model, audio_model, self.dtype))
 
     # -- text (the EmbeddingProvider protocol) -------------------------------------------------
 
@@ -310,10 +318,10 @@ def _missing(name: str) -> str:
     return f"this provider has no {name} model; create it with {_ARG[name]}"
 
 
-def _load_model(path: PathLike) -> Any:
+def _load_model(path: PathLike, dtype: str) -> Any:
     from ..loader import load_model
 
-    return load_model(path)
+    return load_model(path, dtype=dtype)
 
 
 def _dimension(meta: Any) -> int:

@@ -1,0 +1,120 @@
+"""core.compute: the one dtype= parser and the bfloat16 / int8 compute modes on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from provider_helpers import tiny_bert_folder, tiny_clip_folder
+
+from llm_compression.convert import convert
+from llm_compression.core.compute import BFloat16Linear, Int8Linear, apply_compute, parse_dtype
+from llm_compression.errors import InputError
+from llm_compression.loader import load_model
+from llm_compression.provider import CLIPEngine, MultimodalEmbeddingProvider
+
+
+@pytest.mark.parametrize(
+    ("given", "mode"),
+    [
+        (None, "float32"), ("float32", "float32"), (torch.float32, "float32"),
+        ("bfloat16", "bfloat16"), ("BF16", "bfloat16"), (torch.bfloat16, "bfloat16"),
+        ("int8", "int8"), (torch.int8, "int8"), (torch.qint8, "int8"), ("torch.int8", "int8"),
+        ("float16", "float16"), (torch.float16, "float16"),
+    ],
+)  # fmt: skip
+def test_parse_dtype(given, mode):
+    assert parse_dtype(given) == mode
+
+
+@pytest.mark.parametrize("bad", ["int4x", "float64", torch.float64, 8, ""])
+def test_parse_dtype_refuses_with_the_choices(bad):
+    with pytest.raises(InputError, match="'float32', 'bfloat16', 'int8'"):
+        parse_dtype(bad)
+
+
+@pytest.fixture(scope="module")
+def bert_file(tmp_path_factory):
+    folder = tiny_bert_folder(tmp_path_factory.mktemp("bert"))
+    return convert(folder, tmp_path_factory.mktemp("out") / "bert.parquet", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    folder = tiny_clip_folder(tmp_path_factory.mktemp("clip"))
+    return convert(folder, tmp_path_factory.mktemp("out") / "clip.parquet", dtype="float32")
+
+
+def _cos(a, b):
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.mark.parametrize(("mode", "layer"), [("bfloat16", BFloat16Linear), ("int8", Int8Linear)])
+def test_modes_convert_every_linear_and_stay_close(bert_file, mode, layer):
+    ref, model = load_model(bert_file), load_model(bert_file, dtype=mode)
+    assert model.compute_dtype == mode
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert sum(isinstance(m, layer) for m in model.modules()) == 2 * 6  # q k v o up down x 2
+    ids = torch.randint(1000, 20000, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = ref.encode(ids).float().numpy(), model.encode(ids).float().numpy()
+    assert _cos(a, b).min() > 0.98
+
+
+def test_int8_weights_stay_int8(bert_file):
+    model = load_model(bert_file, dtype="int8")
+    q = model.layers[0].mlp.up
+    weight, _ = torch.ops.quantized.linear_unpack(q._packed)
+    assert weight.dtype == torch.qint8 and weight.q_per_channel_scales().shape == (64,)
+    assert not weight.q_per_channel_zero_points().any()  # symmetric, per output channel
+    assert not any(p.shape == (64, 32) for p in model.parameters())  # no float copy kept
+
+
+def test_float32_is_untouched(bert_file):
+    a, b = load_model(bert_file), load_model(bert_file, dtype=torch.float32)
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_float32_apply_is_a_no_op(bert_file):
+    model = load_model(bert_file)
+    before = {n: p.data_ptr() for n, p in model.state_dict().items()}
+    apply_compute(model, "float32")
+    assert before == {n: p.data_ptr() for n, p in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
+def test_entry_points_take_dtype(bert_file, clip_file, mode):
+    provider = MultimodalEmbeddingProvider(text_model=bert_file, clip_model=clip_file, dtype=mode)
+    exact = MultimodalEmbeddingProvider(text_model=bert_file)
+    texts = ["a cat on a sofa", "stock markets fell"]
+    got = provider.encode_batch(texts)
+    assert got.dtype == np.float32 and _cos(got, exact.encode_batch(texts)).min() > 0.98
+    image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    assert provider.encode_image([image]).shape == (1, 24)
+    assert CLIPEngine(clip_file, dtype=mode).model.compute_dtype == mode
+
+
+def test_provider_checks_dtype_before_loading(bert_file):
+    with pytest.raises(InputError, match="dtype must be"):
+        MultimodalEmbeddingProvider(text_model=bert_file, dtype="int3")
+
+
+def test_cli_embed_dtype(bert_file, capsys):
+    from llm_compression.cli import main
+
+    assert main(["embed", "--text-model", str(bert_file), "--text", "hi", "--dtype", "int8"]) == 0
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
+def test_whisper_modes_embed_and_transcribe(tmp_path, mode):
+    from provider_helpers import tiny_whisper_folder
+
+    path = convert(tiny_whisper_folder(tmp_path / "w"), tmp_path / "w.parquet", dtype="float32")
+    wave = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32)
+    exact = MultimodalEmbeddingProvider(audio_model=path).encode_audio([wave], sample_rate=16000)
+    fast = MultimodalEmbeddingProvider(audio_model=path, dtype=mode).encode_audio(
+        [wave], sample_rate=16000
+    )
+    assert _cos(exact, fast).min() > 0.98
+    assert isinstance(load_model(path, dtype=mode).transcribe(wave, max_new_tokens=3), str)
