@@ -26,7 +26,7 @@ from .sources import prepare
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
+DTYPES = ("float32", "float16", "bfloat16", "int8", "int4", "gguf")
 
 __all__ = ["DTYPES", "convert", "convert_cached", "export", "is_current"]
 
@@ -47,7 +47,9 @@ def convert(
         folder holding exactly one).
     dst : the weight file to write; written aside and renamed, so it never exists half-written.
     family : only for checkpoints that do not name their architecture; otherwise it must agree.
-    dtype : storage dtype: float32 | float16 | bfloat16 | int8 (per-output-channel linear weights).
+    dtype : storage dtype: float32 | float16 | bfloat16 | int8 (per-output-channel linear weights)
+        | int4 (group-wise, groups of 32 inputs) | gguf (a GGUF's Q4_0 / Q4_1 / Q8_0 matrices kept
+        as they are, without requantizing; other tensors float32).
     progress : show a progress bar while writing.
 
     Returns
@@ -60,7 +62,7 @@ def convert(
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
-    prepared = prepare(Path(src), family)
+    prepared = prepare(Path(src), family, keep_quantized=dtype == "gguf")
     expected = tensor_shapes(prepared.config)
     check_plan(prepared.plan, expected, prepared.description)
     logger.info(
