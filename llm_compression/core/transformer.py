@@ -34,7 +34,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> list[KVCache]:
         """One preallocated ``KVCache`` per layer for incremental decoding of up to ``max_len``."""
-        ref = self.layers[0].attn.q.weight
+        ref = next((p for p in self.parameters() if p.is_floating_point()), torch.empty(0))
         dtype, device = dtype or ref.dtype, device or ref.device
         cfg = self.cfg
         return [

@@ -81,8 +81,11 @@ class CausalLM(FamilyMethods, Transformer):
         h = super().forward(self.token_embed(ids), mask=mask, cache=cache, start_pos=start_pos)
         if last_only:
             h = h[:, -1:]
-        weight = self.token_embed.weight if self.config.tie_embeddings else self.lm_head.weight
-        return F.linear(h, weight)
+        if not self.config.tie_embeddings:
+            return self.lm_head(h)
+        if hasattr(self.token_embed, "project"):  # a quantized table (core.quantized)
+            return self.token_embed.project(h)
+        return F.linear(h, self.token_embed.weight)
 
     forward = logits
 

@@ -40,11 +40,10 @@ class GroupQuantized:
         return 2
 
     def take_rows(self, index: np.ndarray) -> GroupQuantized:
-        """The matrix with its rows reordered (``w[index]``)."""
+        """The rows ``w[index]`` (a reordering, or a gather of some rows)."""
         offsets = None if self.offsets is None else self.offsets[index]
-        return GroupQuantized(
-            self.quant_type, self.shape, self.data[index], self.scales[index], offsets
-        )
+        shape = (len(index), self.shape[1])
+        return GroupQuantized(self.quant_type, shape, self.data[index], self.scales[index], offsets)
 
     def unpacked(self) -> np.ndarray:
         """The integer matrix ``q`` (rows, cols): uint8 0..15 for int4, int8 for int8."""
@@ -120,3 +119,22 @@ def from_gguf_blocks(type_id: int, raw: np.ndarray, shape: tuple[int, int]) -> G
         if not np.isfinite(m).all():
             raise ConversionError("a Q4_0 block scale overflows float16 times 8; keep it float")
     return GroupQuantized(QUANT_INT4_GROUP, shape, pack_int4(q), d, m)
+
+
+def quantize_int8(name: str, w: np.ndarray) -> GroupQuantized:
+    """Symmetric int8 per group of 32 inputs: ``d = max|w| / 127`` (float16), as GGUF Q8_0."""
+    check_groupable(name, w.shape)
+    rows, cols = w.shape
+    g = np.asarray(w, np.float32).reshape(rows, cols // GROUP, GROUP)
+    d = (np.abs(g).max(axis=-1) / 127).astype(np.float16)
+    d32 = d.astype(np.float32)[..., None]
+    q = np.rint(g / np.where(d32 == 0, 1, d32)).clip(-127, 127).astype(np.int8)
+    return GroupQuantized(QUANT_INT8_GROUP, (rows, cols), q.reshape(rows, cols), d)
+
+
+def from_channel_int8(q: np.ndarray, scales: np.ndarray) -> GroupQuantized:
+    """An ``int8_sym_channel`` matrix as an int8 group layout (its row scale in every group,
+    float32: the values are unchanged)."""
+    rows, cols = q.shape
+    d = np.repeat(np.asarray(scales, np.float32)[:, None], cols // GROUP, axis=1)
+    return GroupQuantized(QUANT_INT8_GROUP, (rows, cols), q, d)

@@ -37,14 +37,14 @@ from .format import (
     NUMPY_DTYPES,
     QUANT_INT8_SYM_CHANNEL,
     SCHEMA,
-    quant_columns,
-    quant_sizes,
     TensorInfo,
     WeightFileMetadata,
     checksum,
     join_bytes,
     metadata_checksum,
     package_version,
+    quant_columns,
+    quant_sizes,
 )
 from .groupwise import GROUP, GROUP_QUANT_TYPES, QUANT_INT8_GROUP, GroupQuantized
 from .pages import DataFrame, FileSpan, data_frame
@@ -470,7 +470,7 @@ class WeightFile:
         sizes = [info.nbytes, *quant_sizes(info)]
         if any(v.size != n for v, n in zip(values, sizes, strict=False)):
             raise CorruptFileError(
-                f"{self.path}: tensor {info.name!r} holds {[v.size for v in values[:len(sizes)]]} "
+                f"{self.path}: tensor {info.name!r} holds {[v.size for v in values[: len(sizes)]]} "
                 f"bytes in {columns}, expected {sizes} for {info.dtype} {info.shape}; {_FIX_DAMAGED}"
             )
         if verify:

@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, ConversionError
-from .groupwise import GROUP, QUANT_INT8_GROUP, GroupQuantized, quantize_int4
 from .format import (
     CHECKSUM_ALGORITHM,
     ENCODING_BYTE_STREAM_SPLIT,
@@ -49,6 +48,7 @@ from .format import (
     quantize_int8_rows,
     split_bytes,
 )
+from .groupwise import GROUP, QUANT_INT8_GROUP, GroupQuantized, quantize_int4
 
 logger = logging.getLogger(__name__)
 # Bundled files are small and written once: level 9 packs MiniLM's tokenizer.json (466 KB) 1.9x
