@@ -8,6 +8,9 @@ float32. Nothing is expanded to a float32 matrix.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+
 import numpy as np
 import torch
 
@@ -41,6 +44,12 @@ def quantized_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized 
         return from_channel_int8(q, np.frombuffer(scales, np.float32))
     w = decode_tensor(file, info)
     return quantize_int4(name, w) if dtype == "int4" else quantize_int8(name, w)
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap that loading freed (decoded rows, serialized ONNX graphs) back to the OS."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _swap(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
@@ -83,5 +92,6 @@ def load_quantized(path, dtype: str) -> torch.nn.Module:
         else:
             setattr(owner, attr, torch.nn.Parameter(value, requires_grad=False))
     model.eval()
+    _release_freed_memory()
     model.torch_threads = 1  # the matmuls run on ORT's threads (core.generation.torch_threads)
     return model
