@@ -186,8 +186,10 @@ class CausalLM(FamilyMethods, Transformer):
     def _pieces(
         self, ids: list[int], opts: SamplingConfig, streamer: TextStreamer
     ) -> Iterator[str]:
+        self.last_counts = (len(ids), 0)  # (prompt tokens, new tokens): `generate --verbose`
         with torch.inference_mode():
             for token in decode_loop(self, ids, opts, self._eos_ids()):
+                self.last_counts = (len(ids), self.last_counts[1] + 1)
                 piece = streamer.push(token)
                 if piece:
                     yield piece
