@@ -1,5 +1,5 @@
 """Linear layers and token embeddings that compute from group-quantized weights (never expanded to
-float32), on ONNX Runtime's ``MatMulNBits`` (decision 0011-quantized-generation.md).
+float32), on ONNX Runtime's ``MatMulNBits`` (docs/decisions/0009-quantized-generation.md).
 
 ``MatMulNBits`` computes ``y = x @ (d * (q - z))^T`` per group of 32 inputs, with the default zero
 point ``z = 2**(bits - 1)``. Our layouts map onto it without touching the values:
