@@ -75,26 +75,23 @@ def speed(models: dict, hf, ids: list[int], runs: int) -> dict:
 
 def agreement(models: dict, prompts: list[str]) -> dict:
     ref = models["float32"]
-    out = {}
-    for name, m in models.items():
-        if name == "float32":
-            continue
-        same, first = 0, []
-        for p in prompts:
-            ids = ref.tokenizer.encode(p)
-            a = ref.generate_ids(ids, max_new_tokens=64)
+    others = {name: m for name, m in models.items() if name != "float32"}
+    same = dict.fromkeys(others, 0)
+    first: dict[str, list[int]] = {name: [] for name in others}
+    for p in prompts:
+        ids = ref.tokenizer.encode(p)
+        a = ref.generate_ids(ids, max_new_tokens=64)
+        for name, m in others.items():
             b = m.generate_ids(ids, max_new_tokens=64)
             if a == b:
-                same += 1
+                same[name] += 1
             else:
-                first.append(
-                    next(
-                        (i for i, (u, v) in enumerate(zip(a, b, strict=False)) if u != v),
-                        min(len(a), len(b)),
-                    )
-                )
-        out[name] = {"identical": f"{same}/{len(prompts)}", "first_divergence": sorted(first)}
-    return out
+                pairs = zip(a, b, strict=False)
+                first[name].append(next((i for i, (u, v) in enumerate(pairs) if u != v), len(b)))
+    return {
+        name: {"identical": f"{same[name]}/{len(prompts)}", "first_divergence": sorted(first[name])}
+        for name in others
+    }
 
 
 def main() -> None:
@@ -120,9 +117,11 @@ def main() -> None:
                 **speed(models, hf, ids, args.runs),
             }
         results[family]["load_after"] = os.getloadavg()[0]
-        if family == "smollm2" and args.agreement:
-            results[family]["agreement"] = agreement(models, PROMPTS[: args.agreement])
         print(json.dumps({family: results[family]}), flush=True)
+        if family == "smollm2" and args.agreement:
+            with torch.inference_mode():
+                found = agreement(models, PROMPTS[: args.agreement])
+            print(json.dumps({family: {"agreement": found}}), flush=True)
 
 
 if __name__ == "__main__":
