@@ -279,6 +279,31 @@ def _load_converting(loader: WeightLoader, model: torch.nn.Module, mode: str) ->
     model.requires_grad_(False)
 
 
+def _quantized_generation(path: str | os.PathLike, dtype: Any) -> bool:
+    """int4, or int8 for a family that generates: computed from quantized weights on ORT."""
+    if not isinstance(dtype, str) or dtype.lower() not in ("int8", "int4"):
+        return False
+    if dtype.lower() == "int4":
+        return True
+    from .weightfile import read_metadata
+
+    return "generate" in family(read_metadata(path).family).tasks
+
+
+def _load_quantized(path, dtype: str, device) -> torch.nn.Module:
+    from .families.quantized import load_quantized
+    from .preprocess.text import Tokenizer
+
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"dtype={dtype!r} computes on the CPU; pass device='cpu'")
+    start = time.perf_counter()
+    model = load_quantized(path, dtype.lower())
+    model.tokenizer = Tokenizer.from_files(dict(WeightFile(path).metadata.files))
+    log.info("loaded %s (%s) from %s in %.3f s", type(model).__name__, dtype, path,
+             time.perf_counter() - start)  # fmt: skip
+    return model
+
+
 def load_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device="cpu"):
     """Build the model stored in a weight file: CLIP, Whisper, SentenceEncoder or CausalLM.
 
@@ -291,11 +316,15 @@ def load_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
     path : a weight file written by ``llm_compression.weightfile.write_model``.
     dtype : compute mode, a string or torch dtype (``core.compute.parse_dtype``): "float32"
         (default, exact), "bfloat16" (linear layers in bfloat16), "int8" (linear layers in
-        dynamic int8, weights per output channel), "float16" (the whole model cast).
+        dynamic int8, weights per output channel; for causal LMs the quantized weights run on
+        ONNX Runtime's MatMulNBits, families/quantized.py), "int4" (causal LMs only),
+        "float16" (the whole model cast).
     device : torch device for the weights.
     """
     from .preprocess.text import Tokenizer
 
+    if _quantized_generation(path, dtype):
+        return _load_quantized(path, dtype, device)
     mode = parse_dtype(dtype)
     start = time.perf_counter()
     loader = WeightLoader(path, device=device)

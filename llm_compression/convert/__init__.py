@@ -26,7 +26,7 @@ from .sources import prepare
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
+DTYPES = ("float32", "float16", "bfloat16", "int8", "int4", "gguf")
 
 __all__ = ["DTYPES", "convert", "convert_cached", "export", "is_current"]
 
@@ -47,7 +47,9 @@ def convert(
         folder holding exactly one).
     dst : the weight file to write; written aside and renamed, so it never exists half-written.
     family : only for checkpoints that do not name their architecture; otherwise it must agree.
-    dtype : storage dtype: float32 | float16 | bfloat16 | int8 (per-output-channel linear weights).
+    dtype : storage dtype: float32 | float16 | bfloat16 | int8 (per-output-channel linear weights)
+        | int4 (group-wise, groups of 32 inputs) | gguf (a GGUF's Q4_0 / Q4_1 / Q8_0 matrices kept
+        as they are, without requantizing; other tensors float32).
     progress : show a progress bar while writing.
 
     Returns
@@ -60,7 +62,12 @@ def convert(
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
-    prepared = prepare(Path(src), family)
+    if dtype == "gguf" and not _holds_gguf(Path(src)):
+        raise ConfigError(
+            f"dtype='gguf' keeps a GGUF's own blocks (Q4_0, Q4_1, Q8_0), but {src} is not a GGUF "
+            "file; choose float32, float16, bfloat16, int8 or int4 for other checkpoints"
+        )
+    prepared = prepare(Path(src), family, keep_quantized=dtype == "gguf")
     expected = tensor_shapes(prepared.config)
     check_plan(prepared.plan, expected, prepared.description)
     logger.info(
@@ -80,6 +87,14 @@ def convert(
         sources=prepared.bundle.sources,
         progress=progress,
     )
+
+
+def _holds_gguf(src: Path) -> bool:
+    from .gguf_reader import is_gguf
+
+    if src.is_dir():
+        return sum(1 for p in src.iterdir() if p.is_file() and is_gguf(p)) == 1
+    return src.is_file() and is_gguf(src)
 
 
 def is_current(path: str | os.PathLike, *, dtype: str) -> bool:

@@ -58,6 +58,17 @@ class GGUFFile:
             )
         return self.metadata[key]
 
+    def load_kept(self, name: str) -> Any:
+        """Tensor ``name`` as stored where a layout holds it without requantizing (Q4_0, Q4_1,
+        Q8_0 matrices -> ``weightfile.GroupQuantized``), else dequantized like ``load``."""
+        from ..weightfile.groupwise import GGUF_BLOCKS, from_gguf_blocks
+
+        tensor = self._tensors[name]
+        shape = self.shapes[name]
+        if int(tensor.tensor_type) in GGUF_BLOCKS and len(shape) == 2:
+            return from_gguf_blocks(int(tensor.tensor_type), np.asarray(tensor.data), shape)
+        return self.load(name)
+
     def load(self, name: str) -> np.ndarray:
         """Tensor ``name`` dequantized to float32 in numpy / PyTorch shape order."""
         from gguf.quants import dequantize

@@ -66,7 +66,7 @@ def _hf_architectures() -> dict[str, str]:
     return {a: t for fam in REGISTRY.values() if fam.hf for a, t in fam.hf.architectures.items()}
 
 
-def prepare(src: Path, family: str | None = None) -> Prepared:
+def prepare(src: Path, family: str | None = None, *, keep_quantized: bool = False) -> Prepared:
     """Find what ``src`` is and build its config, plan and bundle."""
     if family is not None and family not in FAMILIES:
         raise UnsupportedFamilyError(
@@ -77,7 +77,7 @@ def prepare(src: Path, family: str | None = None) -> Prepared:
         raise ModelFileNotFoundError(f"{src} does not exist; pass a checkpoint folder or file")
     if src.is_file():
         if is_gguf(src):
-            return _from_gguf(src, family)
+            return _from_gguf(src, family, keep_quantized)
         if peek_spec(src):
             return _from_ct2(src, family)
         if is_torch_file(src):
@@ -94,7 +94,7 @@ def prepare(src: Path, family: str | None = None) -> Prepared:
         return _from_ct2(src / CT2_WEIGHTS, family)
     ggufs = sorted(p for p in src.iterdir() if p.is_file() and is_gguf(p))
     if len(ggufs) == 1:
-        return _from_gguf(ggufs[0], family)
+        return _from_gguf(ggufs[0], family, keep_quantized)
     if len(ggufs) > 1:
         raise ConversionError(
             f"{src} holds {len(ggufs)} GGUF files {[p.name for p in ggufs]}; pass one file"
@@ -190,13 +190,17 @@ def _from_ct2(model_bin: Path, family: str | None) -> Prepared:
     return Prepared(config, plan, bundle, str(model_bin))
 
 
-def _from_gguf(path: Path, family: str | None) -> Prepared:
+def _from_gguf(path: Path, family: str | None, keep_quantized: bool = False) -> Prepared:
     gguf = GGUFFile(path)
     arch = gguf.get("general.architecture")
     source = _detect("gguf", arch, family, path, "a GGUF of architecture")
     config = source.config(gguf)
     plan = build_plan(
-        gguf.shapes, gguf.load, source.name_map(config), source=str(path), source_format="gguf"
+        gguf.shapes,
+        gguf.load_kept if keep_quantized else gguf.load,
+        source.name_map(config),
+        source=str(path),
+        source_format="gguf",
     )
     if source.fix_plan is not None:
         plan = source.fix_plan(plan, config)

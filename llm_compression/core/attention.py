@@ -175,7 +175,8 @@ class Attention(nn.Module):
         if T == 1 and mask is None:
             # one decode step: fold the query heads of each KV group into the query axis
             qg = q.view(B, self.n_kv_heads, groups, D)
-            return F.scaled_dot_product_attention(qg, k, v).view(B, H, 1, D)
+            # reshape, not view: SDPA's GPU kernels return a non-contiguous tensor here
+            return F.scaled_dot_product_attention(qg, k, v).reshape(B, H, 1, D)
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)

@@ -87,8 +87,11 @@ class CausalLM(FamilyMethods, Transformer):
         h = super().forward(x, mask=mask, cache=cache, start_pos=start_pos)
         if last_only:
             h = h[:, -1:]
-        weight = self.token_embed.weight if self.config.tie_embeddings else self.lm_head.weight
-        return F.linear(h, weight)
+        if not self.config.tie_embeddings:
+            return self.lm_head(h)
+        if hasattr(self.token_embed, "project"):  # a quantized table (core.quantized)
+            return self.token_embed.project(h)
+        return F.linear(h, self.token_embed.weight)
 
     forward = logits
 
@@ -189,8 +192,10 @@ class CausalLM(FamilyMethods, Transformer):
     def _pieces(
         self, ids: list[int], opts: SamplingConfig, streamer: TextStreamer
     ) -> Iterator[str]:
+        self.last_counts = (len(ids), 0)  # (prompt tokens, new tokens): `generate --verbose`
         with torch.inference_mode():
             for token in decode_loop(self, ids, opts, self._eos_ids()):
+                self.last_counts = (len(ids), self.last_counts[1] + 1)
                 piece = streamer.push(token)
                 if piece:
                     yield piece

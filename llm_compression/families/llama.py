@@ -131,6 +131,8 @@ def unpermute_rotary(weight: np.ndarray, n_heads: int) -> np.ndarray:
     row order. Works for weights ``(n_heads * hd, dim)`` and biases ``(n_heads * hd,)``.
     """
     rows = weight.shape[0]
+    if hasattr(weight, "take_rows"):  # a group-quantized matrix: reorder its rows as they are
+        return weight.take_rows(unpermute_rotary(np.arange(rows), n_heads))
     if rows % (2 * n_heads):
         raise ConversionError(
             f"cannot un-permute a rotary projection of {rows} rows into {n_heads} heads of even "

@@ -28,12 +28,15 @@ from .format import (
     is_unused,
     quantize_int8_rows,
 )
+from .groupwise import GROUP_QUANT_TYPES, GroupQuantized
 from .metadata import read_metadata
 from .reader import WeightFile, read_tensor_index
 from .writer import write_model
 
 __all__ = [
     "FORMAT_VERSION",
+    "GROUP_QUANT_TYPES",
+    "GroupQuantized",
     "QUANT_INT8_SYM_CHANNEL",
     "SCHEMA",
     "STORAGE_DTYPES",

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import MissingTensorError
 from . import format as _format
 from .format import ENCODING_BYTE_STREAM_SPLIT, NUMPY_DTYPES, TensorInfo
+from .groupwise import GROUP_QUANT_TYPES
 
 # Elements joined and upcast per step on the numpy path. Equal to torch's internal GRAIN_SIZE
 # (32768): a copy_ of at most that many elements runs on the calling decode thread, never on an
@@ -68,6 +69,9 @@ def decode_tensor(
         return np.empty(info.shape, _out_dtype(info, upcast, dequantize))
     if info.encoding == ENCODING_BYTE_STREAM_SPLIT:
         return _split(file, info, upcast, verify).reshape(info.shape)
+    if info.quant_type in GROUP_QUANT_TYPES:
+        group = file.read_group(info, verify=verify)
+        return group.dequantize() if dequantize else group.unpacked()
     data, scales = file.read(info, verify=verify)
     if info.quant_type is not None and dequantize:
         rows = np.frombuffer(scales, np.float32).reshape(-1, 1)  # int8_sym_channel: one per row
@@ -94,7 +98,8 @@ def _info(file: Any, tensor: TensorInfo | str) -> TensorInfo:
 
 def _out_dtype(info: TensorInfo, upcast: bool, dequantize: bool) -> np.dtype:
     if info.quant_type is not None:
-        return np.dtype(np.float32 if dequantize else np.int8)
+        unpacked = np.uint8 if info.dtype == "uint4" else np.int8
+        return np.dtype(np.float32 if dequantize else unpacked)
     if upcast and info.dtype in _format.SPLIT_DTYPES:
         return np.dtype(np.float32)
     return NUMPY_DTYPES[info.dtype]

@@ -24,7 +24,9 @@ except ImportError:  # pragma: no cover - depends on the build
     )
 
 FORMAT_VERSION = 1
-STORAGE_DTYPES = ("float32", "float16", "bfloat16", "int8")
+# "int4": group-wise int4 matrices (weightfile/groupwise.py); "gguf": a GGUF's Q4_0/Q4_1/Q8_0
+# blocks as they are (no requantizing), every other float tensor float32.
+STORAGE_DTYPES = ("float32", "float16", "bfloat16", "int8", "int4", "gguf")
 # Integer and bool tensors (rare: e.g. index tables) keep their dtype, unquantized.
 KEPT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "bool")
 QUANT_INT8_SYM_CHANNEL = "int8_sym_channel"
@@ -117,6 +119,7 @@ NUMPY_DTYPES = {
     "float16": np.dtype("<f2"),
     "bfloat16": np.dtype("<u2"),  # raw bfloat16 bits
     **{k: np.dtype(k).newbyteorder("<") for k in KEPT_DTYPES},
+    "uint4": np.dtype("u1"),  # two 4-bit values per byte (int4_group_asym rows only)
 }
 
 
@@ -158,6 +161,8 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         """Bytes of the stored (decoded) data, scales excluded."""
+        if self.dtype == "uint4":
+            return (self.n_params + 1) // 2
         return self.n_params * NUMPY_DTYPES[self.dtype].itemsize
 
 
@@ -188,14 +193,36 @@ class _Xxh3:
 CHECKSUMS: dict[str, type[_Crc32] | type[_Xxh3]] = {"xxh3_64": _Xxh3, "crc32": _Crc32}
 
 
-def checksum(data: Any, scales: Any = None, *, algorithm: str = CHECKSUM_ALGORITHM) -> int:
+def checksum(
+    data: Any, scales: Any = None, zero_points: Any = None, *, algorithm: str = CHECKSUM_ALGORITHM
+) -> int:
     """The ``checksum`` column's value: a hash of the stored data bytes, continued over the scale
-    bytes of quantized rows. xxh3_64 is stored as a signed int64 (two's complement)."""
+    bytes of quantized rows, then their zero points (offsets) when they have them. xxh3_64 is
+    stored as a signed int64 (two's complement)."""
     hasher = CHECKSUMS[algorithm]()
     hasher.update(data)
-    if scales is not None:
-        hasher.update(scales)
+    for extra in (scales, zero_points):
+        if extra is not None:
+            hasher.update(extra)
     return hasher.value()
+
+
+def quant_columns(quant_type: str | None) -> list[str]:
+    """The columns beside ``data`` that a row of ``quant_type`` fills."""
+    if quant_type is None:
+        return []
+    return ["scales", "zero_points"] if quant_type == "int4_group_asym" else ["scales"]
+
+
+def quant_sizes(info: TensorInfo) -> list[int]:
+    """Expected byte sizes of ``quant_columns(info.quant_type)``: float32 per row, or float16 per
+    group of ``info.group_size`` inputs."""
+    if info.quant_type is None:
+        return []
+    if info.quant_type == "int8_sym_channel":
+        return [4 * info.shape[0]]
+    groups = info.n_params // (info.group_size or 1)
+    return [2 * groups] * len(quant_columns(info.quant_type))
 
 
 def metadata_checksum(kv: dict[str, str], *, algorithm: str = CHECKSUM_ALGORITHM) -> str:

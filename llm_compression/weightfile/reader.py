@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CorruptFileError, FormatError
+from ..errors import CorruptFileError, FormatError, InputError
 from . import format as _format
 from .format import (
     ENCODING_BYTE_STREAM_SPLIT,
@@ -32,7 +32,10 @@ from .format import (
     TensorInfo,
     checksum,
     join_bytes,
+    quant_columns,
+    quant_sizes,
 )
+from .groupwise import GROUP, GROUP_QUANT_TYPES, QUANT_INT8_GROUP, GroupQuantized
 from .metadata import (
     _ARROW_ERRORS,
     _FIX_DAMAGED,
@@ -51,17 +54,19 @@ def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> Te
     shape = tuple(row["shape"])
     bad = (
         row["dtype"] not in NUMPY_DTYPES
-        or row["quant_type"] not in (None, QUANT_INT8_SYM_CHANNEL)
+        or row["quant_type"] not in (None, QUANT_INT8_SYM_CHANNEL, *GROUP_QUANT_TYPES)
         or row["encoding"] not in ENCODINGS
         or any(d < 0 for d in shape)
         or math.prod(shape) != row["n_params"]
+        or (row["quant_type"] in GROUP_QUANT_TYPES and not _group_ok(row, shape))
     )
     if bad:
         raise FormatError(
             f"{path}: tensor {row['name']!r} has dtype {row['dtype']!r}, encoding "
             f"{row['encoding']!r}, quant_type {row['quant_type']!r}, shape {shape}, n_params "
             f"{row['n_params']}; expected a dtype in {sorted(NUMPY_DTYPES)}, an encoding in "
-            f"{list(ENCODINGS)}, quant_type None or {QUANT_INT8_SYM_CHANNEL!r} and n_params = "
+            f"{list(ENCODINGS)}, quant_type None, {QUANT_INT8_SYM_CHANNEL!r} or one of "
+            f"{GROUP_QUANT_TYPES} and n_params = "
             "prod(shape): the file is damaged or from a newer llm_compression"
         )
     group = pf.metadata.row_group(i)
@@ -70,6 +75,15 @@ def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> Te
         name=row["name"], shape=shape, dtype=row["dtype"], encoding=row["encoding"],
         n_params=row["n_params"], quant_type=row["quant_type"], quant_axis=row["quant_axis"],
         group_size=row["group_size"], checksum=row["checksum"], row_group=i, stored_bytes=stored,
+    )  # fmt: skip
+
+
+def _group_ok(row: dict[str, Any], shape: tuple[int, ...]) -> bool:
+    """A group-quantized row: 2-D, groups of GROUP inputs, the dtype of its quant_type."""
+    dtype = "int8" if row["quant_type"] == QUANT_INT8_GROUP else "uint4"
+    return (
+        row["group_size"] == GROUP and len(shape) == 2 and shape[1] % GROUP == 0
+        and row["dtype"] == dtype
     )  # fmt: skip
 
 
@@ -219,8 +233,30 @@ class WeightFile:
         Raises CorruptFileError when the row group does not decode, has the wrong size, or (with
         ``verify``) its checksum (the algorithm the file's metadata names) does not match.
         """
-        quantized = info.quant_type is not None
-        columns = ["data", "scales"] if quantized else ["data"]
+        data, scales, _ = self._read_row(info, verify, raw)
+        return data, scales
+
+    def read_group(self, info: TensorInfo, *, verify: bool = True) -> GroupQuantized:
+        """A group-wise quantized row (``int4_group_asym`` / ``int8_group_sym``) as stored."""
+        if info.quant_type not in GROUP_QUANT_TYPES:
+            raise InputError(
+                f"{self.path}: tensor {info.name!r} is not group-quantized ({info.quant_type}); "
+                "read it with decode_tensor"
+            )
+        data, scales, offsets = self._read_row(info, verify, False)
+        rows, cols = info.shape
+        groups = (rows, cols // GROUP)
+        dtype = np.int8 if info.quant_type == QUANT_INT8_GROUP else np.uint8
+        width = cols if info.quant_type == QUANT_INT8_GROUP else cols // 2
+        return GroupQuantized(
+            info.quant_type, (rows, cols),
+            np.frombuffer(data, dtype).reshape(rows, width),
+            np.frombuffer(scales, np.float16).reshape(groups),
+            None if offsets is None else np.frombuffer(offsets, np.float16).reshape(groups),
+        )  # fmt: skip
+
+    def _read_row(self, info: TensorInfo, verify: bool, raw: bool):
+        columns = ["data", *quant_columns(info.quant_type)]
         self._check_unchanged()
         try:
             table = self._reader().read_row_group(
@@ -231,19 +267,19 @@ class WeightFile:
                 f"{self.path}: tensor {info.name!r} (row group {info.row_group}) cannot be "
                 f"decoded ({e}); {_FIX_DAMAGED}"
             ) from e
-        data = _value(self.path, info, table, "data")
-        scales = _value(self.path, info, table, "scales") if quantized else None
-        expected = (info.nbytes, 4 * info.shape[0] if quantized else None)
-        if data.size != expected[0] or (quantized and scales.size != expected[1]):
+        values = [_value(self.path, info, table, c) for c in columns] + [None, None]
+        data, scales, offsets = values[:3]
+        sizes = [info.nbytes, *quant_sizes(info)]
+        if any(v.size != n for v, n in zip(values, sizes, strict=False)):
             raise CorruptFileError(
-                f"{self.path}: tensor {info.name!r} holds {data.size} data bytes, expected "
-                f"{expected[0]} for {info.dtype} {info.shape}; {_FIX_DAMAGED}"
+                f"{self.path}: tensor {info.name!r} holds {[v.size for v in values[: len(sizes)]]} "
+                f"bytes in {columns}, expected {sizes} for {info.dtype} {info.shape}; {_FIX_DAMAGED}"
             )
         if verify:
-            self._check(info, checksum(data, scales, algorithm=self.metadata.checksum))
+            self._check(info, checksum(data, scales, offsets, algorithm=self.metadata.checksum))
         if not raw and info.encoding == ENCODING_BYTE_STREAM_SPLIT and data.size:
             data = pa.py_buffer(join_bytes(data, NUMPY_DTYPES[info.dtype].itemsize))
-        return data, scales
+        return data, scales, offsets
 
     def _check(self, info: TensorInfo, computed: int) -> None:
         if computed != info.checksum:

@@ -43,6 +43,7 @@ from .format import (
     quantize_int8_rows,
     split_bytes,
 )
+from .groupwise import GROUP, QUANT_INT8_GROUP, GroupQuantized, quantize_int4
 from .tempfiles import _fsync, _fsync_dir, _new_temp, remove_stale_temps
 
 logger = logging.getLogger(__name__)
@@ -60,10 +61,24 @@ class _Row:
     quant_type: str | None = None
     scales: np.ndarray | None = None
     encoding: str = ENCODING_PLAIN
+    zero_points: np.ndarray | None = None
+    group_size: int | None = None
+
+
+def _group_row(name: str, value: GroupQuantized) -> _Row:
+    dtype = "int8" if value.quant_type == QUANT_INT8_GROUP else "uint4"
+    return _Row(
+        name, tuple(value.shape), dtype, np.ascontiguousarray(value.data), value.quant_type,
+        np.ascontiguousarray(value.scales, np.float16), zero_points=None
+        if value.offsets is None else np.ascontiguousarray(value.offsets, np.float16),
+        group_size=GROUP,
+    )  # fmt: skip
 
 
 def _encode_tensor(name: str, value: Any, dtype: str, quantize: Collection[str] | None) -> _Row:
     """Cast one input tensor to its storage form (see docs/format.md, "Storage dtypes")."""
+    if isinstance(value, GroupQuantized):
+        return _group_row(name, value)
     try:
         array = np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as e:
@@ -93,7 +108,9 @@ def _encode_tensor(name: str, value: Any, dtype: str, quantize: Collection[str] 
             )
         q, scales = quantize_int8_rows(array)
         return _Row(name, shape, "int8", q, QUANT_INT8_SYM_CHANNEL, scales)
-    stored = "float16" if dtype == "int8" else dtype
+    if dtype == "int4" and array.ndim == 2 and (quantize is None or name in quantize):
+        return _group_row(name, quantize_int4(name, array))
+    stored = {"int8": "float16", "int4": "float16", "gguf": "float32"}.get(dtype, dtype)
     if stored == "bfloat16":
         values = float32_to_bfloat16_bits(array)
     else:
@@ -118,7 +135,8 @@ def _bytes(array: np.ndarray) -> memoryview:
 
 def _row_checksum(row: _Row) -> int:
     scales = None if row.scales is None else _bytes(row.scales)
-    return checksum(_bytes(row.data), scales, algorithm=CHECKSUM_ALGORITHM)
+    offsets = None if row.zero_points is None else _bytes(row.zero_points)
+    return checksum(_bytes(row.data), scales, offsets, algorithm=CHECKSUM_ALGORITHM)
 
 
 def _row_table(row: _Row) -> pa.Table:
@@ -138,9 +156,9 @@ def _row_table(row: _Row) -> pa.Table:
         pa.array([int(np.prod(row.shape, dtype=np.int64))], pa.int64()),
         pa.array([row.quant_type], pa.string()),
         _binary(row.scales),
-        pa.nulls(1, pa.large_binary()),
-        pa.array([0 if quantized else None], pa.int32()),
-        pa.nulls(1, pa.int32()),
+        _binary(row.zero_points),
+        pa.array([(0 if row.group_size is None else 1) if quantized else None], pa.int32()),
+        pa.array([row.group_size], pa.int32()),
         pa.array([_row_checksum(row)], pa.int64()),
     ]
     return pa.Table.from_arrays(columns, schema=SCHEMA)
@@ -252,7 +270,7 @@ def _new_writer(tmp: str, level: int = ZSTD_LEVEL) -> pq.ParquetWriter:
         tmp,
         SCHEMA,
         compression="zstd",
-        compression_level={"data": level, "scales": level},
+        compression_level={"data": level, "scales": level, "zero_points": level},
         use_dictionary=False,
         write_statistics=["name", "n_params"],
         store_schema=True,

@@ -106,8 +106,10 @@ def test_untied_head_missing_when_config_says_untied(llama_folder, tmp_path):
 
 
 def test_bad_dtype_and_no_tokenizer(llama_folder, tmp_path):
-    with pytest.raises(ConfigError, match="dtype='int4'.*float32"):
-        convert(llama_folder, tmp_path / "m.parquet", dtype="int4")
+    with pytest.raises(ConfigError, match="dtype='int2'.*float32"):
+        convert(llama_folder, tmp_path / "m.parquet", dtype="int2")
+    with pytest.raises(ConfigError, match="dtype='gguf' keeps a GGUF's own blocks"):
+        convert(llama_folder, tmp_path / "m.parquet", dtype="gguf")  # an HF folder
     (llama_folder / "tokenizer.json").unlink()
     with pytest.raises(ConversionError, match="no tokenizer.*tokenizer.json"):
         convert(llama_folder, tmp_path / "m.parquet")

@@ -87,3 +87,20 @@ def test_generate_cli_errors(tmp_path, lm_file, capsys):
     assert main(["generate", str(tmp_path / "missing.parquet"), "--prompt", "hi"]) == 2
     assert main(["generate", str(lm_file[0]), "--prompt", "hi", "--top-p", "2"]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+def test_generate_cli_prompt_file_stdin_and_verbose(lm_file, capsys, tmp_path, monkeypatch):
+    import io
+
+    path, _, _ = lm_file
+    expected = load_model(path).generate("The quick brown fox", max_new_tokens=8)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("The quick brown fox")
+    argv = ["generate", str(path), "--prompt-file", str(prompt), "--max-new-tokens", "8"]
+    assert main([*argv, "--verbose"]) == 0
+    out = capsys.readouterr()
+    assert out.out == expected + "\n"
+    assert "decode:" in out.err and "tokens/s" in out.err and "peak memory" in out.err
+    monkeypatch.setattr("sys.stdin", io.StringIO("The quick brown fox"))
+    assert main(["generate", str(path), "-", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == expected + "\n"

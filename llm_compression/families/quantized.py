@@ -1,0 +1,97 @@
+"""Causal LMs that compute from quantized weights: ``load_model(path, dtype="int8" | "int4")``.
+
+Every linear layer and the token table become ``core.quantized`` modules: group-quantized rows of
+the file (int4_group_asym, int8_group_sym: a GGUF's blocks) run as stored, int8_sym_channel rows
+keep their values, float rows are quantized to ``dtype`` group-wise on load. Norms and biases are
+float32. Nothing is expanded to a float32 matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+
+import numpy as np
+import torch
+
+from ..core.quantized import QuantEmbedding, QuantLinear
+from ..errors import ConfigError
+from ..weightfile import WeightFile, decode_tensor
+from ..weightfile.groupwise import (
+    GROUP,
+    GROUP_QUANT_TYPES,
+    GroupQuantized,
+    from_channel_int8,
+    quantize_int4,
+    quantize_int8,
+)
+from . import build_model, quantizable_names
+
+QUANTIZED_DTYPES = ("int8", "int4")
+
+
+def quantized_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized | None:
+    """The row ``name`` as a group layout, or None when it cannot be one (inputs not a
+    multiple of 32)."""
+    info = file.tensors[name]
+    if len(info.shape) != 2 or info.shape[1] % GROUP:
+        return None
+    if info.quant_type in GROUP_QUANT_TYPES:
+        return file.read_group(info)
+    if info.quant_type is not None:  # int8_sym_channel
+        data, scales = file.read(info)
+        q = np.frombuffer(data, np.int8).reshape(info.shape)
+        return from_channel_int8(q, np.frombuffer(scales, np.float32))
+    w = decode_tensor(file, info)
+    return quantize_int4(name, w) if dtype == "int4" else quantize_int8(name, w)
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap that loading freed (decoded rows, serialized ONNX graphs) back to the OS."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _swap(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def load_quantized(path, dtype: str) -> torch.nn.Module:
+    """The causal LM of ``path`` with quantized linear layers (see the module docstring)."""
+    if dtype not in QUANTIZED_DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: quantized compute takes one of {QUANTIZED_DTYPES}")
+    file = WeightFile(path)
+    from . import config_from_dict, family
+
+    config = config_from_dict(file.metadata.config)
+    if "generate" not in family(config.family).tasks:
+        raise ConfigError(
+            f"{path}: dtype={dtype!r} runs causal LMs; this is a {config.family} model: load it "
+            "with dtype='float32', 'bfloat16' or 'int8'"
+        )
+    model = build_model(config)
+    names = quantizable_names(config)
+    state = {}
+    for name in [n for n in file.tensors if not n.startswith("unused/")]:
+        module_name = name.removesuffix(".weight")
+        w = quantized_matrix(file, name, dtype) if name in names else None
+        if w is None:
+            state[name] = torch.from_numpy(np.array(decode_tensor(file, name), np.float32))
+            continue
+        if module_name == "token_embed":
+            _swap(model, module_name, QuantEmbedding(w))
+        else:
+            bias = state.pop(module_name + ".bias", None)
+            _swap(model, module_name, QuantLinear(w, bias))
+    for name, value in state.items():  # norms, biases of float layers
+        module_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(module_name)
+        if isinstance(owner, QuantLinear):
+            owner.bias = torch.nn.Parameter(value, requires_grad=False)
+        else:
+            setattr(owner, attr, torch.nn.Parameter(value, requires_grad=False))
+    model.eval()
+    _release_freed_memory()
+    model.torch_threads = 1  # the matmuls run on ORT's threads (core.generation.torch_threads)
+    return model

@@ -1,0 +1,128 @@
+"""Greedy decode speed of our float32 / int8 / int4 causal LMs against Hugging Face float32, and how
+often the quantized greedy text equals float32's.
+
+    PYTHONPATH=. python scripts/benchmark_generate.py [--families smollm2,olmo] [--runs 3]
+        [--threads 2] [--agreement 20]
+
+Every variant and HF run interleaved in the same process (64 new tokens, batch 1); ratios are
+tokens/s over HF's; the load average is printed with them. Weights: the same as
+scripts/benchmark_multimodal.py (SmolLM2 from the packaged Q4_1 GGUF; a random OLMo-2 of its shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_multimodal import PROMPT, prepare  # noqa: E402
+
+PROMPTS = [
+    "The capital of France is", "Once upon a time", "def fibonacci(n):", "The best way to learn",
+    "In 1969, astronauts", "Water boils at", "My favourite recipe for soup", "The theory of relativity",
+    "A haiku about autumn:", "Dear hiring manager,", "The three primary colours are",
+    "To install Python on Linux,", "The stock market today", "Photosynthesis is the process",
+    "Here is a list of fruits:", "The meaning of life is", "Translate to French: good morning",
+    "The quick brown fox", "Machine learning models", "Tomorrow the weather will be",
+]  # fmt: skip
+
+
+def variants(family: str, paths: dict, work: Path) -> dict:
+    from llm_compression.convert import convert
+    from llm_compression.loader import load_model
+
+    out = {"float32": load_model(paths["ours"]), "int8": load_model(paths["ours"], dtype="int8")}
+    if family == "smollm2":
+        from llm_compression import weights
+
+        kept = work / "smollm2.gguf.parquet"
+        if not kept.is_file():
+            convert(weights.packaged_smollm2(), kept, dtype="gguf")
+        out["int4"] = load_model(kept, dtype="int4")
+    return out
+
+
+def speed(models: dict, hf, ids: list[int], runs: int) -> dict:
+    x = torch.tensor([ids])
+    calls = {
+        name: (lambda m=m: len(m.generate_ids(ids, max_new_tokens=64)))
+        for name, m in models.items()
+    }
+    calls["hf"] = lambda: hf.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=64, min_new_tokens=64, do_sample=False
+    ).shape[1] - x.shape[1]  # fmt: skip
+    rates: dict[str, list[float]] = {name: [] for name in calls}
+    for fn in calls.values():
+        fn()  # warm-up
+    for _ in range(runs):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            n = fn()
+            rates[name].append(n / (time.perf_counter() - start))
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    return {
+        name: {"tokens_per_s": round(v, 2), "x_hf": round(v / med["hf"], 2)}
+        for name, v in med.items()
+    }
+
+
+def agreement(models: dict, prompts: list[str]) -> dict:
+    ref = models["float32"]
+    others = {name: m for name, m in models.items() if name != "float32"}
+    same = dict.fromkeys(others, 0)
+    first: dict[str, list[int]] = {name: [] for name in others}
+    for p in prompts:
+        ids = ref.tokenizer.encode(p)
+        a = ref.generate_ids(ids, max_new_tokens=64)
+        for name, m in others.items():
+            b = m.generate_ids(ids, max_new_tokens=64)
+            if a == b:
+                same[name] += 1
+            else:
+                pairs = zip(a, b, strict=False)
+                first[name].append(next((i for i, (u, v) in enumerate(pairs) if u != v), len(b)))
+    return {
+        name: {"identical": f"{same[name]}/{len(prompts)}", "first_divergence": sorted(first[name])}
+        for name in others
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--families", default="smollm2,olmo")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--agreement", type=int, default=20)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/llmc-bench"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM
+
+    results = {}
+    for family in args.families.split(","):
+        paths = prepare(family, args.work)
+        models = variants(family, paths, args.work)
+        hf = AutoModelForCausalLM.from_pretrained(paths["hf"]).eval()
+        ids = models["float32"].tokenizer.encode(PROMPT)
+        with torch.inference_mode():
+            results[family] = {
+                "load_before": os.getloadavg()[0],
+                **speed(models, hf, ids, args.runs),
+            }
+        results[family]["load_after"] = os.getloadavg()[0]
+        print(json.dumps({family: results[family]}), flush=True)
+        if family == "smollm2" and args.agreement:
+            with torch.inference_mode():
+                found = agreement(models, PROMPTS[: args.agreement])
+            print(json.dumps({family: {"agreement": found}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""load_model(dtype="int8" | "int4"): causal LMs computing from group-quantized weights on ORT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hf_tiny import tiny_causal_lm
+
+from llm_compression.errors import ConfigError
+from llm_compression.families import build_model
+from llm_compression.loader import load_weights_into
+from llm_compression.weightfile import write_model
+
+pytest.importorskip("onnxruntime")
+from llm_compression.core.quantized import QuantEmbedding, QuantLinear  # noqa: E402
+from llm_compression.families.quantized import load_quantized  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=[("llama", True), ("olmo2", False)], ids=str)
+def stored(request, tmp_path_factory):
+    _, cfg, state = tiny_causal_lm(request.param[0], tie=request.param[1])
+    path = tmp_path_factory.mktemp("q") / "m.parquet"
+    write_model(path, {k: v.numpy() for k, v in state.items()}, config=cfg, dtype="float32")
+    return path, load_weights_into(build_model(cfg), state)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("int8", 0.03), ("int4", 0.3)])
+def test_quantized_logits_follow_float32(stored, dtype: str, tolerance: float) -> None:
+    path, ref = stored
+    model = load_quantized(path, dtype)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert not linears, "every linear layer computes from quantized weights"
+    assert any(isinstance(m, QuantLinear) for m in model.modules())
+    ids = torch.tensor([[5, 17, 33, 8, 61, 9]])
+    with torch.inference_mode():
+        got, want = model.logits(ids), ref.logits(ids)
+    scale = want.abs().max()
+    assert (got - want).abs().max() <= tolerance * scale
+    assert len(model.generate_ids([5, 17, 33], max_new_tokens=5)) <= 5
+
+
+def test_tied_table_is_one_quantized_embedding(stored) -> None:
+    path, ref = stored
+    if not ref.config.tie_embeddings:
+        pytest.skip("untied model")
+    model = load_quantized(path, "int8")
+    assert isinstance(model.token_embed, QuantEmbedding)
+
+
+def test_quantized_dtype_refuses_other_families(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="quantized compute"):
+        load_quantized(tmp_path / "x.parquet", "int2")
