@@ -18,22 +18,13 @@ import numpy as np
 import torch
 
 from llm_compression.align import AlignModel, Trainer, load_config
-from llm_compression.align.dataset import read_records, split
 from llm_compression.align.evaluate import drop_modalities, pair_recalls
-from llm_compression.align.features import build_features
-from llm_compression.align.run import _label_ids, _model_config
+from llm_compression.align.run import _label_ids, _model_config, prepare
 from llm_compression.align.trainer import Objective
 
 
 def run(cfg, drop: float) -> dict[str, list[dict]]:
-    records = read_records(cfg.dataset)
-    train_r, held_r = split(records, cfg.holdout, cfg.seed)
-    feats = build_features(records, {m: cfg.models[m] for m in cfg.modalities}, cfg.cache,
-                           workers=cfg.workers)  # fmt: skip
-    row = {rid: i for i, rid in enumerate(feats.ids)}
-    train_f = feats.subset([row[r.id] for r in train_r])
-    held_f = feats.subset([row[r.id] for r in held_r])
-    labels = tuple(sorted({r.label for r in records if r.label}))
+    _, (train_r, held_r), feats, (train_f, held_f), labels = prepare(cfg)
     train_l, held_l = _label_ids(train_r, labels), _label_ids(held_r, labels)
     stages = [s for s in cfg.stages if not s.reports]
     out = {}

@@ -70,16 +70,22 @@ def prototypes(model: AlignModel, feats: Features, label_ids: np.ndarray) -> tor
     return torch.nn.functional.normalize(out, dim=-1)
 
 
-def train(cfg: AlignConfig) -> Path:
-    """Run every stage of ``cfg``; returns the final checkpoint ``<out>/align.parquet``."""
+def prepare(cfg: AlignConfig) -> tuple:
+    """The dataset of ``cfg`` split and featurised: ``(records, (train, held) records, all
+    features, (train, held) features, labels)``; features come from the cache when present."""
     records = read_records(cfg.dataset)
     train_r, held_r = split(records, cfg.holdout, cfg.seed)
     feats = build_features(records, {m: cfg.models[m] for m in cfg.modalities}, cfg.cache,
                            workers=cfg.workers)  # fmt: skip
     row = {rid: i for i, rid in enumerate(feats.ids)}
-    train_f = feats.subset([row[r.id] for r in train_r])
-    held_f = feats.subset([row[r.id] for r in held_r])
+    parts = tuple(feats.subset([row[r.id] for r in part]) for part in (train_r, held_r))
     labels = tuple(sorted({r.label for r in records if r.label}))
+    return records, (train_r, held_r), feats, parts, labels
+
+
+def train(cfg: AlignConfig) -> Path:
+    """Run every stage of ``cfg``; returns the final checkpoint ``<out>/align.parquet``."""
+    records, (train_r, held_r), feats, (train_f, held_f), labels = prepare(cfg)
     mcfg = _model_config(cfg, feats, labels)
     torch.manual_seed(cfg.seed)  # the heads' initial weights
     model = AlignModel(mcfg)
