@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..families import quantizable_names, tensor_shapes
+from ..families import build_model, quantizable_names, tensor_shapes
 from .hf_export import export
 from .mapping import LazyTensors, check_plan
 from .sources import prepare
@@ -68,7 +68,8 @@ def convert(
             "file; choose float32, float16, bfloat16, int8 or int4 for other checkpoints"
         )
     prepared = prepare(Path(src), family, keep_quantized=dtype == "gguf")
-    expected = tensor_shapes(prepared.config)
+    model = build_model(prepared.config)  # on the meta device: names, shapes, layer types
+    expected = tensor_shapes(model)
     check_plan(prepared.plan, expected, prepared.description)
     logger.info(
         "converting %s (%s, %d tensors) to %s as %s",
@@ -82,7 +83,7 @@ def convert(
         LazyTensors(prepared.plan, [*expected, *unused]),
         config=prepared.config,
         dtype=dtype,
-        quantize=quantizable_names(prepared.config),
+        quantize=quantizable_names(model),
         files=prepared.bundle.files,
         sources=prepared.bundle.sources,
         progress=progress,

@@ -140,21 +140,28 @@ def build_model(config: Any) -> torch.nn.Module:
         raise ConfigError(f"{type(config).__name__} cannot build a {cls.__name__}: {e}") from e
 
 
-def tensor_shapes(config: Any) -> dict[str, tuple[int, ...]]:
-    """Canonical name -> shape of every tensor the model of ``config`` holds, in build order.
+def _built(config_or_model: Any) -> torch.nn.Module:
+    """The model itself, or the one its config builds on the meta device."""
+    if isinstance(config_or_model, torch.nn.Module):
+        return config_or_model
+    return build_model(config_or_model)
 
-    Read off the model built on the meta device, so it can never disagree with the model.
+
+def tensor_shapes(config_or_model: Any) -> dict[str, tuple[int, ...]]:
+    """Canonical name -> shape of every tensor the model holds, in build order.
+
+    Read off the model (built on the meta device from a config), so it can never disagree with it.
     """
-    return {name: tuple(t.shape) for name, t in build_model(config).state_dict().items()}
+    return {name: tuple(t.shape) for name, t in _built(config_or_model).state_dict().items()}
 
 
-def quantizable_names(config: Any) -> set[str]:
+def quantizable_names(config_or_model: Any) -> set[str]:
     """Names of the weights of the model's linear and embedding layers (what int8 may quantize).
 
     Taken from the module types, not from names: position tables held as plain parameters,
     convolutions, norms and biases are left out.
     """
-    model = build_model(config)
+    model = _built(config_or_model)
     kinds = (torch.nn.Linear, torch.nn.Embedding)
     return {
         f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, kinds)

@@ -71,7 +71,7 @@ def load_quantized(path, dtype: str) -> torch.nn.Module:
             "with dtype='float32', 'bfloat16' or 'int8'"
         )
     model = build_model(config)
-    names = quantizable_names(config)
+    names = quantizable_names(model)
     state = {}
     for name in [n for n in file.tensors if not n.startswith("unused/")]:
         module_name = name.removesuffix(".weight")
