@@ -27,12 +27,12 @@ from .format import (
 )
 
 _PARQUET_MAGIC = b"PAR1"
-_FIX_DAMAGED = "the file is damaged: copy it again or re-run `llm-compression convert`"
-_ARROW_ERRORS = (pa.ArrowException, OSError)
-_U64 = (1 << 64) - 1  # checksums print as unsigned hex
+FIX_DAMAGED = "the file is damaged: copy it again or re-run `llm-compression convert`"
+ARROW_ERRORS = (pa.ArrowException, OSError)
+U64 = (1 << 64) - 1  # checksums print as unsigned hex
 
 
-def _open_parquet(path: Path, *, memory_map: bool, verify_pages: bool = False) -> pq.ParquetFile:
+def open_parquet(path: Path, *, memory_map: bool, verify_pages: bool = False) -> pq.ParquetFile:
     if not path.exists():
         raise ModelFileNotFoundError(
             f"weight file {path} does not exist; check the path or create it with "
@@ -42,11 +42,11 @@ def _open_parquet(path: Path, *, memory_map: bool, verify_pages: bool = False) -
         raise ModelFileNotFoundError(f"{path} is a folder; pass the .parquet weight file inside it")
     try:
         return pq.ParquetFile(path, memory_map=memory_map, page_checksum_verification=verify_pages)
-    except _ARROW_ERRORS as e:
-        raise _unreadable(path, e) from e
+    except ARROW_ERRORS as e:
+        raise unreadable(path, e) from e
 
 
-def _unreadable(path: Path, error: Exception) -> FormatError:
+def unreadable(path: Path, error: Exception) -> FormatError:
     """FormatError for a file that is not Parquet, CorruptFileError for a damaged Parquet file."""
     with open(path, "rb") as f:
         head = f.read(4)
@@ -58,7 +58,7 @@ def _unreadable(path: Path, error: Exception) -> FormatError:
         )
     return CorruptFileError(
         f"{path} starts like Parquet but its footer cannot be read ({size} bytes; truncated or "
-        f"overwritten: {error}); {_FIX_DAMAGED}"
+        f"overwritten: {error}); {FIX_DAMAGED}"
     )
 
 
@@ -66,7 +66,7 @@ def _base_type(t: pa.DataType) -> pa.DataType:
     return {pa.large_binary(): pa.binary(), pa.large_string(): pa.string()}.get(t, t)
 
 
-def _check_schema(path: Path, schema: pa.Schema) -> None:
+def check_schema(path: Path, schema: pa.Schema) -> None:
     got = {f.name: _base_type(f.type) for f in schema}
     expected = {f.name: _base_type(f.type) for f in SCHEMA}
     wrong = sorted(n for n, t in expected.items() if got.get(n) != t)
@@ -79,7 +79,7 @@ def _check_schema(path: Path, schema: pa.Schema) -> None:
         )
 
 
-def _kv(path: Path, kv: dict[bytes, bytes], key: str, parse=str) -> Any:
+def kv_value(path: Path, kv: dict[bytes, bytes], key: str, parse=str) -> Any:
     raw = kv.get((META_PREFIX + key).encode())
     try:
         if raw is None:
@@ -88,7 +88,7 @@ def _kv(path: Path, kv: dict[bytes, bytes], key: str, parse=str) -> Any:
     except (KeyError, ValueError, TypeError) as e:
         raise CorruptFileError(
             f"{path}: metadata key {META_PREFIX + key!r} is missing or malformed ({e!r}); "
-            f"{_FIX_DAMAGED}"
+            f"{FIX_DAMAGED}"
         ) from e
 
 
@@ -99,7 +99,7 @@ def _check_version(path: Path, kv: dict[bytes, bytes]) -> int:
             f"{META_PREFIX + 'format_version'!r} metadata); write weight files with "
             "`llm-compression convert` or llm_compression.weightfile.write_model"
         )
-    version = _kv(path, kv, "format_version", int)
+    version = kv_value(path, kv, "format_version", int)
     if version != FORMAT_VERSION:
         raise FormatError(
             f"{path} is weight format version {version}, but llm_compression {package_version()} reads "
@@ -109,7 +109,7 @@ def _check_version(path: Path, kv: dict[bytes, bytes]) -> int:
 
 
 def _decode_files(path: Path, kv: dict[bytes, bytes]) -> dict[str, bytes]:
-    manifest = _kv(path, kv, "files", json.loads)
+    manifest = kv_value(path, kv, "files", json.loads)
     files: dict[str, bytes] = {}
     for name, entry in manifest.items():
         try:
@@ -118,12 +118,12 @@ def _decode_files(path: Path, kv: dict[bytes, bytes]) -> dict[str, bytes]:
                 pa.decompress(packed, entry["size"], codec="zstd", asbytes=True) if packed else b""
             )
             ok = len(raw) == entry["size"] and zlib.crc32(raw) == entry["crc32"]
-        except (KeyError, ValueError, TypeError, *_ARROW_ERRORS) as e:
+        except (KeyError, ValueError, TypeError, *ARROW_ERRORS) as e:
             raise CorruptFileError(
-                f"{path}: bundled file {name!r} cannot be decoded ({e!r}); {_FIX_DAMAGED}"
+                f"{path}: bundled file {name!r} cannot be decoded ({e!r}); {FIX_DAMAGED}"
             ) from e
         if not ok:
-            raise CorruptFileError(f"{path}: bundled file {name!r} fails its crc32; {_FIX_DAMAGED}")
+            raise CorruptFileError(f"{path}: bundled file {name!r} fails its crc32; {FIX_DAMAGED}")
         files[name] = raw
     return files
 
@@ -137,7 +137,7 @@ def _check_metadata(path: Path, kv: dict[bytes, bytes]) -> bool:
     try:
         text = {k.decode(): v.decode() for k, v in kv.items() if k.startswith(prefix)}
     except UnicodeDecodeError as e:
-        raise CorruptFileError(f"{path}: metadata is not UTF-8 ({e}); {_FIX_DAMAGED}") from e
+        raise CorruptFileError(f"{path}: metadata is not UTF-8 ({e}); {FIX_DAMAGED}") from e
     algorithm = text[METADATA_CHECKSUM_KEY].split(":", 1)[0]
     if algorithm not in CHECKSUMS:
         raise FormatError(
@@ -163,31 +163,31 @@ def _check_config(path: Path, meta: WeightFileMetadata) -> None:
     if not isinstance(meta.config, dict):
         raise CorruptFileError(
             f"{path}: metadata key {META_PREFIX + 'config'!r} holds a JSON "
-            f"{type(meta.config).__name__}, expected an object of config fields; {_FIX_DAMAGED}"
+            f"{type(meta.config).__name__}, expected an object of config fields; {FIX_DAMAGED}"
         )
     family = meta.config.get("family")
     if family != meta.family:
         raise CorruptFileError(
             f"{path}: metadata key {META_PREFIX + 'family'!r} says {meta.family!r} but the stored "
-            f"config is of family {family!r}; they must agree: {_FIX_DAMAGED}"
+            f"config is of family {family!r}; they must agree: {FIX_DAMAGED}"
         )
 
 
-def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
+def parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
     kv = pf.metadata.metadata or {}
     version = _check_version(path, kv)
     meta = WeightFileMetadata(
         path=path,
         format_version=version,
-        family=_kv(path, kv, "family"),
-        config=_kv(path, kv, "config", json.loads),
+        family=kv_value(path, kv, "family"),
+        config=kv_value(path, kv, "config", json.loads),
         files=_decode_files(path, kv),
-        sources=_kv(path, kv, "sources", json.loads),
-        created_by=_kv(path, kv, "created_by"),
-        storage_dtype=_kv(path, kv, "storage_dtype"),
-        num_tensors=_kv(path, kv, "num_tensors", int),
-        total_params=_kv(path, kv, "total_params", int),
-        checksum=_kv(path, kv, "checksum"),
+        sources=kv_value(path, kv, "sources", json.loads),
+        created_by=kv_value(path, kv, "created_by"),
+        storage_dtype=kv_value(path, kv, "storage_dtype"),
+        num_tensors=kv_value(path, kv, "num_tensors", int),
+        total_params=kv_value(path, kv, "total_params", int),
+        checksum=kv_value(path, kv, "checksum"),
         file_size=path.stat().st_size,
     )
     _check_config(path, meta)
@@ -201,12 +201,12 @@ def _parse_metadata(path: Path, pf: pq.ParquetFile) -> WeightFileMetadata:
         raise CorruptFileError(
             f"{path}: metadata says {meta.num_tensors} tensors but the file has "
             f"{pf.metadata.num_rows} rows in {pf.num_row_groups} row groups (expected one row "
-            f"group per tensor); {_FIX_DAMAGED}"
+            f"group per tensor); {FIX_DAMAGED}"
         )
     return meta
 
 
-def _checked(meta: WeightFileMetadata, pf: pq.ParquetFile) -> WeightFileMetadata:
+def checked_metadata(meta: WeightFileMetadata, pf: pq.ParquetFile) -> WeightFileMetadata:
     """``meta`` once the metadata checksum matches. It runs after the structural checks, whose
     messages say exactly what is wrong; it catches the well-formed edits they cannot see."""
     checked = _check_metadata(meta.path, pf.metadata.metadata or {})
@@ -219,6 +219,6 @@ def read_metadata(path: str | Path) -> WeightFileMetadata:
     Reads the Parquet footer only (no tensor data).
     """
     path = Path(path)
-    pf = _open_parquet(path, memory_map=False)
-    _check_schema(path, pf.schema_arrow)
-    return _checked(_parse_metadata(path, pf), pf)
+    pf = open_parquet(path, memory_map=False)
+    check_schema(path, pf.schema_arrow)
+    return checked_metadata(parse_metadata(path, pf), pf)

@@ -37,14 +37,14 @@ from .format import (
 )
 from .groupwise import GROUP, GROUP_QUANT_TYPES, QUANT_INT8_GROUP, GroupQuantized
 from .metadata import (
-    _ARROW_ERRORS,
-    _FIX_DAMAGED,
-    _U64,
-    _check_schema,
-    _checked,
-    _kv,
-    _open_parquet,
-    _parse_metadata,
+    ARROW_ERRORS,
+    FIX_DAMAGED,
+    U64,
+    check_schema,
+    checked_metadata,
+    kv_value,
+    open_parquet,
+    parse_metadata,
 )
 from .pages import DataFrame, FileSpan, data_frame
 from .stream import decode_split
@@ -110,13 +110,13 @@ def _index_row_ok(row: Any) -> bool:
 
 def _index_rows(path: Path, pf: pq.ParquetFile) -> list[dict[str, Any]]:
     """The index entries from the footer JSON (written by every writer of format version 1)."""
-    rows = _kv(path, pf.metadata.metadata or {}, INDEX_KEY, json.loads)
+    rows = kv_value(path, pf.metadata.metadata or {}, INDEX_KEY, json.loads)
     ok = isinstance(rows, list) and all(_index_row_ok(r) for r in rows)
     if not ok or len(rows) != pf.num_row_groups:
         raise CorruptFileError(
             f"{path}: the tensor index in {META_PREFIX + INDEX_KEY!r} does not list the "
             f"{pf.num_row_groups} row groups with fields {INDEX_COLUMNS} of the types of "
-            f"docs/format.md; {_FIX_DAMAGED}"
+            f"docs/format.md; {FIX_DAMAGED}"
         )
     return rows
 
@@ -145,9 +145,7 @@ def _value(path: Path, info: TensorInfo, table: pa.Table, column: str) -> pa.Buf
     # One row per row group gives one chunk; combine_chunks would copy even a single chunk.
     array = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
     if len(array) != 1 or array.null_count:
-        raise CorruptFileError(
-            f"{path}: tensor {info.name!r} has no {column} value; {_FIX_DAMAGED}"
-        )
+        raise CorruptFileError(f"{path}: tensor {info.name!r} has no {column} value; {FIX_DAMAGED}")
     _, offsets, data = array.buffers()
     width = 8 if pa.types.is_large_binary(array.type) else 4
     start, end = (
@@ -180,11 +178,11 @@ class WeightFile:
         self.path = Path(path)
         self._memory_map = memory_map
         # The index comes from the footer JSON; tensor data is verified by the per-row checksum.
-        pf = _open_parquet(self.path, memory_map=False, verify_pages=True)
-        _check_schema(self.path, pf.schema_arrow)
-        metadata = _parse_metadata(self.path, pf)
+        pf = open_parquet(self.path, memory_map=False, verify_pages=True)
+        check_schema(self.path, pf.schema_arrow)
+        metadata = parse_metadata(self.path, pf)
         self.tensors = _read_index(self.path, pf)
-        self.metadata = _checked(metadata, pf)
+        self.metadata = checked_metadata(metadata, pf)
         self._footer = pf.metadata
         self._data_column = pf.schema_arrow.get_field_index("data")
         self._fd = os.open(self.path, os.O_RDONLY)  # read_split's positional reads
@@ -211,7 +209,7 @@ class WeightFile:
         if size < self.metadata.file_size:
             raise CorruptFileError(
                 f"{self.path} was cut to {size} bytes since it was opened (it had "
-                f"{self.metadata.file_size}); {_FIX_DAMAGED}"
+                f"{self.metadata.file_size}); {FIX_DAMAGED}"
             )
 
     def _reader(self) -> pq.ParquetFile:
@@ -262,10 +260,10 @@ class WeightFile:
             table = self._reader().read_row_group(
                 info.row_group, columns=columns, use_threads=False
             )
-        except _ARROW_ERRORS as e:
+        except ARROW_ERRORS as e:
             raise CorruptFileError(
                 f"{self.path}: tensor {info.name!r} (row group {info.row_group}) cannot be "
-                f"decoded ({e}); {_FIX_DAMAGED}"
+                f"decoded ({e}); {FIX_DAMAGED}"
             ) from e
         values = [_value(self.path, info, table, c) for c in columns] + [None, None]
         data, scales, offsets = values[:3]
@@ -273,7 +271,7 @@ class WeightFile:
         if any(v.size != n for v, n in zip(values, sizes, strict=False)):
             raise CorruptFileError(
                 f"{self.path}: tensor {info.name!r} holds {[v.size for v in values[: len(sizes)]]} "
-                f"bytes in {columns}, expected {sizes} for {info.dtype} {info.shape}; {_FIX_DAMAGED}"
+                f"bytes in {columns}, expected {sizes} for {info.dtype} {info.shape}; {FIX_DAMAGED}"
             )
         if verify:
             self._check(info, checksum(data, scales, offsets, algorithm=self.metadata.checksum))
@@ -285,8 +283,8 @@ class WeightFile:
         if computed != info.checksum:
             raise CorruptFileError(
                 f"{self.path}: tensor {info.name!r} fails its {self.metadata.checksum} checksum "
-                f"(stored {info.checksum & _U64:#018x}, computed {computed & _U64:#018x}); "
-                f"{_FIX_DAMAGED}"
+                f"(stored {info.checksum & U64:#018x}, computed {computed & U64:#018x}); "
+                f"{FIX_DAMAGED}"
             )
 
     def _frame(self, info: TensorInfo) -> DataFrame | None:
@@ -317,7 +315,7 @@ class WeightFile:
                 frame, info.n_params, loop, out, algorithm=algorithm, where=where
             )
         except CorruptFileError as e:
-            raise CorruptFileError(f"{e}; {_FIX_DAMAGED}") from e
+            raise CorruptFileError(f"{e}; {FIX_DAMAGED}") from e
         if verify:
             self._check(info, computed)
         return out
