@@ -90,8 +90,10 @@ class SearchMixin:
         hits = []
         for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
             f = bisect.bisect_right(snap.starts, row) - 1
-            attrs = state.attributes(snap.files[f]).slice(row - snap.starts[f], 1).to_pylist()[0]
-            hits.append(Hit(attrs["id"], score, attrs.get("source"), attrs.get("metadata")))
+            attrs, i = state.attributes(snap.files[f]), row - snap.starts[f]
+            hits.append(
+                Hit(snap.ids[row], score, _cell(attrs, "source", i), _cell(attrs, "metadata", i))
+            )
         return SearchResult(tuple(hits))
 
     # -- the optional ANN index ------------------------------------------------------------------
@@ -145,3 +147,9 @@ class SearchMixin:
             order = np.lexsort((rows, -scores))[:k]
             found.append((rows[order], scores[order]))
         return found
+
+
+def _cell(table, column: str, i: int):
+    """Row ``i`` of ``column`` as a Python value (None where the file has no such column); one
+    cell, not the row: converting whole rows was a fifth of an ANN search."""
+    return table.column(column)[i].as_py() if column in table.column_names else None
