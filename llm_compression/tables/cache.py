@@ -13,6 +13,7 @@ cache files of data files that are gone.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from .checksums import file_hash
 
@@ -62,19 +64,25 @@ def store(table_dir: Path, file: str, unit: np.ndarray) -> None:
     """Write the cache file of ``file`` in the background."""
     with _lock:
         _pending[:] = [f for f in _pending if not f.done()]
-        _pending.append(_writer.submit(_write, table_dir, file, unit))
+        _pending.append(_writer.submit(write, table_dir, file, unit))
 
 
-def _write(table_dir: Path, file: str, unit: np.ndarray) -> None:
+def write(table_dir: Path, file: str, unit: np.ndarray) -> None:
+    """Write the cache file of ``file`` now (temp name, then rename; its checksum last)."""
+    unit = np.ascontiguousarray(unit, np.float32)
     folder = table_dir / CACHE_DIR
     tmp = folder / f".{file}.{uuid.uuid4().hex}.tmp"
+    header = io.BytesIO()  # np.save's bytes, hashed from memory rather than read back
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(unit))
+    digest = xxhash.xxh3_64(header.getvalue())
+    digest.update(memoryview(unit).cast("B"))
     try:
         folder.mkdir(exist_ok=True)
         with open(tmp, "wb") as f:
-            np.save(f, unit, allow_pickle=False)
-        digest = file_hash(tmp)
+            f.write(header.getvalue())
+            f.write(memoryview(unit).cast("B"))
         os.replace(tmp, folder / f"{file}.npy")
-        tmp.write_text(digest)  # the checksum last: no checksum, no cache
+        tmp.write_text(digest.hexdigest())  # the checksum last: no checksum, no cache
         os.replace(tmp, folder / f"{file}.xxh3")
     except OSError as e:
         log.debug("vector cache for %s not written: %s", file, e)
