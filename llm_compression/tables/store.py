@@ -204,12 +204,14 @@ class MultimodalStorage(IngestMixin, SearchMixin):
                 delta.merge_by(self._tables[modality], data, "id")
             else:
                 self._check_taken(modality, batch.ids)
-                self._append(modality, data, model.config(batch.dim))
+                self._append(modality, batch, data, model.config(batch.dim))
             self._sync(modality)
             self._record(modality)
             return self._tables[modality].version()
 
-    def _append(self, modality: str, data: pa.Table, config: dict[str, str]) -> None:
+    def _append(
+        self, modality: str, batch: sc.Batch, data: pa.Table, config: dict[str, str]
+    ) -> None:
         """One commit of new data files, one per core for a large batch, written in parallel
         (write_deltalake writes one file at a time); ``write_deltalake`` only when the batch
         widens the schema (a new metadata key)."""
@@ -223,10 +225,10 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         parts = max(1, min(WRITE_THREADS, len(data) // MIN_FILE_ROWS))
         folder, state = self.path / modality, self._states[modality]
 
-        def written(name: str, part: pa.Table) -> None:  # in the writer's thread
+        def written(name: str, lo: int, hi: int) -> None:  # in the writer's thread
             self._hashed[name] = checksums.file_hash(folder / name)
-            state.written[name] = part.column("id")
-            unit = normalize(sc.vectors_of(part.column("vector"), state.dim, name))
+            state.written[name] = batch.ids[lo:hi]
+            unit = normalize(batch.vectors[lo:hi], batch.squares[lo:hi])
             cache.write(folder, name, unit)  # the next open maps it instead of decoding
 
         actions = delta.write_files(folder, data, parts, after=written)
