@@ -285,7 +285,7 @@ def main() -> int:
     parser.add_argument(
         "--sizes",
         default="100000x384,1000000x384,100000x512,1000000x512",
-        help="comma-separated ROWSxDIM tables to measure (default: %(default)s)",
+        help="comma-separated ROWSxDIM tables to measure, or '' for none (default: %(default)s)",
     )
     parser.add_argument("--ann", action="store_true", help="also build the HNSW index (usearch) "
                         "and report its recall@10 against exact search and its latency")  # fmt: skip
@@ -343,6 +343,8 @@ def main() -> int:
 
 
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    if not text:  # --sizes "": only the ANN measurements on real embeddings
+        return []
     try:
         return [(int(r), int(d)) for r, d in (item.lower().split("x") for item in text.split(","))]
     except ValueError:

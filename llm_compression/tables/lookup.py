@@ -99,7 +99,7 @@ class SearchMixin:
     # -- the optional ANN index ------------------------------------------------------------------
 
     def build_index(self, modality: str | None = None, *, connectivity: int = 16,
-                    expansion_add: int = 128, expansion_search: int = 64) -> dict[str, int]:  # fmt: skip
+                    expansion_add: int = 128, expansion_search: int = 192) -> dict[str, int]:  # fmt: skip
         """Build and save an HNSW index (usearch, cosine) per table; returns rows indexed.
 
         ``search(..., ann=True)`` uses it; it follows later writes by data file. Rebuild to
