@@ -1,10 +1,12 @@
-"""A cache of each data file's unit vectors, so that a later open of a table maps them instead
-of decoding the Parquet list column and normalising again (most of a cold open's CPU).
+"""A cache of each data file's unit vectors, so that an open of a table maps them instead of
+decoding the Parquet list column and normalising again (most of a cold open's CPU).
 
 Data files are immutable and uniquely named, so ``<table>/_llmc_cache/<file>.npy`` (float32,
-``(rows, dim)``, with its xxh3-64 in ``<file>.xxh3``) stays valid while its data file exists. The first search that decodes
-a file hands its unit rows to one background thread that writes the cache file (temp name, then
-rename: a reader never sees half a file); later opens memory-map it. A missing, unreadable or
+``(rows, dim)``, with its xxh3-64 in ``<file>.xxh3``) stays valid while its data file exists.
+An append writes the cache of each file it writes (``write``, in its writer thread); the first
+search that decodes a file written by others (a merge, ``OPTIMIZE``, another engine) hands its
+unit rows to one background thread that writes it (``store``). Either way: temp name, then
+rename, so a reader never sees half a file; the checksum last. A missing, unreadable or
 mismatched cache file is ignored, and so is a failed write (read-only media, a full disk).
 Names starting with ``_`` are invisible to Delta readers and to ``vacuum``; ``prune`` removes the
 cache files of data files that are gone.
