@@ -30,11 +30,18 @@ MIN_CANDIDATES = 20
 
 @dataclass(frozen=True)
 class AnnParams:
-    """HNSW parameters: graph degree, and the candidate lists of inserts and of searches."""
+    """HNSW parameters: graph degree, the candidate lists of inserts and of searches, and the
+    type the index stores vectors in. ``f16`` halves the memory and the distance work of ``f32``
+    at the same recall (the candidates are re-scored exactly from the float32 rows): on 3,000
+    real MiniLM embeddings, 0.104 vs 0.156 ms per query in usearch, recall@10 0.999 vs 0.995.
+    A search list of 64 was enough there (0.998) but not on 100k vectors made from them
+    (benchmark_storage.near_real): recall@10 0.889 at 64, 0.951 at 128, 0.970 at 192 (0.3, 0.5,
+    0.8 ms on the loaded machine); the candidate count (20 to 40) did not change it."""
 
     connectivity: int = 16
     expansion_add: int = 128
-    expansion_search: int = 64
+    expansion_search: int = 192
+    dtype: str = "f16"
 
 
 def _usearch():
@@ -53,7 +60,7 @@ class AnnIndex:
 
     def __init__(self, dim: int, params: AnnParams) -> None:
         self.dim, self.params = dim, params
-        self.index = _usearch()(ndim=dim, metric="cos", dtype="f32", **params.__dict__)
+        self.index = _usearch()(ndim=dim, metric="cos", **params.__dict__)
         self.files: dict[str, tuple[int, int]] = {}  # data file -> (first key, rows)
         self.key_ids: list[str] = []  # key -> id (keys of dropped files keep their slot)
 
@@ -114,7 +121,7 @@ class AnnIndex:
             meta = json.loads((folder / META).read_text())
         except FileNotFoundError:
             return None
-        out = cls(meta["dim"], AnnParams(**meta["params"]))
+        out = cls(meta["dim"], AnnParams(**{"dtype": "f32", **meta["params"]}))  # f32: before f16
         out.index.load(str(folder / f"index-{meta['tag']}.usearch"))
         out.key_ids = pq.read_table(folder / f"ids-{meta['tag']}.parquet")["id"].to_pylist()
         out.files = {f: tuple(v) for f, v in meta["files"].items()}

@@ -1,10 +1,12 @@
-"""A cache of each data file's unit vectors, so that a later open of a table maps them instead
-of decoding the Parquet list column and normalising again (most of a cold open's CPU).
+"""A cache of each data file's unit vectors, so that an open of a table maps them instead of
+decoding the Parquet list column and normalising again (most of a cold open's CPU).
 
 Data files are immutable and uniquely named, so ``<table>/_llmc_cache/<file>.npy`` (float32,
-``(rows, dim)``, with its xxh3-64 in ``<file>.xxh3``) stays valid while its data file exists. The first search that decodes
-a file hands its unit rows to one background thread that writes the cache file (temp name, then
-rename: a reader never sees half a file); later opens memory-map it. A missing, unreadable or
+``(rows, dim)``, with its xxh3-64 in ``<file>.xxh3``) stays valid while its data file exists.
+An append writes the cache of each file it writes (``write``, in its writer thread); the first
+search that decodes a file written by others (a merge, ``OPTIMIZE``, another engine) hands its
+unit rows to one background thread that writes it (``store``). Either way: temp name, then
+rename, so a reader never sees half a file; the checksum last. A missing, unreadable or
 mismatched cache file is ignored, and so is a failed write (read-only media, a full disk).
 Names starting with ``_`` are invisible to Delta readers and to ``vacuum``; ``prune`` removes the
 cache files of data files that are gone.
@@ -13,6 +15,7 @@ cache files of data files that are gone.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
@@ -21,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from .checksums import file_hash
 
@@ -62,19 +66,25 @@ def store(table_dir: Path, file: str, unit: np.ndarray) -> None:
     """Write the cache file of ``file`` in the background."""
     with _lock:
         _pending[:] = [f for f in _pending if not f.done()]
-        _pending.append(_writer.submit(_write, table_dir, file, unit))
+        _pending.append(_writer.submit(write, table_dir, file, unit))
 
 
-def _write(table_dir: Path, file: str, unit: np.ndarray) -> None:
+def write(table_dir: Path, file: str, unit: np.ndarray) -> None:
+    """Write the cache file of ``file`` now (temp name, then rename; its checksum last)."""
+    unit = np.ascontiguousarray(unit, np.float32)
     folder = table_dir / CACHE_DIR
     tmp = folder / f".{file}.{uuid.uuid4().hex}.tmp"
+    header = io.BytesIO()  # np.save's bytes, hashed from memory rather than read back
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(unit))
+    digest = xxhash.xxh3_64(header.getvalue())
+    digest.update(memoryview(unit).cast("B"))
     try:
         folder.mkdir(exist_ok=True)
         with open(tmp, "wb") as f:
-            np.save(f, unit, allow_pickle=False)
-        digest = file_hash(tmp)
+            f.write(header.getvalue())
+            f.write(memoryview(unit).cast("B"))
         os.replace(tmp, folder / f"{file}.npy")
-        tmp.write_text(digest)  # the checksum last: no checksum, no cache
+        tmp.write_text(digest.hexdigest())  # the checksum last: no checksum, no cache
         os.replace(tmp, folder / f"{file}.xxh3")
     except OSError as e:
         log.debug("vector cache for %s not written: %s", file, e)

@@ -62,15 +62,18 @@ def log_files(table_dir: Path) -> list[str]:
     return sorted(f"_delta_log/{p.name}" for p in log.glob("*.json") if p.stem.isdigit())
 
 
-def record_new(table_dir: Path, data_files: list[str], known: dict[str, str]) -> None:
-    """Hash and append the data files and log entries not in ``known`` (updated in place)."""
+def record_new(
+    table_dir: Path, data_files: list[str], known: dict[str, str], hashed: dict[str, str]
+) -> None:
+    """Hash and append the data files and log entries not in ``known`` (updated in place);
+    ``hashed``: hashes the writer took of files it wrote (in its threads, the file just written)."""
     new = [f for f in (*log_files(table_dir), *data_files) if f not in known]
     if not new:
         return
     hashes = {}
     for rel in new:
         try:
-            hashes[rel] = known[rel] = file_hash(table_dir / rel)
+            hashes[rel] = known[rel] = hashed.get(rel) or file_hash(table_dir / rel)
         except FileNotFoundError:
             continue
     _append(table_dir, hashes)

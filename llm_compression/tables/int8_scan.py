@@ -1,8 +1,8 @@
 """The int8 copy of a table's unit rows and its scan, for search.py's exact int8 top-k path.
 
 ``Shadow`` keeps an int8 copy of one chunk of rows (symmetric per row: ``q8 = rint(x / s)``,
-``s = max|x| / 127``; ``dim + 4`` bytes per row), quantizing only the rows added since its last
-``sync``. ``scan`` runs the C kernel (tables/_scan.c) over pieces of the rows on a long-lived thread
+``s = max|x| / 127``; ``dim + 4`` bytes per row); ``quantize`` fills in only the rows added to
+the chunks since its last call. ``scan`` runs the C kernel (tables/_scan.c) over pieces of the rows on a long-lived thread
 pool and returns, per query, the few rows whose score bound can reach the k-th best
 (``slack_per_l1`` derives the bound); search.py re-ranks them exactly. ``_scan`` is None when the
 extension is not built (no C compiler at install): search.py then answers with BLAS.
@@ -38,7 +38,7 @@ class Shadow:
     """int8 copy of one chunk: rows ``[:rows]`` of ``q8`` (capacity, dim) and ``scales``.
 
     Chunks only grow at the end (the tail chunk by appends; a reallocated tail copies its rows
-    unchanged), so rows quantized once stay valid: ``sync`` quantizes only the new rows.
+    unchanged), so rows quantized once stay valid: ``quantize`` does only the new rows.
     """
 
     def __init__(self, dim: int) -> None:
@@ -46,10 +46,11 @@ class Shadow:
         self.scales = np.empty(0, np.float32)
         self.rows = 0
 
-    def sync(self, chunk: np.ndarray, threads: int) -> None:
+    def grow(self, chunk: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Make room for ``chunk``'s rows; (rows, q8 rows, scales) views still to quantize."""
         m, done = len(chunk), self.rows
         if m <= done:
-            return
+            return []
         if m > len(self.scales):  # a growing tail: double, like the float tail
             capacity = m if done == 0 else max(m, 2 * len(self.scales))
             q8, scales = (
@@ -58,14 +59,30 @@ class Shadow:
             )
             q8[:done], scales[:done] = self.q8[:done], self.scales[:done]
             self.q8, self.scales = q8, scales
-        parts = max(1, min(threads, (m - done) // MIN_THREAD_ROWS))
-        cuts = np.linspace(done, m, parts + 1).astype(int).tolist()
-
-        def quantize(lo: int, hi: int) -> None:
-            _scan.quantize(chunk[lo:hi], chunk.shape[1], self.q8[lo:hi], self.scales[lo:hi])
-
-        list(_pool(parts).map(quantize, cuts[:-1], cuts[1:]))
         self.rows = m
+        return [(chunk[done:m], self.q8[done:m], self.scales[done:m])]
+
+
+def quantize(chunks: list[np.ndarray], shadows: list[Shadow], threads: int) -> None:
+    """Bring each shadow up to its chunk: the new rows of all chunks, cut into pieces of at least
+    ``MIN_THREAD_ROWS``, quantized by ``threads`` threads (an open quantizes every chunk at once)."""
+    pieces = []
+    for chunk, shadow in zip(chunks, shadows, strict=True):
+        for rows, q8, scales in shadow.grow(chunk):
+            step = max(MIN_THREAD_ROWS, -(-len(rows) // threads))
+            pieces += [(rows[lo : lo + step], q8[lo : lo + step], scales[lo : lo + step])
+                       for lo in range(0, len(rows), step)]  # fmt: skip
+
+    def run(piece: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        rows, q8, scales = piece
+        _scan.quantize(rows, rows.shape[1], q8, scales)
+
+    workers = min(threads, len(pieces))
+    if workers > 1:
+        list(_pool(workers).map(run, pieces))
+    else:
+        for piece in pieces:
+            run(piece)
 
 
 def sum_rounding(dim: int) -> float:

@@ -90,14 +90,16 @@ class SearchMixin:
         hits = []
         for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
             f = bisect.bisect_right(snap.starts, row) - 1
-            attrs = state.attributes(snap.files[f]).slice(row - snap.starts[f], 1).to_pylist()[0]
-            hits.append(Hit(attrs["id"], score, attrs.get("source"), attrs.get("metadata")))
+            attrs, i = state.attributes(snap.files[f]), row - snap.starts[f]
+            hits.append(
+                Hit(snap.ids[row], score, _cell(attrs, "source", i), _cell(attrs, "metadata", i))
+            )
         return SearchResult(tuple(hits))
 
     # -- the optional ANN index ------------------------------------------------------------------
 
     def build_index(self, modality: str | None = None, *, connectivity: int = 16,
-                    expansion_add: int = 128, expansion_search: int = 64) -> dict[str, int]:  # fmt: skip
+                    expansion_add: int = 128, expansion_search: int = 192) -> dict[str, int]:  # fmt: skip
         """Build and save an HNSW index (usearch, cosine) per table; returns rows indexed.
 
         ``search(..., ann=True)`` uses it; it follows later writes by data file. Rebuild to
@@ -145,3 +147,9 @@ class SearchMixin:
             order = np.lexsort((rows, -scores))[:k]
             found.append((rows[order], scores[order]))
         return found
+
+
+def _cell(table, column: str, i: int):
+    """Row ``i`` of ``column`` as a Python value (None where the file has no such column); one
+    cell, not the row: converting whole rows was a fifth of an ANN search."""
+    return table.column(column)[i].as_py() if column in table.column_names else None

@@ -37,12 +37,14 @@ MAX_ID_CHARS = 4096
 
 @dataclass(frozen=True)
 class Batch:
-    """Checked rows to write: ``ids`` unique str, ``vectors`` (n, dim) float32, finite, non-zero."""
+    """Checked rows to write: ``ids`` unique str, ``vectors`` (n, dim) float32, finite, non-zero
+    (``squares``: their squared norms, which the check computed)."""
 
     ids: list[str]
     vectors: np.ndarray
     sources: list[str | None]
     metadata: list[dict[str, Any] | None] | None
+    squares: np.ndarray
 
     @property
     def dim(self) -> int:
@@ -115,7 +117,8 @@ def validate_batch(ids: Any, vectors: Any, sources: Any, metadata: Any) -> Batch
             f"{len(bad)} vectors are NaN/inf or all zero (e.g. id {ids[int(bad[0])]!r}); "
             "cosine search needs finite, non-zero vectors"
         )
-    return Batch(ids, arr, _per_row(sources, len(ids), "sources"), _metadata(metadata, len(ids)))
+    sources, metadata = _per_row(sources, len(ids), "sources"), _metadata(metadata, len(ids))
+    return Batch(ids, arr, sources, metadata, squares)
 
 
 def _per_row(values: Any, n: int, name: str) -> list:

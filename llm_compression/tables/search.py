@@ -243,8 +243,7 @@ class VectorIndex:
             while len(self._shadows) < len(chunks):
                 self._shadows.append(int8_scan.Shadow(self.dim))
             shadows = self._shadows[: len(chunks)]  # more if a newer snapshot synced first
-            for chunk, shadow in zip(chunks, shadows, strict=True):
-                shadow.sync(chunk, threads)
+            int8_scan.quantize(chunks, shadows, threads)
             m = [len(c) for c in chunks]
             return (
                 [sh.q8[:n] for sh, n in zip(shadows, m, strict=True)],

@@ -60,6 +60,7 @@ class TableState:
         self._live: dict[str, int] = {}
         self._live_rows = 0
         self._attrs: dict[str, pa.Table] = {}
+        self.written: dict[str, list[str]] = {}  # ids of files this process wrote
         self._lock = threading.Lock()  # vectors are loaded by one thread at a time
 
     @property
@@ -105,7 +106,8 @@ class TableState:
         self.dead = dead
 
     def _read_ids(self, file: str) -> list[str]:
-        return self._read(file, ["id"]).column("id").to_pylist()
+        ids = self.written.pop(file, None)  # the writer's own rows: no need to read them back
+        return ids if ids is not None else self._read(file, ["id"]).column("id").to_pylist()
 
     def _read(self, file: str, columns: list[str]) -> pa.Table:
         path = self.root / file

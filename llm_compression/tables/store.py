@@ -23,6 +23,7 @@ from . import schema as sc
 from .ingest import IngestMixin
 from .lookup import SearchMixin
 from .models import ModelInfo, model_info, model_paths
+from .search import normalize
 from .state import FileGone, TableState
 from .where import is_in, select
 
@@ -65,7 +66,9 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         self._sync_lock = threading.RLock()
         self._tables: dict[str, DeltaTable] = {}
         self._states: dict[str, TableState] = {}
+        self._synced: dict[str, int] = {}  # modality -> the Delta version its state shows
         self._checksums: dict[str, tuple[int, dict[str, str]]] = {}
+        self._hashed: dict[str, str] = {}  # data file -> xxh3-64 its writer took, until recorded
         self._ann: dict[str, Any] = {}  # modality -> AnnIndex, once built or loaded
         self.refresh()
 
@@ -129,6 +132,10 @@ class MultimodalStorage(IngestMixin, SearchMixin):
             if table is None:
                 return
             self._tables[modality] = table
+        elif self._synced.get(modality) == table.version() and not delta.has_next(
+            table, self.path / modality
+        ):
+            return  # one stat instead of listing the log: searches call this every time
         else:
             delta.update(table)
         files = pa.table(table.get_add_actions(flatten=False)).column("path").to_pylist()
@@ -137,6 +144,7 @@ class MultimodalStorage(IngestMixin, SearchMixin):
             state = TableState(self.path / modality, int(delta.config_of(table).get("dim", 0)))
         state.sync(files)
         self._states[modality] = state
+        self._synced[modality] = table.version()
 
     def count(self, modality: str | None = None) -> int:
         """Live rows of one table, or of all."""
@@ -196,12 +204,14 @@ class MultimodalStorage(IngestMixin, SearchMixin):
                 delta.merge_by(self._tables[modality], data, "id")
             else:
                 self._check_taken(modality, batch.ids)
-                self._append(modality, data, model.config(batch.dim))
+                self._append(modality, batch, data, model.config(batch.dim))
             self._sync(modality)
             self._record(modality)
             return self._tables[modality].version()
 
-    def _append(self, modality: str, data: pa.Table, config: dict[str, str]) -> None:
+    def _append(
+        self, modality: str, batch: sc.Batch, data: pa.Table, config: dict[str, str]
+    ) -> None:
         """One commit of new data files, one per core for a large batch, written in parallel
         (write_deltalake writes one file at a time); ``write_deltalake`` only when the batch
         widens the schema (a new metadata key)."""
@@ -213,7 +223,15 @@ class MultimodalStorage(IngestMixin, SearchMixin):
             delta.append(self.path / modality, data, None, operation="add")
             return
         parts = max(1, min(WRITE_THREADS, len(data) // MIN_FILE_ROWS))
-        actions = delta.write_files(self.path / modality, data, parts)
+        folder, state = self.path / modality, self._states[modality]
+
+        def written(name: str, lo: int, hi: int) -> None:  # in the writer's thread
+            self._hashed[name] = checksums.file_hash(folder / name)
+            state.written[name] = batch.ids[lo:hi]
+            unit = normalize(batch.vectors[lo:hi], batch.squares[lo:hi])
+            cache.write(folder, name, unit)  # the next open maps it instead of decoding
+
+        actions = delta.write_files(folder, data, parts, after=written)
         delta.commit_files(table, actions, data.schema, operation="add")
 
     def commit_files(self, modality: str, actions: list) -> int:
@@ -253,12 +271,15 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         if checksums.size(table_dir) != size:  # another writer recorded files meanwhile
             known = checksums.read(table_dir)
         try:
-            checksums.record_new(table_dir, self._states[modality].live_files, known)
+            checksums.record_new(table_dir, self._states[modality].live_files, known, self._hashed)
             self._checksums[modality] = (checksums.size(table_dir), known)
         except OSError as e:  # the commit stands; verify will only decode these files
             log.warning(
                 "could not record checksums in %s (%s); the write is committed", modality, e
             )
+        finally:  # hashes and ids of files that no commit took are no use
+            self._hashed.clear()
+            self._states[modality].written.clear()
 
     def _model(self, modality: str, model_file) -> ModelInfo:
         path = model_file if model_file is not None else self._models.get(modality)

@@ -229,6 +229,34 @@ def test_large_appends_write_files_in_parallel_in_one_commit(store, model, monke
     assert verify(store.path).ok and not verify(store.path).unchecked
 
 
+def test_the_first_open_after_an_append_maps_the_cache_the_append_wrote(
+    tmp_path, model, monkeypatch
+):
+    from llm_compression.tables import cache, state
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 16)).astype(np.float32) * rng.uniform(0.5, 3, (50, 1))
+    writer = MultimodalStorage(tmp_path / "fresh")
+    writer.add([f"r{i}" for i in range(50)], x, modality="text", model_file=model)
+    files = writer.table("text").file_uris()
+    cached = [cache.load(tmp_path / "fresh" / "text", f.rsplit("/", 1)[-1], 50, 16) for f in files]
+    assert len(files) == 1 and cached[0] is not None
+    np.testing.assert_allclose(cached[0], x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-6)
+
+    def no_decoding(self, file, columns):
+        assert "vector" not in columns, "the vectors should come from the append's cache"
+        return original(self, file, columns)
+
+    original = state.TableState._read
+    monkeypatch.setattr(state.TableState, "_read", no_decoding)
+    mapped = MultimodalStorage(tmp_path / "fresh").search(x[:3], k=5)
+    monkeypatch.undo()
+    for folder in (tmp_path / "fresh" / "text" / cache.CACHE_DIR).iterdir():
+        folder.unlink()
+    decoded = MultimodalStorage(tmp_path / "fresh").search(x[:3], k=5)
+    assert mapped == decoded and [r.ids[0] for r in mapped] == ["r0", "r1", "r2"]
+
+
 def test_a_later_open_maps_the_vector_cache_and_ignores_a_damaged_one(store, monkeypatch):
     from llm_compression.tables import cache, state
 
@@ -255,3 +283,13 @@ def test_a_later_open_maps_the_vector_cache_and_ignores_a_damaged_one(store, mon
     store.delete([f"d{i}" for i in range(60)])
     store.vacuum(retention_hours=0)
     assert not any(p.name.startswith("part") for p in folder.iterdir())  # pruned with its file
+
+
+def test_a_search_sees_what_another_store_object_committed_since(store, model):
+    reader = MultimodalStorage(store.path)
+    assert reader.search(unit_vectors(60)[7], k=1)[0].id == "d7"
+    y = unit_vectors(3, seed=9)
+    store.add(["n0", "n1", "n2"], y, modality="text", model_file=model)
+    assert reader.search(y[1], k=1)[0].id == "n1"  # the next log entry appeared: re-read
+    store.delete(["n1"])
+    assert reader.search(y[1], k=1)[0].id != "n1"

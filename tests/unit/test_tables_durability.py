@@ -93,7 +93,7 @@ def test_sigkill_at_random_times_loses_no_acknowledged_row(tmp_path, seed):
     deleted one is back, and the table reads, verifies and takes writes again."""
     model, store = weight_file(tmp_path), tmp_path / "s"
     proc = run_worker(store, model, seed)
-    lines: list[str] = []
+    lines = [proc.stdout.readline().strip()]  # the kill window starts once the worker runs
     deadline = time.monotonic() + 3.0 + random.Random(seed).random() * 4
     while time.monotonic() < deadline:
         lines.append(proc.stdout.readline().strip())
