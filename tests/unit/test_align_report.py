@@ -15,6 +15,8 @@ from llm_compression.align.report import (
     EMOTIONS,
     Pieces,
     ReportObjective,
+    _Prefix,
+    _sequence_nll,
     soft_prompts,
     write_report,
 )  # fmt: skip
@@ -74,6 +76,22 @@ def test_report_validates_for_every_modality_subset(model, llm, subset):
     assert {m for m, e in report["evidence"].items() if e["present"]} == set(subset)
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(report, report_schema(MODALITIES))
+
+
+def test_cached_prefix_scores_equal_whole_sequences(model, llm):
+    """Constrained decoding scores options on the prefix's cached keys and values; the result
+    equals running prompt + prefix + option through the LLM from scratch."""
+    pieces = Pieces.build(llm.tokenizer)
+    present = {"image": torch.tensor([True])}
+    soft = soft_prompts(model, model.embed({"image": torch.randn(1, 12)}), present)
+    written = pieces.prompt + pieces.open + pieces.emotions["playful"] + pieces.mid
+    prefix = _Prefix(llm, soft, pieces.prompt + pieces.open, soft.shape[1] + pieces.max_len())
+    prefix.extend(written[len(pieces.prompt + pieces.open) :])
+    options = {**pieces.behaviours, "end": pieces.close}
+    assert max(len(ids) for ids in options.values()) > 1  # multi-token options are exercised
+    scores = prefix.score(options)
+    nll = _sequence_nll(llm, soft.expand(len(options), -1, -1), written, list(options.values()))
+    torch.testing.assert_close(torch.tensor(list(scores.values())), -nll, rtol=0, atol=2e-5)
 
 
 def test_no_input_is_a_typed_error(model, llm):
