@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
 
-from llm_compression.align import AlignModel, AlignModelConfig, report_schema, validate_report
+from llm_compression.align import (
+    AlignModel,
+    AlignModelConfig,
+    Features,
+    LossConfig,
+    Stage,
+    Trainer,
+    report_schema,
+    validate_report,
+)
 from llm_compression.align.report import (
     BEHAVIOURS,
     EMOTIONS,
@@ -20,6 +31,7 @@ from llm_compression.align.report import (
     soft_prompts,
     write_report,
 )  # fmt: skip
+from llm_compression.align.trainer import Objective
 from llm_compression.errors import InputError
 from llm_compression.families import build_model
 from llm_compression.loader import load_weights_into
@@ -124,3 +136,29 @@ def test_report_training_moves_the_projector_only(model, llm):
     assert all(p.grad is None for p in llm.parameters())
     assert model.projector.missing["image"].grad.abs().sum() > 0  # row b has no image
     assert any(p.grad is not None for p in model.projector.proj.parameters())
+
+
+def test_end_to_end_stage_trains_heads_and_projector_together(model, llm):
+    """The fourth stage of the schedule: alignment and report losses summed, heads and projector
+    learning at once, the LLM frozen; both losses fall."""
+    model, rng = copy.deepcopy(model), np.random.default_rng(0)  # the fixture stays untrained
+    labels = np.arange(12) % 2
+    vectors = {m: rng.normal(size=(2, d))[labels] + 0.1 * rng.normal(size=(12, d))
+               for m, d in model.config.inputs}  # fmt: skip
+    feats = Features([f"r{i}" for i in range(12)],
+                     {m: v.astype(np.float32) for m, v in vectors.items()},
+                     {m: np.ones(12, bool) for m in vectors})  # fmt: skip
+    targets = {f"r{i}": (("calm", ("resting",)), ("alert", ("moving", "watching")))[c]
+               for i, c in enumerate(labels)}  # fmt: skip
+    objective = Objective(LossConfig(), ReportObjective(llm, Pieces.build(llm.tokenizer), targets))
+    e2e = Stage("end-to-end", epochs=4, lr=3e-3, pairs=(("image", "text"), ("audio", "text")),
+                train=("image", "audio", "text", "projector"), report_weight=1.0)  # fmt: skip
+    trainer = Trainer(model, objective, feats, batch_size=6, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    llm_before = {k: v.clone() for k, v in llm.state_dict().items()}
+    (state,) = trainer.fit([e2e])
+    losses = [h["train_loss"] for h in state.history]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses))
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed >= {"heads", "projector"}
+    assert all(torch.equal(v, llm.state_dict()[k]) for k, v in llm_before.items())
