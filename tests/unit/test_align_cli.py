@@ -86,14 +86,42 @@ def test_train_then_report(workdir, capsys):
     assert "emotion:" in capsys.readouterr().out
 
 
+def test_resume_from_a_checkpoint_runs_only_the_named_stage(workdir, capsys, tmp_path):
+    import torch
+
+    first = workdir / "runs" / "align.parquet"
+    if not first.exists():
+        assert main(["align", "train", str(workdir / "align.toml")]) == 0
+    start = tmp_path / "start.parquet"
+    start.write_bytes(first.read_bytes())
+    argv = [
+        "align",
+        "train",
+        str(workdir / "align.toml"),
+        "--from",
+        str(start),
+        "--stage",
+        "report",
+    ]
+    assert main(argv) == 0
+    metrics = (workdir / "runs" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["stage"] for m in metrics] == ["report"]
+    before, after = load_checkpoint(start).state_dict(), load_checkpoint(first).state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"projector"}  # the report stage trains the projector only
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [(["report", "--checkpoint", "x.parquet"], "no input given"),
      (["report", "--checkpoint", "none.parquet", "--text", "t"], "no alignment checkpoint"),
-     (["align", "train", "none.toml"], "no config file")],
+     (["align", "train", "none.toml"], "no config file"),
+     (["align", "train", "{workdir}/align.toml", "--stage", "warp"], "no stage named"),
+     (["align", "train", "{workdir}/align.toml", "--from", "{workdir}/0.png"], "not a Parquet weight file")],
 )  # fmt: skip
-def test_bad_input_is_one_line_no_traceback(tmp_path, monkeypatch, capsys, argv, match):
+def test_bad_input_is_one_line_no_traceback(workdir, tmp_path, monkeypatch, capsys, argv, match):
     monkeypatch.chdir(tmp_path)
-    assert main(argv) == 2
+    assert main([a.format(workdir=workdir) for a in argv]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
