@@ -123,6 +123,11 @@ class AlignConfig:
         unknown = sorted(set(self.models) - {*MODALITIES, "llm"})
         if unknown:
             raise ConfigError(f"[models] has unknown keys {unknown}; use {[*MODALITIES, 'llm']}")
+        if {"image", "video"} <= set(self.models) and self.models["image"] != self.models["video"]:
+            raise ConfigError(
+                "[models] names different files for image and video; video frames go through the "
+                "image encoder, so name the same file for both (or give only video)"
+            )
         if any(s.reports for s in self.stages) and "llm" not in self.models:
             raise ConfigError("a stage has report_weight > 0 but [models] names no llm file")
         for s in self.stages:

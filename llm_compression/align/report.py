@@ -94,6 +94,13 @@ class Pieces:
                    enc(SEP), enc(CLOSE), {e: enc(e) for e in emotions},
                    {b: enc(b) for b in behaviours})  # fmt: skip
 
+    def max_len(self) -> int:
+        """Tokens of the longest report (prompt included) plus one option being scored."""
+        longest = lambda table: max(len(ids) for ids in table.values())  # noqa: E731
+        per_behaviour = longest(self.behaviours) + max(len(self.sep), len(self.close))
+        return len(self.prompt) + len(self.open) + longest(self.emotions) + len(self.mid) + \
+            MAX_BEHAVIOURS * per_behaviour + max(per_behaviour, longest(self.emotions))  # fmt: skip
+
     def target(self, emotion: str, behaviours) -> list[int]:
         """The report's value ids after the prompt (what teacher forcing predicts)."""
         ids = self.open + self.emotions[emotion] + self.mid
@@ -145,12 +152,51 @@ def _sequence_nll(llm, soft: torch.Tensor, prefix: list[int], seqs: list[list[in
     return -(token_lp * mask).sum(dim=1)
 
 
-@torch.no_grad()
-def _choose(llm, soft, prefix: list[int], options: dict[str, list[int]]) -> dict[str, float]:
-    """Log-probability of each option's ids after ``prefix`` (one batched forward pass)."""
-    names = list(options)
-    nll = _sequence_nll(llm, soft.expand(len(names), -1, -1), prefix, [options[n] for n in names])
-    return dict(zip(names, (-nll).tolist(), strict=True))
+class _Prefix:
+    """The report written so far, run once through the LLM with its keys and values kept.
+
+    Scoring a choice then runs only the options' tokens on a copy of those keys and values, and
+    the chosen piece extends the prefix: each token of the report passes through the LLM once,
+    instead of the whole prompt again for every option of every choice.
+    """
+
+    def __init__(self, llm, soft: torch.Tensor, ids: list[int], max_len: int) -> None:
+        self.llm, self.length = llm, 0
+        self.cache = llm.new_cache(1, max_len)
+        self.last = self._run(ids, soft.to(llm.token_embed.weight.dtype))
+
+    def _run(self, ids: list[int], soft=None) -> torch.Tensor:
+        """Append ``ids`` to the cache; the log-probabilities of the token after them (V,)."""
+        logits = self.llm.logits(torch.tensor([ids]), cache=self.cache, start_pos=self.length,
+                                 last_only=True, prefix_embeds=soft)  # fmt: skip
+        self.length += len(ids) + (0 if soft is None else soft.shape[1])
+        return F.log_softmax(logits[0, -1].float(), dim=-1)
+
+    def extend(self, ids: list[int]) -> None:
+        self.last = self._run(ids)
+
+    def _branches(self, n: int, width: int) -> list:
+        """``n`` copies of the cached keys and values with room for ``width`` more positions."""
+        branches = self.llm.new_cache(n, self.length + width)
+        for branch, layer in zip(branches, self.cache, strict=True):
+            branch.k[:, :, : self.length] = layer.k[:, :, : self.length]
+            branch.v[:, :, : self.length] = layer.v[:, :, : self.length]
+        return branches
+
+    @torch.no_grad()
+    def score(self, options: dict[str, list[int]]) -> dict[str, float]:
+        """Summed log-probability of each option's ids after the prefix (one batched pass)."""
+        names, seqs = list(options), list(options.values())
+        logp = self.last[[s[0] for s in seqs]].clone()  # the first token of each option
+        width = max(len(s) for s in seqs) - 1
+        if width:
+            rest = torch.tensor([s[:-1] + [0] * (width + 1 - len(s)) for s in seqs])  # (n, W)
+            logits = self.llm.logits(rest, cache=self._branches(len(seqs), width),
+                                     start_pos=self.length)  # fmt: skip
+            step = F.log_softmax(logits.float(), dim=-1)  # position j predicts s[j + 1]
+            for i, s in enumerate(seqs):
+                logp[i] += step[i, torch.arange(len(s) - 1), s[1:]].sum()
+        return dict(zip(names, logp.tolist(), strict=True))
 
 
 def _softmax(scores: dict[str, float]) -> dict[str, float]:
@@ -162,20 +208,20 @@ def _softmax(scores: dict[str, float]) -> dict[str, float]:
 
 def decode_report(llm, pieces: Pieces, soft: torch.Tensor) -> tuple[str, list[str], float]:
     """(emotion, behaviours, confidence) by constrained decoding after one soft prompt (1, P, C)."""
-    prefix = pieces.prompt + pieces.open
-    emotion_p = _softmax(_choose(llm, soft, prefix, pieces.emotions))
+    prefix = _Prefix(llm, soft, pieces.prompt + pieces.open, soft.shape[1] + pieces.max_len())
+    emotion_p = _softmax(prefix.score(pieces.emotions))
     emotion = max(emotion_p, key=emotion_p.get)
-    prefix = prefix + pieces.emotions[emotion] + pieces.mid
+    prefix.extend(pieces.emotions[emotion] + pieces.mid)
     chosen: list[str] = []
     while len(chosen) < MAX_BEHAVIOURS:
         left = {b: ids for b, ids in pieces.behaviours.items() if b not in chosen}
-        best = max((s := _choose(llm, soft, prefix, left)), key=s.get)
+        best = max((s := prefix.score(left)), key=s.get)
         chosen.append(best)
-        prefix = prefix + pieces.behaviours[best]
-        ends = _choose(llm, soft, prefix, {"more": pieces.sep, "end": pieces.close})
+        prefix.extend(pieces.behaviours[best])
+        ends = prefix.score({"more": pieces.sep, "end": pieces.close})
         if not left or ends["end"] >= ends["more"] or len(chosen) == len(pieces.behaviours):
             break
-        prefix = prefix + pieces.sep
+        prefix.extend(pieces.sep)
     return emotion, chosen, emotion_p[emotion]
 
 

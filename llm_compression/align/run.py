@@ -39,8 +39,8 @@ def _model_config(cfg: AlignConfig, feats: Features, labels) -> AlignModelConfig
     )  # fmt: skip
 
 
-def _report_objective(cfg: AlignConfig, mcfg: AlignModelConfig, records):
-    if not any(s.reports for s in cfg.stages):
+def _report_objective(cfg: AlignConfig, stages, mcfg: AlignModelConfig, records):
+    if not any(s.reports for s in stages):
         return None
     from ..loader import load_model
 
@@ -83,23 +83,53 @@ def prepare(cfg: AlignConfig) -> tuple:
     return records, (train_r, held_r), feats, parts, labels
 
 
-def train(cfg: AlignConfig) -> Path:
-    """Run every stage of ``cfg``; returns the final checkpoint ``<out>/align.parquet``."""
+def _selected(cfg: AlignConfig, names) -> tuple:
+    """The stages of ``cfg`` named in ``names`` (all of them when None), in the config's order."""
+    if names is None:
+        return cfg.stages
+    unknown = sorted(set(names) - {s.name for s in cfg.stages})
+    if unknown:
+        raise ConfigError(
+            f"no stage named {unknown} in the config; its stages are {[s.name for s in cfg.stages]}"
+        )
+    return tuple(s for s in cfg.stages if s.name in names)
+
+
+def _initial_model(cfg: AlignConfig, mcfg: AlignModelConfig, start, model) -> AlignModel:
+    """Fresh heads (seeded), or ``model`` (read from checkpoint ``start``) when its shapes match."""
+    if model is None:
+        torch.manual_seed(cfg.seed)  # the heads' initial weights
+        model = AlignModel(mcfg)
+        model.temperature.log_t.data.fill_(float(np.log(cfg.loss.temperature)))
+        return model
+    shape = lambda c: (c.inputs, c.dim, c.hidden, c.prompt_tokens, c.llm_dim)  # noqa: E731
+    if shape(model.config) != shape(mcfg):
+        raise ConfigError(
+            f"checkpoint {start} has inputs/dim/hidden/prompt_tokens/llm_dim "
+            f"{shape(model.config)} but the config gives {shape(mcfg)}; start from a checkpoint "
+            "trained with this config's models and sizes"
+        )
+    return model
+
+
+def train(cfg: AlignConfig, *, start=None, stages=None) -> Path:
+    """Run the stages of ``cfg`` (those named in ``stages``, default all), from fresh heads or
+    from checkpoint ``start``; returns the final checkpoint ``<out>/align.parquet``."""
+    todo = _selected(cfg, stages)
+    resumed = None if start is None else load_checkpoint(start)  # fails before any feature work
     records, (train_r, held_r), feats, (train_f, held_f), labels = prepare(cfg)
     mcfg = _model_config(cfg, feats, labels)
-    torch.manual_seed(cfg.seed)  # the heads' initial weights
-    model = AlignModel(mcfg)
-    model.temperature.log_t.data.fill_(float(np.log(cfg.loss.temperature)))
+    model = _initial_model(cfg, mcfg, start, resumed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "metrics.jsonl").unlink(missing_ok=True)
     callbacks = [Progress(), MetricsLog(cfg.out / "metrics.jsonl"), EarlyStopping(),
                  Checkpoint(cfg.out / "checkpoint.parquet")]  # fmt: skip
     trainer = Trainer(
-        model, Objective(cfg.loss, _report_objective(cfg, mcfg, records)), train_f, held_f,
+        model, Objective(cfg.loss, _report_objective(cfg, todo, mcfg, records)), train_f, held_f,
         labels=_label_ids(train_r, labels), held_labels=_label_ids(held_r, labels),
         batch_size=cfg.batch_size, seed=cfg.seed, callbacks=callbacks,
     )  # fmt: skip
-    trainer.fit(cfg.stages)
+    trainer.fit(todo)
     model.prototypes.copy_(prototypes(model, train_f, _label_ids(train_r, labels)))
     sources = {Path(p).name: file_hash(p) for p in cfg.models.values()}
     return save_checkpoint(cfg.out / "align.parquet", model, sources=sources)

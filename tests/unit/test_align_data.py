@@ -75,6 +75,21 @@ def test_feature_cache_in_worker_processes_then_read_back(tmp_path, files, monke
     np.testing.assert_array_equal(again.vectors["text"], feats.vectors["text"])
 
 
+def test_video_records_are_featurised_with_the_image_model(tmp_path, files):
+    from provider_helpers import make_video, solid_frames
+
+    from llm_compression.provider import MultimodalEmbeddingProvider
+
+    make_video(tmp_path / "v.mp4", solid_frames(6))
+    rows = [{"id": "v", "video": "v.mp4", "text": "gray frames"}, {"id": "t", "text": "only text"}]
+    records = read_records(_write(tmp_path / "r.jsonl", rows))
+    feats = build_features(records, {"video": files["clip"]}, tmp_path / "cache", workers=1)
+    assert feats.present["video"].tolist() == [True, False]
+    direct = MultimodalEmbeddingProvider(image_model=files["clip"]).encode_video(tmp_path / "v.mp4")
+    np.testing.assert_allclose(feats.vectors["video"][0], direct, rtol=1e-5, atol=1e-6)
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.parquet")] == ["video"]
+
+
 def test_recall_and_chance():
     q = np.eye(3, dtype=np.float32)
     g = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32)

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
 
-from llm_compression.align import AlignModel, AlignModelConfig, report_schema, validate_report
+from llm_compression.align import (
+    AlignModel,
+    AlignModelConfig,
+    Features,
+    LossConfig,
+    Stage,
+    Trainer,
+    report_schema,
+    validate_report,
+)
 from llm_compression.align.report import (
     BEHAVIOURS,
     EMOTIONS,
     Pieces,
     ReportObjective,
+    _Prefix,
+    _sequence_nll,
     soft_prompts,
     write_report,
 )  # fmt: skip
+from llm_compression.align.trainer import Objective
 from llm_compression.errors import InputError
 from llm_compression.families import build_model
 from llm_compression.loader import load_weights_into
@@ -76,6 +90,22 @@ def test_report_validates_for_every_modality_subset(model, llm, subset):
     jsonschema.validate(report, report_schema(MODALITIES))
 
 
+def test_cached_prefix_scores_equal_whole_sequences(model, llm):
+    """Constrained decoding scores options on the prefix's cached keys and values; the result
+    equals running prompt + prefix + option through the LLM from scratch."""
+    pieces = Pieces.build(llm.tokenizer)
+    present = {"image": torch.tensor([True])}
+    soft = soft_prompts(model, model.embed({"image": torch.randn(1, 12)}), present)
+    written = pieces.prompt + pieces.open + pieces.emotions["playful"] + pieces.mid
+    prefix = _Prefix(llm, soft, pieces.prompt + pieces.open, soft.shape[1] + pieces.max_len())
+    prefix.extend(written[len(pieces.prompt + pieces.open) :])
+    options = {**pieces.behaviours, "end": pieces.close}
+    assert max(len(ids) for ids in options.values()) > 1  # multi-token options are exercised
+    scores = prefix.score(options)
+    nll = _sequence_nll(llm, soft.expand(len(options), -1, -1), written, list(options.values()))
+    torch.testing.assert_close(torch.tensor(list(scores.values())), -nll, rtol=0, atol=2e-5)
+
+
 def test_no_input_is_a_typed_error(model, llm):
     with pytest.raises(InputError, match="at least one"):
         write_report(model, llm, Pieces.build(llm.tokenizer), {})
@@ -106,3 +136,29 @@ def test_report_training_moves_the_projector_only(model, llm):
     assert all(p.grad is None for p in llm.parameters())
     assert model.projector.missing["image"].grad.abs().sum() > 0  # row b has no image
     assert any(p.grad is not None for p in model.projector.proj.parameters())
+
+
+def test_end_to_end_stage_trains_heads_and_projector_together(model, llm):
+    """The fourth stage of the schedule: alignment and report losses summed, heads and projector
+    learning at once, the LLM frozen; both losses fall."""
+    model, rng = copy.deepcopy(model), np.random.default_rng(0)  # the fixture stays untrained
+    labels = np.arange(12) % 2
+    vectors = {m: rng.normal(size=(2, d))[labels] + 0.1 * rng.normal(size=(12, d))
+               for m, d in model.config.inputs}  # fmt: skip
+    feats = Features([f"r{i}" for i in range(12)],
+                     {m: v.astype(np.float32) for m, v in vectors.items()},
+                     {m: np.ones(12, bool) for m in vectors})  # fmt: skip
+    targets = {f"r{i}": (("calm", ("resting",)), ("alert", ("moving", "watching")))[c]
+               for i, c in enumerate(labels)}  # fmt: skip
+    objective = Objective(LossConfig(), ReportObjective(llm, Pieces.build(llm.tokenizer), targets))
+    e2e = Stage("end-to-end", epochs=4, lr=3e-3, pairs=(("image", "text"), ("audio", "text")),
+                train=("image", "audio", "text", "projector"), report_weight=1.0)  # fmt: skip
+    trainer = Trainer(model, objective, feats, batch_size=6, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    llm_before = {k: v.clone() for k, v in llm.state_dict().items()}
+    (state,) = trainer.fit([e2e])
+    losses = [h["train_loss"] for h in state.history]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses))
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed >= {"heads", "projector"}
+    assert all(torch.equal(v, llm.state_dict()[k]) for k, v in llm_before.items())
