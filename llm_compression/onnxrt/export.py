@@ -189,13 +189,13 @@ def _swap_placeholders(graph: Any, quantized: dict[str, list[int]], tensor_proto
 def export_graphs(config: Any) -> dict[str, bytes]:
     """Every graph of ``config``'s model: ``{graph_name(modality, dtype): bytes, "onnx/info.json"}``.
 
-    The model is built with uninitialised weights (only traced, never read for values).
+    The model is built with placeholder weights (only traced: their values are never used).
     """
     import onnx
 
     check_exportable(config.family)
     spec = family(config.family)
-    model = build_model(config).to_empty(device="cpu").eval()
+    model = _distinct_weights(build_model(config).to_empty(device="cpu").eval())
     info: dict[str, Any] = {"graph_version": GRAPH_VERSION, "family": spec.name, "parts": {}}
     info["config"] = config_to_dict(config)
     out: dict[str, bytes] = {}
@@ -213,6 +213,16 @@ def export_graphs(config: Any) -> dict[str, bytes]:
     out[INFO] = json.dumps(info, sort_keys=True).encode()
     log.info("exported %s graphs (%d bytes)", spec.name, sum(map(len, out.values())))
     return out
+
+
+@torch.no_grad()
+def _distinct_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Fill each tensor with its own value: the exporter merges inputs holding equal values
+    (two zero-filled norms would become one graph input under one of their names)."""
+    for i, tensor in enumerate(model.state_dict().values()):
+        if tensor.is_floating_point():
+            tensor.fill_(1.0 + i / 1024)
+    return model
 
 
 def _facts(model: Any) -> dict[str, Any]:
