@@ -24,8 +24,10 @@ import json
 import logging
 import warnings
 from typing import Any
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 from ..families import build_model, config_to_dict, family
 from .graphs import GRAPH_VERSION, INFO, INT8_SCALE, INT8_WEIGHT, check_exportable, graph_name
@@ -65,10 +67,27 @@ def _example(model: Any, modality: str) -> tuple[torch.Tensor, ...]:
     return torch.zeros(1, cfg.n_mels, cfg.n_frames), torch.tensor([cfg.n_frames // 4])
 
 
+def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    """SDPA as the exporter should see it: the scale a constant (the exporter's own SDPA
+    computes it from the shape with two Sqrt nodes per layer) and no NaN guard (a masked key
+    never leaves a query with nothing: padding is on keys only, the causal diagonal stays)."""
+    head_dim = int(q.shape[-1])  # fixed by the config: a constant in the graph
+    scores = (q * (scale or head_dim**-0.5)) @ k.transpose(-2, -1)  # (B, H, T, S)
+    if is_causal:
+        T, S = scores.shape[-2], scores.shape[-1]
+        attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
 def _trace(model: torch.nn.Module, modality: str) -> bytes:
     method, inputs, axes = PARTS[modality]
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with (
+        warnings.catch_warnings(),
+        mock.patch.object(F, "scaled_dot_product_attention", _attention),
+    ):
         warnings.simplefilter("ignore")  # tracer and deprecation warnings: the graph is checked
         torch.onnx.export(
             _Method(model, method), _example(model, modality), buf, dynamo=False,
