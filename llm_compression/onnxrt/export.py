@@ -146,6 +146,33 @@ def _weight_of(node: Any, producers: dict[str, Any], weights: set[str]) -> str |
     return source.input[0] if not perm or list(perm[0]) == [1, 0] else None
 
 
+def transposed_weights(model_proto: Any, weights: list[str]) -> None:
+    """``MatMul(x, Transpose(W))`` -> ``FusedMatMul(x, W, transB=1)`` (in place): ORT reads the
+    weight row as stored instead of constant-folding a transposed copy of every linear weight
+    when the session starts."""
+    from onnx import helper
+
+    graph = model_proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = _consumers(graph)
+    dropped: set[int] = set()
+    for node in list(graph.node):
+        weight = _weight_of(node, producers, set(weights))
+        if weight is None or node.op_type != "MatMul":
+            continue
+        source = producers[node.input[1]]
+        if len(consumers[source.output[0]]) == 1:
+            dropped.add(id(source))
+        fused = helper.make_node("FusedMatMul", [node.input[0], weight], list(node.output),
+                                 name=f"{weight}/matmul", domain="com.microsoft", transB=1)  # fmt: skip
+        graph.node.insert(list(graph.node).index(node), fused)
+        dropped.add(id(node))
+    kept = [n for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    model_proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
 def int8_graph(model_proto: Any, weights: list[str]) -> list[str]:
     """Rewrite the linear layers of ``model_proto`` to ``DynamicQuantizeMatMul`` (in place).
 
@@ -222,7 +249,10 @@ def export_graphs(config: Any) -> dict[str, bytes]:
         proto = onnx.load_from_string(_trace(model, modality))
         inputs = PARTS[modality][1]
         float_names = _weights_to_placeholders(proto.graph, inputs)
-        out[graph_name(modality, "float32")] = proto.SerializeToString()
+        float_proto = onnx.ModelProto()
+        float_proto.CopyFrom(proto)
+        transposed_weights(float_proto, float_names)
+        out[graph_name(modality, "float32")] = float_proto.SerializeToString()
         int8_names = int8_graph(proto, float_names)
         out[graph_name(modality, "int8")] = proto.SerializeToString()
         info["parts"][modality] = {
