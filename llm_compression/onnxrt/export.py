@@ -6,7 +6,9 @@
 so every parameter is a graph input named by its canonical name). Each such input becomes an
 initializer with external data: shape and type only, a few bytes, filled at run time from the
 weight file's rows (``SessionOptions.add_external_initializers``). The whole graph of
-all-MiniLM-L6-v2 is ~60 KB; of CLIP ViT-B/32 ~0.2 MB per tower.
+all-MiniLM-L6-v2 is ~90 KB; of CLIP ViT-B/32 ~0.2 MB per tower. In the float32 graph each
+``MatMul(x, Transpose(W))`` becomes ``FusedMatMul(x, W, transB=1)`` (``transposed_weights``): ORT
+reads the row as stored instead of folding a transposed copy at session start.
 
 A second graph per modality computes the linear layers in int8 (``int8_graph``): each
 ``MatMul(x, Transpose(W))`` or ``Gemm(x, W, transB=1)`` over a weight becomes ONNX Runtime's
