@@ -17,6 +17,7 @@ backend="onnxruntime")``, float32 and int8) for the encoders, interleaved with H
 its MiniLM cold start is ``load_model`` + tokenizer + ``encode_text`` in a process that never
 imports torch. CLIP vision b16 and MiniLM b64 rows carry ``accuracy``: relative L2 of our
 features to HF's (CLIP) and the mean and lowest cosine of our sentence vectors to HF's (MiniLM).
+``--memory`` measures both backends (ONNX Runtime: over the bytes of the rows its graphs take).
 
 Weights: MiniLM, Whisper base and SmolLM2 are the real packaged checkpoints (Whisper's HF folder
 is built from the CTranslate2 tensors, SmolLM2's from the dequantized GGUF, so both sides hold
@@ -410,9 +411,39 @@ print("MEM", peak[0] - base, compute_bytes(model))
 """
 
 
-def memory_row(family: str, paths: dict[str, Path], dtype: str) -> dict:
+# the ONNX Runtime backend: no torch; the model's bytes are those of the rows its graphs take
+MEMORY_ORT = MEMORY.replace("import os, threading, time, torch", "import os, threading, time")
+MEMORY_ORT = MEMORY_ORT.replace(
+    "from llm_compression.loader", "import onnxruntime\nfrom llm_compression.loader"
+)
+MEMORY_ORT = (
+    MEMORY_ORT.replace("torch.set_num_threads({threads})\n", "")
+    .replace("from llm_compression.core.compute import compute_bytes\n", "")
+    .replace("dtype={dtype!r})", "dtype={dtype!r}, backend='onnxruntime')")
+    .replace("compute_bytes(model)", "ort_bytes(model)")
+)
+MEMORY_ORT = (
+    """
+def ort_bytes(model):
+    from llm_compression.onnxrt.graphs import INT8_SCALE, INT8_WEIGHT
+    total = 0
+    for part in model.info["parts"].values():
+        for name in part[model.compute_dtype]:
+            info = model.file.tensors[name.removesuffix(INT8_WEIGHT).removesuffix(INT8_SCALE)]
+            if name.endswith(INT8_WEIGHT):
+                total += info.n_params
+            else:
+                total += 4 * (info.shape[0] if name.endswith(INT8_SCALE) else info.n_params)
+    return total
+"""
+    + MEMORY_ORT
+)
+
+
+def memory_row(family: str, paths: dict[str, Path], dtype: str, backend: str = "torch") -> dict:
     """Peak RSS growth while ``load_model`` runs, over the model's bytes in its compute dtype."""
-    code = MEMORY.format(threads=THREADS, path=str(paths["ours"]), dtype=dtype)
+    template = MEMORY if backend == "torch" else MEMORY_ORT
+    code = template.format(threads=THREADS, path=str(paths["ours"]), dtype=dtype)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     grown, model = map(int, out.stdout.split("MEM")[-1].split())
     r = dict(family=family, dtype=dtype, metric="peak RSS while loading / model bytes",
@@ -513,8 +544,8 @@ def main(argv=None) -> int:
                 kw = {"dtype": dtype, "backend": backend} if family in DTYPE_FAMILIES else {}
                 measured = BENCHES[family](paths, runs, args.quick, **kw)
                 rows += [{**r, "dtype": dtype, "backend": backend} for r in measured]
-                if args.memory and backend == "torch":
-                    rows.append({**memory_row(family, paths, dtype), "backend": backend})
+                if args.memory:
+                    rows.append({**memory_row(family, paths, dtype, backend), "backend": backend})
         print(table([r for r in rows if r["family"] == family]).split("\n", 2)[-1], flush=True)
     print(table(rows))
     out = Path(args.json)
