@@ -24,22 +24,27 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .config import TransformerConfig
-from .core.compute import apply_compute, linear_names, parse_dtype
 from .errors import ConfigError, CorruptFileError, FormatError, InputError, MissingTensorError
-from .families import build_model, config_from_dict, family
 from .weightfile import TensorInfo, WeightFile, WeightFileMetadata, decode_tensor, is_unused
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, the families and core are imported where used: load_model(backend="onnxruntime")
+# reaches ONNX Runtime without importing torch (decision 0010).
 
 log = logging.getLogger(__name__)
 
 
 def _to_torch(array: np.ndarray, info: TensorInfo) -> torch.Tensor:
     """A tensor sharing ``array``'s memory; bfloat16 bits (uint16) become torch.bfloat16."""
+    import torch
+
     if array.dtype == np.uint16 and info.dtype == "bfloat16":
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array)
@@ -47,6 +52,8 @@ def _to_torch(array: np.ndarray, info: TensorInfo) -> torch.Tensor:
 
 def _as_tensor(buffer, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """A tensor viewing ``buffer`` (no copy); the tensor holds a reference to the buffer."""
+    import torch
+
     if buffer.size == 0:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(buffer, dtype=dtype).view(shape)
@@ -54,6 +61,8 @@ def _as_tensor(buffer, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tens
 
 def _usable_device(device: str | torch.device) -> torch.device:
     """``torch.device(device)`` once a tensor can be made there (cuda: a CUDA build and a GPU)."""
+    import torch
+
     try:
         parsed = torch.device(device)
         torch.empty(0, device=parsed)
@@ -95,6 +104,8 @@ class WeightLoader:
         self.device = _usable_device(device)
         self.verify = verify
         self.num_threads = num_threads or os.cpu_count() or 1
+        from .families import config_from_dict
+
         try:
             self._config = config_from_dict(self.metadata.config)
         except ConfigError as e:
@@ -191,6 +202,8 @@ class WeightLoader:
                 f"{self.path}: tensor {name!r} is stored as {info.dtype}, not quantized; "
                 "read it with get_layer(name)"
             )
+        import torch
+
         data, scales = self._file.read(info, verify=self.verify)
         q = _as_tensor(data, torch.int8, info.shape)
         return q.to(self.device), _as_tensor(scales, torch.float32, (info.shape[0],)).to(
@@ -269,6 +282,8 @@ def load_weights_into(
 def _load_converting(loader: WeightLoader, model: torch.nn.Module, mode: str) -> None:
     """Everything but the linear layers at once, then each linear layer decoded and converted in
     turn (``apply_compute(fill=...)``): loading peaks near the compute-dtype bytes, not float32's."""
+    from .core.compute import apply_compute, linear_names
+
     linear = set(linear_names(model))
     rest = [n for n in loader.tensor_names if n not in linear]
     result = model.load_state_dict(loader.load_weights(rest), assign=True, strict=False)
@@ -285,12 +300,15 @@ def _quantized_generation(path: str | os.PathLike, dtype: Any) -> bool:
         return False
     if dtype.lower() == "int4":
         return True
+    from .families import family
     from .weightfile import read_metadata
 
     return "generate" in family(read_metadata(path).family).tasks
 
 
 def _load_quantized(path, dtype: str, device) -> torch.nn.Module:
+    import torch
+
     from .families.quantized import load_quantized
     from .preprocess.text import Tokenizer
 
@@ -304,7 +322,13 @@ def _load_quantized(path, dtype: str, device) -> torch.nn.Module:
     return model
 
 
-def load_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device="cpu"):
+def load_model(
+    path: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device="cpu",
+    backend: str = "torch",
+):
     """Build the model stored in a weight file: CLIP, Whisper, SentenceEncoder or CausalLM.
 
     The class is picked from the family recorded in the file; the model is built on the meta
@@ -320,7 +344,22 @@ def load_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
         ONNX Runtime's MatMulNBits, families/quantized.py), "int4" (causal LMs only),
         "float16" (the whole model cast).
     device : torch device for the weights.
+    backend : "torch" (default: our modules, exact) or "onnxruntime": the embedding families'
+        encoders (bert, clip, whisper, mobilenet_v2) on ONNX Runtime, float32 or int8, weights
+        fed from the file's rows, no torch imported (``onnxrt.OrtModel``, decision 0010).
     """
+    from .onnxrt import OrtModel, parse_backend
+
+    if parse_backend(backend) == "onnxruntime":
+        if str(device) != "cpu":
+            raise ConfigError(f"backend='onnxruntime' runs on the CPU; got device={device!r}")
+        return OrtModel(path, dtype=dtype)
+    return _load_torch(path, dtype, device)
+
+
+def _load_torch(path: str | os.PathLike, dtype: Any, device: Any):
+    from .core.compute import apply_compute, parse_dtype
+    from .families import build_model, family
     from .preprocess.text import Tokenizer
 
     if _quantized_generation(path, dtype):

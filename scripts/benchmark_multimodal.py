@@ -3,7 +3,7 @@
 
     python scripts/benchmark_multimodal.py [--families clip,minilm,whisper,olmo,smollm2] [--quick]
         [--json artifacts/benchmarks/multimodal.json] [--runs 5] [--work DIR]
-        [--dtypes float32,bfloat16,int8] [--memory]
+        [--dtypes float32,bfloat16,int8] [--backends torch,onnxruntime] [--memory]
 
 Per family: load-to-first-result (fresh processes for both, time from process start to the first
 result line), batch-1 latency, batched throughput (CLIP b16, MiniLM b64 x 32 tokens, Whisper
@@ -11,6 +11,13 @@ encoder b4, OLMo b8 x 128 prefill), Whisper transcription of the speech fixture 
 tokens/s (greedy, 64 new tokens). Medians of ``--runs`` runs after one warm-up, ours and HF
 interleaved, torch.set_num_threads(2) on both sides, float32. A ratio is ours / HF for times
 (<= 1.0 is the target) and for throughputs (>= 1.0 is the target).
+
+``--backends torch,onnxruntime`` adds our ONNX Runtime backend (``load_model(...,
+backend="onnxruntime")``, float32 and int8) for the encoders, interleaved with HF in the same run;
+its MiniLM cold start is ``load_model`` + tokenizer + ``encode_text`` in a process that never
+imports torch. CLIP vision b16 and MiniLM b64 rows carry ``accuracy``: relative L2 of our
+features to HF's (CLIP) and the mean and lowest cosine of our sentence vectors to HF's (MiniLM).
+``--memory`` measures both backends (ONNX Runtime: over the bytes of the rows its graphs take).
 
 Weights: MiniLM, Whisper base and SmolLM2 are the real packaged checkpoints (Whisper's HF folder
 is built from the CTranslate2 tensors, SmolLM2's from the dequantized GGUF, so both sides hold
@@ -167,6 +174,14 @@ COLD = {
     "m.generate(**t(PROMPT, return_tensors='pt'), max_new_tokens=1, do_sample=False)",
 }
 COLD[("smollm2", "ours")], COLD[("smollm2", "hf")] = COLD[("olmo", "ours")], COLD[("olmo", "hf")]
+# the ONNX Runtime backend: no torch in the process (no PRELUDE), graphs already cached
+COLD[("minilm", "ours-onnxruntime")] = (
+    "import llm_compression as lc\n"
+    "m = lc.load_model(OURS, backend='onnxruntime')\n"
+    "ids, mask = m.tokenizer.encode_batch(['A photo of a cat.'], max_length=m.text_context)\n"
+    "v = m.encode_text(ids, mask); v / (v * v).sum(-1, keepdims=True) ** 0.5\n"
+    "import sys; assert 'torch' not in sys.modules"
+)
 
 
 def cold_start(family: str, paths: dict[str, Path], side: str) -> float:
@@ -174,7 +189,8 @@ def cold_start(family: str, paths: dict[str, Path], side: str) -> float:
     consts = dict(OURS=str(paths["ours"]), HF=str(paths["hf"]), IMAGE=str(_photo()),
                   SPEECH=str(SPEECH), PROMPT=PROMPT)  # fmt: skip
     code = "".join(f"{k} = {v!r}\n" for k, v in consts.items())
-    code += PRELUDE + COLD[(family, side)] + "\nprint('FIRST', flush=True)\n"
+    prelude = "" if side.endswith("onnxruntime") else PRELUDE
+    code += prelude + COLD[(family, side)] + "\nprint('FIRST', flush=True)\n"
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TRANSFORMERS_VERBOSITY": "error"}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True,
@@ -189,10 +205,15 @@ def cold_start(family: str, paths: dict[str, Path], side: str) -> float:
     return elapsed
 
 
-def cold_row(family: str, paths: dict[str, Path], runs: int) -> dict:
+def cold_row(family: str, paths: dict[str, Path], runs: int, backend: str = "torch") -> dict:
+    side = "ours" if backend == "torch" else f"ours-{backend}"
+    if backend == "onnxruntime":  # the graphs are exported once per config, before timing
+        from llm_compression.loader import load_model
+
+        load_model(paths["ours"], backend=backend)
     a, b = [], []
     for _ in range(runs):
-        a.append(cold_start(family, paths, "ours"))
+        a.append(cold_start(family, paths, side))
         b.append(cold_start(family, paths, "hf"))
     return row(family, "load to first result (fresh process)", "s", statistics.median(a),
                statistics.median(b))  # fmt: skip
@@ -205,13 +226,24 @@ def _photo() -> Path:
 
 
 # -- warm measurements per family ------------------------------------------------------------------
-def bench_clip(paths, runs, quick, dtype="float32"):
+def _rel_l2(a, b) -> float:
+    a, b = (np.asarray(x, np.float64) for x in (a, b))
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _cosines(a, b) -> dict[str, float]:
+    a, b = (np.asarray(x, np.float64) for x in (a, b))
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    return {"mean_cosine_to_hf": float(cos.mean()), "min_cosine_to_hf": float(cos.min())}
+
+
+def bench_clip(paths, runs, quick, dtype="float32", backend="torch"):
     from transformers import CLIPModel
 
     from llm_compression.loader import load_model
     from llm_compression.validation.inputs import photo_paths
 
-    ours = load_model(paths["ours"], dtype=dtype)
+    ours = load_model(paths["ours"], dtype=dtype, backend=backend)
     hf = CLIPModel.from_pretrained(paths["hf"]).eval()
     from llm_compression.preprocess.image import clip_pixels
     from llm_compression.provider.modalities import text_ids
@@ -221,7 +253,7 @@ def bench_clip(paths, runs, quick, dtype="float32"):
     px1, px16 = px[:1], px.repeat(4, 1, 1, 1)[:16]
     ids = torch.from_numpy(text_ids(ours, ["a photo of a cat sitting on a sofa"])[0])
     with torch.inference_mode():
-        return [
+        rows = [
             latency("clip", "vision batch-1 latency", lambda: ours.encode_image(px1),
                     lambda: hf.get_image_features(pixel_values=px1), runs),
             throughput("clip", "vision b16 throughput", "images/s", 16,
@@ -230,14 +262,24 @@ def bench_clip(paths, runs, quick, dtype="float32"):
             latency("clip", "text batch-1 latency", lambda: ours.encode_text(ids),
                     lambda: hf.get_text_features(input_ids=ids), runs),
         ]  # fmt: skip
+        feats = _features(hf.get_image_features(pixel_values=px16))
+        rows[1]["accuracy"] = {"rel_l2_to_hf": _rel_l2(_features(ours.encode_image(px16)), feats)}
+    return rows
 
 
-def bench_minilm(paths, runs, quick, dtype="float32"):
+def _features(x):
+    """Model output (torch tensor, numpy array or HF output object) -> numpy float32."""
+    x = getattr(x, "pooler_output", x)
+    return x.float().numpy() if hasattr(x, "float") else np.asarray(x, np.float32)
+
+
+def bench_minilm(paths, runs, quick, dtype="float32", backend="torch"):
     from transformers import BertModel
 
     from llm_compression.loader import load_model
 
-    ours, hf = load_model(paths["ours"], dtype=dtype), BertModel.from_pretrained(paths["hf"]).eval()
+    ours = load_model(paths["ours"], dtype=dtype, backend=backend)
+    hf = BertModel.from_pretrained(paths["hf"]).eval()
     g = torch.Generator().manual_seed(0)
     ids1, ids64 = (torch.randint(1000, 20000, (b, 32), generator=g) for b in (1, 64))
 
@@ -246,15 +288,17 @@ def bench_minilm(paths, runs, quick, dtype="float32"):
         return torch.nn.functional.normalize(h.mean(1), dim=-1)
 
     with torch.inference_mode():
-        return [
-            latency("minilm", "batch-1 latency (32 tokens)", lambda: ours.encode(ids1),
+        rows = [
+            latency("minilm", "batch-1 latency (32 tokens)", lambda: ours.encode_text(ids1),
                     lambda: ref(ids1), runs),
             throughput("minilm", "b64 x 32 tokens throughput", "sentences/s", 64,
-                       lambda: ours.encode(ids64), lambda: ref(ids64), runs),
+                       lambda: ours.encode_text(ids64), lambda: ref(ids64), runs),
         ]  # fmt: skip
+        rows[1]["accuracy"] = _cosines(_features(ours.encode_text(ids64)), _features(ref(ids64)))
+    return rows
 
 
-def bench_whisper(paths, runs, quick, dtype="float32"):
+def bench_whisper(paths, runs, quick, dtype="float32", backend="torch"):
     import soundfile as sf
     from transformers import (
         PreTrainedTokenizerFast,
@@ -264,7 +308,7 @@ def bench_whisper(paths, runs, quick, dtype="float32"):
 
     from llm_compression.loader import load_model
 
-    ours = load_model(paths["ours"], dtype=dtype)
+    ours = load_model(paths["ours"], dtype=dtype, backend=backend)
     hf = WhisperForConditionalGeneration.from_pretrained(paths["hf"]).eval()
     tok = PreTrainedTokenizerFast(tokenizer_file=str(paths["hf"] / "tokenizer.json"))
     fe = WhisperFeatureExtractor(feature_size=ours.config.n_mels)
@@ -276,15 +320,21 @@ def bench_whisper(paths, runs, quick, dtype="float32"):
         f = fe(audio, sampling_rate=sr, return_tensors="pt").input_features
         return tok.decode(hf.generate(f, language="en")[0], skip_special_tokens=True)
 
+    def encode(mel):  # ONNX Runtime runs the pooled encoder (mean over all 1500 frames)
+        if backend == "torch":
+            return ours.encode(mel)
+        return ours.encode_audio(mel, np.full(mel.shape[0], 1500))
+
     with torch.inference_mode():
         out = [
-            latency("whisper", "encoder batch-1 latency (30 s window)", lambda: ours.encode(mel1),
+            latency("whisper", "encoder batch-1 latency (30 s window)", lambda: encode(mel1),
                     lambda: hf.model.encoder(mel1), runs),
             throughput("whisper", "encoder b4 throughput", "clips/s", 4,
-                       lambda: ours.encode(mel4), lambda: hf.model.encoder(mel4), max(2, runs // 2)),
-            latency("whisper", "transcription of the speech fixture",
-                    lambda: ours.transcribe(audio, language="en"), hf_transcribe, runs),
+                       lambda: encode(mel4), lambda: hf.model.encoder(mel4), max(2, runs // 2)),
         ]  # fmt: skip
+        if backend == "torch":  # decoding stays on torch
+            out.append(latency("whisper", "transcription of the speech fixture",
+                               lambda: ours.transcribe(audio, language="en"), hf_transcribe, runs))  # fmt: skip
     return out
 
 
@@ -361,9 +411,39 @@ print("MEM", peak[0] - base, compute_bytes(model))
 """
 
 
-def memory_row(family: str, paths: dict[str, Path], dtype: str) -> dict:
+# the ONNX Runtime backend: no torch; the model's bytes are those of the rows its graphs take
+MEMORY_ORT = MEMORY.replace("import os, threading, time, torch", "import os, threading, time")
+MEMORY_ORT = MEMORY_ORT.replace(
+    "from llm_compression.loader", "import onnxruntime\nfrom llm_compression.loader"
+)
+MEMORY_ORT = (
+    MEMORY_ORT.replace("torch.set_num_threads({threads})\n", "")
+    .replace("from llm_compression.core.compute import compute_bytes\n", "")
+    .replace("dtype={dtype!r})", "dtype={dtype!r}, backend='onnxruntime')")
+    .replace("compute_bytes(model)", "ort_bytes(model)")
+)
+MEMORY_ORT = (
+    """
+def ort_bytes(model):
+    from llm_compression.onnxrt.graphs import INT8_SCALE, INT8_WEIGHT
+    total = 0
+    for part in model.info["parts"].values():
+        for name in part[model.compute_dtype]:
+            info = model.file.tensors[name.removesuffix(INT8_WEIGHT).removesuffix(INT8_SCALE)]
+            if name.endswith(INT8_WEIGHT):
+                total += info.n_params
+            else:
+                total += 4 * (info.shape[0] if name.endswith(INT8_SCALE) else info.n_params)
+    return total
+"""
+    + MEMORY_ORT
+)
+
+
+def memory_row(family: str, paths: dict[str, Path], dtype: str, backend: str = "torch") -> dict:
     """Peak RSS growth while ``load_model`` runs, over the model's bytes in its compute dtype."""
-    code = MEMORY.format(threads=THREADS, path=str(paths["ours"]), dtype=dtype)
+    template = MEMORY if backend == "torch" else MEMORY_ORT
+    code = template.format(threads=THREADS, path=str(paths["ours"]), dtype=dtype)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     grown, model = map(int, out.stdout.split("MEM")[-1].split())
     r = dict(family=family, dtype=dtype, metric="peak RSS while loading / model bytes",
@@ -405,13 +485,16 @@ def _speedup(r: dict) -> str:
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| family | dtype | metric | ours | HF | unit | ours/HF | speed-up | target | ok |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "| family | backend | dtype | metric | ours | HF | unit | ours/HF | speed-up | target | ok "
+        "| accuracy |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [
-        f"| {r['family']} | {r.get('dtype', 'float32')} | {r['metric']} | {r['ours']:.4g} | "
+        f"| {r['family']} | {r.get('backend', 'torch')} | {r.get('dtype', 'float32')} | "
+        f"{r['metric']} | {r['ours']:.4g} | "
         f"{r['hf']:.4g} | {r['unit']} | {r['ratio']:.2f} | {_speedup(r)} | {r['target']} | "
-        f"{'yes' if r['ok'] else '**NO**'} |"
+        f"{'yes' if r['ok'] else '**NO**'} | "
+        + ", ".join(f"{k} {v:.4f}" for k, v in r.get("accuracy", {}).items())
+        + " |"
         for r in rows
     ]
     return "\n".join([head, *lines])
@@ -430,6 +513,10 @@ def main(argv=None) -> int:
         default="float32",
         help="compute modes of ours for clip/minilm/whisper: float32,bfloat16,int8",
     )
+    p.add_argument(
+        "--backends", default="torch",
+        help="backends of ours for clip/minilm/whisper: torch,onnxruntime (float32 / int8 only)",
+    )  # fmt: skip
     p.add_argument("--memory", action="store_true", help="peak RSS while loading, per dtype")
     args = p.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -437,6 +524,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     torch.set_num_threads(THREADS)
     runs = args.runs or (2 if args.quick else 5)
     from llm_compression.weights import cache_dir
@@ -446,13 +534,18 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     for family in families:
         paths = prepare(family, work)
-        if not args.no_cold:
-            rows.append({**cold_row(family, paths, 1 if args.quick else 3), "dtype": "float32"})
-        for dtype in dtypes if family in DTYPE_FAMILIES else ("float32",):
-            kw = {"dtype": dtype} if family in DTYPE_FAMILIES else {}
-            rows += [{**r, "dtype": dtype} for r in BENCHES[family](paths, runs, args.quick, **kw)]
-            if args.memory:
-                rows.append(memory_row(family, paths, dtype))
+        for backend in backends if family in DTYPE_FAMILIES else ("torch",):
+            if not args.no_cold and (backend == "torch" or family == "minilm"):
+                cold = cold_row(family, paths, 1 if args.quick else 3, backend)
+                rows.append({**cold, "dtype": "float32", "backend": backend})
+            for dtype in dtypes if family in DTYPE_FAMILIES else ("float32",):
+                if backend == "onnxruntime" and dtype == "bfloat16":
+                    continue  # ONNX Runtime's CPU kernels: float32 and int8
+                kw = {"dtype": dtype, "backend": backend} if family in DTYPE_FAMILIES else {}
+                measured = BENCHES[family](paths, runs, args.quick, **kw)
+                rows += [{**r, "dtype": dtype, "backend": backend} for r in measured]
+                if args.memory:
+                    rows.append({**memory_row(family, paths, dtype, backend), "backend": backend})
         print(table([r for r in rows if r["family"] == family]).split("\n", 2)[-1], flush=True)
     print(table(rows))
     out = Path(args.json)

@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dtype", default="float32", choices=("float32", "bfloat16", "int8"),
         help="compute mode: float32 (exact, default), bfloat16 or int8 (faster, approximate)",
     )  # fmt: skip
+    p.add_argument(
+        "--backend", default="torch", choices=("torch", "onnxruntime"),
+        help="torch (default, exact) or onnxruntime (float32 / int8 encoders on ONNX Runtime)",
+    )  # fmt: skip
     p.add_argument("--skip-errors", action="store_true", help="skip bad images/audio, report them")
     p.add_argument("--similarity", action="store_true", help="print CLIP text x image cosines")
     p.add_argument("--output", type=Path, metavar="FILE.npz", help="save the vectors (numpy .npz)")
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("nothing to embed; pass --text, --image, --audio and/or --video")
     provider = MultimodalEmbeddingProvider(
         text_model=args.text_model, clip_model=args.clip_model, audio_model=args.audio_model,
-        dtype=args.dtype,
+        dtype=args.dtype, backend=args.backend,
     )  # fmt: skip
     opts = {"batch_size": args.batch_size, "show_progress": args.progress}
     on_error = "skip" if args.skip_errors else "raise"

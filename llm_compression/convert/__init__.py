@@ -38,6 +38,7 @@ def convert(
     family: str | None = None,
     dtype: str = "float16",
     progress: bool = False,
+    onnx: bool = False,
 ) -> Path:
     """Convert the checkpoint at ``src`` into the Parquet weight file ``dst``.
 
@@ -51,6 +52,9 @@ def convert(
         | int4 (group-wise, groups of 32 inputs) | gguf (a GGUF's Q4_0 / Q4_1 / Q8_0 matrices kept
         as they are, without requantizing; other tensors float32).
     progress : show a progress bar while writing.
+    onnx : also store the weight-free ONNX graphs of the model's encoders among the file's
+        bundled files (``onnx/``, a few hundred KB), so ``backend="onnxruntime"`` never needs
+        torch to export them (embedding families only; decision 0010).
 
     Returns
     -------
@@ -77,6 +81,12 @@ def convert(
     )  # fmt: skip
     from ..weightfile import is_unused, write_model
 
+    files = dict(prepared.bundle.files)
+    if onnx:
+        from ..onnxrt.export import export_graphs
+
+        files.update(export_graphs(prepared.config))
+
     unused = [name for name in prepared.plan if is_unused(name)]  # kept after the model's tensors
     return write_model(
         dst,
@@ -84,7 +94,7 @@ def convert(
         config=prepared.config,
         dtype=dtype,
         quantize=quantizable_names(model),
-        files=prepared.bundle.files,
+        files=files,
         sources=prepared.bundle.sources,
         progress=progress,
     )

@@ -52,7 +52,7 @@ class Transformer(nn.Module):
             return mask, False
         if mask is None:
             if T == S:
-                return None, T > 1
+                return None, bool(T > 1)  # a bool when traced too (onnxrt export)
             if T == 1:
                 return None, False  # one new query sees every cached position
         rows = torch.arange(start_pos, start_pos + T, device=device)[:, None]

@@ -35,6 +35,9 @@ class CLIPEngine:
         pixel is decoded. Default: ``preprocess.image.DEFAULT_MAX_PIXELS`` (~89.5 MP).
     dtype : str or torch.dtype, optional
         Compute mode: "float32" (default, exact), "bfloat16" or "int8" (``core.compute``).
+    backend : str, optional
+        "torch" (default) or "onnxruntime" (both towers on ONNX Runtime, "float32" or "int8";
+        decision 0010).
 
     Raises
     ------
@@ -56,6 +59,7 @@ class CLIPEngine:
         *,
         max_pixels: int | None = None,
         dtype: str | torch.dtype = "float32",
+        backend: str = "torch",
     ) -> None:
         from ..loader import load_model
         from ._loading import check_family
@@ -64,7 +68,7 @@ class CLIPEngine:
         check_family(path, role="CLIPEngine", expected=("clip",))
         self.path = os.fspath(path)
         self.max_pixels = max_pixels_or_default(max_pixels)
-        self.model = load_model(path, dtype=dtype)
+        self.model = load_model(path, dtype=dtype, backend=backend)
         self.config = self.model.config
 
     @property

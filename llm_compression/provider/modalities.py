@@ -24,7 +24,6 @@ import os
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from .batching import OnError, embed_in_batches
@@ -32,8 +31,15 @@ from .inputs import check_waveform
 from .protocol import EmbeddingResult
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def _feed(model: Any) -> Any:
+    """Array -> what ``model`` takes: numpy for the ONNX Runtime backend (``onnxrt.OrtModel``,
+    no torch imported), else a torch tensor on the model's device."""
+    if getattr(model, "backend", "torch") == "onnxruntime":
+        return lambda x: x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+    import torch
+
+    device = next(model.parameters()).device
+    return lambda x: torch.as_tensor(x).to(device)
 
 
 def text_ids(model: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,13 +76,13 @@ def embed_texts(
     """
     ids, mask = text_ids(model, texts) if texts else (np.zeros((0, 0), np.int64),) * 2
     lengths = mask.sum(axis=1)
-    device = _device(model)
+    feed = _feed(model)
 
-    def encode(rows: list[int]) -> torch.Tensor:
+    def encode(rows: list[int]) -> Any:
         width = int(lengths[rows].max())  # right padding: the longest row of the batch
-        batch_ids = torch.from_numpy(np.ascontiguousarray(ids[rows, :width]))
-        batch_mask = torch.from_numpy(np.ascontiguousarray(mask[rows, :width]))
-        return model.encode_text(batch_ids.to(device), batch_mask.to(device))
+        batch_ids = np.ascontiguousarray(ids[rows, :width])
+        batch_mask = np.ascontiguousarray(mask[rows, :width])
+        return model.encode_text(feed(batch_ids), feed(batch_mask))
 
     result = embed_in_batches(
         range(len(texts)), prepare=lambda row: row, embed=encode, dim=model.embedding_dim,
@@ -101,11 +107,11 @@ def embed_images(
     from ..families import family
     from ..preprocess.image import load_image
 
-    cfg, device = model.config, _device(model)
+    cfg, feed = model.config, _feed(model)
     pixels_of = family(cfg.family).image_pixels
 
-    def encode(pictures: list[Any]) -> torch.Tensor:
-        return model.encode_image(pixels_of(pictures, cfg, max_pixels).to(device))
+    def encode(pictures: list[Any]) -> Any:
+        return model.encode_image(feed(pixels_of(pictures, cfg, max_pixels)))
 
     return embed_in_batches(
         images, prepare=lambda x: load_image(x, max_pixels=max_pixels), embed=encode,
@@ -147,7 +153,9 @@ def embed_audio(
             [w for _, w in windows], n_mels=cfg.n_mels, n_samples=cfg.n_samples, n_fft=cfg.n_fft,
             hop_length=cfg.hop_length, sample_rate=cfg.sample_rate,
         )  # fmt: skip
-        means = model.encode_audio(mel, torch.tensor(frames)).double().cpu().numpy()  # (W, C)
+        feed = _feed(model)
+        means = np.asarray(_numpy(model.encode_audio(feed(mel), feed(np.asarray(frames)))))
+        means = means.astype(np.float64)  # (W, C)
         owner = np.array([i for i, _ in windows])
         weights = np.asarray(frames, np.float64)[:, None]
         sums = np.zeros((len(waves), means.shape[1]))
@@ -158,3 +166,8 @@ def embed_audio(
         clips, prepare=prepare, embed=encode, dim=model.embedding_dim, batch_size=batch_size,
         show_progress=show_progress, on_error=on_error, desc="audio", normalize=normalize,
     )  # fmt: skip
+
+
+def _numpy(x: Any) -> Any:
+    """A model output as numpy (a torch tensor is detached and moved to the CPU)."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x

@@ -18,6 +18,7 @@ import torch
 from ..core.compute import parse_dtype
 from ..errors import ConfigError, InputError
 from ..families import REGISTRY, config_from_dict, family
+from ..onnxrt import parse_backend, parse_ort_dtype
 from ._loading import LazySlot, check_family
 from .batching import OnError, embed_in_batches
 from .clip_engine import CLIPEngine
@@ -52,6 +53,9 @@ class MultimodalEmbeddingProvider:
     dtype : str or torch.dtype, optional
         Compute mode of every model loaded: "float32" (default, exact), "bfloat16" or "int8"
         (``core.compute``: linear layers in bfloat16 / dynamic int8; faster, approximate).
+    backend : str, optional
+        "torch" (default, our modules) or "onnxruntime" (the encoders on ONNX Runtime, weights
+        fed from the files' rows; "float32" or "int8"; ``onnxrt``, decision 0010).
 
     Every vector returned is float32 and L2-normalised (once, in ``batching.embed_in_batches``;
     ``encode(..., normalize_embeddings=False)`` keeps the file's own output). Preprocessing,
@@ -77,6 +81,7 @@ class MultimodalEmbeddingProvider:
         image_model: PathLike | None = None,
         max_pixels: int | None = None,
         dtype: str | torch.dtype = "float32",
+        backend: str = "torch",
     ) -> None:
         if all(m is None for m in (text_model, clip_model, audio_model, image_model)):
             raise ConfigError(
@@ -86,29 +91,37 @@ class MultimodalEmbeddingProvider:
         self._metas: dict[str, Any] = {}
         self._clip = self._text = self._audio = self._image = None
         self._max_pixels = max_pixels_or_default(max_pixels)
-        self.dtype = parse_dtype(dtype)  # checked now, not at the first lazy load
+        self.backend = parse_backend(backend)  # both checked now, not at the first lazy load
+        self.dtype = parse_ort_dtype(dtype) if self.backend == "onnxruntime" else parse_dtype(dtype)
+        load = partial(_load_model, dtype=self.dtype, backend=self.backend)
         if image_model is not None:
             self._metas["image"] = check_family(
                 image_model, role="image_model", expected=_can("image")
             )
-            self._image = LazySlot(partial(_load_model, image_model, self.dtype))
+            self._image = LazySlot(partial(load, image_model))
         if clip_model is not None:
             self._metas["clip"] = check_family(
                 clip_model, role="clip_model", expected=_can("image", "text")
             )
             self._clip = LazySlot(
-                partial(CLIPEngine, clip_model, max_pixels=max_pixels, dtype=self.dtype)
+                partial(
+                    CLIPEngine,
+                    clip_model,
+                    max_pixels=max_pixels,
+                    dtype=self.dtype,
+                    backend=self.backend,
+                )  # fmt: skip
             )
         if text_model is not None:
             self._metas["text"] = check_family(text_model, role="text_model", expected=_can("text"))
-            self._text = LazySlot(partial(_load_model, text_model, self.dtype))
+            self._text = LazySlot(partial(load, text_model))
         elif clip_model is not None:  # text goes through CLIP's text tower
             self._metas["text"], self._text = self._metas["clip"], self._clip
         if audio_model is not None:
             self._metas["audio"] = check_family(
                 audio_model, role="audio_model", expected=_can("audio")
             )
-            self._audio = LazySlot(partial(_load_model, audio_model, self.dtype))
+            self._audio = LazySlot(partial(load, audio_model))
 
     # -- text (the EmbeddingProvider protocol) -------------------------------------------------
 
@@ -318,10 +331,10 @@ def _missing(name: str) -> str:
     return f"this provider has no {name} model; create it with {_ARG[name]}"
 
 
-def _load_model(path: PathLike, dtype: str) -> Any:
+def _load_model(path: PathLike, *, dtype: str, backend: str) -> Any:
     from ..loader import load_model
 
-    return load_model(path, dtype=dtype)
+    return load_model(path, dtype=dtype, backend=backend)
 
 
 def _dimension(meta: Any) -> int:

@@ -11,11 +11,11 @@ ROOT = Path(llm_compression.__file__).parent
 # Lowest first. A module may import from its own entry and from entries before it.
 LAYERS = [
     "errors", "config", "weights", "weightfile", "core", "preprocess",
-    "families", "loader", "convert", "provider", "tables", "distributed", "validation", "align", "serve",
+    "families", "onnxrt", "loader", "convert", "provider", "tables", "distributed", "validation", "align", "serve",
     "commands", "cli",
     "__main__", "__init__",
 ]  # fmt: skip
-RUNTIME = ("weightfile", "core", "preprocess", "families", "loader", "provider", "tables")
+RUNTIME = ("weightfile", "core", "preprocess", "families", "onnxrt", "loader", "provider", "tables")
 
 
 def _entry(module: Path) -> str:
