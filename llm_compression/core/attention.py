@@ -48,6 +48,13 @@ class KVCache:
         self.v[:, :, start_pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (indices): rows that ended leave the batch."""
+        self.k, self.v = self.k[rows], self.v[rows]
+        if self.cross is not None:
+            self.cross = (self.cross[0][rows], self.cross[1][rows])
+            self.memory = None if self.memory is None else self.memory[rows]
+
 
 class Rotary:
     """Rotary position tables (HF Llama convention: ``rotate_half`` over the two halves).
@@ -79,6 +86,11 @@ class Rotary:
         """cos, sin of shape (length, D) for positions ``start_pos .. start_pos + length``."""
         cos, sin = self._table(start_pos + length, device, dtype)
         return cos[start_pos : start_pos + length], sin[start_pos : start_pos + length]
+
+    def at(self, positions: torch.Tensor, dtype):
+        """cos, sin of shape (B, 1, T, D) for per-row positions (B, T) (left-padded batches)."""
+        cos, sin = self._table(int(positions.max()) + 1, positions.device, dtype)
+        return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -168,6 +180,13 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _sdpa(self, q, k, v, mask, is_causal) -> torch.Tensor:
+        if q.shape[0] > 1 and q.shape[2] == 1 and mask is not None and mask.dim() == 4:
+            # a decode step of a left-padded batch: each row attends over its own keys alone,
+            # the very call it makes unbatched (the padded call rounds differently)
+            pads = (~mask[:, 0, 0]).sum(-1).tolist()
+            rows = zip(q.split(1), k.split(1), v.split(1), pads, strict=True)
+            return torch.cat([self._sdpa(qi, ki[:, :, p:], vi[:, :, p:], None, False)
+                              for qi, ki, vi, p in rows])  # fmt: skip
         groups = self.n_heads // self.n_kv_heads
         if groups == 1:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)

@@ -50,3 +50,11 @@ def test_tied_table_is_one_quantized_embedding(tmp_path) -> None:
 def test_quantized_dtype_refuses_other_families(tmp_path) -> None:
     with pytest.raises(ConfigError, match="quantized compute"):
         load_quantized(tmp_path / "x.parquet", "int2")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_quantized_batch_equals_each_prompt_alone(stored, dtype: str) -> None:
+    model = load_quantized(stored[0], dtype)
+    prompts = [[5, 17, 33, 8, 61, 9], [3, 4], [7, 8, 9, 10]]
+    batch = model.generate_ids(prompts, max_new_tokens=10)
+    assert batch == [model.generate_ids(p, max_new_tokens=10) for p in prompts]
