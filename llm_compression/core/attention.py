@@ -122,13 +122,16 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(kv_dim, cfg.norm_eps)
         self.clip_qkv = cfg.clip_qkv
         self.rotary = cfg.positions == "rotary" and not cross
+        self.qkv: nn.Module | None = None  # q, k, v in one matmul (set by quantized loading)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
 
-    def _project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.k(x), self.v(x)
+    def _project_kv(self, x: torch.Tensor, k=None, v=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, KV, T, D) of ``x``, or of the projections ``k``, ``v`` given."""
+        if k is None:
+            k, v = self.k(x), self.v(x)
         if self.clip_qkv is not None:
             k, v = k.clamp(-self.clip_qkv, self.clip_qkv), v.clamp(-self.clip_qkv, self.clip_qkv)
         if self.qk_norm:
@@ -161,7 +164,12 @@ class Attention(nn.Module):
         memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q(x)
+        k = v = None
+        if self.qkv is not None:
+            q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        else:
+            q = self.q(x)
         if self.clip_qkv is not None:
             q = q.clamp(-self.clip_qkv, self.clip_qkv)
         if self.qk_norm:
@@ -171,7 +179,7 @@ class Attention(nn.Module):
             k, v = self._cross_kv(memory, cache)
             mask, is_causal = None, False
         else:
-            k, v = self._project_kv(x)  # (B, KV, T, D)
+            k, v = self._project_kv(x, k, v)  # (B, KV, T, D)
             if self.rotary:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
