@@ -46,6 +46,20 @@ def quantized_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized 
     return quantize_int4(name, w) if dtype == "int4" else quantize_int8(name, w)
 
 
+@contextlib.contextmanager
+def _system_memory_pool():
+    """Arrow reads into malloc'ed buffers inside the block: its default pool (mimalloc) keeps
+    the pages of freed read buffers resident (SmolLM2 int4: +66 MB after loading)."""
+    import pyarrow
+
+    before = pyarrow.default_memory_pool()
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    try:
+        yield
+    finally:
+        pyarrow.set_memory_pool(before)
+
+
 def _release_freed_memory() -> None:
     """Hand the memory that loading freed (decoded rows, serialized ONNX graphs, Arrow's read
     buffers: its pool keeps freed pages otherwise) back to the OS."""
@@ -109,12 +123,13 @@ def load_quantized(path, dtype: str) -> torch.nn.Module:
     model = build_model(config)
     names = quantizable_names(model)
     state, mats = {}, {}
-    for name in [n for n in file.tensors if not n.startswith("unused/")]:
-        w = quantized_matrix(file, name, dtype) if name in names else None
-        if w is None:
-            state[name] = torch.from_numpy(np.array(decode_tensor(file, name), np.float32))
-        else:
-            mats[name.removesuffix(".weight")] = w
+    with _system_memory_pool():
+        for name in [n for n in file.tensors if not n.startswith("unused/")]:
+            w = quantized_matrix(file, name, dtype) if name in names else None
+            if w is None:
+                state[name] = torch.from_numpy(np.array(decode_tensor(file, name), np.float32))
+            else:
+                mats[name.removesuffix(".weight")] = w
     _fuse(model, mats, {n.removesuffix(".bias") for n in state if n.endswith(".bias")})
     for module_name, w in mats.items():
         if module_name == "token_embed":
