@@ -118,7 +118,7 @@ class CausalLM(FamilyMethods, Transformer):
         else:
             raise InputError(
                 f"prompt must be a str (or a list of chat messages with chat=True), "
-                f"got {type(prompt).__name__}"
+                f"got {type(prompt).__name__}; several prompts go to generate([...]) as a list"
             )
         if chat:
             text = tok.apply_chat_template(messages, add_generation_prompt=True)
