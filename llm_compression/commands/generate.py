@@ -161,7 +161,8 @@ def _run_batches(model, prompts: list[str], args: argparse.Namespace, options: d
         seconds = max(time.perf_counter() - start, 1e-9)
         sys.stderr.write(
             f"{len(prompts)} prompts ({counts[0]} tokens), {counts[1]} new tokens in "
-            f"{seconds:.2f} s ({counts[1] / seconds:.1f} tokens/s)\npeak memory: {_peak_mib():.0f} MiB\n"
+            f"{seconds:.2f} s ({counts[1] / seconds:.1f} tokens/s)\n"
+            f"peak memory: {_peak_mib():.0f} MiB\n"
         )
     return 0
 

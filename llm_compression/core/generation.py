@@ -132,8 +132,8 @@ def decode_batch(
     when the caller adds its index to ``ended`` (a stop string found). Each prompt is prefilled
     alone into its cache row; then every step runs the matmuls on the whole batch while each row
     attends over its own keys only (the padding mask) at its own positions, so a row's greedy
-    tokens are those it gets alone. All rows get at most ``opts.max_new_tokens``, bounded by the context length less the
-    longest prompt. The generator ends when every row has ended.
+    tokens are those it gets alone. All rows get at most ``opts.max_new_tokens``, bounded by the
+    context length less the longest prompt. The generator ends when every row has ended.
     """
     eos, ended = set(eos_ids), ended if ended is not None else set()
     device = next(model.parameters(), torch.empty(0)).device
