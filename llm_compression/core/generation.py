@@ -139,21 +139,23 @@ def decode_batch(
     device = next(model.parameters(), torch.empty(0)).device
     x, mask = left_pad(rows, device)  # (B, T), (B, T) or None
     n_new = min(opts.max_new_tokens, model.context_length - x.shape[1])
-    cache = model.new_cache(len(rows), x.shape[1] + n_new)
+    threads = getattr(model, "torch_threads", None)
+    with torch_threads(threads):
+        cache = model.new_cache(len(rows), x.shape[1] + n_new)
     positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
     generator = opts.generator(device)
     active = torch.arange(len(rows))  # batch row -> caller's row index
     pos = 0
     for _ in range(n_new):
-        with torch_threads(getattr(model, "torch_threads", None)):
+        with torch_threads(threads):
             if pos == 0 and mask is not None:
                 logits = _prefill_rows(model, rows, cache)
             else:
                 logits = model.logits(
                     x, mask=mask, cache=cache, start_pos=pos, last_only=True, positions=positions
                 )[:, -1]  # (B, V)
+            tokens = sample(logits, opts, generator)  # (B,)
         pos += x.shape[1]
-        tokens = sample(logits, opts, generator)  # (B,)
         step = dict(zip(active.tolist(), tokens.tolist(), strict=True))  # caller's row -> token
         yield {r: t for r, t in step.items() if t not in eos}
         keep = [i for i, (r, t) in enumerate(step.items()) if t not in eos and r not in ended]
@@ -164,7 +166,10 @@ def decode_batch(
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, S + 1)
             positions = positions[:, -1:] + 1
         if len(keep) < len(active):
-            x, active, cache, mask, positions = _keep_rows(keep, x, active, cache, mask, positions)
+            with torch_threads(threads):
+                x, active, cache, mask, positions = _keep_rows(
+                    keep, x, active, cache, mask, positions
+                )
 
 
 def _prefill_rows(model, rows: Sequence[Sequence[int]], cache) -> torch.Tensor:
