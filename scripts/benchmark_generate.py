@@ -2,10 +2,13 @@
 often the quantized greedy text equals float32's.
 
     PYTHONPATH=. python scripts/benchmark_generate.py [--families smollm2,olmo] [--runs 3]
-        [--threads 2] [--agreement 20]
+        [--threads 2] [--agreement 20] [--batch 8] [--memory]
 
 Every variant and HF run interleaved in the same process (64 new tokens, batch 1); ratios are
-tokens/s over HF's; the load average is printed with them. Weights: the same as
+tokens/s over HF's; the load average is printed with them. ``--batch 8`` adds, per variant, the
+tokens/s of 8 prompts decoded together over the tokens/s of one. ``--memory`` loads each variant
+in a fresh process and reports its peak resident memory above the process's baseline (imports
+done) after 64 greedy tokens, over the file size. Weights: the same as
 scripts/benchmark_multimodal.py (SmolLM2 from the packaged Q4_1 GGUF; a random OLMo-2 of its shape).
 """
 
@@ -73,6 +76,73 @@ def speed(models: dict, hf, ids: list[int], runs: int) -> dict:
     }
 
 
+def batch_speed(models: dict, tokenizer, batch: int, runs: int) -> dict:
+    """Per variant: new tokens/s of ``batch`` prompts decoded together over that of the first
+    prompt alone (both generate 64 tokens, EOS ignored via min length: rows run to the end)."""
+    rows = [tokenizer.encode(p) for p in PROMPTS[:batch]]
+    out = {}
+    for name, m in models.items():
+        one = lambda m=m: len(m.generate_ids(rows[0], max_new_tokens=64))  # noqa: E731
+        many = lambda m=m: sum(map(len, m.generate_ids(rows, max_new_tokens=64)))  # noqa: E731
+        rates = {"one": [], "many": []}
+        for _ in range(runs):
+            for key, fn in (("one", one), ("many", many)):
+                start = time.perf_counter()
+                n = fn()
+                rates[key].append(n / (time.perf_counter() - start))
+        one_rate, many_rate = (statistics.median(rates[k]) for k in ("one", "many"))
+        out[name] = {
+            "tokens_per_s_1": round(one_rate, 1), f"tokens_per_s_{batch}": round(many_rate, 1),
+            "x_one": round(many_rate / one_rate, 2),
+        }  # fmt: skip
+    return out
+
+
+MEMORY_CHILD = """
+import json, torch
+torch.set_num_threads({threads})
+import onnxruntime  # noqa: F401  (imports are part of the baseline)
+from llm_compression.loader import load_model
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+base = rss()
+m = load_model({path!r}, dtype={dtype!r})
+loaded = rss()
+m.generate_ids(m.tokenizer.encode("The capital of France is"), max_new_tokens=64)
+status = open("/proc/self/status").read()  # VmHWM: this process's peak (ru_maxrss can carry
+peak = int(status.split("VmHWM:")[1].split()[0]) * 1024  # the parent's peak over fork + exec)
+print(json.dumps(dict(base=base, loaded=loaded, after=rss(), peak=peak)))
+"""
+
+
+def memory(family: str, paths: dict, work: Path, threads: int) -> dict:
+    """Per variant, in a fresh process: resident memory above the baseline over the file size."""
+    import subprocess
+
+    from llm_compression.convert import convert
+
+    int8 = work / f"{family}.int8.parquet"
+    if not int8.is_file():
+        convert(paths["hf"], int8, dtype="int8")
+    files = {"float32": paths["ours"], "int8": int8}
+    if family == "smollm2":
+        files["int4"] = work / "smollm2.gguf.parquet"
+    out = {}
+    for dtype, path in files.items():
+        code = MEMORY_CHILD.format(threads=threads, path=str(path), dtype=dtype)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        size = path.stat().st_size
+        out[dtype] = {
+            "file_mb": round(size / 2**20, 1),
+            "loaded_above_base_x_file": round((got["loaded"] - got["base"]) / size, 2),
+            "after_64_tokens_above_base_x_file": round((got["after"] - got["base"]) / size, 2),
+            "peak_above_base_x_file": round((got["peak"] - got["base"]) / size, 2),
+        }
+    return out
+
+
 def agreement(models: dict, prompts: list[str]) -> dict:
     ref = models["float32"]
     others = {name: m for name, m in models.items() if name != "float32"}
@@ -100,6 +170,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--agreement", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=0, help="also time N prompts together (0: no)")
+    ap.add_argument("--memory", action="store_true", help="peak memory per variant, fresh process")
     ap.add_argument("--work", type=Path, default=Path("/tmp/llmc-bench"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,6 +190,13 @@ def main() -> None:
             }
         results[family]["load_after"] = os.getloadavg()[0]
         print(json.dumps({family: results[family]}), flush=True)
+        if args.batch:
+            with torch.inference_mode():
+                found = batch_speed(models, models["float32"].tokenizer, args.batch, args.runs)
+            print(json.dumps({family: {f"batch_{args.batch}": found}}), flush=True)
+        if args.memory:
+            print(json.dumps({family: {"memory": memory(family, paths, args.work, args.threads)}}),
+                  flush=True)  # fmt: skip
         if family == "smollm2" and args.agreement:
             with torch.inference_mode():
                 found = agreement(models, PROMPTS[: args.agreement])

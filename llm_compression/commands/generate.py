@@ -25,9 +25,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", type=Path, metavar="FILE", help="causal LM weight file (.parquet)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="the prompt text")
+    src.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="the prompt text; repeat it for several prompts (decoded together)",
+    )
     src.add_argument("--prompt-file", type=Path, metavar="F", help="read the prompt from file F")
+    src.add_argument(
+        "--prompts-file",
+        type=Path,
+        metavar="F",
+        help="one prompt per line of F (empty lines skipped), decoded together",
+    )
     src.add_argument("stdin", nargs="?", choices=["-"], help="-: read the prompt from stdin")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="several prompts are decoded N at a time (default 8); each one's "
+        "greedy text equals its text alone. Output: one JSON line per prompt",
+    )
     p.add_argument("--system", default=None, help="a system message (implies --chat)")
     p.add_argument(
         "--dtype",
@@ -66,17 +85,29 @@ def check_family(path: Path) -> str:
     return family
 
 
-def _prompt(args: argparse.Namespace):
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise InputError(f"cannot read the prompt file {path}: {e}") from e
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """The prompt texts: one, or several (repeated --prompt, --prompts-file)."""
+    if args.prompts_file is not None:
+        texts = [line for line in _read(args.prompts_file).splitlines() if line.strip()]
+        if not texts:
+            raise InputError(f"{args.prompts_file} holds no prompt; write one prompt per line")
+        return texts
     if args.prompt_file is not None:
-        try:
-            text = args.prompt_file.read_text()
-        except OSError as e:
-            raise InputError(f"cannot read the prompt file {args.prompt_file}: {e}") from e
-    else:
-        text = sys.stdin.read() if args.prompt is None else args.prompt
-    if args.system is None:
+        return [_read(args.prompt_file)]
+    return [sys.stdin.read()] if args.prompt is None else args.prompt
+
+
+def _with_system(text: str, system: str | None):
+    if system is None:
         return text
-    return [{"role": "system", "content": args.system}, {"role": "user", "content": text}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
     from ..loader import load_model
 
     check_family(args.file)
+    prompts = _prompts(args)
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if len(prompts) > 1 and args.stream:
+        raise InputError("--stream prints one prompt's text; drop --stream for several prompts")
     start = time.perf_counter()
     dtype = torch.float32 if args.dtype == "float32" else args.dtype
     model = load_model(args.file, dtype=dtype)
@@ -94,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p, stop=args.stop or None, chat=args.chat or args.system is not None,
         seed=args.seed,
     )  # fmt: skip
+    if len(prompts) > 1:
+        return _run_batches(model, prompts, args, options)
     timer = StepTimer()
-    pieces = timer.wrap(model.stream(_prompt(args), **options))
+    pieces = timer.wrap(model.stream(_with_system(prompts[0], args.system), **options))
     if args.stream:
         for piece in pieces:
             sys.stdout.write(piece)
@@ -106,6 +144,33 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose:
         sys.stderr.write(timer.report(model) + "\n")
     return 0
+
+
+def _run_batches(model, prompts: list[str], args: argparse.Namespace, options: dict) -> int:
+    """Several prompts, ``--batch-size`` at a time: one JSON line ``{"prompt", "text"}`` each."""
+    import json
+
+    start, counts = time.perf_counter(), [0, 0]
+    for i in range(0, len(prompts), args.batch_size):
+        batch = prompts[i : i + args.batch_size]
+        texts = model.generate([_with_system(p, args.system) for p in batch], **options)
+        counts = [c + n for c, n in zip(counts, model.last_counts, strict=True)]
+        for prompt, text in zip(batch, texts, strict=True):
+            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False), flush=True)
+    if args.verbose:
+        seconds = max(time.perf_counter() - start, 1e-9)
+        sys.stderr.write(
+            f"{len(prompts)} prompts ({counts[0]} tokens), {counts[1]} new tokens in "
+            f"{seconds:.2f} s ({counts[1] / seconds:.1f} tokens/s)\n"
+            f"peak memory: {_peak_mib():.0f} MiB\n"
+        )
+    return 0
+
+
+def _peak_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class StepTimer:
@@ -125,12 +190,10 @@ class StepTimer:
         self.end = time.perf_counter()
 
     def report(self, model) -> str:
-        import resource
-
         n_prompt, n_new = model.last_counts if hasattr(model, "last_counts") else (0, 0)
         prefill = max(self.first - self.start, 1e-9)
         decode = max(self.end - self.first, 1e-9)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _peak_mib()
         return (
             f"prompt: {n_prompt} tokens in {prefill * 1e3:.0f} ms ({n_prompt / prefill:.1f} tokens/s)\n"
             f"decode: {n_new} tokens in {decode * 1e3:.0f} ms "

@@ -48,6 +48,13 @@ class KVCache:
         self.v[:, :, start_pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (indices): rows that ended leave the batch."""
+        self.k, self.v = self.k[rows], self.v[rows]
+        if self.cross is not None:
+            self.cross = (self.cross[0][rows], self.cross[1][rows])
+            self.memory = None if self.memory is None else self.memory[rows]
+
 
 class Rotary:
     """Rotary position tables (HF Llama convention: ``rotate_half`` over the two halves).
@@ -80,6 +87,11 @@ class Rotary:
         cos, sin = self._table(start_pos + length, device, dtype)
         return cos[start_pos : start_pos + length], sin[start_pos : start_pos + length]
 
+    def at(self, positions: torch.Tensor, dtype):
+        """cos, sin of shape (B, 1, T, D) for per-row positions (B, T) (left-padded batches)."""
+        cos, sin = self._table(int(positions.max()) + 1, positions.device, dtype)
+        return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``x * cos + rotate_half(x) * sin`` for x of shape (B, heads, T, D), in x's dtype (the
@@ -110,13 +122,16 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(kv_dim, cfg.norm_eps)
         self.clip_qkv = cfg.clip_qkv
         self.rotary = cfg.positions == "rotary" and not cross
+        self.qkv: nn.Module | None = None  # q, k, v in one matmul (set by quantized loading)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
 
-    def _project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.k(x), self.v(x)
+    def _project_kv(self, x: torch.Tensor, k=None, v=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, KV, T, D) of ``x``, or of the projections ``k``, ``v`` given."""
+        if k is None:
+            k, v = self.k(x), self.v(x)
         if self.clip_qkv is not None:
             k, v = k.clamp(-self.clip_qkv, self.clip_qkv), v.clamp(-self.clip_qkv, self.clip_qkv)
         if self.qk_norm:
@@ -149,7 +164,12 @@ class Attention(nn.Module):
         memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q(x)
+        k = v = None
+        if self.qkv is not None:
+            q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        else:
+            q = self.q(x)
         if self.clip_qkv is not None:
             q = q.clamp(-self.clip_qkv, self.clip_qkv)
         if self.qk_norm:
@@ -159,7 +179,7 @@ class Attention(nn.Module):
             k, v = self._cross_kv(memory, cache)
             mask, is_causal = None, False
         else:
-            k, v = self._project_kv(x)  # (B, KV, T, D)
+            k, v = self._project_kv(x, k, v)  # (B, KV, T, D)
             if self.rotary:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
@@ -168,6 +188,13 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _sdpa(self, q, k, v, mask, is_causal) -> torch.Tensor:
+        if q.shape[0] > 1 and q.shape[2] == 1 and mask is not None and mask.dim() == 4:
+            # a decode step of a left-padded batch: each row attends over its own keys alone,
+            # the very call it makes unbatched (the padded call rounds differently)
+            pads = (~mask[:, 0, 0]).sum(-1).tolist()
+            rows = zip(q.split(1), k.split(1), v.split(1), pads, strict=True)
+            return torch.cat([self._sdpa(qi, ki[:, :, p:], vi[:, :, p:], None, False)
+                              for qi, ki, vi, p in rows])  # fmt: skip
         groups = self.n_heads // self.n_kv_heads
         if groups == 1:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)

@@ -102,23 +102,99 @@ def decode_loop(
     Stops after ``opts.max_new_tokens`` tokens or at an end-of-sequence id (which is not yielded).
     ``model`` is a ``CausalLM``; its context length bounds prompt + new tokens.
     """
-    eos = set(eos_ids)
-    n_new = min(opts.max_new_tokens, model.context_length - len(ids))
+    for step in decode_batch(model, [ids], opts, eos_ids):
+        yield from step.values()
+
+
+def left_pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids (B, T) with the shorter rows padded on the left, and the mask (B, T) of real
+    tokens (None when every row has the same length: nothing is padded)."""
+    longest = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), longest, dtype=torch.long)
+    mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, longest - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, longest - len(r) :] = True
+    padded = any(len(r) < longest for r in rows)
+    return ids.to(device), mask.to(device) if padded else None
+
+
+def decode_batch(
+    model,
+    rows: Sequence[Sequence[int]],
+    opts: SamplingConfig,
+    eos_ids: Iterable[int],
+    ended: set[int] | None = None,
+) -> Iterator[dict[int, int]]:
+    """Decode several prompts together, left-padded; yield ``{row: new token}`` per step.
+
+    A row leaves the batch (its KV cache rows dropped) at an end-of-sequence id (not yielded) or
+    when the caller adds its index to ``ended`` (a stop string found). Each prompt is prefilled
+    alone into its cache row; then every step runs the matmuls on the whole batch while each row
+    attends over its own keys only (the padding mask) at its own positions, so a row's greedy
+    tokens are those it gets alone. All rows get at most ``opts.max_new_tokens``, bounded by the
+    context length less the longest prompt. The generator ends when every row has ended.
+    """
+    eos, ended = set(eos_ids), ended if ended is not None else set()
     device = next(model.parameters(), torch.empty(0)).device
-    cache = model.new_cache(1, len(ids) + n_new)
+    x, mask = left_pad(rows, device)  # (B, T), (B, T) or None
+    n_new = min(opts.max_new_tokens, model.context_length - x.shape[1])
+    threads = getattr(model, "torch_threads", None)
+    with torch_threads(threads):
+        cache = model.new_cache(len(rows), x.shape[1] + n_new)
+    positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
     generator = opts.generator(device)
-    x = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, T)
+    active = torch.arange(len(rows))  # batch row -> caller's row index
     pos = 0
     for _ in range(n_new):
-        with torch_threads(getattr(model, "torch_threads", None)):
-            logits = model.logits(x, cache=cache, start_pos=pos, last_only=True)[:, -1]  # (1, V)
+        with torch_threads(threads):
+            if pos == 0 and mask is not None:
+                logits = _prefill_rows(model, rows, cache)
+            else:
+                logits = model.logits(
+                    x, mask=mask, cache=cache, start_pos=pos, last_only=True, positions=positions
+                )[:, -1]  # (B, V)
+            tokens = sample(logits, opts, generator)  # (B,)
         pos += x.shape[1]
-        token = sample(logits, opts, generator)  # (1,)
-        value = int(token)
-        if value in eos:
+        step = dict(zip(active.tolist(), tokens.tolist(), strict=True))  # caller's row -> token
+        yield {r: t for r, t in step.items() if t not in eos}
+        keep = [i for i, (r, t) in enumerate(step.items()) if t not in eos and r not in ended]
+        if not keep:
             return
-        yield value
-        x = token.view(1, 1)
+        x = tokens.view(-1, 1)
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, S + 1)
+            positions = positions[:, -1:] + 1
+        if len(keep) < len(active):
+            with torch_threads(threads):
+                x, active, cache, mask, positions = _keep_rows(
+                    keep, x, active, cache, mask, positions
+                )
+
+
+def _prefill_rows(model, rows: Sequence[Sequence[int]], cache) -> torch.Tensor:
+    """Last-position logits (B, V) of a left-padded batch, each prompt run alone (the very
+    computation it gets unbatched) and its keys and values copied into its cache row."""
+    longest = max(len(r) for r in rows)
+    out = []
+    for i, r in enumerate(rows):
+        own = model.new_cache(1, len(r))
+        x = torch.tensor([list(r)], dtype=torch.long, device=cache[0].k.device)
+        out.append(model.logits(x, cache=own, last_only=True)[:, -1])
+        for layer, mine in zip(cache, own, strict=True):
+            layer.k[i, :, longest - len(r) : longest] = mine.k[0]
+            layer.v[i, :, longest - len(r) : longest] = mine.v[0]
+    return torch.cat(out)  # (B, V)
+
+
+def _keep_rows(keep: list[int], x, active, cache, mask, positions):
+    """The batch state with only the rows ``keep`` (indices into the current batch)."""
+    index = torch.tensor(keep, device=x.device)
+    for layer in cache:
+        layer.keep(index)
+    if mask is not None:
+        mask, positions = mask[index], positions[index]
+    return x[index], active[keep], cache, mask, positions
 
 
 class TextStreamer:

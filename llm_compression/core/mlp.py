@@ -48,8 +48,12 @@ class MLP(nn.Module):
         if self.swiglu:
             self.gate = linear(cfg.dim, cfg.mlp_dim, cfg.mlp_bias)
         self.down = linear(cfg.mlp_dim, cfg.dim, cfg.mlp_bias)
+        self.gate_up: nn.Module | None = None  # gate and up in one matmul (quantized loading)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down(self.act(gate) * up)
         if self.swiglu:
             return self.down(self.act(self.gate(x)) * self.up(x))
         return self.down(self.act(self.up(x)))

@@ -16,6 +16,8 @@ does with Q8 activations.
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import torch
 from torch import nn
@@ -43,30 +45,47 @@ def _ort():
     return onnxruntime
 
 
-def _graph(w: GroupQuantized) -> bytes:
-    """The serialized ONNX model ``Y = MatMulNBits(A) (+ correction)`` of one matrix."""
+def _weights(w: GroupQuantized) -> dict[str, np.ndarray]:
+    """The constant inputs of the graph: ``B``, ``S`` (and ``C``, the int4 offset correction)."""
+    n, k = w.shape
+    groups = k // GROUP
+    if w.quant_type == QUANT_INT8_GROUP:
+        b = (w.data.view(np.uint8) ^ np.uint8(0x80)).reshape(n, groups, GROUP)  # q + 128
+    else:
+        b = w.data.reshape(n, groups, GROUP // 2)
+    out = {"B": b, "S": w.scales.astype(np.float32).reshape(-1)}
+    if w.offsets is not None:
+        c = w.offsets.astype(np.float32) + 8 * w.scales.astype(np.float32)  # (N, G)
+        out["C"] = c.T
+    return out
+
+
+def _external(name: str, array: np.ndarray):
+    """A graph initializer whose values are handed to ORT at session creation, not serialized."""
+    from onnx import TensorProto, helper
+
+    tensor = TensorProto(name=name, dims=array.shape, data_location=TensorProto.EXTERNAL)
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    tensor.external_data.add(key="location", value="memory")
+    return tensor
+
+
+def _graph(w: GroupQuantized, weights: dict[str, np.ndarray]) -> bytes:
+    """The serialized ONNX model ``Y = MatMulNBits(A) (+ correction)`` of one matrix, its
+    ``weights`` declared external (``_session`` supplies them)."""
     from onnx import TensorProto, helper, numpy_helper
 
     n, k = w.shape
     groups = k // GROUP
     bits = 8 if w.quant_type == QUANT_INT8_GROUP else 4
-    if bits == 8:
-        b = (w.data.view(np.uint8) ^ np.uint8(0x80)).reshape(n, groups, GROUP)  # q + 128
-    else:
-        b = w.data.reshape(n, groups, GROUP // 2)
-    inits = [
-        numpy_helper.from_array(b, "B"),
-        numpy_helper.from_array(w.scales.astype(np.float32).reshape(-1), "S"),
-    ]
+    inits = [_external(name, a) for name, a in weights.items()]
     attrs = dict(K=k, N=n, bits=bits, block_size=GROUP, accuracy_level=ACCURACY_LEVEL)
     nodes = [
         helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y0"], domain="com.microsoft", **attrs)
     ]
     out = "Y0"
-    if w.offsets is not None:
-        c = w.offsets.astype(np.float32) + 8 * w.scales.astype(np.float32)  # (N, G)
+    if "C" in weights:
         inits += [
-            numpy_helper.from_array(np.ascontiguousarray(c.T), "C"),
             numpy_helper.from_array(np.array([-1, groups, GROUP], np.int64), "shape"),
             numpy_helper.from_array(np.array([2], np.int64), "axes"),
         ]
@@ -88,14 +107,30 @@ def _graph(w: GroupQuantized) -> bytes:
     return model.SerializeToString()
 
 
+def _mapped(array: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` in its own anonymous memory map: unmapped when the last reference
+    goes, so a read after release faults instead of returning recycled heap."""
+    buffer = mmap.mmap(-1, max(array.nbytes, 1))
+    out = np.frombuffer(buffer, array.dtype, count=array.size).reshape(array.shape)
+    out[...] = array
+    return out
+
+
 def _session(w: GroupQuantized):
+    """The ORT session of ``w``. Its matrices reach ORT without a copy (external initializers
+    over our buffers); ORT prepacks them into its own layout at creation and never reads them
+    again, so they are released once the session exists: ORT's packed copy is the one copy
+    (docs/decisions/0009, "Memory")."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = _THREADS["n"] or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.enable_cpu_mem_arena = False  # 211 arenas of their own chunks: +300 MB for SmolLM2
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(_graph(w), opts, providers=["CPUExecutionProvider"])
+    weights = {name: _mapped(a) for name, a in _weights(w).items()}
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()]
+    opts.add_external_initializers(list(weights), values)
+    return ort.InferenceSession(_graph(w, weights), opts, providers=["CPUExecutionProvider"])
 
 
 class QuantLinear(nn.Module):

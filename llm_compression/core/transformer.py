@@ -71,6 +71,7 @@ class Transformer(nn.Module):
         cache: list[KVCache] | None = None,
         start_pos: int = 0,
         memory: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the body on embedded input ``x`` (B, T, C) and return (B, T, C).
 
@@ -82,12 +83,16 @@ class Transformer(nn.Module):
             ``start_pos .. start_pos + T`` and attention spans positions ``0 .. start_pos + T``.
         start_pos : position of ``x[:, 0]`` (rotary positions and the cache offset).
         memory : (B, S, C) encoder output for cross-attention; its K/V are computed once per cache.
+        positions : (B, T) rotary positions per row (a left-padded batch: padding does not count);
+            None: ``start_pos .. start_pos + T`` for every row.
         """
         T = x.shape[1]
         S = start_pos + T if cache is not None else T
         attn_mask, is_causal = self._mask(mask, T, S, start_pos, x.device)
         rope = None
-        if self.rotary is not None:
+        if self.rotary is not None and positions is not None:
+            rope = self.rotary.at(positions, x.dtype)
+        elif self.rotary is not None:
             rope = self.rotary(start_pos, T, x.device, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..config import TransformerConfig, check_choice, check_positive
 from ..core import KVCache, Transformer
-from ..core.generation import SamplingConfig, TextStreamer, decode_loop
+from ..core.generation import SamplingConfig, TextStreamer, decode_batch
 from ..core.mlp import embedding, linear
 from ..errors import ConfigError, InputError
 from .maps import Target, gated_activation, optional_int, require, rope_theta, token_ids
@@ -72,19 +72,21 @@ class CausalLM(FamilyMethods, Transformer):
         start_pos: int = 0,
         last_only: bool = False,
         prefix_embeds: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-token logits (B, T, V) for token ids (B, T); (B, 1, V) with ``last_only``.
 
         ``mask`` (B, T) or (B, 1, 1, S): True for real tokens (padding masked out of attention).
         ``prefix_embeds`` (B, P, C): input embeddings (soft prompts) placed before the tokens'
         embeddings; the output then covers P + T positions and ``mask`` must cover them too.
+        ``positions`` (B, T): rotary positions per row (left-padded batches; see ``Transformer``).
         """
         if mask is not None and mask.dim() == 2:
             mask = mask.bool()[:, None, None, :]
         x = self.token_embed(ids)  # (B, T, C)
         if prefix_embeds is not None:
             x = torch.cat([prefix_embeds.to(x.dtype), x], dim=1)  # (B, P + T, C)
-        h = super().forward(x, mask=mask, cache=cache, start_pos=start_pos)
+        h = super().forward(x, mask=mask, cache=cache, start_pos=start_pos, positions=positions)
         if last_only:
             h = h[:, -1:]
         if not self.config.tie_embeddings:
@@ -116,7 +118,7 @@ class CausalLM(FamilyMethods, Transformer):
         else:
             raise InputError(
                 f"prompt must be a str (or a list of chat messages with chat=True), "
-                f"got {type(prompt).__name__}"
+                f"got {type(prompt).__name__}; several prompts go to generate([...]) as a list"
             )
         if chat:
             text = tok.apply_chat_template(messages, add_generation_prompt=True)
@@ -149,21 +151,28 @@ class CausalLM(FamilyMethods, Transformer):
     @torch.inference_mode()
     def generate_ids(
         self,
-        ids: Sequence[int],
+        ids: Sequence[int] | Sequence[Sequence[int]],
         *,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
-    ) -> list[int]:
-        """New token ids after ``ids`` (end-of-sequence not included).
+    ) -> list[int] | list[list[int]]:
+        """New token ids after ``ids`` (end-of-sequence not included); for a list of id lists,
+        one list per prompt, decoded together as a left-padded batch (``generate``).
 
         Generation stops at an end-of-sequence id, after ``max_new_tokens`` or at the context
         length, whichever comes first.
         """
         opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
-        return list(decode_loop(self, self._check_ids(ids), opts, self._eos_ids()))
+        batch = len(ids) > 0 and all(isinstance(r, Sequence) for r in ids)
+        rows = [self._check_ids(r) for r in ids] if batch else [self._check_ids(ids)]
+        out: list[list[int]] = [[] for _ in rows]
+        for step in decode_batch(self, rows, opts, self._eos_ids()):
+            for row, token in step.items():
+                out[row].append(token)
+        return out if batch else out[0]
 
     def stream(
         self,
@@ -183,9 +192,7 @@ class CausalLM(FamilyMethods, Transformer):
         first stop string, which is not included.
         """
         opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
-        stops = [stop] if isinstance(stop, str) else list(stop or ())
-        if not all(isinstance(s, str) for s in stops):
-            raise InputError(f"stop must be a str or a list of str, got {stop!r}")
+        stops = _stop_strings(stop)
         ids = self._check_ids(self._prompt_ids(prompt, chat))
         return self._pieces(ids, opts, TextStreamer(self.tokenizer, stops))
 
@@ -194,9 +201,9 @@ class CausalLM(FamilyMethods, Transformer):
     ) -> Iterator[str]:
         self.last_counts = (len(ids), 0)  # (prompt tokens, new tokens): `generate --verbose`
         with torch.inference_mode():
-            for token in decode_loop(self, ids, opts, self._eos_ids()):
-                self.last_counts = (len(ids), self.last_counts[1] + 1)
-                piece = streamer.push(token)
+            for step in decode_batch(self, [ids], opts, self._eos_ids()):
+                self.last_counts = (len(ids), self.last_counts[1] + len(step))
+                piece = "".join(streamer.push(token) for token in step.values())
                 if piece:
                     yield piece
                 if streamer.stopped:
@@ -205,20 +212,77 @@ class CausalLM(FamilyMethods, Transformer):
         if tail:
             yield tail
 
-    def generate(self, prompt, **options) -> str:
+    def _generate_batch(
+        self,
+        prompts: list,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        chat: bool = False,
+        seed: int | None = None,
+    ) -> list[str]:
+        """The texts of several prompts decoded together; a row leaves the batch at its stop."""
+        opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
+        stops = _stop_strings(stop)
+        rows = [self._check_ids(self._prompt_ids(p, chat)) for p in prompts]
+        streamers = [TextStreamer(self.tokenizer, stops) for _ in rows]
+        texts, ended = ["" for _ in rows], set()
+        self.last_counts = (sum(len(r) for r in rows), 0)
+        with torch.inference_mode():
+            for step in decode_batch(self, rows, opts, self._eos_ids(), ended):
+                self.last_counts = (self.last_counts[0], self.last_counts[1] + len(step))
+                for row, token in step.items():
+                    texts[row] += streamers[row].push(token)
+                    if streamers[row].stopped:
+                        ended.add(row)
+        return [text + s.flush() for text, s in zip(texts, streamers, strict=True)]
+
+    def generate(self, prompt, **options) -> str | list[str]:
         """Generate text after ``prompt``; keyword options as for ``stream``.
+
+        A list of prompts (str, or message lists with ``chat=True``) returns a list of texts,
+        decoded together as one left-padded batch: each row attends only to its own tokens and
+        keeps its own positions, so its greedy text equals the text it gets alone, and a row
+        leaves the batch at its end-of-sequence token or stop string.
 
         Parameters
         ----------
-        prompt : str, or a list of ``{"role", "content"}`` messages with ``chat=True``.
+        prompt : str, or a list of ``{"role", "content"}`` messages with ``chat=True``; or a
+            list of those (a batch).
         max_new_tokens : int, default 64
         temperature : float, default 0.0 (greedy)
         top_k, top_p : optional sampling filters (applied after temperature, as in HF).
         stop : str or list of str; the text ends before the first one.
         chat : apply the tokenizer's chat template to a user message (error if it has none).
-        seed : makes sampling reproducible.
+        seed : makes sampling reproducible (a batch draws from one generator: its sampled
+            texts differ from the prompts' texts alone).
+
+        Examples
+        --------
+        >>> model.generate(["The capital of France is", "def fibonacci(n):"], max_new_tokens=8)
         """
+        if _is_batch(prompt):
+            return self._generate_batch(list(prompt), **options)
         return "".join(self.stream(prompt, **options))
+
+
+def _is_batch(prompt) -> bool:
+    """A list of prompts (str or message lists), not one chat (a list of message dicts)."""
+    return (
+        isinstance(prompt, list | tuple)
+        and len(prompt) > 0
+        and all(isinstance(p, str | list) for p in prompt)
+    )
+
+
+def _stop_strings(stop) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or ())
+    if not all(isinstance(s, str) for s in stops):
+        raise InputError(f"stop must be a str or a list of str, got {stop!r}")
+    return stops
 
 
 _HF_LAYER = {

@@ -85,3 +85,38 @@ def test_smollm2_logits_match(smollm2):
     ids = torch.tensor([model.tokenizer.encode("Hello world, this is a test of the logits.")])
     with torch.inference_mode():
         torch.testing.assert_close(model.logits(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+BATCH_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at", "Once upon a"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf(tmp_path_factory) -> Path:
+    """The packaged GGUF with its Q4_1 / Q8_0 blocks kept as stored."""
+    from llm_compression.convert import convert
+
+    return convert(packaged_smollm2(), tmp_path_factory.mktemp("gguf") / "m.parquet", dtype="gguf")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8", "int4"])
+def test_smollm2_batch_equals_each_prompt_alone(smollm2, smollm2_gguf, dtype):
+    hf, model = smollm2
+    if dtype != "float32":
+        pytest.importorskip("onnxruntime")
+        model = load_model(smollm2_gguf, dtype=dtype)
+    rows = [model.tokenizer.encode(p) for p in BATCH_PROMPTS]
+    batch = model.generate_ids(rows, max_new_tokens=32)
+    assert batch == [model.generate_ids(r, max_new_tokens=32) for r in rows]
+    assert model.generate(BATCH_PROMPTS, max_new_tokens=32) == [
+        model.tokenizer.decode(ids) for ids in batch
+    ]
+    if dtype == "float32":  # HF generate with left padding
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), 2)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+        with torch.inference_mode():
+            out = hf.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False,
+                              pad_token_id=2)[:, width:].tolist()  # fmt: skip
+        assert batch == [row[: row.index(2)] if 2 in row else row for row in out]

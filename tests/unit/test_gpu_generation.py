@@ -39,3 +39,11 @@ def test_gpu_logits_close_to_cpu() -> None:
         torch.testing.assert_close(
             gpu.logits(ids.cuda()).cpu(), cpu.logits(ids), atol=1e-4, rtol=1e-4
         )
+
+
+def test_batched_decode_on_gpu_equals_each_prompt_alone() -> None:
+    _, cfg, state = tiny_causal_lm("llama", tie=False)
+    gpu = load_weights_into(build_model(cfg), state).to("cuda")
+    prompts = [[5, 17, 33, 8, 61, 9], [3, 4], [7, 8, 9, 10]]
+    batch = gpu.generate_ids(prompts, max_new_tokens=12)
+    assert batch == [gpu.generate_ids(p, max_new_tokens=12) for p in prompts]

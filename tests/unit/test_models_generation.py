@@ -91,7 +91,7 @@ def test_chat_without_template_raises(model):
         m.generate("Hello", chat=True)
 
 
-@pytest.mark.parametrize("prompt", ["", None, 42, ["a", "b"]])
+@pytest.mark.parametrize("prompt", ["", None, 42, ["a", ""], [], [{"role": "user"}]])
 def test_bad_prompts_raise(model, prompt):
     with pytest.raises(InputError):
         model.generate(prompt)
@@ -100,3 +100,41 @@ def test_bad_prompts_raise(model, prompt):
 def test_bad_stop_raises(model):
     with pytest.raises(InputError, match="stop"):
         model.stream(PROMPT, stop=[1, 2])
+
+
+BATCH = ["The quick brown fox", "A", "Hello there, how are", "fox"]
+
+
+def test_batch_texts_equal_each_prompt_alone(model):
+    alone = [model.generate(p, max_new_tokens=16) for p in BATCH]
+    assert model.generate(BATCH, max_new_tokens=16) == alone
+    assert model.generate(tuple(BATCH[:1]), max_new_tokens=16) == alone[:1]
+
+
+def test_batch_stop_strings_end_each_row(model):
+    alone = [model.generate(p, max_new_tokens=20) for p in BATCH]
+    stop = alone[0][3:6]
+    expected = [model.generate(p, max_new_tokens=20, stop=stop) for p in BATCH]
+    assert expected[0] == alone[0][: alone[0].find(stop)]
+    assert model.generate(BATCH, max_new_tokens=20, stop=stop) == expected
+
+
+@pytest.mark.parametrize("arch", ["llama", "olmo2"])
+def test_batch_ids_equal_alone_and_hf_left_padded(arch):
+    import torch
+
+    hf, cfg, state = tiny_causal_lm(arch, seed=4)
+    m = load_weights_into(build_model(cfg), state)
+    prompts = [[5, 17, 33, 8, 61, 9], [3, 4], [7, 8, 9, 10], [11]]
+    batch = m.generate_ids(prompts, max_new_tokens=12)
+    assert batch == [m.generate_ids(p, max_new_tokens=12) for p in prompts]
+    width = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
+    with torch.inference_mode():
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                          pad_token_id=0)[:, width:].tolist()  # fmt: skip
+    eos = cfg.eos_token_ids[0]
+    assert batch == [row[: row.index(eos)] if eos in row else row for row in out]

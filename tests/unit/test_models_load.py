@@ -104,3 +104,23 @@ def test_generate_cli_prompt_file_stdin_and_verbose(lm_file, capsys, tmp_path, m
     monkeypatch.setattr("sys.stdin", io.StringIO("The quick brown fox"))
     assert main(["generate", str(path), "-", "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out == expected + "\n"
+
+
+def test_generate_cli_several_prompts(lm_file, capsys, tmp_path):
+    import json
+
+    path, _, _ = lm_file
+    prompts = ["The quick brown fox", "Hello", "A"]
+    expected = [load_model(path).generate(p, max_new_tokens=8) for p in prompts]
+    argv = ["generate", str(path), "--max-new-tokens", "8", "--batch-size", "2"]
+    assert main([*argv, *(a for p in prompts for a in ("--prompt", p))]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == [{"prompt": p, "text": t} for p, t in zip(prompts, expected, strict=True)]
+    listed = tmp_path / "prompts.txt"
+    listed.write_text("\n".join(prompts) + "\n\n")
+    assert main([*argv, "--prompts-file", str(listed), "--verbose"]) == 0
+    out = capsys.readouterr()
+    assert [json.loads(line)["text"] for line in out.out.splitlines()] == expected
+    assert "3 prompts" in out.err and "tokens/s" in out.err
+    assert main([*argv, "--prompt", "a", "--prompt", "b", "--stream"]) == 2
+    assert "--stream" in capsys.readouterr().err

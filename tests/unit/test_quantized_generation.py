@@ -31,6 +31,9 @@ def test_quantized_logits_follow_float32(stored, dtype: str, tolerance: float) -
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert not linears, "every linear layer computes from quantized weights"
     assert any(isinstance(m, QuantLinear) for m in model.modules())
+    layer = model.layers[0]
+    assert isinstance(layer.attn.qkv, QuantLinear) and layer.attn.q is None  # fused: one matmul
+    assert isinstance(layer.mlp.gate_up, QuantLinear) and layer.mlp.up is None
     ids = torch.tensor([[5, 17, 33, 8, 61, 9]])
     with torch.inference_mode():
         got, want = model.logits(ids), ref.logits(ids)
@@ -50,3 +53,29 @@ def test_tied_table_is_one_quantized_embedding(tmp_path) -> None:
 def test_quantized_dtype_refuses_other_families(tmp_path) -> None:
     with pytest.raises(ConfigError, match="quantized compute"):
         load_quantized(tmp_path / "x.parquet", "int2")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_quantized_batch_equals_each_prompt_alone(stored, dtype: str) -> None:
+    model = load_quantized(stored[0], dtype)
+    prompts = [[5, 17, 33, 8, 61, 9], [3, 4], [7, 8, 9, 10]]
+    batch = model.generate_ids(prompts, max_new_tokens=10)
+    assert batch == [model.generate_ids(p, max_new_tokens=10) for p in prompts]
+
+
+def test_stacked_rows_keep_every_value() -> None:
+    import numpy as np
+
+    from llm_compression.families.quantized import stacked
+    from llm_compression.weightfile.groupwise import quantize_int4, quantize_int8
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, 64)).astype(np.float32) for n in (8, 4))
+    for quantize in (quantize_int4, quantize_int8):
+        qa, qb = quantize("a", a), quantize("b", b)
+        both = stacked([qa, qb])
+        assert both.shape == (12, 64)
+        np.testing.assert_array_equal(
+            both.dequantize(), np.concatenate([qa.dequantize(), qb.dequantize()])
+        )
+    assert stacked([quantize_int4("a", a), quantize_int8("b", b)]) is None
