@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -69,16 +70,24 @@ def run(args: argparse.Namespace) -> int:
 
     _check_arguments(args)
     require_task(read_metadata(args.file).family, "transcribe", args.file)
-    model = load_model(args.file)
-    failed = 0
-    for source in args.audio:
+    missing = [a for a in args.audio if a != STDIN and not os.path.isfile(a)]
+    for source in missing:  # reported before the model loads
+        _report(source, f"audio file not found: {source!r}; check the path")
+    sources = [a for a in args.audio if a not in missing]
+    model = load_model(args.file) if sources else None
+    failed = len(missing)
+    for source in sources:
         try:
             _transcribe_one(model, source, args)
         except LLMCompressionError as e:
             failed += 1
-            line = " ".join(str(e).split())
-            print(f"llm-compression transcribe: error: {source}: {line}", file=sys.stderr)
+            _report(source, str(e))
     return 2 if failed else 0
+
+
+def _report(source: str, message: str) -> None:
+    line = " ".join(message.split())
+    print(f"llm-compression transcribe: error: {source}: {line}", file=sys.stderr)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
