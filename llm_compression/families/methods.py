@@ -14,6 +14,7 @@ from ..errors import WrongFamilyMethodError
 # method -> (registry field, value) that a family needs for it
 METHOD_NEEDS = {
     "transcribe": ("tasks", "transcribe"),
+    "transcribe_segments": ("tasks", "transcribe"),
     "generate": ("tasks", "generate"),
     "generate_ids": ("tasks", "generate"),
     "stream": ("tasks", "generate"),

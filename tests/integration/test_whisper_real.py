@@ -117,3 +117,93 @@ def test_tiny_en_transcription_equals_hf(real_whisper_tiny_en_parquet):
     ref = _hf_text(hf, ours.tokenizer, load_audio(SPEECH))
     assert "lazy dog" in ref
     assert ours.transcribe(SPEECH) == ref
+
+
+# --- long-form: a 2 minute espeak-ng recording ----------------------------------------------
+
+SENTENCES = (
+    "The library stores model weights as compressed tables, one row for every tensor.",
+    "Each file holds its configuration next to the weights, so nothing is guessed at load time.",
+    "Speech recognition runs on the same transformer core as the text and image models.",
+    "A long recording is cut into windows of thirty seconds each.",
+    "The decoder predicts timestamps that mark where every phrase begins and ends.",
+    "When a window ends in the middle of a phrase, the next window starts at the last complete one.",
+    "That way no sentence is split between two windows.",
+    "The weather today is mild, with a light wind from the west and a few clouds.",
+    "In the afternoon the rain may return, so keep an umbrella close at hand.",
+    "Our team met on Monday to plan the next release of the software.",
+    "We agreed to measure every change against the reference implementation.",
+    "Numbers that are not measured in the same run cannot be compared fairly.",
+    "The kitchen smelled of fresh bread and strong coffee.",
+    "Children played football in the park until the sun went down.",
+    "A small boat crossed the lake slowly while the birds were singing.",
+    "The museum opens at nine in the morning and closes at six in the evening.",
+    "Tickets can be bought at the entrance or reserved online.",
+    "Please remember to turn off the lights when you leave the room.",
+    "The train to the city leaves every twenty minutes from platform four.",
+    "She read the letter twice before she understood what it meant.",
+    "The old bridge was repaired last summer and painted bright green.",
+    "Music filled the hall as the orchestra began the second movement.",
+    "He wrote down the address and put the note in his pocket.",
+    "The garden needs water every evening during the hot weeks of July.",
+    "Scientists observed the comet through a large telescope on the mountain.",
+    "A quick brown fox jumps over the lazy dog.",
+    "The meeting ended early, and everyone went home to rest.",
+    "Thank you for listening to this long recording until the very end.",
+)
+
+
+@pytest.fixture(scope="module")
+def long_speech(tmp_path_factory) -> Path:
+    """122 s of espeak-ng speech (one call per sentence, 0.3 s pauses), cached by its text."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    import soundfile
+
+    from llm_compression.weights import cache_dir
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (Debian package espeak-ng)")
+    key = hashlib.sha256("|".join(SENTENCES).encode()).hexdigest()[:12]
+    folder = cache_dir() / "test-audio"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = tmp_path_factory.mktemp("test-audio")
+    path = folder / f"espeak-long-{key}.wav"
+    if not path.is_file():
+        parts = []
+        for i, sentence in enumerate(SENTENCES):
+            part = folder / f"part-{key}-{i}.wav"
+            cmd = ["espeak-ng", "-v", "en-us", "-s", "165", "-w", str(part), sentence]
+            subprocess.run(cmd, check=True, capture_output=True)
+            parts += [load_audio(part), np.zeros(4800, np.float32)]
+            part.unlink()
+        soundfile.write(path.with_suffix(".tmp.wav"), np.concatenate(parts), 16000)
+        path.with_suffix(".tmp.wav").rename(path)
+    return path
+
+
+def test_long_form_equals_hf_sequential_long_form(base, long_speech):
+    """Whisper base on 122 s: the segments (tokens, start, end) equal HF's long-form generate."""
+    ours, hf = base
+    wave = load_audio(long_speech)
+    assert 120 < len(wave) / 16000 < 180
+    extractor = transformers.WhisperFeatureExtractor(feature_size=ours.config.n_mels)
+    features = extractor(wave, sampling_rate=16000, truncation=False, padding="longest",
+                         return_tensors="pt")["input_features"]  # fmt: skip
+    hf.generation_config.max_initial_timestamp_index = 50  # as the released checkpoints set it
+    with torch.no_grad():
+        out = hf.generate(features, language="en", return_timestamps=True, return_segments=True)
+    ref = [(float(s["start"]), float(s["end"]), s["tokens"].tolist()) for s in out["segments"][0]]
+    found = ours.transcribe_segments(wave, language="en")
+    assert [list(s.tokens) for s in found.segments] == [tokens for *_, tokens in ref]
+    times = [t for s in found.segments for t in (s.start, s.end)]
+    assert times == pytest.approx([t for start, end, _ in ref for t in (start, end)])
+    assert len(found.segments) >= 20 and found.segments[-1].end > 115
+    text = ours.tokenizer.decode(out["sequences"][0].tolist()).strip()
+    assert found.text == text
+    # no phrase is cut: every sentence ends inside one segment
+    assert sum(s.text.endswith((".", "?", "!")) for s in found.segments) >= 25

@@ -149,6 +149,21 @@ def test_embed_audio_long_clip_averages_windows(pair):
     np.testing.assert_allclose(got[0], expected, atol=1e-5)
 
 
+def _spy_windows(monkeypatch) -> list[tuple[list[int], int | None]]:
+    """Record (tokens, language token) of every window decoded while the test runs."""
+    from llm_compression.families.whisper import model as whisper_model
+
+    captured, original = [], whisper_model.decode_window
+
+    def spy(window, options, generator):
+        result = original(window, options, generator)
+        captured.append((result.tokens, window.language))
+        return result
+
+    monkeypatch.setattr(whisper_model, "decode_window", spy)
+    return captured
+
+
 def _hf_tokens(hf, audio, **kwargs) -> list[int]:
     mel = log_mel_batch([audio])
     with torch.no_grad():
@@ -159,30 +174,19 @@ def _hf_tokens(hf, audio, **kwargs) -> list[int]:
 @pytest.mark.parametrize(
     ("language", "silent"), [("en", False), ("de", False), (None, False), ("en", True)]
 )
-def test_greedy_tokens_match_hf_generate(pair, language, silent):
+def test_greedy_tokens_match_hf_generate(pair, language, silent, monkeypatch):
     hf, ours = pair
     audio = np.zeros(16000, np.float32) if silent else _audio(6, 4.0)
     ref = _hf_tokens(hf, audio, language=language, task="transcribe", max_new_tokens=8)
-    captured = {}
-    original = ours._decode_window
-
-    def spy(*args, **kwargs):
-        tokens, lang = original(*args, **kwargs)
-        captured["tokens"], captured["lang"] = tokens, lang
-        return tokens, lang
-
-    ours._decode_window = spy
-    try:
-        text = ours.transcribe(audio, language=language, max_new_tokens=8)
-    finally:
-        del ours._decode_window
+    captured = _spy_windows(monkeypatch)
+    text = ours.transcribe(audio, language=language, max_new_tokens=8)
     if language is None:
         with torch.no_grad():
             detected = int(hf.detect_language(input_features=log_mel_batch([audio]))[0])
-        assert captured["lang"] == detected
+        assert captured[0][1] == detected
     body = [t for t in ref if t != 50257]
     assert len(set(body)) > 2  # the test model must not be degenerate
-    assert captured["tokens"] == body
+    assert captured[0][0] == body
     assert text == ours.tokenizer.decode(body).strip()
 
 
@@ -222,9 +226,12 @@ def test_bad_arguments_raise_typed_errors(pair):
 
 def test_timestamp_rules_give_ordered_pairs(pair):
     _, ours = pair
+    from llm_compression.families.whisper.search import DecodeOptions, WindowDecoder, decode_window
+
     st = ours._special()
     memory = ours.encode(log_mel_batch([_audio(9, 5.0)]))
-    tokens, _ = ours._decode_window(memory, st, 50259, [50359], True, 30)
+    window = WindowDecoder(ours, memory, st, 50259, [50359])
+    tokens = decode_window(window, DecodeOptions(max_new_tokens=30), None).tokens
     ts = st.timestamp_begin
     assert tokens and ts <= tokens[0] <= ts + 50  # starts with a timestamp of at most 1 s
     stamps = [t for t in tokens if t >= ts]
@@ -255,26 +262,6 @@ def test_apply_timestamp_rules_masks():
     logits[1] = 50.0  # a confident text token
     wd.apply_timestamp_rules(logits, [ts + 3, 1, ts + 8, ts + 8], st, first_step=False)
     assert torch.isinf(logits[ts:]).all() and logits[1] == 50.0
-
-
-def test_segments_text_formats_windows(pair):
-    from llm_compression.families.whisper import decoding as wd
-
-    _, ours = pair
-    st = ours._special()
-    ts = st.timestamp_begin
-    hello = ours.tokenizer.encode(" Hello", add_special_tokens=False)
-    tokens = [ts, *hello, ts + 50, ts + 50, *hello]
-    text = wd.segments_text(ours.tokenizer, tokens, st, offset=30.0)
-    assert text.splitlines() == ["[30.00 -> 31.00] Hello", "[31.00 -> ...] Hello"]
-
-
-def test_long_audio_is_transcribed_in_windows(pair):
-    _, ours = pair
-    long = np.concatenate([_audio(10, 30.0), _audio(11, 2.0)])
-    first = ours.transcribe(long[:480000], language="en", max_new_tokens=3)
-    second = ours.transcribe(long[480000:], language="en", max_new_tokens=3)
-    assert ours.transcribe(long, language="en", max_new_tokens=3) == f"{first} {second}"
 
 
 def test_english_only_prompt_and_errors():

@@ -40,6 +40,10 @@ class SpecialTokens:
     def timestamp_begin(self) -> int:  # <|0.00|>
         return self.no_timestamps + 1
 
+    @property
+    def no_speech(self) -> int:  # <|nocaptions|> (<|nospeech|> in large-v3), just before
+        return self.no_timestamps - 1
+
 
 def special_tokens(tokenizer, *, multilingual: bool) -> SpecialTokens:
     """Look up the control tokens; languages are the ids between sot and ``<|translate|>``."""
@@ -127,25 +131,3 @@ def apply_timestamp_rules(
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     if logprobs[ts:].logsumexp(dim=-1) > logprobs[:ts].max():
         logits[:ts] = -torch.inf
-
-
-def segments_text(tokenizer, tokens: list[int], st: SpecialTokens, offset: float) -> str:
-    """``[start -> end] text`` lines for tokens with timestamps (``offset`` seconds added)."""
-    ts = st.timestamp_begin
-    lines, text, start = [], [], None
-    for token in tokens:
-        if token < ts:
-            text.append(token)
-            continue
-        seconds = offset + (token - ts) * SECONDS_PER_TIMESTAMP
-        if start is None:
-            start = seconds
-        else:
-            words = tokenizer.decode(text).strip()
-            if words:
-                lines.append(f"[{start:.2f} -> {seconds:.2f}] {words}")
-            start, text = None, []
-    words = tokenizer.decode(text).strip()
-    if words:  # text after the last timestamp (no closing one before eot)
-        lines.append(f"[{(start if start is not None else offset):.2f} -> ...] {words}")
-    return "\n".join(lines)

@@ -5,10 +5,10 @@
   (an encoder frame is 20 ms = 320 samples: ``ceil(n / 320)`` frames, at least 1). The provider
   cuts audio longer than 30 s into 30 s windows and averages the windows weighted by their audio
   frames (so every second of audio weighs the same), then L2-normalises.
-- ``transcribe(audio)``: greedy decoding like transformers' ``generate`` (see
-  ``whisper_decoding``). Audio longer than 30 s is transcribed as consecutive 30 s windows (the
-  language detected on the first window is kept), and the window texts are joined with a space;
-  words cut at a window boundary may be garbled (no overlap, no timestamp-based seeking).
+- ``transcribe(audio)``: greedy decoding like transformers' ``generate`` (``decoding``; beam
+  search and temperature fallback in ``search``). Audio longer than 30 s is decoded in windows
+  that each start at the end of the last complete timestamped segment (``segments``), as
+  transformers' long-form generate does; ``transcribe_segments`` returns those segments.
 
 Example
 -------
@@ -19,7 +19,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,8 @@ from ...preprocess.audio import load_audio, log_mel_batch, split_windows
 from ..methods import FamilyMethods
 from . import decoding as wd
 from .config import WhisperConfig
+from .search import DecodeOptions, WindowDecoder, decode_window
+from .segments import Segment, Transcript, seconds, seek_windows, split_window
 
 
 def _conv1d(n_in: int, n_out: int, stride: int) -> nn.Conv1d:
@@ -74,6 +76,14 @@ class TextDecoder(Transformer):
         x = self.token_embed(ids) + self.pos_embed[start_pos : start_pos + T]
         h = super().forward(x, cache=cache, start_pos=start_pos, memory=memory)
         return h @ self.token_embed.weight.T
+
+
+def _audio_progress(progress, wave: np.ndarray, cfg: WhisperConfig):
+    """``progress`` with the frames done counted in the audio's own frames (not its padding)."""
+    if progress is None:
+        return None
+    frames = max(len(wave) // cfg.hop_length, 1)
+    return lambda done, total: progress(min(done, frames), frames)
 
 
 class Whisper(FamilyMethods, nn.Module):
@@ -122,10 +132,10 @@ class Whisper(FamilyMethods, nn.Module):
         p = self._param()
         return self.encoder(mel.to(p.device, p.dtype))
 
-    def _mel(self, windows: Sequence[np.ndarray]) -> torch.Tensor:
+    def _mel(self, windows: Sequence[np.ndarray], n_samples: int | None = None) -> torch.Tensor:
         cfg = self.config
         return log_mel_batch(
-            list(windows), n_mels=cfg.n_mels, n_samples=cfg.n_samples, n_fft=cfg.n_fft,
+            list(windows), n_mels=cfg.n_mels, n_samples=n_samples or cfg.n_samples, n_fft=cfg.n_fft,
             hop_length=cfg.hop_length, sample_rate=cfg.sample_rate,
         )  # fmt: skip
 
@@ -165,8 +175,11 @@ class Whisper(FamilyMethods, nn.Module):
         timestamps: bool = False,
         max_new_tokens: int | None = None,
         sample_rate: int = 16000,
+        beam_size: int = 1,
+        temperature_fallback: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> str:
-        """Transcribe (or translate to English) speech with greedy decoding.
+        """Transcribe (or translate to English) speech; greedy decoding by default.
 
         Parameters
         ----------
@@ -176,63 +189,96 @@ class Whisper(FamilyMethods, nn.Module):
         timestamps : return ``[start -> end] text`` lines instead of plain text
         max_new_tokens : per 30 s window; default fills the decoder's 448 positions
         sample_rate : rate of array inputs (16000 by default); files carry their own
+        beam_size : > 1 for beam search (transformers' ``num_beams``)
+        temperature_fallback : decode again at temperatures 0.2 .. 1.0 when the text is
+            repetitive or unlikely, and skip silent windows (openai-whisper's ``transcribe``)
+        progress : called with (mel frames done, total frames) after each window
 
         Returns
         -------
-        str : the text, stripped; windows of long audio joined by a space (by newlines with
-        timestamps).
+        str : the text, stripped. Audio up to 30 s is one window, decoded without timestamps
+        unless asked (transformers' short-form ``generate``); longer audio is decoded with
+        timestamps window by window (see ``transcribe_segments``).
         """
+        options = DecodeOptions.make(
+            beam_size=beam_size, temperature_fallback=temperature_fallback,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        wave = self._load(audio, sample_rate)
+        if timestamps or len(wave) > self.config.n_samples:
+            found = self._segments(wave, language, task, options, progress)
+            return found.timestamped() if timestamps else found.text
         st = self._special()
         lang = None if language is None else wd.language_token(st, language)
-        rest = wd.task_tokens(st, task, timestamps)
-        texts = []
-        for index, window in enumerate(self._windows(self._load(audio, sample_rate))):
-            memory = self.encode(self._mel([window]))  # (1, 1500, C)
-            tokens, lang = self._decode_window(memory, st, lang, rest, timestamps, max_new_tokens)
-            if timestamps:
-                offset = index * self.config.chunk_seconds
-                texts.append(wd.segments_text(self.tokenizer, tokens, st, offset))
-            else:
-                texts.append(self.tokenizer.decode(tokens).strip())
-        return ("\n" if timestamps else " ").join(t for t in texts if t)
+        memory = self.encode(self._mel([wave]))  # (1, 1500, C)
+        window = WindowDecoder(self, memory, st, lang, wd.task_tokens(st, task, False))
+        result = decode_window(window, options, self._generator(options))
+        if progress is not None:
+            progress(*[max(len(wave) // self.config.hop_length, 1)] * 2)
+        return "" if result.is_silence else self.tokenizer.decode(result.tokens).strip()
 
-    def _decode_window(self, memory, st, lang, rest, timestamps, max_new_tokens):
-        """Greedy tokens (prompt excluded, eot dropped) for one window; returns (tokens, lang)."""
-        dec = self.decoder
-        cache = dec.new_cache(1, dec.cfg.max_positions)
-        device = memory.device
-        logits = dec(torch.tensor([[st.sot]], device=device), memory=memory, cache=cache)[0, -1]
-        if st.languages and lang is None:
-            lang = wd.detect_language(logits.float(), st)
-        prompt = ([lang] if st.languages else []) + rest
-        pos = 1
-        if prompt:
-            ids = torch.tensor([prompt], device=device)
-            logits = dec(ids, memory=memory, cache=cache, start_pos=pos)[0, -1]
-            pos += len(prompt)
-        limit = dec.cfg.max_positions - pos
-        if max_new_tokens is not None:
-            if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-                raise InputError(
-                    f"max_new_tokens must be a positive integer, got {max_new_tokens!r}"
-                )
-            limit = min(limit, max_new_tokens)
-        suppress = torch.tensor(self.config.suppress_tokens, dtype=torch.long, device=device)
-        begin = torch.tensor(self.config.begin_suppress_tokens, dtype=torch.long, device=device)
-        out: list[int] = []
-        for step in range(limit):
-            scores = logits.float().clone()
-            scores[suppress] = -torch.inf
-            if step == 0:
-                scores[begin] = -torch.inf
-            if timestamps:
-                wd.apply_timestamp_rules(scores, out, st, first_step=step == 0)
-            token = int(scores.argmax())
-            if token == st.eot:
-                break
-            out.append(token)
-            if step + 1 < limit:
-                ids = torch.tensor([[token]], device=device)
-                logits = dec(ids, memory=memory, cache=cache, start_pos=pos)[0, -1]
-                pos += 1
-        return out, lang
+    def transcribe_segments(
+        self,
+        audio: Any,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        max_new_tokens: int | None = None,
+        sample_rate: int = 16000,
+        beam_size: int = 1,
+        temperature_fallback: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Transcript:
+        """Timestamped segments (start and end in seconds, text) and the whole text.
+
+        Same parameters as ``transcribe``. Audio longer than 30 s is decoded window by window,
+        each window starting where the last complete segment of the one before ended (as
+        transformers' long-form ``generate(..., return_timestamps=True)``), so no phrase is cut.
+        """
+        options = DecodeOptions.make(
+            beam_size=beam_size, temperature_fallback=temperature_fallback,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        return self._segments(self._load(audio, sample_rate), language, task, options, progress)
+
+    @torch.inference_mode()
+    def _segments(self, wave, language, task, options, progress) -> Transcript:
+        st, cfg = self._special(), self.config
+        state = {"lang": None if language is None else wd.language_token(st, language)}
+        rest = wd.task_tokens(st, task, True)
+        generator = self._generator(options)
+        hop_seconds = cfg.hop_length / cfg.sample_rate
+
+        def decode(window: torch.Tensor, seek: int, frames: int):
+            decoder = WindowDecoder(self, self.encode(window), st, state["lang"], rest)
+            result = decode_window(decoder, options, generator)
+            state["lang"] = decoder.language
+            if result.is_silence:
+                return [], frames
+            found, advance = split_window(result.tokens, st.timestamp_begin, frames)
+            return [self._segment(result, seek, part, hop_seconds) for part in found], advance
+
+        # up to 30 s: the audio padded to 30 s (short-form); longer: the whole input's log-mel
+        mel = self._mel([wave])[0] if len(wave) <= cfg.n_samples else self._mel_whole(wave)
+        found = seek_windows(mel, cfg.n_frames, decode, _audio_progress(progress, wave, cfg))
+        text_ids = [t for s in found for t in s.tokens if t < st.eot]
+        code = next((c for c, i in st.languages.items() if i == state["lang"]), None)
+        return Transcript(self.tokenizer.decode(text_ids).strip(), tuple(found), code,
+                          len(wave) / cfg.sample_rate)  # fmt: skip
+
+    def _segment(self, result, seek: int, part, hop_seconds: float) -> Segment:
+        start, end, tokens = part
+        text = self.tokenizer.decode([t for t in tokens if t < self._special().eot]).strip()
+        return Segment(
+            seconds(seek, start, hop_seconds), seconds(seek, end, hop_seconds), text,
+            tuple(tokens), result.temperature, result.avg_logprob, result.compression_ratio,
+            result.no_speech_prob,
+        )  # fmt: skip
+
+    def _mel_whole(self, wave: np.ndarray) -> torch.Tensor:
+        """Log-mel (n_mels, frames) of the whole input, floored at its own maximum - 8."""
+        return self._mel([wave], n_samples=len(wave))[0]
+
+    @staticmethod
+    def _generator(options: DecodeOptions) -> torch.Generator:
+        return torch.Generator().manual_seed(options.seed)
