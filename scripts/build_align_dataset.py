@@ -261,13 +261,14 @@ lr = 5e-4
 pairs = [["text", "image"], ["audio", "text"], ["image", "audio"]]
 train = ["text", "image", "audio"]
 
-[[stages]]  # report: projector only, LLM frozen
+[[stages]]  # report: projector only, LLM frozen; inputs hidden at random so any subset works
 name = "report"
-epochs = 6
-lr = 2e-3
+epochs = 15
+lr = 3e-3
 batch_size = 6
 align_weight = 0.0
 report_weight = 1.0
+modality_dropout = 0.5
 train = ["projector"]
 """
 

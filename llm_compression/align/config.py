@@ -77,10 +77,17 @@ class Stage:
     report_weight: float = 0.0
     patience: int = 0  # early stopping on the held-out loss; 0 = off
     batch_size: int = 0  # 0: the config's batch_size
+    # each training (record, modality) hidden with this probability in every batch (a record
+    # keeps one), so heads and projector learn to work, and <MISSING> tokens get trained, without it
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1 or not self.lr > 0:
             raise ConfigError(f"stage {self.name!r}: epochs must be >= 1 and lr > 0")
+        if not 0 <= self.modality_dropout < 1:
+            raise ConfigError(
+                f"stage {self.name!r}: modality_dropout must be in [0, 1), got {self.modality_dropout}"
+            )
         for a, b in self.pairs:
             if a not in MODALITIES or b not in MODALITIES or a == b:
                 raise ConfigError(f"stage {self.name!r}: pair ({a!r}, {b!r}) is not two modalities")

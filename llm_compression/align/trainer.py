@@ -19,6 +19,7 @@ import torch
 
 from ..errors import InputError
 from .config import LossConfig, Stage
+from .evaluate import drop_modalities
 from .features import Features
 from .heads import AlignModel, save_checkpoint
 from .losses import MemoryQueue, barlow_twins, info_nce, vicreg
@@ -169,7 +170,11 @@ class Trainer:
         for start in range(0, len(order), size):
             rows = order[start : start + size]
             labels = None if self.labels is None else self.labels[rows]
-            loss = self.objective(self.model, to_batch(self.train.subset(rows), labels), stage)
+            part = self.train.subset(rows)
+            if stage.modality_dropout:
+                seed = int(self.rng.integers(2**31))
+                part = drop_modalities(part, stage.modality_dropout, seed)
+            loss = self.objective(self.model, to_batch(part, labels), stage)
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()

@@ -162,3 +162,24 @@ def test_end_to_end_stage_trains_heads_and_projector_together(model, llm):
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], model.state_dict()[k])}
     assert changed >= {"heads", "projector"}
     assert all(torch.equal(v, llm.state_dict()[k]) for k, v in llm_before.items())
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_modality_dropout_trains_the_missing_tokens_on_complete_data(model, llm, dropout):
+    """Every record has every modality: without dropout <MISSING> is never used (only AdamW's
+    weight decay touches it); with it each <MISSING> embedding learns, as a missing input needs."""
+    model = copy.deepcopy(model)
+    feats = Features(["a", "b", "c", "d"],
+                     {m: np.random.default_rng(1).normal(size=(4, d)).astype(np.float32)
+                      for m, d in model.config.inputs},
+                     {m: np.ones(4, bool) for m, _ in model.config.inputs})  # fmt: skip
+    targets = {"a": ("calm", ("resting",)), "b": ("alert", ("moving",)),
+               "c": ("calm", ("eating",)), "d": ("alert", ("watching",))}  # fmt: skip
+    objective = Objective(LossConfig(), ReportObjective(llm, Pieces.build(llm.tokenizer), targets))
+    stage = Stage("report", epochs=3, train=("projector",), align_weight=0.0, report_weight=1.0,
+                  modality_dropout=dropout)  # fmt: skip
+    before = {m: t.detach().clone() for m, t in model.projector.missing.items()}
+    Trainer(model, objective, feats, batch_size=4, seed=0).fit([stage])
+    moved = {m for m, t in model.projector.missing.items()
+             if (t - before[m]).abs().max() > 1e-4 * before[m].abs().max()}  # fmt: skip
+    assert moved == (set(before) if dropout else set())

@@ -169,6 +169,7 @@ def test_config_from_toml(tmp_path):
     [(("decoupled = true", "decoupled = true\nbogus = 1"), "unknown keys"),
      (('train = ["text", "image"]\n[[stages]]', 'train = ["wings"]\n[[stages]]'), "must name parts"),
      (("epochs = 3", "epochs = 0"), "epochs must be"),
+     (("epochs = 3", "epochs = 3\nmodality_dropout = 1.0"), "modality_dropout must be"),
      (('image = "i.parquet"', 'image = "i.parquet"\nvideo = "v.parquet"'), "same file for both"),
      (('name = "info_nce"', 'name = "triplet"'), "not supported"),
      (("[models]", "report = 1\n[models]"), "unknown keys"),
