@@ -160,36 +160,6 @@ class _Progress:
 
 def render(transcript, fmt: str) -> str:
     """The transcript (``Whisper.transcribe_segments``) as srt, vtt or json."""
-    segments = transcript.segments
     if fmt == "json":
-        return json.dumps(_as_json(transcript), ensure_ascii=False, indent=2)
-    sep = "," if fmt == "srt" else "."
-    cues = [
-        f"{_clock(s.start, sep)} --> {_clock(s.end, sep)}\n{s.text}\n" for s in segments if s.text
-    ]
-    if fmt == "srt":
-        return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
-    return "WEBVTT\n\n" + "\n".join(cues)
-
-
-def _as_json(transcript) -> dict:
-    keys = ("start", "end", "text", "temperature", "avg_logprob", "compression_ratio")
-    segments = [
-        {"id": i, **{k: getattr(s, k) for k in keys}, "no_speech_prob": s.no_speech_prob}
-        for i, s in enumerate(transcript.segments)
-    ]
-    return {
-        "text": transcript.text,
-        "language": transcript.language,
-        "duration": transcript.duration,
-        "segments": segments,
-    }
-
-
-def _clock(seconds: float, sep: str) -> str:
-    """``HH:MM:SS,mmm`` (srt) or ``HH:MM:SS.mmm`` (vtt)."""
-    ms = int(round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+        return json.dumps(transcript.as_dict(), ensure_ascii=False, indent=2)
+    return transcript.subtitles(fmt)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 import uuid
@@ -22,7 +21,6 @@ from .routes_embed import within
 from .schemas import ChatRequest
 
 router = APIRouter()
-STAMP = re.compile(r"^\[(?P<start>[\d.]+) -> (?P<end>[\d.]+|\.\.\.)\] (?P<text>.*)$")
 
 
 class _Admit:
@@ -142,48 +140,22 @@ async def transcriptions(request: Request, file: UploadFile = File(...),  # noqa
         raise APIError(400, f"response_format must be json, text, srt or vtt, got "
                        f"{response_format!r}", param="response_format")  # fmt: skip
     wave, rate = audio_from_bytes(await file.read())
-    stamps = response_format in ("srt", "vtt", "verbose_json")
+    plain = response_format in ("json", "text")  # HF's plain greedy text; the rest need segments
     with _Admit(eng, "audio"):
         whisper = await within(eng, eng.run(eng.asr_pool, lambda: eng.loaded_model("audio")))
-        text = await within(eng, eng.run(eng.asr_pool, lambda: whisper.transcribe(
-            wave, sample_rate=rate, language=language or None, timestamps=stamps)))  # fmt: skip
-    return _transcript(text, response_format, len(wave) / rate if wave.ndim == 1 else
-                       wave.shape[-1] / rate)  # fmt: skip
+        decode = whisper.transcribe if plain else whisper.transcribe_segments
+        result = await within(eng, eng.run(eng.asr_pool, lambda: decode(
+            wave, sample_rate=rate, language=language or None)))  # fmt: skip
+    if plain:
+        return {"text": result} if response_format == "json" else PlainTextResponse(result)
+    return _transcript(result, response_format)
 
 
-def _transcript(text: str, fmt: str, duration: float):
-    if fmt == "text":
-        return PlainTextResponse(text)
-    if fmt == "json":
-        return {"text": text}
-    segments = _segments(text, duration)
+SUBTITLE_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
+
+
+def _transcript(transcript, fmt: str):
+    """A ``Transcript`` as OpenAI's verbose_json (segments), srt or vtt response."""
     if fmt == "verbose_json":
-        joined = " ".join(s["text"] for s in segments)
-        return {"text": joined, "duration": duration, "segments": segments}
-    if fmt == "srt":
-        body = "\n".join(f"{i}\n{_clock(s['start'], ',')} --> {_clock(s['end'], ',')}\n{s['text']}\n"
-                         for i, s in enumerate(segments, 1))  # fmt: skip
-        return PlainTextResponse(body, media_type="application/x-subrip")
-    body = "WEBVTT\n\n" + "\n".join(f"{_clock(s['start'], '.')} --> {_clock(s['end'], '.')}\n"
-                                    f"{s['text']}\n" for s in segments)  # fmt: skip
-    return PlainTextResponse(body, media_type="text/vtt")
-
-
-def _segments(text: str, duration: float) -> list[dict[str, Any]]:
-    """``[start -> end] text`` lines of ``transcribe(timestamps=True)`` as segments."""
-    out = []
-    for i, line in enumerate(text.splitlines()):
-        m = STAMP.match(line.strip())
-        if m is None:
-            continue
-        end = duration if m["end"] == "..." else float(m["end"])
-        out.append({"id": i, "start": float(m["start"]), "end": end, "text": m["text"].strip()})
-    return out
-
-
-def _clock(seconds: float, sep: str) -> str:
-    ms = int(round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+        return transcript.as_dict()
+    return PlainTextResponse(transcript.subtitles(fmt), media_type=SUBTITLE_TYPES[fmt])

@@ -82,13 +82,22 @@ def test_transcriptions_in_every_format(client, server):
     assert r.status_code == 400 and "cannot decode the audio" in r.json()["error"]["message"]
 
 
-def test_srt_and_vtt_from_timestamped_lines():
-    text = "[0.00 -> 1.50] Hello there.\n[1.50 -> ...] General Kenobi."
-    srt = _transcript(text, "srt", 3.0).body.decode()
+def test_srt_vtt_and_verbose_json_from_segments():
+    from llm_compression.families.whisper.segments import Segment, Transcript
+
+    def segment(start, end, text):
+        return Segment(start, end, text, (), 0.0, -0.2, 1.1, 0.01)
+
+    transcript = Transcript("Hello there. General Kenobi.", (segment(0.0, 1.5, "Hello there."),
+                            segment(1.5, 3.0, "General Kenobi."), segment(3.0, 3.2, "")), "en", 3.2)  # fmt: skip
+    srt = _transcript(transcript, "srt").body.decode()
     assert srt == ("1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n"
                    "2\n00:00:01,500 --> 00:00:03,000\nGeneral Kenobi.\n")  # fmt: skip
-    vtt = _transcript(text, "vtt", 3.0).body.decode()
-    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n")
+    vtt = _transcript(transcript, "vtt")
+    assert vtt.media_type == "text/vtt"
+    assert vtt.body.decode().startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n")
+    verbose = _transcript(transcript, "verbose_json")
+    assert verbose["duration"] == 3.2 and verbose["segments"][1]["start"] == 1.5
 
 
 def test_text_search_ranks_the_matching_document_first(server):

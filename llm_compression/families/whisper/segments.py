@@ -50,6 +50,33 @@ class Transcript:
         """``[start -> end] text`` lines (``transcribe(timestamps=True)``)."""
         return "\n".join(f"[{s.start:.2f} -> {s.end:.2f}] {s.text}" for s in self.segments)
 
+    def as_dict(self) -> dict:
+        """Text, language, duration and every segment's times, text and decoding figures."""
+        keys = ("start", "end", "text", "temperature", "avg_logprob", "compression_ratio",
+                "no_speech_prob")  # fmt: skip
+        segments = [{"id": i, **{k: getattr(s, k) for k in keys}}
+                    for i, s in enumerate(self.segments)]  # fmt: skip
+        return {"text": self.text, "language": self.language, "duration": self.duration,
+                "segments": segments}  # fmt: skip
+
+    def subtitles(self, fmt: str) -> str:
+        """The segments as ``"srt"`` or ``"vtt"`` subtitles (empty segments left out)."""
+        sep = "," if fmt == "srt" else "."
+        cues = [f"{_clock(s.start, sep)} --> {_clock(s.end, sep)}\n{s.text}\n"
+                for s in self.segments if s.text]  # fmt: skip
+        if fmt == "srt":
+            return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
+        return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def _clock(seconds: float, sep: str) -> str:
+    """``HH:MM:SS,mmm`` (srt) or ``HH:MM:SS.mmm`` (vtt)."""
+    ms = int(round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
 
 def split_window(tokens: list[int], ts_begin: int, window_frames: int):
     """Segments ``(start, end, tokens)`` (in timestamp steps) and the mel frames to advance.
