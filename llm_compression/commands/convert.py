@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dtype", choices=DTYPES, default="float16", help="storage dtype (default: float16)"
     )
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also store the encoders' weight-free ONNX graphs in the file, so "
+        "backend='onnxruntime' loads without exporting (and without torch)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -45,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from ..convert import convert
 
     path = convert(
-        args.src, args.dst, family=args.family, dtype=args.dtype, progress=not args.no_progress
+        args.src,
+        args.dst,
+        family=args.family,
+        dtype=args.dtype,
+        onnx=args.onnx,
+        progress=not args.no_progress,
     )
     size = path.stat().st_size
     print(f"wrote {path} ({size / 2**20:.1f} MiB, {args.dtype})")

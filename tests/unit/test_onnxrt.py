@@ -150,6 +150,16 @@ def test_convert_onnx_bundles_the_graphs_in_the_file(tmp_path, monkeypatch):
     assert not (tmp_path / "empty").exists()
 
 
+def test_convert_command_onnx_flag(tmp_path, capsys):
+    from llm_compression.cli import main
+
+    folder = tiny_bert_folder(tmp_path / "hf", seed=4)
+    out = tmp_path / "bert.parquet"
+    assert main(["convert", str(folder), str(out), "--onnx", "--no-progress"]) == 0
+    assert "onnx/text.int8.onnx" in read_metadata(out).files
+    capsys.readouterr()
+
+
 def _torch(array):
     import torch
 
