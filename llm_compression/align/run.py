@@ -102,10 +102,10 @@ def _initial_model(cfg: AlignConfig, mcfg: AlignModelConfig, start, model) -> Al
         model = AlignModel(mcfg)
         model.temperature.log_t.data.fill_(float(np.log(cfg.loss.temperature)))
         return model
-    shape = lambda c: (c.inputs, c.dim, c.hidden, c.prompt_tokens, c.llm_dim)  # noqa: E731
+    shape = lambda c: (c.inputs, c.dim, c.hidden, c.prompt_tokens, c.llm_dim, c.labels)  # noqa: E731
     if shape(model.config) != shape(mcfg):
         raise ConfigError(
-            f"checkpoint {start} has inputs/dim/hidden/prompt_tokens/llm_dim "
+            f"checkpoint {start} has inputs/dim/hidden/prompt_tokens/llm_dim/labels "
             f"{shape(model.config)} but the config gives {shape(mcfg)}; start from a checkpoint "
             "trained with this config's models and sizes"
         )

@@ -180,3 +180,17 @@ def test_config_errors(tmp_path, edit, match):
     (tmp_path / "c.toml").write_text(TOML.replace(*edit))
     with pytest.raises(ConfigError, match=match):
         load_config(tmp_path / "c.toml")
+
+
+def test_resuming_from_a_checkpoint_of_other_shapes_or_labels_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from llm_compression.align.run import _initial_model
+
+    (tmp_path / "c.toml").write_text(TOML)
+    cfg = load_config(tmp_path / "c.toml")
+    trained = AlignModel(CFG)
+    assert _initial_model(cfg, CFG, "a.parquet", trained) is trained
+    for other in (replace(CFG, dim=8), replace(CFG, labels=("cat", "dog"))):
+        with pytest.raises(ConfigError, match="start from a checkpoint trained with this config"):
+            _initial_model(cfg, other, "a.parquet", trained)
