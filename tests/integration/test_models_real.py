@@ -40,19 +40,25 @@ def smollm2(real_smollm2_parquet):
     return hf, load_model(real_smollm2_parquet)
 
 
-def test_minilm_matches_transformers(real_minilm_parquet):
+def hf_minilm_vectors(sentences) -> np.ndarray:
+    """sentence-transformers' all-MiniLM-L6-v2 vectors computed with transformers (mean pooling
+    over the attention mask, L2-normalised): the reference the MiniLM tests compare against."""
     import transformers
 
-    model = load_model(real_minilm_parquet)
-    assert isinstance(model, SentenceEncoder) and model.config.max_seq_length == 256
-    ours = embed_texts(model, SENTENCES, batch_size=2)
     tok = transformers.AutoTokenizer.from_pretrained(packaged_minilm())
     hf = transformers.AutoModel.from_pretrained(packaged_minilm()).eval()
-    batch = tok(SENTENCES, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    batch = tok(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.inference_mode():
         h = hf(**batch).last_hidden_state
     mask = batch["attention_mask"][..., None].float()
-    ref = torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+
+
+def test_minilm_matches_transformers(real_minilm_parquet):
+    model = load_model(real_minilm_parquet)
+    assert isinstance(model, SentenceEncoder) and model.config.max_seq_length == 256
+    ours = embed_texts(model, SENTENCES, batch_size=2)
+    ref = hf_minilm_vectors(SENTENCES)
     cosine = (ours.astype(np.float64) * ref).sum(axis=1)
     assert cosine.min() >= 0.99999, cosine
     np.testing.assert_allclose(ours, ref, atol=1e-5)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 from test_compute_real import SENTENCES
+from test_models_real import hf_minilm_vectors
 
 from llm_compression.convert import convert
 from llm_compression.convert.random_init import save_random_clip
 from llm_compression.loader import load_model
 from llm_compression.provider import MultimodalEmbeddingProvider
-from llm_compression.weights import packaged_minilm
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("onnxruntime")
@@ -28,17 +28,9 @@ def _graph_cache(tmp_path_factory, monkeypatch):
 
 
 def test_minilm_float32_matches_transformers(real_minilm_parquet):
-    import transformers
-
     provider = MultimodalEmbeddingProvider(text_model=real_minilm_parquet, backend="onnxruntime")
     ours = provider.encode_batch(SENTENCES, batch_size=5)
-    tok = transformers.AutoTokenizer.from_pretrained(packaged_minilm())
-    hf = transformers.AutoModel.from_pretrained(packaged_minilm()).eval()
-    batch = tok(SENTENCES, padding=True, truncation=True, max_length=256, return_tensors="pt")
-    with torch.inference_mode():
-        h = hf(**batch).last_hidden_state
-    mask = batch["attention_mask"][..., None].float()
-    ref = torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    ref = hf_minilm_vectors(SENTENCES)
     cosine = (ours.astype(np.float64) * ref).sum(axis=1)
     assert cosine.min() >= 0.99999, cosine
     np.testing.assert_allclose(ours, ref, atol=1e-5)
