@@ -143,7 +143,7 @@ def _sequence_nll(llm, soft: torch.Tensor, prefix: list[int], seqs: list[list[in
     """(B,) summed negative log-likelihood of ``seqs[i]`` after ``soft[i]`` and ``prefix``."""
     width = max(len(s) for s in seqs)
     ids = torch.tensor([prefix + s + [0] * (width - len(s)) for s in seqs])  # (B, L + W)
-    logits = llm.logits(ids, prefix_embeds=soft.to(llm.token_embed.weight.dtype))
+    logits = llm.logits(ids, prefix_embeds=soft)  # cast to the embeddings' dtype there
     start = soft.shape[1] + len(prefix) - 1  # the logits that predict seqs[:, 0]
     logp = F.log_softmax(logits[:, start : start + width].float(), dim=-1)  # (B, W, V)
     target = ids[:, len(prefix) :]
@@ -163,7 +163,7 @@ class _Prefix:
     def __init__(self, llm, soft: torch.Tensor, ids: list[int], max_len: int) -> None:
         self.llm, self.length = llm, 0
         self.cache = llm.new_cache(1, max_len)
-        self.last = self._run(ids, soft.to(llm.token_embed.weight.dtype))
+        self.last = self._run(ids, soft)
 
     def _run(self, ids: list[int], soft=None) -> torch.Tensor:
         """Append ``ids`` to the cache; the log-probabilities of the token after them (V,)."""
