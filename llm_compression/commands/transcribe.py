@@ -59,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="decode again at temperatures 0.2..1.0 when a window's text is repetitive or "
         "unlikely, and skip silent windows (openai-whisper's transcribe)",
     )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "int8"),
+        help="float32 (default, text equal to transformers'), bfloat16, or int8 (decoder in "
+        "int8, encoder in bfloat16; docs/transcription.md)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     for source in missing:  # reported before the model loads
         _report(source, f"audio file not found: {source!r}; check the path")
     sources = [a for a in args.audio if a not in missing]
-    model = load_model(args.file) if sources else None
+    model = load_model(args.file, dtype=args.dtype) if sources else None
     failed = len(missing)
     for source in sources:
         try:

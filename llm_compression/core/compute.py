@@ -134,18 +134,45 @@ def apply_compute(
     position tables stay as loaded. ``model.compute_dtype`` records the mode. ``fill(names)``,
     if given, returns ``{name: float32 tensor}`` for one linear layer's parameters still on the
     meta device, so a loader can decode layer by layer and the float32 copy of the whole model
-    never exists (peak: the converted layers plus one float32 layer)."""
+    never exists (peak: the converted layers plus one float32 layer).
+
+    A model may say how each of its parts computes in a mode: ``model.compute_plan(mode)``
+    returns ``{submodule name: mode}`` (Whisper: int8 decodes in int8 and encodes in bfloat16).
+    After a part's linear layers are converted, each of its modules that has
+    ``compute_converted(mode)`` is called, for what is not an ``nn.Linear`` (a tied output
+    projection)."""
     mode = parse_dtype(dtype)
+    plan = model.compute_plan(mode) if hasattr(model, "compute_plan") else {"": mode}
+    for name, part_mode in plan.items():
+        part = model.get_submodule(name)
+        _convert_part(part, parse_dtype(part_mode), fill, f"{name}." if name else "")
+    model.compute_dtype = mode
+    return model
+
+
+def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str) -> None:
     if mode == "bfloat16":
-        _replace_linears(model, BFloat16Linear, fill)
+        _replace_linears(part, BFloat16Linear, fill, prefix)
     elif mode == "int8":
         if "fbgemm" in torch.backends.quantized.supported_engines:
             torch.backends.quantized.engine = "fbgemm"
-        _replace_linears(model, Int8Linear, fill)
+        _replace_linears(part, Int8Linear, fill, prefix)
     elif mode == "float16":
-        model.to(torch.float16)
-    model.compute_dtype = mode
-    return model
+        part.to(torch.float16)
+    for module in part.modules():
+        if hasattr(module, "compute_converted"):
+            module.compute_converted(mode)
+
+
+def converted_linear(weight: torch.Tensor, mode: str) -> nn.Module | None:
+    """``x @ weight^T`` (no bias) as the linear layer of compute mode ``mode``; None for float32
+    and float16 (the plain matmul is that mode's). For tied output projections."""
+    make = {"bfloat16": BFloat16Linear, "int8": Int8Linear}.get(mode)
+    if make is None:
+        return None
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    return make(layer)
 
 
 def compute_bytes(model: nn.Module) -> int:

@@ -118,3 +118,37 @@ def test_whisper_modes_embed_and_transcribe(tmp_path, mode):
     )
     assert _cos(exact, fast).min() > 0.98
     assert isinstance(load_model(path, dtype=mode).transcribe(wave, max_new_tokens=3), str)
+
+
+@pytest.mark.parametrize(
+    ("mode", "encoder_layer", "decoder_layer"),
+    [("bfloat16", BFloat16Linear, BFloat16Linear), ("int8", BFloat16Linear, Int8Linear)],
+)
+def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decoder_layer):
+    """Whisper's int8 decodes in int8 and encodes in bfloat16; the tied output projection follows
+    the decoder's mode and gives the float32 model's logits closely."""
+    from provider_helpers import tiny_whisper_folder
+
+    path = convert(tiny_whisper_folder(tmp_path / "w"), tmp_path / "w.parquet", dtype="float32")
+    exact, model = load_model(path), load_model(path, dtype=mode)
+    assert {type(m) for m in model.encoder.modules()} & {BFloat16Linear, Int8Linear} == {
+        encoder_layer
+    }
+    assert type(model.decoder.head) is decoder_layer and exact.decoder.head is None
+    ids = torch.tensor([[1, 5, 9, 30]])
+    memory = torch.randn(
+        1, 20, exact.config.decoder.dim, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.inference_mode():
+        want = exact.decoder(ids, memory=memory)
+        got = model.decoder(ids, memory=memory)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert _cos(got.numpy(), want.numpy()).min() > 0.99
+    head = model.decoder.head
+    if mode == "int8":
+        weight = torch.ops.quantized.linear_unpack(head._packed)[0]
+        assert weight.dtype == torch.qint8  # the head is int8 in memory, not a float copy
+    else:
+        weight = head.weight
+        assert weight.dtype == torch.bfloat16
+    assert weight.shape == exact.decoder.token_embed.weight.shape

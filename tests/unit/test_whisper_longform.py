@@ -199,3 +199,17 @@ def test_cli_output_formats_and_stdin(pair, weight_file, tmp_path, capsys, monke
     assert "/2 s" in captured.err  # the progress bar over the audio's seconds
     assert main([*base, "-", "-"]) == 2
     assert "stdin" in capsys.readouterr().err
+
+
+def test_cli_dtype_transcribes_with_that_compute_mode(weight_file, tmp_path, capsys):
+    from llm_compression.cli import main
+    from llm_compression.loader import load_model
+
+    a = _wav(tmp_path / "a.wav", 63, 2.0)
+    args = ["transcribe", str(weight_file), str(a), "--language", "en", "--max-new-tokens", "5"]
+    assert main([*args, "--dtype", "int8", "--no-progress"]) == 0
+    int8 = load_model(weight_file, dtype="int8")
+    assert capsys.readouterr().out.strip() == int8.transcribe(a, language="en", max_new_tokens=5)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        main([*args, "--dtype", "int3"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

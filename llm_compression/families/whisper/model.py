@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core import Transformer
+from ...core.compute import converted_linear
 from ...core.mlp import embedding
 from ...errors import InputError
 from ...preprocess.audio import load_audio, log_mel_batch, split_windows
@@ -69,13 +70,19 @@ class TextDecoder(Transformer):
         super().__init__(cfg)
         self.token_embed = embedding(config.vocab_size, cfg.dim)
         self.pos_embed = nn.Parameter(torch.empty(cfg.max_positions, cfg.dim))
+        self.head: nn.Module | None = None  # the tied output projection in a compute mode
+
+    def compute_converted(self, mode: str) -> None:
+        """The output projection (the token table, tied) computes in ``mode`` too: it is the
+        largest matrix of a decode step (51865 x 512 in base)."""
+        self.head = converted_linear(self.token_embed.weight, mode)
 
     def forward(self, ids: torch.Tensor, *, memory: torch.Tensor, cache=None, start_pos: int = 0):
         """Logits (B, T, vocab) for ``ids`` (B, T) at positions ``start_pos ..``."""
         T = ids.shape[1]
         x = self.token_embed(ids) + self.pos_embed[start_pos : start_pos + T]
         h = super().forward(x, cache=cache, start_pos=start_pos, memory=memory)
-        return h @ self.token_embed.weight.T
+        return h @ self.token_embed.weight.T if self.head is None else self.head(h).float()
 
 
 def _audio_progress(progress, wave: np.ndarray, cfg: WhisperConfig):
@@ -99,6 +106,17 @@ class Whisper(FamilyMethods, nn.Module):
     @property
     def embedding_dim(self) -> int:
         return self.config.encoder.dim
+
+    @staticmethod
+    def compute_plan(mode: str) -> dict[str, str]:
+        """int8 runs the decoder in int8 and the encoder in bfloat16 (``core.compute``).
+
+        Measured (docs/decisions/0008-encoder-speed.md, "Whisper int8"): torch's int8 linear
+        quantizes a whole (1500, C) activation with one scale, which turned "brown fox jumps" into
+        "round fox jumped" on the test clip, and on this CPU it runs the encoder slower than
+        bfloat16 (1.39x HF against 2.15x); decode steps are one row each and bound by reading the
+        weights, where int8's quarter of the bytes pays."""
+        return {"encoder": "bfloat16", "decoder": "int8"} if mode == "int8" else {"": mode}
 
     @property
     def samples_per_frame(self) -> int:
