@@ -338,7 +338,32 @@ def bench_whisper(paths, runs, quick, dtype="float32", backend="torch"):
             same = ours.transcribe(audio, language="en") == hf_transcribe().strip()
             out[-1]["metric"] += f" (text {'identical' if same else 'DIFFERS'})"
             out[-1]["ok"] = out[-1]["ok"] and same
+            out[-1]["peers"] = faster_whisper_peers(audio, hf_transcribe, runs, dtype)
     return out
+
+
+def faster_whisper_peers(audio, hf_transcribe, runs: int, dtype: str) -> dict[str, str]:
+    """faster-whisper (CTranslate2) on the same Whisper base weights, greedy, timed interleaved
+    with HF: its speed-up over HF and whether its text equals HF's. Empty when it is not
+    installed (the optional ``bench`` extra)."""
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        return {}
+    from llm_compression import weights
+
+    peer = WhisperModel(str(weights.packaged_whisper_base()), device="cpu",
+                        compute_type=dtype, cpu_threads=THREADS)  # fmt: skip
+
+    def transcribe():
+        found, _ = peer.transcribe(audio, language="en", beam_size=1, without_timestamps=True,
+                                   vad_filter=False, condition_on_previous_text=False,
+                                   temperature=0.0)  # fmt: skip
+        return "".join(s.text for s in found).strip()
+
+    theirs, hf = timed_pair(transcribe, hf_transcribe, runs)
+    same = transcribe() == hf_transcribe().strip()
+    return {f"faster-whisper {dtype}": f"{hf / theirs:.2f}x, text {'= HF' if same else 'differs'}"}
 
 
 def _decode_rows(family, ours, hf, runs, quick):
@@ -491,14 +516,17 @@ def _speedup(r: dict) -> str:
 def table(rows: list[dict]) -> str:
     head = (
         "| family | backend | dtype | metric | ours | HF | unit | ours/HF | speed-up | target | ok "
-        "| accuracy |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| accuracy; peers |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [
         f"| {r['family']} | {r.get('backend', 'torch')} | {r.get('dtype', 'float32')} | "
         f"{r['metric']} | {r['ours']:.4g} | "
         f"{r['hf']:.4g} | {r['unit']} | {r['ratio']:.2f} | {_speedup(r)} | {r['target']} | "
         f"{'yes' if r['ok'] else '**NO**'} | "
-        + ", ".join(f"{k} {v:.4f}" for k, v in r.get("accuracy", {}).items())
+        + "; ".join(
+            [", ".join(f"{k} {v:.4f}" for k, v in r.get("accuracy", {}).items())]
+            + [f"{k} {v}" for k, v in r.get("peers", {}).items()]
+        ).strip("; ")
         + " |"
         for r in rows
     ]
