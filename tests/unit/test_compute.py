@@ -152,3 +152,20 @@ def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decod
         weight = head.weight
         assert weight.dtype == torch.bfloat16
     assert weight.shape == exact.decoder.token_embed.weight.shape
+
+
+def test_bfloat16_quick_gelu_runs_as_one_silu(clip_file):
+    """bfloat16 folds quick_gelu's 1.702 into the up / down weights and runs one silu: the MLP
+    gives what the unfolded bfloat16 MLP gives, up to bfloat16 rounding of the scaled weights."""
+    from llm_compression.core.mlp import MLP, quick_gelu
+
+    model = load_model(clip_file, dtype="bfloat16")
+    mlps = [m for m in model.modules() if isinstance(m, MLP)]
+    assert mlps and all(m.act is torch.nn.functional.silu for m in mlps)
+    exact = load_model(clip_file)
+    x = torch.randn(2, 7, mlps[0].up.in_features, generator=torch.Generator().manual_seed(3))
+    ref_mlp = next(m for m in exact.modules() if isinstance(m, MLP))
+    assert ref_mlp.act is quick_gelu  # float32 keeps CLIP's exact activation
+    with torch.inference_mode():
+        want, got = ref_mlp(x), mlps[0](x).float()
+    assert float((got - want).norm() / want.norm()) < 0.01
