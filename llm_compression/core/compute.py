@@ -8,8 +8,9 @@
   (oneDNN's AVX512_BF16 kernels); norms, softmax, activations and the residual stream stay
   float32, so the error is the matmuls' alone (relative L2 ~ 0.003 on CLIP).
 - ``"int8"``: every ``nn.Linear`` becomes torch's dynamic int8 linear (weights int8 per output
-  channel, activations quantized per batch; VNNI kernels through fbgemm). An int8 file's weights
-  are stored per output row already, so re-quantizing them is lossless up to rounding.
+  channel, activations quantized per batch; oneDNN's AMX kernels or fbgemm's VNNI ones, see
+  ``int8_engine``). An int8 file's weights are stored per output row already, so re-quantizing
+  them is lossless up to rounding.
 - ``"float16"``: the whole model cast (kept for the causal LMs; slow on CPUs without AVX512_FP16).
 
 Example
@@ -20,6 +21,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -83,7 +85,7 @@ class BFloat16Linear(nn.Module):
 
 class Int8Linear(nn.Module):
     """``y = x W^T + b`` with W int8 per output channel, x quantized per call to 8 bits (uint8,
-    asymmetric, full range: VNNI needs no reduced range), fbgemm's packed int8 GEMM."""
+    asymmetric, full range: VNNI needs no reduced range), packed for ``int8_engine()``."""
 
     io_dtype = torch.float32
 
@@ -101,6 +103,26 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)
+
+
+@functools.cache
+def int8_engine() -> str:
+    """The quantized engine ``Int8Linear`` prepacks for: oneDNN where the CPU has AMX int8
+    (its matmul runs on the AMX tiles: 2.4x fbgemm's speed at 1500 rows, 1.6x at 50, equal
+    numerics; docs/decisions/0008-encoder-speed.md), fbgemm's VNNI kernels elsewhere."""
+    engines = torch.backends.quantized.supported_engines
+    if "onednn" in engines and "amx_int8" in _cpu_flags():
+        return "onednn"
+    return "fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), set())  # fmt: skip
+    except OSError:  # not Linux: fbgemm
+        return set()
 
 
 def _replace_linears(model: nn.Module, make, fill, prefix: str = "") -> None:
@@ -154,8 +176,7 @@ def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str
     if mode == "bfloat16":
         _replace_linears(part, BFloat16Linear, fill, prefix)
     elif mode == "int8":
-        if "fbgemm" in torch.backends.quantized.supported_engines:
-            torch.backends.quantized.engine = "fbgemm"
+        torch.backends.quantized.engine = int8_engine()  # Int8Linear prepacks for it
         _replace_linears(part, Int8Linear, fill, prefix)
     elif mode == "float16":
         part.to(torch.float16)

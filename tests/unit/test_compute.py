@@ -169,3 +169,20 @@ def test_bfloat16_quick_gelu_runs_as_one_silu(clip_file):
     with torch.inference_mode():
         want, got = ref_mlp(x), mlps[0](x).float()
     assert float((got - want).norm() / want.norm()) < 0.01
+
+
+def test_int8_engine_follows_the_cpu(bert_file, monkeypatch):
+    """oneDNN (AMX tiles) where the CPU has AMX int8, fbgemm (VNNI) elsewhere; the layers are
+    packed for that engine."""
+    from llm_compression.core import compute
+
+    for flags, want in (({"avx512_vnni", "amx_int8"}, "onednn"), ({"avx512_vnni"}, "fbgemm")):
+        compute.int8_engine.cache_clear()
+        monkeypatch.setattr(compute, "_cpu_flags", lambda flags=flags: flags)
+        assert compute.int8_engine() == want
+        model = load_model(bert_file, dtype="int8")
+        assert torch.backends.quantized.engine == want
+        ids = torch.randint(1000, 20000, (2, 9), generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            assert model.encode(ids).isfinite().all()
+    compute.int8_engine.cache_clear()
