@@ -63,24 +63,57 @@ def parse_dtype(dtype: str | torch.dtype | None) -> str:
 
 
 class BFloat16Linear(nn.Module):
-    """``y = x W^T + b`` in bfloat16 (oneDNN AVX512_BF16), y left in bfloat16.
+    """``y = x W^T + b`` in bfloat16 (oneDNN: AMX tiles or AVX512_BF16), y left in bfloat16.
 
     The output stays bfloat16 so the next elementwise op and linear layer (activation -> down
     projection, q/k/v -> attention -> output projection) take it without a cast; the residual
-    stream stays float32 because adding a bfloat16 tensor to it promotes (as torch.autocast)."""
+    stream stays float32 because adding a bfloat16 tensor to it promotes (as torch.autocast).
+
+    On the CPU the weight is held in oneDNN's blocked layout (``_packed``, what inductor's
+    freezing builds) and the bias is the kernel's own: no per-call weight packing and no bias
+    copy into the output (CLIP vision b16 -11% time, docs/decisions/0008-encoder-speed.md).
+    ``weight`` is then None; ``dense_weight()`` gives the values either way."""
 
     io_dtype = torch.bfloat16  # what the layer returns (KV caches are made in it)
 
     def __init__(self, layer: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = layer.in_features, layer.out_features
-        self.weight = nn.Parameter(layer.weight.detach().to(torch.bfloat16), requires_grad=False)
         bias = layer.bias
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.bfloat16))
         self.bias.requires_grad_(False) if self.bias is not None else None
+        self._hold(layer.weight.detach().to(torch.bfloat16))
+
+    def _hold(self, weight: torch.Tensor) -> None:
+        self._packed = _onednn_packed(weight)
+        self.weight = nn.Parameter(weight, requires_grad=False) if self._packed is None else None
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (out, in) bfloat16 weight."""
+        return self.weight.detach() if self._packed is None else self._packed.to_dense()
+
+    @torch.no_grad()
+    def rescale_(self, weight_factor: float, bias_factor: float) -> None:
+        """Multiply the weight and the bias by constants (folding a scale into the layer)."""
+        self._hold(self.dense_weight() * weight_factor)
+        if self.bias is not None:
+            self.bias.mul_(bias_factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.weight, self.bias)
+        x = x.to(torch.bfloat16)
+        if self._packed is None:
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+
+def _onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
+    """oneDNN's blocked copy of a CPU bfloat16 weight, or None (another device, no oneDNN)."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight)
+    except (AttributeError, RuntimeError, NotImplementedError):  # a torch without the op
+        return None
 
 
 class Int8Linear(nn.Module):
@@ -203,4 +236,6 @@ def compute_bytes(model: nn.Module) -> int:
     for layer in model.modules():
         if isinstance(layer, Int8Linear):
             total += layer.out_features * (layer.in_features + 4 + 4)  # int8 rows, scale, bias
+        elif isinstance(layer, BFloat16Linear) and layer.weight is None:
+            total += layer.out_features * layer.in_features * 2  # the oneDNN-packed weight
     return total

@@ -59,11 +59,8 @@ class MLP(nn.Module):
         docs/decisions/0008-encoder-speed.md)."""
         if mode != "bfloat16" or self.act is not quick_gelu:
             return
-        with torch.no_grad():
-            self.up.weight.mul_(QUICK_GELU_SCALE)
-            if self.up.bias is not None:
-                self.up.bias.mul_(QUICK_GELU_SCALE)
-            self.down.weight.div_(QUICK_GELU_SCALE)
+        self.up.rescale_(QUICK_GELU_SCALE, QUICK_GELU_SCALE)  # core.compute.BFloat16Linear
+        self.down.rescale_(1 / QUICK_GELU_SCALE, 1.0)
         self.act = F.silu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

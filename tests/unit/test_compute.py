@@ -149,7 +149,7 @@ def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decod
         weight = torch.ops.quantized.linear_unpack(head._packed)[0]
         assert weight.dtype == torch.qint8  # the head is int8 in memory, not a float copy
     else:
-        weight = head.weight
+        weight = head.dense_weight()
         assert weight.dtype == torch.bfloat16
     assert weight.shape == exact.decoder.token_embed.weight.shape
 
@@ -186,3 +186,29 @@ def test_int8_engine_follows_the_cpu(bert_file, monkeypatch):
         with torch.inference_mode():
             assert model.encode(ids).isfinite().all()
     compute.int8_engine.cache_clear()
+
+
+def test_bfloat16_linear_packed_equals_plain_bfloat16_matmul():
+    from llm_compression.core.compute import compute_bytes
+
+    g = torch.Generator().manual_seed(5)
+    layer = torch.nn.Linear(48, 40)
+    layer.weight.data, layer.bias.data = (
+        torch.randn(40, 48, generator=g),
+        torch.randn(40, generator=g),
+    )
+    fast = BFloat16Linear(layer)
+    w, b = layer.weight.bfloat16(), layer.bias.bfloat16()
+    assert torch.equal(fast.dense_weight(), w)
+    x = torch.randn(3, 48, 5, generator=g).transpose(1, 2)  # (3, 5, 48), not contiguous
+
+    def close(got, want):  # the bias is added before the output is rounded to bfloat16
+        return got.dtype == torch.bfloat16 and float((got - want).norm() / want.norm()) < 4e-3
+
+    with torch.inference_mode():
+        assert close(fast(x), torch.nn.functional.linear(x.bfloat16(), w, b))
+        assert fast(x[0, :1]).shape == (1, 40)  # one row
+        fast.rescale_(2.0, 0.5)
+        assert close(fast(x), torch.nn.functional.linear(x.bfloat16(), w * 2, b * 0.5))
+    holder = torch.nn.Sequential(fast)
+    assert compute_bytes(holder) == 40 * 48 * 2 + 40 * 2  # the weight in bfloat16, the bias
