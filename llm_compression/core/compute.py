@@ -125,14 +125,23 @@ class Int8Linear(nn.Module):
     def __init__(self, layer: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = layer.in_features, layer.out_features
-        w = layer.weight.detach().float()
+        bias = None if layer.bias is None else layer.bias.detach().float()
+        self._pack(layer.weight.detach().float(), bias)
+
+    def _pack(self, w: torch.Tensor, bias: torch.Tensor | None) -> None:
         scales = w.abs().amax(dim=1).clamp_min(1e-12).double() / 127.0
         zeros = torch.zeros(w.shape[0], dtype=torch.int64)
         with warnings.catch_warnings():  # torch marks its quantized tensors deprecated (2.13)
             warnings.simplefilter("ignore", UserWarning)
             qw = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
-        bias = None if layer.bias is None else layer.bias.detach().float()
         self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+
+    @torch.no_grad()
+    def rescale_(self, weight_factor: float, bias_factor: float) -> None:
+        """Multiply the weight and the bias by constants: the per-row scales absorb the weight's
+        factor, so the int8 values stay what they were."""
+        qw, bias = torch.ops.quantized.linear_unpack(self._packed)
+        self._pack(qw.dequantize() * weight_factor, None if bias is None else bias * bias_factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)
