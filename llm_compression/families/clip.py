@@ -84,6 +84,12 @@ class VisionTower(Transformer):
         self.pre_norm = LayerNorm(cfg.dim, cfg.norm_eps)
         self.proj = linear(cfg.dim, config.projection_dim, False)
 
+    def compute_converted(self, mode: str) -> None:
+        """bfloat16: the patch convolution too (a (B*49, 3072) x (3072, 768) product; one
+        thread, b16: 33 -> 14 ms)."""
+        if mode == "bfloat16":
+            self.patch_embed.to(torch.bfloat16)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Projected, unnormalised image features (B, P) for pixels (B, 3, S, S)."""
         x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, C, S/p, S/p)

@@ -135,6 +135,7 @@ def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decod
         encoder_layer
     }
     assert type(model.decoder.head) is decoder_layer and exact.decoder.head is None
+    assert model.encoder.conv2.weight.dtype == torch.bfloat16  # the stem follows the encoder
     ids = torch.tensor([[1, 5, 9, 30]])
     memory = torch.randn(
         1, 20, exact.config.decoder.dim, generator=torch.Generator().manual_seed(1)
@@ -161,6 +162,8 @@ def test_quick_gelu_runs_as_one_silu(clip_file, mode):
     from llm_compression.core.mlp import MLP, quick_gelu
 
     model = load_model(clip_file, dtype=mode)
+    patch_dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
+    assert model.vision.patch_embed.weight.dtype == patch_dtype
     mlps = [m for m in model.modules() if isinstance(m, MLP)]
     assert mlps and all(m.act is torch.nn.functional.silu for m in mlps)
     exact = load_model(clip_file)

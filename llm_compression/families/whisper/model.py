@@ -56,6 +56,12 @@ class AudioEncoder(Transformer):
         self.conv2 = _conv1d(cfg.dim, cfg.dim, 2)
         self.pos_embed = nn.Parameter(torch.empty(cfg.max_positions, cfg.dim))
 
+    def compute_converted(self, mode: str) -> None:
+        """bfloat16: the convolution stem too (conv2 is (1500, 3 * dim) x (3 * dim, dim))."""
+        if mode == "bfloat16":
+            self.conv1.to(torch.bfloat16)
+            self.conv2.to(torch.bfloat16)
+
     def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (B, n_mels, 3000) -> (B, 1500, C)
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, 1500, C)
