@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import TransformerConfig
 from ..errors import InputError
+from .compute import stacked_linear
 from .mlp import linear
 from .norm import RMSNorm
 
@@ -123,6 +124,15 @@ class Attention(nn.Module):
         self.clip_qkv = cfg.clip_qkv
         self.rotary = cfg.positions == "rotary" and not cross
         self.qkv: nn.Module | None = None  # q, k, v in one matmul (set by quantized loading)
+
+    def compute_converted(self, mode: str) -> None:
+        """bfloat16 / int8 self-attention: q, k and v as one matmul (``core.compute``): the input
+        is cast or quantized once, and the kernel sees one wider matrix."""
+        if self.cross or self.qkv is not None or mode not in ("bfloat16", "int8"):
+            return
+        fused = stacked_linear([self.q, self.k, self.v])
+        if fused is not None:
+            self.qkv, self.q, self.k, self.v = fused, None, None, None
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape

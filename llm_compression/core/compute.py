@@ -106,6 +106,23 @@ class BFloat16Linear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
 
+def stacked_linear(layers: list[nn.Module]) -> nn.Module | None:
+    """One layer computing ``layers`` side by side (their output rows one after the other), of
+    their type, for layers that share their input (q, k and v); None if they are not all
+    ``BFloat16Linear`` or all ``Int8Linear``. int8 rows keep their int8 values and scales."""
+    kind = type(layers[0])
+    if kind not in (BFloat16Linear, Int8Linear) or any(type(x) is not kind for x in layers):
+        return None
+    parts = [x.dense() if kind is Int8Linear else (x.dense_weight(), x.bias) for x in layers]
+    weight = torch.cat([w.float() for w, _ in parts])
+    biases = [b if b is not None else torch.zeros(w.shape[0]) for w, b in parts]
+    joined = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    joined.weight = nn.Parameter(weight, requires_grad=False)
+    if any(b is not None for _, b in parts):
+        joined.bias = nn.Parameter(torch.cat([b.float() for b in biases]), requires_grad=False)
+    return kind(joined)
+
+
 def _onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
     """oneDNN's blocked copy of a CPU bfloat16 weight, or None (another device, no oneDNN)."""
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
@@ -140,8 +157,13 @@ class Int8Linear(nn.Module):
     def rescale_(self, weight_factor: float, bias_factor: float) -> None:
         """Multiply the weight and the bias by constants: the per-row scales absorb the weight's
         factor, so the int8 values stay what they were."""
+        weight, bias = self.dense()
+        self._pack(weight * weight_factor, None if bias is None else bias * bias_factor)
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The dequantized (out, in) weight and the bias, float32."""
         qw, bias = torch.ops.quantized.linear_unpack(self._packed)
-        self._pack(qw.dequantize() * weight_factor, None if bias is None else bias * bias_factor)
+        return qw.dequantize(), bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)

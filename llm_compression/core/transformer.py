@@ -34,7 +34,8 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> list[KVCache]:
         """One preallocated ``KVCache`` per layer for incremental decoding of up to ``max_len``."""
-        q = self.layers[0].attn.q  # nn.Linear, a core.compute layer or a quantized one
+        attn = self.layers[0].attn
+        q = attn.q if attn.qkv is None else attn.qkv  # nn.Linear, a core.compute or quantized one
         floats = (p for p in self.parameters() if p.is_floating_point())
         ref = q.weight if isinstance(q, nn.Linear) else next(floats, torch.empty(0))
         dtype, device = dtype or getattr(q, "io_dtype", ref.dtype), device or ref.device

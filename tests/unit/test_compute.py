@@ -54,7 +54,7 @@ def test_modes_convert_every_linear_and_stay_close(bert_file, mode, layer):
     ref, model = load_model(bert_file), load_model(bert_file, dtype=mode)
     assert model.compute_dtype == mode
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
-    assert sum(isinstance(m, layer) for m in model.modules()) == 2 * 6  # q k v o up down x 2
+    assert sum(isinstance(m, layer) for m in model.modules()) == 2 * 4  # qkv o up down x 2
     ids = torch.randint(1000, 20000, (3, 12), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         a, b = ref.encode(ids).float().numpy(), model.encode(ids).float().numpy()
@@ -237,3 +237,28 @@ def test_int8_linear_rescale_keeps_the_int8_values():
     assert torch.allclose(after.q_per_channel_scales(), before.q_per_channel_scales() * 1.702)
     assert torch.allclose(bias, layer.bias.detach() * 1.702)
     assert float((got - want * 1.702).norm() / (want * 1.702).norm()) < 1e-2
+
+
+@pytest.mark.parametrize("kind", [BFloat16Linear, Int8Linear])
+def test_stacked_linear_computes_the_layers_side_by_side(kind):
+    from llm_compression.core.compute import stacked_linear
+
+    g = torch.Generator().manual_seed(7)
+    layers = [torch.nn.Linear(24, n, bias=n != 8) for n in (16, 8, 8)]  # k without bias
+    for x in layers:
+        x.weight.data = torch.randn(x.weight.shape, generator=g)
+        if x.bias is not None:
+            x.bias.data = torch.randn(x.bias.shape, generator=g)
+    parts = [kind(x) for x in layers]
+    fused = stacked_linear(parts)
+    x = torch.randn(3, 24, generator=g)
+    with torch.inference_mode():
+        want = torch.cat([p(x).float() for p in parts], dim=-1)
+        got = fused(x).float()
+    assert type(fused) is kind and got.shape == (3, 32)
+    assert float((got - want).norm() / want.norm()) < 5e-3
+    if kind is Int8Linear:  # the int8 rows are the parts' rows
+        rows = [torch.ops.quantized.linear_unpack(p._packed)[0].int_repr() for p in parts]
+        joined = torch.ops.quantized.linear_unpack(fused._packed)[0].int_repr()
+        assert torch.equal(joined, torch.cat(rows))
+    assert stacked_linear([parts[0], torch.nn.Linear(24, 4)]) is None
