@@ -225,8 +225,8 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         parts = max(1, min(WRITE_THREADS, len(data) // MIN_FILE_ROWS))
         folder, state = self.path / modality, self._states[modality]
 
-        def written(name: str, lo: int, hi: int) -> None:  # in the writer's thread
-            self._hashed[name] = checksums.file_hash(folder / name)
+        def written(name: str, lo: int, hi: int, digest: str) -> None:  # in the writer's thread
+            self._hashed[name] = digest
             state.written[name] = batch.ids[lo:hi]
             unit = normalize(batch.vectors[lo:hi], batch.squares[lo:hi])
             cache.write(folder, name, unit)  # the next open maps it instead of decoding
