@@ -23,7 +23,6 @@ from . import schema as sc
 from .ingest import IngestMixin
 from .lookup import SearchMixin
 from .models import ModelInfo, model_info, model_paths
-from .search import normalize
 from .state import FileGone, TableState
 from .where import is_in, select
 
@@ -228,8 +227,8 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         def written(name: str, lo: int, hi: int, digest: str) -> None:  # in the writer's thread
             self._hashed[name] = digest
             state.written[name] = batch.ids[lo:hi]
-            unit = normalize(batch.vectors[lo:hi], batch.squares[lo:hi])
-            cache.write(folder, name, unit)  # the next open maps it instead of decoding
+            # the next open maps it instead of decoding the data file
+            cache.write_normalized(folder, name, batch.vectors[lo:hi], batch.squares[lo:hi])
 
         actions = delta.write_files(folder, data, parts, after=written)
         delta.commit_files(table, actions, data.schema, operation="add")
