@@ -133,6 +133,13 @@ def flush() -> None:
         future.result()
 
 
+def remove(table_dir: Path, files: list[str]) -> None:
+    """Remove the cache files of ``files`` (data files of a write that was not committed)."""
+    for file in files:
+        for suffix in (".xxh3", ".npy"):  # the checksum first: a cache without it is ignored
+            (table_dir / CACHE_DIR / f"{file}{suffix}").unlink(missing_ok=True)
+
+
 def prune(table_dir: Path, live_files: set[str]) -> None:
     """Remove cache files whose data file no version lists any more (after a vacuum)."""
     folder = table_dir / CACHE_DIR

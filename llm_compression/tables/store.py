@@ -198,11 +198,10 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         with self._lock.held(), self._sync_lock:
             self._sync(modality)
             self._check_model(modality, model, batch.dim)
-            live = self._states[modality].live() if modality in self._states else {}
-            if upsert and not live.keys().isdisjoint(batch.ids):
+            state = self._states.get(modality)
+            if upsert and state is not None and not state.live().keys().isdisjoint(batch.ids):
                 delta.merge_by(self._tables[modality], data, "id")
-            else:
-                self._check_taken(modality, batch.ids)
+            else:  # ids already live raise (checked while the files are written)
                 self._append(modality, batch, data, model.config(batch.dim))
             self._sync(modality)
             self._record(modality)
@@ -219,6 +218,7 @@ class MultimodalStorage(IngestMixin, SearchMixin):
             self._sync(modality)
         table = self._tables[modality]
         if not data.schema.equals(_schema(table)):
+            self._check_taken(modality, batch.ids)
             delta.append(self.path / modality, data, None, operation="add")
             return
         parts = max(1, min(WRITE_THREADS, len(data) // MIN_FILE_ROWS))
@@ -230,7 +230,12 @@ class MultimodalStorage(IngestMixin, SearchMixin):
             # the next open maps it instead of decoding the data file
             cache.write_normalized(folder, name, batch.vectors[lo:hi], batch.squares[lo:hi])
 
-        actions = delta.write_files(folder, data, parts, after=written)
+        try:
+            actions = delta.write_files(folder, data, parts, after=written,
+                                        meanwhile=lambda: self._check_taken(modality, batch.ids))  # fmt: skip
+        except BaseException:  # nothing committed: the cache of removed files goes too
+            cache.remove(folder, [name for name in state.written if name not in state.files])
+            raise
         delta.commit_files(table, actions, data.schema, operation="add")
 
     def commit_files(self, modality: str, actions: list) -> int:

@@ -227,6 +227,13 @@ def test_large_appends_write_files_in_parallel_in_one_commit(store, model, monke
     from llm_compression.tables import verify
 
     assert verify(store.path).ok and not verify(store.path).unchecked
+    files = sorted(p.name for p in (store.path / "text").rglob("*.*"))
+    taken = [*(f"q{i}" for i in range(89)), "p3"]  # checked while its 3 files are written
+    with pytest.raises(InvalidEmbeddingError, match="already in the text table"):
+        store.add(taken, unit_vectors(90, seed=12), modality="text", model_file=model,
+                  sources=["s"] * 90, metadata=[{"lang": "fr", "page": i} for i in range(90)])  # fmt: skip
+    assert sorted(p.name for p in (store.path / "text").rglob("*.*")) == files  # none left
+    assert store.table("text").version() == version + 1 and store.count("text") == 150
 
 
 def test_the_first_open_after_an_append_maps_the_cache_the_append_wrote(
