@@ -63,6 +63,8 @@ def write(path: Path, table: pa.Table) -> str:
     head = memoryview(head.getvalue()).cast("B")
     footer_at = len(head) - 8 - int.from_bytes(head[-8:-4], "little")
     meta = tc.Reader(head[footer_at:-8]).struct()
+    if len(_items(meta, ROW_GROUPS)) != 1:  # pyarrow split the rows: its footer is not ours
+        return _write_with_pyarrow(path, table)
     leaf, element = _leaf_of(meta, at)
     chunks = _items(_items(meta, ROW_GROUPS)[0], RG_COLUMNS)
     insert = _start(chunks[leaf]) if leaf < len(chunks) else footer_at
