@@ -1,12 +1,13 @@
-"""A cache of each data file's unit vectors, so that an open of a table maps them instead of
-decoding the Parquet list column and normalising again (most of a cold open's CPU).
+"""A cache of the unit vectors of data files that others wrote, so that an open of a table maps
+them instead of decoding the Parquet list column and normalising again.
 
-Data files are immutable and uniquely named, so ``<table>/_llmc_cache/<file>.npy`` (float32,
-``(rows, dim)``, with its xxh3-64 in ``<file>.xxh3``) stays valid while its data file exists.
-An append writes the cache of each file it writes (``write``, in its writer thread); the first
-search that decodes a file written by others (a merge, ``OPTIMIZE``, another engine) hands its
-unit rows to one background thread that writes it (``store``). Either way: temp name, then
-rename, so a reader never sees half a file; the checksum last. A missing, unreadable or
+Data files our appends write need none: their floats are mapped from the file itself
+(``datafile.vector_rows``). Files others write (deltalake's merge, ``OPTIMIZE``, another
+engine) are decoded by the first search that reads them, which hands their unit rows to one
+background thread that writes ``<table>/_llmc_cache/<file>.npy`` (float32, ``(rows, dim)``, with
+its xxh3-64 in ``<file>.xxh3``). Data files are immutable and uniquely named, so it stays valid
+while its data file exists. Temp name, then rename, so a reader never sees half a file; the
+checksum last. A missing, unreadable or
 mismatched cache file is ignored, and so is a failed write (read-only media, a full disk).
 Names starting with ``_`` are invisible to Delta readers and to ``vacuum``; ``prune`` removes the
 cache files of data files that are gone.
@@ -20,7 +21,6 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,12 +28,10 @@ import numpy as np
 import xxhash
 
 from .checksums import file_hash
-from .search import normalize
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "_llmc_cache"
-BLOCK_ROWS = 2048  # rows normalised per block by write_normalized (3 MiB at dim 384)
 WRITER_NICE = 10  # the writer thread yields the cores to searches (Linux: per-thread niceness)
 
 
@@ -75,42 +73,17 @@ def store(table_dir: Path, file: str, unit: np.ndarray) -> None:
 def write(table_dir: Path, file: str, unit: np.ndarray) -> None:
     """Write the cache file of ``file`` now (temp name, then rename; its checksum last)."""
     unit = np.ascontiguousarray(unit, np.float32)
-    _write(table_dir, file, unit.shape, [unit])
-
-
-def write_normalized(table_dir: Path, file: str, vectors: np.ndarray, squares: np.ndarray) -> None:
-    """Write the cache file of ``file`` from its rows as written (``squares``: their squared
-    norms), normalising a block at a time: no array of every unit row is made, and each block
-    is written and hashed while it is in the CPU cache. Per 50k x 384 rows, same bytes: 0.032
-    CPU s against 0.125 for ``write(normalize(...))`` (median of 7, load 2.8)."""
-    block = np.empty((min(BLOCK_ROWS, len(vectors)), vectors.shape[1]), np.float32)
-
-    def blocks() -> Iterator[np.ndarray]:
-        for start in range(0, len(vectors), BLOCK_ROWS):
-            rows = vectors[start : start + BLOCK_ROWS]
-            yield normalize(rows, squares[start : start + BLOCK_ROWS], out=block[: len(rows)])
-
-    _write(table_dir, file, vectors.shape, blocks())
-
-
-def _write(table_dir: Path, file: str, shape: tuple[int, int], blocks: Iterable[np.ndarray]):
-    """Write ``.npy`` bytes of float32 ``shape`` from ``blocks`` (row blocks, in order), hashed
-    from memory rather than read back; temp name, then rename; the checksum last."""
     folder = table_dir / CACHE_DIR
     tmp = folder / f".{file}.{uuid.uuid4().hex}.tmp"
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)}
-    )
+    header = io.BytesIO()  # np.save's bytes, hashed from memory rather than read back
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(unit))
     digest = xxhash.xxh3_64(header.getvalue())
+    digest.update(memoryview(unit).cast("B"))
     try:
         folder.mkdir(exist_ok=True)
-        with open(tmp, "wb", buffering=0) as f:
-            _write_all(f, header.getvalue())
-            for rows in blocks:
-                view = memoryview(rows).cast("B")
-                digest.update(view)
-                _write_all(f, view)
+        with open(tmp, "wb") as f:
+            f.write(header.getvalue())
+            f.write(memoryview(unit).cast("B"))
         os.replace(tmp, folder / f"{file}.npy")
         tmp.write_text(digest.hexdigest())  # the checksum last: no checksum, no cache
         os.replace(tmp, folder / f"{file}.xxh3")
@@ -119,25 +92,12 @@ def _write(table_dir: Path, file: str, shape: tuple[int, int], blocks: Iterable[
         tmp.unlink(missing_ok=True)
 
 
-def _write_all(f, data) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[f.write(view) :]
-
-
 def flush() -> None:
     """Wait for the cache files being written (benchmarks, tests)."""
     with _lock:
         pending = list(_pending)
     for future in pending:
         future.result()
-
-
-def remove(table_dir: Path, files: list[str]) -> None:
-    """Remove the cache files of ``files`` (data files of a write that was not committed)."""
-    for file in files:
-        for suffix in (".xxh3", ".npy"):  # the checksum first: a cache without it is ignored
-            (table_dir / CACHE_DIR / f"{file}{suffix}").unlink(missing_ok=True)
 
 
 def prune(table_dir: Path, live_files: set[str]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import mmap
 import os
 from pathlib import Path
 
@@ -36,7 +37,10 @@ from .schema import VECTOR_TYPE
 
 MAGIC = b"PAR1"
 VECTOR = "vector"
-PAGE_BYTES = 1 << 20  # values per page: pyarrow's default data_page_size
+# One page per file up to 1 GiB of floats (Parquet page sizes are int32), so that the values are
+# one contiguous run in the file, which ``vector_rows`` maps; 64-byte aligned, like numpy's arrays.
+PAGE_BYTES = 1 << 30
+ALIGN = 64
 IOV_MAX = 512  # buffers per os.writev (Linux allows 1024)
 
 # Parquet enums (parquet.thrift)
@@ -69,9 +73,11 @@ def write(path: Path, table: pa.Table) -> str:
     chunks = _items(_items(meta, ROW_GROUPS)[0], RG_COLUMNS)
     insert = _start(chunks[leaf]) if leaf < len(chunks) else footer_at
     pages, size = _pages(vectors)
-    _add_vector(meta, table, leaf, element, insert, size, vectors.shape, len(pages) // 3)
+    pad = bytes(-(insert + len(pages[0]) + len(pages[1])) % ALIGN)  # a gap before the chunk
+    _add_vector(meta, table, (leaf, element), (insert, len(pad), size), vectors.shape,
+                len(pages) // 3)  # fmt: skip
     footer = meta.encode()
-    parts = [head[:insert], *pages, head[insert:footer_at], footer,
+    parts = [head[:insert], pad, *pages, head[insert:footer_at], footer,
              len(footer).to_bytes(4, "little") + MAGIC]  # fmt: skip
     return _write_parts(path, parts)
 
@@ -107,6 +113,47 @@ def _uniform_vectors(table: pa.Table) -> np.ndarray | None:
         return None
     flat = np.frombuffer(values.buffers()[1], np.float32, len(values), 4 * values.offset)
     return flat[offsets[0] : offsets[-1]].reshape(len(column), dim)
+
+
+def vector_rows(path: Path, rows: int, dim: int) -> np.ndarray | None:
+    """The floats of a data file's vector column as a read-only (rows, dim) float32 array mapped
+    from the file (no copy, no decoding), or None when the file is not laid out as ``write``
+    lays it out: one row group, the vector column one uncompressed PLAIN page whose levels are
+    exactly those of ``rows`` lists of ``dim`` floats, the values aligned. Other files (other
+    writers, several pages) are decoded by pyarrow instead."""
+    try:
+        with open(path, "rb") as f:
+            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        start = _vector_chunk_start(pq.read_metadata(path), rows * dim)
+        if start is None:
+            return None
+        reader = tc.Reader(memoryview(view)[start : start + 256])
+        header = reader.struct()
+    except (OSError, ValueError, pa.ArrowException, tc.Malformed):
+        return None
+    levels = _levels(dim, rows)
+    at = start + reader.pos + len(levels)
+    page = header.get(5, (tc.STRUCT, tc.Struct()))[1]
+    if (header.get(1, (0, -1))[1], page.get(1, (0, -1))[1], page.get(2, (0, -1))[1]) != (
+        DATA_PAGE, rows * dim, PLAIN,
+    ) or header.get(3, (0, -1))[1] != len(levels) + 4 * rows * dim or at % ALIGN:  # fmt: skip
+        return None
+    if at + 4 * rows * dim > len(view) or view[at - len(levels) : at] != levels:
+        return None
+    return np.frombuffer(view, np.float32, rows * dim, at).reshape(rows, dim)
+
+
+def _vector_chunk_start(meta: pq.FileMetaData, values: int) -> int | None:
+    """Offset of the vector column chunk when it is one uncompressed chunk of ``values`` floats."""
+    if meta.num_row_groups != 1:
+        return None
+    group = meta.row_group(0)
+    for i in range(group.num_columns):
+        column = group.column(i)
+        if column.path_in_schema == f"{VECTOR}.list.element":
+            plain = column.compression == "UNCOMPRESSED" and column.physical_type == "FLOAT"
+            return column.data_page_offset if plain and column.num_values == values else None
+    return None
 
 
 # -- the vector column's pages -------------------------------------------------------------------
@@ -180,18 +227,19 @@ def _start(chunk: tc.Struct) -> int:
     return min(meta[f][1] for f in (9, 11) if f in meta)
 
 
-def _add_vector(meta: tc.Struct, table: pa.Table, leaf: int, element: int, insert: int,
-                size: int, shape: tuple[int, int], n_pages: int) -> None:  # fmt: skip
-    """List the vector column chunk (``size`` bytes at ``insert``) in the footer ``meta``."""
-    n, dim = shape
+def _add_vector(meta: tc.Struct, table: pa.Table, where: tuple[int, int],
+                span: tuple[int, int, int], shape: tuple[int, int], n_pages: int) -> None:  # fmt: skip
+    """List the vector column chunk in the footer ``meta``: ``where`` (leaf column, schema
+    element) it goes; ``span``: (offset pyarrow's bytes are cut at, gap, chunk bytes) in the file."""
+    (leaf, element), (insert, gap, size), (n, dim) = where, span, shape
     elements = _items(meta, SCHEMA)
     root = elements[0]
     root[5] = (tc.I32, root[5][1] + 1)
     elements[element:element] = _vector_elements(table.schema.field(VECTOR).name)
     group = _items(meta, ROW_GROUPS)[0]
     for chunk in _items(group, RG_COLUMNS):
-        _shift(chunk, insert, size)
-    _items(group, RG_COLUMNS).insert(leaf, _vector_chunk(n, dim, insert, size, n_pages))
+        _shift(chunk, insert, gap + size)
+    _items(group, RG_COLUMNS).insert(leaf, _vector_chunk(n, dim, insert + gap, size, n_pages))
     group[RG_BYTES] = (tc.I64, group[RG_BYTES][1] + size)
     group[RG_COMPRESSED] = (tc.I64, group[RG_COMPRESSED][1] + size)
     if COLUMN_ORDERS in meta:

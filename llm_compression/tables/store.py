@@ -227,15 +227,9 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         def written(name: str, lo: int, hi: int, digest: str) -> None:  # in the writer's thread
             self._hashed[name] = digest
             state.written[name] = batch.ids[lo:hi]
-            # the next open maps it instead of decoding the data file
-            cache.write_normalized(folder, name, batch.vectors[lo:hi], batch.squares[lo:hi])
 
-        try:
-            actions = delta.write_files(folder, data, parts, after=written,
-                                        meanwhile=lambda: self._check_taken(modality, batch.ids))  # fmt: skip
-        except BaseException:  # nothing committed: the cache of removed files goes too
-            cache.remove(folder, [name for name in state.written if name not in state.files])
-            raise
+        actions = delta.write_files(folder, data, parts, after=written,
+                                    meanwhile=lambda: self._check_taken(modality, batch.ids))  # fmt: skip
         delta.commit_files(table, actions, data.schema, operation="add")
 
     def commit_files(self, modality: str, actions: list) -> int:
