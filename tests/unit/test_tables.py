@@ -239,8 +239,9 @@ def test_large_appends_write_files_in_parallel_in_one_commit(store, model, monke
 def test_the_first_open_after_an_append_maps_the_floats_of_its_data_files(
     tmp_path, model, monkeypatch
 ):
-    from llm_compression.tables import cache, datafile, state
+    from llm_compression.tables import cache, datafile, search, state
 
+    monkeypatch.setattr(search, "TAIL_BYTES", 1)  # files of 1024+ rows stay chunks of their own
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5000, 16)).astype(np.float32) * rng.uniform(0.5, 3, (5000, 1))
     writer = MultimodalStorage(tmp_path / "fresh")
@@ -255,14 +256,19 @@ def test_the_first_open_after_an_append_maps_the_floats_of_its_data_files(
     monkeypatch.setattr(state.TableState, "_read", no_decoding)
     queries = x[:40] + rng.standard_normal((40, 16)).astype(np.float32)
     mapped = MultimodalStorage(tmp_path / "fresh")
+    some = "id LIKE 'r1%'"  # 1,111 rows: the filtered rows are gathered
     found = [mapped.search(q, k=5) for q in queries] + mapped.search(queries, k=5)  # int8, BLAS
+    found += mapped.search(queries[:3], k=5, where=some) + mapped.search(queries, k=5, where=some)
     monkeypatch.setattr(datafile, "vector_rows", lambda *args: None)
     monkeypatch.setattr(state.TableState, "_read", original)
     decoded = MultimodalStorage(tmp_path / "fresh")
-    assert found == [decoded.search(q, k=5) for q in queries] + decoded.search(queries, k=5)
+    assert found == [decoded.search(q, k=5) for q in queries] + decoded.search(queries, k=5) + (
+        decoded.search(queries[:3], k=5, where=some) + decoded.search(queries, k=5, where=some)
+    )
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     best = np.argsort(-(unit @ (queries / np.linalg.norm(queries, axis=1, keepdims=True)).T), 0)
     assert [r.ids for r in found[:40]] == [tuple(f"r{i}" for i in best[:5, j]) for j in range(40)]
+    assert mapped._states["text"].index.norms[0] is not None  # rows as written, mapped
     rows = np.arange(0, 5000, 7)
     np.testing.assert_array_equal(mapped._states["text"].index.rows(rows),
                                   decoded._states["text"].index.rows(rows))  # fmt: skip
