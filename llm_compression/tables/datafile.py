@@ -49,7 +49,7 @@ PLAIN, RLE, DATA_PAGE = 0, 3, 0
 UNCOMPRESSED = 0
 # FileMetaData, RowGroup, ColumnChunk and ColumnMetaData field ids used below
 SCHEMA, ROW_GROUPS, KEY_VALUES, COLUMN_ORDERS = 2, 4, 5, 7
-RG_COLUMNS, RG_BYTES, RG_COMPRESSED = 1, 2, 6
+RG_COLUMNS, RG_BYTES, RG_OFFSET, RG_COMPRESSED = 1, 2, 5, 6
 CHUNK_META = 3
 CHUNK_OFFSETS = (2, 4, 6)  # file_offset, offset_index_offset, column_index_offset
 META_OFFSETS = (9, 10, 11, 14)  # data, index, dictionary page, bloom filter offsets
@@ -240,6 +240,8 @@ def _add_vector(meta: tc.Struct, table: pa.Table, where: tuple[int, int],
     for chunk in _items(group, RG_COLUMNS):
         _shift(chunk, insert, gap + size)
     _items(group, RG_COLUMNS).insert(leaf, _vector_chunk(n, dim, insert + gap, size, n_pages))
+    if leaf == 0:  # the row group starts at its first column chunk
+        group[RG_OFFSET] = (tc.I64, insert + gap)
     group[RG_BYTES] = (tc.I64, group[RG_BYTES][1] + size)
     group[RG_COMPRESSED] = (tc.I64, group[RG_COMPRESSED][1] + size)
     if COLUMN_ORDERS in meta:

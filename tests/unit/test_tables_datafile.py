@@ -95,6 +95,8 @@ def test_the_footer_lists_the_vector_column_as_pyarrow_does(tmp_path):
 
 
 def test_pages_of_every_size_and_the_vector_column_anywhere(tmp_path, monkeypatch):
+    import duckdb
+
     monkeypatch.setattr(datafile, "PAGE_BYTES", 100)  # many pages, the last one short
     table, vectors = batch(101, 5)
     for at in (0, 3, table.num_columns - 1):
@@ -106,6 +108,8 @@ def test_pages_of_every_size_and_the_vector_column_anywhere(tmp_path, monkeypatc
         group = pq.read_metadata(path).row_group(0)
         offsets = [group.column(i).data_page_offset for i in range(group.num_columns)]
         assert offsets == sorted(offsets)  # the later columns moved behind the vectors
+        rows = duckdb.sql(f"SELECT vector FROM '{path}'").fetchall()
+        assert np.array_equal(bits([r[0] for r in rows]), vectors.view(np.uint32))
 
 
 def test_tables_it_does_not_encode_itself_go_to_pyarrow(tmp_path):
@@ -163,3 +167,27 @@ def test_round_trip_of_any_shape(tmp_path_factory, n, dim, page, seed):
         datafile.PAGE_BYTES = old
     flat = pq.read_table(path).column("vector").combine_chunks().values.to_numpy()
     assert np.array_equal(flat.view(np.uint32), vectors.reshape(-1).view(np.uint32))
+
+
+def test_vector_rows_maps_only_files_laid_out_as_ours(tmp_path, monkeypatch):
+    table, vectors = batch(300, 24)
+    ours, theirs = tmp_path / "ours.parquet", tmp_path / "theirs.parquet"
+    datafile.write(ours, table)
+    pyarrow_file(table, theirs, ["id", "vector.list.element", "source", "modality", "model",
+                                 "created_at"])  # fmt: skip
+    mapped = datafile.vector_rows(ours, 300, 24)
+    assert np.array_equal(mapped.view(np.uint32), vectors.view(np.uint32))
+    assert mapped.ctypes.data % datafile.ALIGN == 0 and not mapped.flags.writeable
+    assert datafile.vector_rows(theirs, 300, 24) is None  # pyarrow's pages: decoded instead
+    assert (
+        datafile.vector_rows(ours, 301, 24) is None and datafile.vector_rows(ours, 300, 23) is None
+    )
+    assert datafile.vector_rows(tmp_path / "gone.parquet", 300, 24) is None
+    raw = bytearray(ours.read_bytes())
+    at = raw.index(datafile._levels(24, 300))  # a level byte changed: not our layout any more
+    raw[at + 9] ^= 1
+    (tmp_path / "edited.parquet").write_bytes(raw)
+    assert datafile.vector_rows(tmp_path / "edited.parquet", 300, 24) is None
+    monkeypatch.setattr(datafile, "PAGE_BYTES", 24 * 4 * 100)  # three pages: decoded instead
+    datafile.write(tmp_path / "paged.parquet", table)
+    assert datafile.vector_rows(tmp_path / "paged.parquet", 300, 24) is None
