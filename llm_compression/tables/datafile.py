@@ -12,7 +12,9 @@ it), its column order and the Arrow schema of the whole table. The floats go fro
 buffer to the file through ``os.writev`` (no copy in user space), and the file's xxh3-64 is
 taken from the same buffers (no read back). The file is an ordinary Parquet file: data page v1,
 PLAIN values, RLE levels, no page checksums (pyarrow's default; ``_llmc_checksums.jsonl`` holds
-the file's checksum).
+the file's checksum). The vector column is one page (up to ``PAGE_BYTES``) whose floats start
+64-byte aligned, so that ``vector_rows`` maps them at open instead of decoding them (decision
+0013).
 
 Tables whose vector column is not ``schema.VECTOR_TYPE`` without nulls, with rows of one length,
 are written by pyarrow alone.
@@ -133,14 +135,30 @@ def vector_rows(path: Path, rows: int, dim: int) -> np.ndarray | None:
         return None
     levels = _levels(dim, rows)
     at = start + reader.pos + len(levels)
-    page = header.get(5, (tc.STRUCT, tc.Struct()))[1]
-    if (header.get(1, (0, -1))[1], page.get(1, (0, -1))[1], page.get(2, (0, -1))[1]) != (
-        DATA_PAGE, rows * dim, PLAIN,
-    ) or header.get(3, (0, -1))[1] != len(levels) + 4 * rows * dim or at % ALIGN:  # fmt: skip
+    if not _is_our_page(header, rows * dim, len(levels)) or at % ALIGN:
         return None
     if at + 4 * rows * dim > len(view) or view[at - len(levels) : at] != levels:
         return None
     return np.frombuffer(view, np.float32, rows * dim, at).reshape(rows, dim)
+
+
+def _is_our_page(header: tc.Struct, values: int, level_bytes: int) -> bool:
+    """Whether a page header is of one uncompressed PLAIN data page: ``level_bytes`` of levels,
+    then ``values`` floats."""
+    page = _field(header, 5) or tc.Struct()
+    size = level_bytes + 4 * values
+    got = (
+        _field(header, 1),
+        _field(header, 2),
+        _field(header, 3),
+        _field(page, 1),
+        _field(page, 2),
+    )
+    return got == (DATA_PAGE, size, size, values, PLAIN)
+
+
+def _field(struct: tc.Struct, fid: int):
+    return struct[fid][1] if fid in struct else None
 
 
 def _vector_chunk_start(meta: pq.FileMetaData, values: int) -> int | None:
