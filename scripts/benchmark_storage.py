@@ -13,8 +13,9 @@ Threads: numpy BLAS uses every core it finds (2 here), and so does our int8 scan
 OPENBLAS_L2_SIZE, when set, can slow numpy's kernel; the output names the BLAS kernel in use (see
 threadpoolctl) and the search kernel our store picks (int8 scan + exact re-rank, or BLAS).
 "cold open + first query" is the first open after the appends: it reads every data file's ids,
-maps the vector cache that the appends wrote beside the data files (checking its xxh3), and builds
-the int8 copy of the rows at the first search; "reopen + first query" is the next open.
+maps the floats of the data files (written by our appends as one aligned page each), computes
+their norms, and builds the int8 copy of the rows at the first search; "reopen + first query" is
+the next open.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def bench_store_and_numpy(
     cold = MultimodalStorage(root / "store")
     cold.search(queries[0], k=K)
     load_s, load_cpu = time.perf_counter() - start, time.process_time() - cpu
-    cache.flush()  # the first search wrote the vector cache in the background
+    cache.flush()  # the cache of files others wrote (none here) is written in the background
     del cold
     start, cpu = time.perf_counter(), time.process_time()
     cold = MultimodalStorage(root / "store")
@@ -129,7 +130,7 @@ def bench_store_and_numpy(
         "append_vectors_per_cpu_s": n / append_cpu,
         "cold_open_and_first_query_s": load_s,
         "cold_open_cpu_s": load_cpu,
-        "reopen_and_first_query_s": reopen_s,  # the vector cache is mapped
+        "reopen_and_first_query_s": reopen_s,
         "reopen_cpu_s": reopen_cpu,
         "single_ms": 1e3 * single[0],
         "batch_ms": 1e3 * batch[0],

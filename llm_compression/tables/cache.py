@@ -1,12 +1,13 @@
-"""A cache of each data file's unit vectors, so that an open of a table maps them instead of
-decoding the Parquet list column and normalising again (most of a cold open's CPU).
+"""A cache of the unit vectors of data files that others wrote, so that an open of a table maps
+them instead of decoding the Parquet list column and normalising again.
 
-Data files are immutable and uniquely named, so ``<table>/_llmc_cache/<file>.npy`` (float32,
-``(rows, dim)``, with its xxh3-64 in ``<file>.xxh3``) stays valid while its data file exists.
-An append writes the cache of each file it writes (``write``, in its writer thread); the first
-search that decodes a file written by others (a merge, ``OPTIMIZE``, another engine) hands its
-unit rows to one background thread that writes it (``store``). Either way: temp name, then
-rename, so a reader never sees half a file; the checksum last. A missing, unreadable or
+Data files our appends write need none: their floats are mapped from the file itself
+(``datafile.vector_rows``). Files others write (deltalake's merge, ``OPTIMIZE``, another
+engine) are decoded by the first search that reads them, which hands their unit rows to one
+background thread that writes ``<table>/_llmc_cache/<file>.npy`` (float32, ``(rows, dim)``, with
+its xxh3-64 in ``<file>.xxh3``). Data files are immutable and uniquely named, so it stays valid
+while its data file exists. Temp name, then rename, so a reader never sees half a file; the
+checksum last. A missing, unreadable or
 mismatched cache file is ignored, and so is a failed write (read-only media, a full disk).
 Names starting with ``_`` are invisible to Delta readers and to ``vacuum``; ``prune`` removes the
 cache files of data files that are gone.

@@ -23,7 +23,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from deltalake import (
     ColumnProperties,
     CommitProperties,
@@ -35,6 +34,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import AddAction
 
 from ..errors import StoreBusyError, StoreCorruptError, StoreFullError, StoreNotFoundError
+from . import datafile
 
 # Delta's writer has one codec for all columns: snappy is cheap on the (incompressible) vectors,
 # zstd took ~40% more CPU per append. Dictionary encoding is off: on floats the writer builds a
@@ -116,35 +116,42 @@ def write_files(
     table_dir: Path,
     data: pa.Table,
     parts: int,
-    after: Callable[[str, int, int], None] | None = None,
+    after: Callable[[str, int, int, str], None] | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[AddAction]:
-    """Write ``data`` as ``parts`` data files in parallel threads (pyarrow releases the GIL);
-    nothing is committed: pass the actions to ``commit_files``. Files no commit lists are
-    invisible to readers and removed by ``vacuum``. Vectors are stored uncompressed (they do
-    not compress; reading them back costs ~25% less CPU), the other columns with snappy.
-    ``after(file name, first row, end row)`` runs in the thread that wrote those rows of
-    ``data``, once the file is written."""
+    """Write ``data`` as ``parts`` data files in parallel threads (``datafile.write``: pyarrow
+    and our vector pages, both without the GIL); nothing is committed: pass the actions to
+    ``commit_files``. Files no commit lists are invisible to readers and removed by ``vacuum``.
+    Vectors are stored uncompressed (they do not compress; reading them back costs ~25% less
+    CPU), the other columns with snappy. ``after(file name, first row, end row, xxh3-64 of the
+    file)`` runs in the thread that wrote those rows of ``data``, once the file is written.
+    ``meanwhile()`` runs in the calling thread while the files are written (checks that need
+    the GIL); when it or a writer raises, the files written are removed and the error raised."""
     table_dir.mkdir(exist_ok=True)  # a worker may write before the driver made the table
     cuts = [len(data) * i // parts for i in range(parts + 1)]
     spans = [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
-    with translated(table_dir):
-        if len(spans) == 1:
-            return [_write_file(table_dir, data, spans[0], after)]
-        with ThreadPoolExecutor(len(spans)) as pool:
-            return list(pool.map(lambda span: _write_file(table_dir, data, span, after), spans))
+    with translated(table_dir), ThreadPoolExecutor(len(spans)) as pool:
+        futures = [pool.submit(_write_file, table_dir, data, span, after) for span in spans]
+        try:
+            if meanwhile is not None:
+                meanwhile()
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:  # the pool's exit waits for the others
+                if not future.cancel() and future.exception() is None:
+                    (table_dir / future.result().path).unlink(missing_ok=True)
+            raise
 
 
 def _write_file(table_dir: Path, data: pa.Table, span: tuple[int, int], after) -> AddAction:
     part = data.slice(span[0], span[1] - span[0])
-    name = f"part-{uuid.uuid4()}-c000.parquet"  # vectors plain, other columns snappy
-    codecs = {name: "none" if name == "vector" else "snappy" for name in part.column_names}
-    pq.write_table(part, table_dir / name, compression=codecs, use_dictionary=False,
-                   write_statistics=["id"])  # fmt: skip
+    name = f"part-{uuid.uuid4()}-c000.parquet"
+    digest = datafile.write(table_dir / name, part)
     low, high = pc.min_max(part.column("id")).values()
     stats = {"numRecords": len(part), "minValues": {"id": low.as_py()},
              "maxValues": {"id": high.as_py()}, "nullCount": {"id": 0}}  # fmt: skip
     if after is not None:
-        after(name, *span)
+        after(name, *span, digest)
     return AddAction(name, (table_dir / name).stat().st_size, {}, int(time.time() * 1000), True,
                      json.dumps(stats))  # fmt: skip
 

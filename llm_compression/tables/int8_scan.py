@@ -46,8 +46,8 @@ class Shadow:
         self.scales = np.empty(0, np.float32)
         self.rows = 0
 
-    def grow(self, chunk: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Make room for ``chunk``'s rows; (rows, q8 rows, scales) views still to quantize."""
+    def grow(self, chunk: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, slice]]:
+        """Make room for ``chunk``'s rows; (rows, q8 rows, scales, their slice) still to quantize."""
         m, done = len(chunk), self.rows
         if m <= done:
             return []
@@ -60,22 +60,35 @@ class Shadow:
             q8[:done], scales[:done] = self.q8[:done], self.scales[:done]
             self.q8, self.scales = q8, scales
         self.rows = m
-        return [(chunk[done:m], self.q8[done:m], self.scales[done:m])]
+        return [(chunk[done:m], self.q8[done:m], self.scales[done:m], slice(done, m))]
 
 
-def quantize(chunks: list[np.ndarray], shadows: list[Shadow], threads: int) -> None:
+def quantize(
+    chunks: list[np.ndarray], shadows: list[Shadow], threads: int, norms: list | None = None
+) -> None:
     """Bring each shadow up to its chunk: the new rows of all chunks, cut into pieces of at least
-    ``MIN_THREAD_ROWS``, quantized by ``threads`` threads (an open quantizes every chunk at once)."""
+    ``MIN_THREAD_ROWS``, quantized by ``threads`` threads (an open quantizes every chunk at once).
+
+    ``norms``: per chunk, None (unit rows) or its rows' L2 norms (rows as written): those rows
+    are quantized as they are and their scales divided by the norms, so that ``s q8`` approximates
+    the unit row ``u = fl(x / n)``. The bound of ``slack_per_l1`` still holds: with ``s' = fl(s /
+    n)``, ``|u_i - s' q8_i| <= s' (1/2 + 2^-15)`` plus ``2^-24 |u_i|`` (rounding u) plus ``2^-24
+    127 s'`` (rounding s'), ``|u_i| <= 127 s'`` (1 + 2^-23): in all below ``s' (1/2 + 2^-14)``,
+    inside QUANT_ERROR = 1/2 + 2^-12."""
     pieces = []
-    for chunk, shadow in zip(chunks, shadows, strict=True):
-        for rows, q8, scales in shadow.grow(chunk):
+    for chunk, norm, shadow in zip(chunks, norms or [None] * len(chunks), shadows, strict=True):
+        for rows, q8, scales, where in shadow.grow(chunk):
             step = max(MIN_THREAD_ROWS, -(-len(rows) // threads))
-            pieces += [(rows[lo : lo + step], q8[lo : lo + step], scales[lo : lo + step])
+            part = None if norm is None else norm[where]
+            pieces += [(rows[lo : lo + step], q8[lo : lo + step], scales[lo : lo + step],
+                        None if part is None else part[lo : lo + step])
                        for lo in range(0, len(rows), step)]  # fmt: skip
 
-    def run(piece: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        rows, q8, scales = piece
+    def run(piece: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]) -> None:
+        rows, q8, scales, norm = piece
         _scan.quantize(rows, rows.shape[1], q8, scales)
+        if norm is not None:
+            np.divide(scales, norm, out=scales)
 
     workers = min(threads, len(pieces))
     if workers > 1:

@@ -106,16 +106,20 @@ KERNELS = ("auto", "int8", "blas")
 
 
 class VectorIndex:
-    """(n, dim) float32 unit rows in chunks, appended in fragment order.
+    """(n, dim) float32 rows in chunks, appended in data-file order: unit rows, or rows as
+    written with their L2 norms (a data file's floats mapped from the file: no copy, and no
+    normalised copy; divided by their norms wherever they are read, so every path sees the
+    unit rows ``normalize`` makes).
 
-    Memory: ``4 * dim`` bytes per row, plus ``dim + 4`` per row (the int8 copy and its scales) once
-    a search has used the int8 scan.
+    Memory: ``4 * dim`` bytes per row (page cache for mapped rows), plus ``dim + 4`` per row (the
+    int8 copy and its scales) once a search has used the int8 scan.
     """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.n = 0
-        self.chunks: list[np.ndarray] = []  # (m_i, dim) C-contiguous unit rows, in row order
+        self.chunks: list[np.ndarray] = []  # (m_i, dim) C-contiguous rows, in row order
+        self.norms: list[np.ndarray | None] = []  # per chunk: its rows' norms, None: unit rows
         self.starts: list[int] = []  # row number of each chunk's first row
         self._tail: np.ndarray | None = None  # buffer whose filled part is chunks[-1], or None
         self._tail_rows = max(1024, TAIL_BYTES // (4 * dim))
@@ -124,15 +128,18 @@ class VectorIndex:
         ] = []  # int8 copies of chunks, as of the last int8 search
         self._lock = threading.Lock()  # guards _shadows (searches may run in several threads)
 
-    def append(self, unit: np.ndarray) -> None:
-        """Append rows already scaled to unit norm; large arrays are kept as given (not copied)."""
+    def append(self, unit: np.ndarray, norms: np.ndarray | None = None) -> None:
+        """Append unit rows, or (``norms`` given: float32, none zero) rows as written; large
+        arrays are kept as given (not copied), small ones are normalised into the tail."""
         m = len(unit)
         if m == 0:
             return
         if m >= self._tail_rows // 2:
-            self._push(np.ascontiguousarray(unit, np.float32))
+            self._push(np.ascontiguousarray(unit, np.float32), norms)
             self._tail = None
             return
+        if norms is not None:
+            unit = np.divide(unit, norms[:, None], dtype=np.float32)
         used = len(self.chunks[-1]) if self._tail is not None else 0
         if self._tail is None or used + m > self._tail_rows:
             self._tail, used = (
@@ -150,16 +157,17 @@ class VectorIndex:
         self.chunks[-1] = self._tail[: used + m]
         self.n += m
 
-    def _push(self, chunk: np.ndarray) -> None:
+    def _push(self, chunk: np.ndarray, norms: np.ndarray | None = None) -> None:
         self.starts.append(self.n)
         self.chunks.append(chunk)
+        self.norms.append(norms)
         self.n += len(chunk)
 
     def rows(self, wanted: np.ndarray) -> np.ndarray:
         """The unit rows of sorted row numbers ``wanted``, gathered into one (len, dim) array."""
         if not self.chunks:
             return np.empty((0, self.dim), np.float32)
-        return _gather(self.chunks, self.starts, wanted)
+        return _unit_rows(self.chunks, self.norms, self.starts, wanted)
 
     def topk(
         self,
@@ -182,7 +190,8 @@ class VectorIndex:
         """
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        chunks, starts = list(self.chunks), list(self.starts)  # one consistent snapshot
+        # one consistent snapshot
+        chunks, norms, starts = list(self.chunks), list(self.norms), list(self.starts)
         dead = np.asarray(dead, np.int64)
         rows_of = None  # sorted row numbers of the positions searched, when a filter gathers
         if allow is not None:
@@ -193,12 +202,12 @@ class VectorIndex:
                 dead = np.setdiff1d(np.arange(self.n), allow, assume_unique=True)
         hits: list = [None] * len(queries)
         if self._int8_fits(kernel, len(queries), k):
-            hits = self._topk_int8(chunks, starts, queries, k, dead, rows_of, threads)
+            hits = self._topk_int8((chunks, norms, starts), queries, k, dead, rows_of, threads)
         todo = [j for j, hit in enumerate(hits) if hit is None]
         if todo:
             if rows_of is not None:
-                chunks, starts = [_gather(chunks, starts, rows_of)], [0]
-            rows, scores = _topk_dense(chunks, starts, queries[todo], k, dead)
+                chunks, norms, starts = [_unit_rows(chunks, norms, starts, rows_of)], [None], [0]
+            rows, scores = _topk_dense((chunks, norms, starts), queries[todo], k, dead)
             for j, r, s in zip(todo, rows, scores, strict=True):
                 hits[j] = (r, s)
         return hits if rows_of is None else [(rows_of[r], s) for r, s in hits]
@@ -212,10 +221,11 @@ class VectorIndex:
             q <= INT8_MAX_QUERIES and k <= INT8_MAX_K and self.n >= INT8_MIN_ROWS
         )
 
-    def _topk_int8(self, chunks, starts, queries, k, dead, rows_of, threads) -> list:
-        """``topk`` by the int8 scan; None for a query whose bounds left too many candidates."""
-        q8s, scales = self._int8_copy(chunks, threads)
-        fetch_chunks, fetch_starts = chunks, starts
+    def _topk_int8(self, held, queries, k, dead, rows_of, threads) -> list:
+        """``topk`` by the int8 scan; None for a query whose bounds left too many candidates.
+        ``held``: (chunks, norms, starts) of one snapshot."""
+        chunks, norms, starts = held
+        q8s, scales = self._int8_copy(chunks, norms, threads)
         if rows_of is not None:
             q8s, scales = [_gather(q8s, starts, rows_of)], [_gather(scales, starts, rows_of)]
             starts = [0]
@@ -234,16 +244,17 @@ class VectorIndex:
                     hits.append(None)
                     continue
                 wanted = cand if rows_of is None else rows_of[cand]
-                hits.append(_rerank(_gather(fetch_chunks, fetch_starts, wanted), cand, query, k))
+                hits.append(_rerank(_unit_rows(*held, wanted), cand, query, k))
         return hits
 
-    def _int8_copy(self, chunks, threads) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """(q8, scales) of every chunk, quantizing the rows added since the last call."""
+    def _int8_copy(self, chunks, norms, threads) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(q8, scales) of every chunk, quantizing the rows added since the last call (rows as
+        written are quantized as they are, with their scales divided by their norms)."""
         with self._lock:
             while len(self._shadows) < len(chunks):
                 self._shadows.append(int8_scan.Shadow(self.dim))
             shadows = self._shadows[: len(chunks)]  # more if a newer snapshot synced first
-            int8_scan.quantize(chunks, shadows, threads)
+            int8_scan.quantize(chunks, shadows, threads, norms)
             m = [len(c) for c in chunks]
             return (
                 [sh.q8[:n] for sh, n in zip(shadows, m, strict=True)],
@@ -269,6 +280,20 @@ def _rerank(rows: np.ndarray, cand: np.ndarray, query: np.ndarray, k: int):
     return cand[order], scores[order]
 
 
+def _unit_rows(chunks: list[np.ndarray], norms: list[np.ndarray | None], starts: list[int],
+               wanted: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Unit rows ``wanted`` (sorted row numbers) of chunks laid end to end from rows ``starts``;
+    rows as written are divided by their norms, as ``normalize`` divides (the same floats)."""
+    lows = [*np.searchsorted(wanted, starts).tolist(), len(wanted)]
+    parts = []
+    for chunk, norm, start, lo, hi in zip(chunks, norms, starts, lows[:-1], lows[1:], strict=True):
+        if hi > lo:
+            picked = wanted[lo:hi] - start
+            rows = chunk[picked]
+            parts.append(rows if norm is None else np.divide(rows, norm[picked, None], out=rows))
+    return np.concatenate(parts) if parts else chunks[0][:0]
+
+
 def _gather(arrays: list[np.ndarray], starts: list[int], wanted: np.ndarray) -> np.ndarray:
     """Rows ``wanted`` (sorted row numbers) of ``arrays`` laid end to end from rows ``starts``."""
     lows = [*np.searchsorted(wanted, starts).tolist(), len(wanted)]
@@ -283,24 +308,32 @@ def _gather(arrays: list[np.ndarray], starts: list[int], wanted: np.ndarray) -> 
 _NONE = np.empty(0, np.int64)
 
 
-def _blocks(chunks: list[np.ndarray], starts: list[int], block: int):
-    """(first row number, (rows, dim) view) blocks of at most ``block`` rows, in row order."""
-    for chunk, first in zip(chunks, starts, strict=True):
+def _blocks(chunks: list[np.ndarray], norms: list, starts: list[int], block: int):
+    """(first row number, (rows, dim) view, their norms or None) blocks of at most ``block``
+    rows, in row order."""
+    for chunk, norm, first in zip(chunks, norms, starts, strict=True):
         for lo in range(0, len(chunk), block):
-            yield first + lo, chunk[lo : lo + block]
+            yield (
+                first + lo,
+                chunk[lo : lo + block],
+                None if norm is None else norm[lo : lo + block],
+            )
 
 
 def _topk_dense(
-    chunks: list[np.ndarray], starts: list[int], queries: np.ndarray, k: int, dead: np.ndarray
+    held: tuple[list, list, list[int]], queries: np.ndarray, k: int, dead: np.ndarray
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Exact top-k from BLAS float32 scores, re-ranked as the int8 path's candidates are.
+    ``held``: (chunks, norms, starts); scores of rows as written are divided by their norms.
 
     Float32 rounding moves a unit row's score by at most ``e = gamma_d |q|`` (any summation
-    order; taken as 2e to cover rows' norms), so a row more than ``slack = 4e + MARGIN`` below
+    order; taken as 2e to cover rows' norms, and for rows as written the division by the norm
+    and the rounding of the unit row, each within ``2^-24 |q|``), so a row more than ``slack = 4e + MARGIN`` below
     the k-th best of any k rows seen is at least MARGIN below k exact scores: it cannot be in the
     exact top-k, ties included. Per query, ``floor`` is that k-th best minus ``slack``: a
     partition of a block's scores sets it until k candidates are known, then the candidates
     tighten it, so later blocks need only a comparison."""
+    chunks, norms, starts = held
     n, (q, dim) = sum(len(c) for c in chunks), queries.shape
     k = min(k, n)
     if k == 0:
@@ -310,9 +343,13 @@ def _topk_dense(
     )  # (Q,)
     floor = np.full(q, LOWEST_SCORE, np.float32)  # never admits a dead row (-inf)
     found = [(_NONE, np.empty(0, np.float32))] * q  # per query: candidate rows, their scores
-    for start, matrix in _blocks(chunks, starts, max(MIN_BLOCK_ROWS, SCORE_BUDGET // q)):
+    for start, matrix, norm in _blocks(
+        chunks, norms, starts, max(MIN_BLOCK_ROWS, SCORE_BUDGET // q)
+    ):
         # (Q, B) scores; one query is one gemv
         scores = (matrix @ queries[0])[None, :] if q == 1 else queries @ matrix.T
+        if norm is not None:
+            scores /= norm
         lo, hi = np.searchsorted(dead, [start, start + len(matrix)])
         if hi > lo:
             scores[:, dead[lo:hi] - start] = -np.inf
@@ -328,7 +365,7 @@ def _topk_dense(
             )
     out_rows, out_scores = [], []
     for query, (rows, _) in zip(queries, found, strict=True):  # rows: sorted (blocks in order)
-        best, exact = _rerank(_gather(chunks, starts, rows), rows, query, k)
+        best, exact = _rerank(_unit_rows(chunks, norms, starts, rows), rows, query, k)
         out_rows.append(best)
         out_scores.append(exact)
     return out_rows, out_scores

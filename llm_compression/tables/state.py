@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import StoreCorruptError
-from . import cache
+from . import cache, datafile
 from .schema import vectors_of
 from .search import VectorIndex, normalize
 
@@ -140,26 +140,37 @@ class TableState:
         """Load the vectors of files read since the last search; a view that stays consistent."""
         with self._lock:
             new = self.files[self._vector_files :]
-            loaded = _map(self._read_unit, new)
-            for unit, _ in loaded:
-                self.index.append(unit)
+            loaded = _map(self._read_rows, new)
+            for rows, norms, _ in loaded:
+                self.index.append(rows, norms)
             self._vector_files = len(self.files)
-            for file, (unit, decoded) in zip(new, loaded, strict=True):
+            for file, (unit, _, decoded) in zip(new, loaded, strict=True):
                 if decoded:  # after every file is loaded: the writer does not slow the loads
                     cache.store(self.root, file, unit)
             return Snapshot(
                 self.index, self.rows, self.ids, self.dead, tuple(self.files), tuple(self.starts)
             )
 
-    def _read_unit(self, file: str) -> tuple[np.ndarray, bool]:
-        """(unit rows of a data file, whether they were decoded rather than mapped)."""
+    def _read_rows(self, file: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """(rows of a data file, their norms or None for unit rows, whether they were decoded).
+
+        Files our appends wrote are mapped as they are (``datafile.vector_rows``) and their norms
+        computed (0.16 CPU s per 1M x 384 rows, against ~3.2 s to decode and normalise);
+        files others wrote are mapped from their cache, or decoded and normalised (and their
+        cache then written in the background)."""
+        rows = self._size(file)
         if file not in self._live_set:  # dead rows are never returned: no need to read them
-            return np.zeros((self._size(file), self.dim), np.float32), False
-        cached = cache.load(self.root, file, self._size(file), self.dim)
+            return np.zeros((rows, self.dim), np.float32), None, False
+        mapped = datafile.vector_rows(self.root / file, rows, self.dim)
+        if mapped is not None:
+            norms = np.sqrt(np.einsum("ij,ij->i", mapped, mapped), dtype=np.float32)
+            norms[norms == 0] = 1.0  # as normalize does (no such row is ever written)
+            return mapped, norms, False
+        cached = cache.load(self.root, file, rows, self.dim)
         if cached is not None:
-            return cached, False
+            return cached, None, False
         column = self._read(file, ["vector"]).column("vector")
-        return normalize(vectors_of(column, self.dim, str(self.root / file))), True
+        return normalize(vectors_of(column, self.dim, str(self.root / file))), None, True
 
     def attributes(self, file: str) -> pa.Table:
         """The non-vector columns of one data file (cached), for search results."""

@@ -23,7 +23,6 @@ from . import schema as sc
 from .ingest import IngestMixin
 from .lookup import SearchMixin
 from .models import ModelInfo, model_info, model_paths
-from .search import normalize
 from .state import FileGone, TableState
 from .where import is_in, select
 
@@ -199,11 +198,10 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         with self._lock.held(), self._sync_lock:
             self._sync(modality)
             self._check_model(modality, model, batch.dim)
-            live = self._states[modality].live() if modality in self._states else {}
-            if upsert and not live.keys().isdisjoint(batch.ids):
+            state = self._states.get(modality)
+            if upsert and state is not None and not state.live().keys().isdisjoint(batch.ids):
                 delta.merge_by(self._tables[modality], data, "id")
-            else:
-                self._check_taken(modality, batch.ids)
+            else:  # ids already live raise (checked while the files are written)
                 self._append(modality, batch, data, model.config(batch.dim))
             self._sync(modality)
             self._record(modality)
@@ -220,18 +218,18 @@ class MultimodalStorage(IngestMixin, SearchMixin):
             self._sync(modality)
         table = self._tables[modality]
         if not data.schema.equals(_schema(table)):
+            self._check_taken(modality, batch.ids)
             delta.append(self.path / modality, data, None, operation="add")
             return
         parts = max(1, min(WRITE_THREADS, len(data) // MIN_FILE_ROWS))
         folder, state = self.path / modality, self._states[modality]
 
-        def written(name: str, lo: int, hi: int) -> None:  # in the writer's thread
-            self._hashed[name] = checksums.file_hash(folder / name)
+        def written(name: str, lo: int, hi: int, digest: str) -> None:  # in the writer's thread
+            self._hashed[name] = digest
             state.written[name] = batch.ids[lo:hi]
-            unit = normalize(batch.vectors[lo:hi], batch.squares[lo:hi])
-            cache.write(folder, name, unit)  # the next open maps it instead of decoding
 
-        actions = delta.write_files(folder, data, parts, after=written)
+        actions = delta.write_files(folder, data, parts, after=written,
+                                    meanwhile=lambda: self._check_taken(modality, batch.ids))  # fmt: skip
         delta.commit_files(table, actions, data.schema, operation="add")
 
     def commit_files(self, modality: str, actions: list) -> int:

@@ -7,6 +7,8 @@ writes them (the tests craft page headers with it).
 
 from __future__ import annotations
 
+import struct
+
 # Type ids. In a field header a bool's value is the type nibble itself: TRUE (1) or FALSE (2).
 STOP, TRUE, FALSE, I8, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRUCT = range(13)
 BOOL = TRUE  # what callers pass as the type of a bool field; encode_struct picks TRUE or FALSE
@@ -40,7 +42,11 @@ def encode_value(kind: int, value) -> bytes:
         )
         return size + b"".join(encode_value(element, item) for item in items)
     if kind == STRUCT:
-        return value  # encoded already by encode_struct
+        return value.encode() if isinstance(value, Struct) else value  # bytes: encoded already
+    if kind == I8:
+        return bytes([value & 0xFF])
+    if kind == DOUBLE:
+        return struct.pack("<d", value)
     return b""  # BOOL: the value is in the field header
 
 
@@ -65,7 +71,7 @@ class Reader:
     """Reads a struct field by field from ``buf``; ``skip`` passes over what the caller does not need."""
 
     def __init__(self, buf: memoryview) -> None:
-        self.buf, self.pos = buf, 0
+        self.buf, self.pos = memoryview(buf).cast("B"), 0  # unsigned bytes (pa.Buffer's are "b")
 
     def byte(self) -> int:
         if self.pos >= len(self.buf):
@@ -118,3 +124,47 @@ class Reader:
                 self.skip(inner)
         else:  # maps never occur in Parquet headers
             raise Malformed(f"unexpected thrift type {kind}")
+
+    def value(self, kind: int):
+        """The value at the cursor as ``encode_value`` takes it back; a struct is a ``Struct``."""
+        if kind in (TRUE, FALSE):
+            return kind == TRUE
+        if kind == I8:
+            return self.byte()
+        if kind in (I16, I32, I64):
+            return self.zigzag()
+        if kind == BINARY:
+            length = self.varint()
+            self.pos += length
+            if self.pos > len(self.buf):
+                raise Malformed("a binary field runs past the end of its bytes")
+            return bytes(self.buf[self.pos - length : self.pos])
+        if kind == DOUBLE:
+            self.pos += 8
+            if self.pos > len(self.buf):
+                raise Malformed("a double runs past the end of its bytes")
+            return struct.unpack("<d", self.buf[self.pos - 8 : self.pos])[0]
+        if kind in (LIST, SET):
+            head = self.byte()
+            size = head >> 4 if head >> 4 != 15 else self.varint()
+            element = head & 0x0F
+            if element in (TRUE, FALSE):
+                raise Malformed("lists of bools never occur in Parquet metadata")
+            return element, [self.value(element) for _ in range(size)]
+        if kind == STRUCT:
+            return self.struct()
+        raise Malformed(f"unexpected thrift type {kind}")
+
+    def struct(self) -> Struct:
+        """The whole struct at the cursor, every field kept (to change some and encode it again)."""
+        out = Struct()
+        for fid, kind in self.fields():
+            out[fid] = (BOOL if kind in (TRUE, FALSE) else kind, self.value(kind))
+        return out
+
+
+class Struct(dict):
+    """A decoded struct: field id -> (type, value); ``encode()`` writes it back, fields in id order."""
+
+    def encode(self) -> bytes:
+        return encode_struct(*((fid, kind, value) for fid, (kind, value) in sorted(self.items())))

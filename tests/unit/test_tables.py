@@ -227,40 +227,58 @@ def test_large_appends_write_files_in_parallel_in_one_commit(store, model, monke
     from llm_compression.tables import verify
 
     assert verify(store.path).ok and not verify(store.path).unchecked
+    files = sorted(p.name for p in (store.path / "text").rglob("*.*"))
+    taken = [*(f"q{i}" for i in range(89)), "p3"]  # checked while its 3 files are written
+    with pytest.raises(InvalidEmbeddingError, match="already in the text table"):
+        store.add(taken, unit_vectors(90, seed=12), modality="text", model_file=model,
+                  sources=["s"] * 90, metadata=[{"lang": "fr", "page": i} for i in range(90)])  # fmt: skip
+    assert sorted(p.name for p in (store.path / "text").rglob("*.*")) == files  # none left
+    assert store.table("text").version() == version + 1 and store.count("text") == 150
 
 
-def test_the_first_open_after_an_append_maps_the_cache_the_append_wrote(
+def test_the_first_open_after_an_append_maps_the_floats_of_its_data_files(
     tmp_path, model, monkeypatch
 ):
-    from llm_compression.tables import cache, state
+    from llm_compression.tables import cache, datafile, search, state
 
+    monkeypatch.setattr(search, "TAIL_BYTES", 1)  # files of 1024+ rows stay chunks of their own
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((50, 16)).astype(np.float32) * rng.uniform(0.5, 3, (50, 1))
+    x = rng.standard_normal((5000, 16)).astype(np.float32) * rng.uniform(0.5, 3, (5000, 1))
     writer = MultimodalStorage(tmp_path / "fresh")
-    writer.add([f"r{i}" for i in range(50)], x, modality="text", model_file=model)
-    files = writer.table("text").file_uris()
-    cached = [cache.load(tmp_path / "fresh" / "text", f.rsplit("/", 1)[-1], 50, 16) for f in files]
-    assert len(files) == 1 and cached[0] is not None
-    np.testing.assert_allclose(cached[0], x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-6)
+    writer.add([f"r{i}" for i in range(5000)], x, modality="text", model_file=model)
+    assert not (tmp_path / "fresh" / "text" / cache.CACHE_DIR).exists()  # appends write none
 
     def no_decoding(self, file, columns):
-        assert "vector" not in columns, "the vectors should come from the append's cache"
+        assert "vector" not in columns, "the vectors should be mapped from the data file"
         return original(self, file, columns)
 
     original = state.TableState._read
     monkeypatch.setattr(state.TableState, "_read", no_decoding)
-    mapped = MultimodalStorage(tmp_path / "fresh").search(x[:3], k=5)
-    monkeypatch.undo()
-    for folder in (tmp_path / "fresh" / "text" / cache.CACHE_DIR).iterdir():
-        folder.unlink()
-    decoded = MultimodalStorage(tmp_path / "fresh").search(x[:3], k=5)
-    assert mapped == decoded and [r.ids[0] for r in mapped] == ["r0", "r1", "r2"]
+    queries = x[:40] + rng.standard_normal((40, 16)).astype(np.float32)
+    mapped = MultimodalStorage(tmp_path / "fresh")
+    some = "id LIKE 'r1%'"  # 1,111 rows: the filtered rows are gathered
+    found = [mapped.search(q, k=5) for q in queries] + mapped.search(queries, k=5)  # int8, BLAS
+    found += mapped.search(queries[:3], k=5, where=some) + mapped.search(queries, k=5, where=some)
+    monkeypatch.setattr(datafile, "vector_rows", lambda *args: None)
+    monkeypatch.setattr(state.TableState, "_read", original)
+    decoded = MultimodalStorage(tmp_path / "fresh")
+    assert found == [decoded.search(q, k=5) for q in queries] + decoded.search(queries, k=5) + (
+        decoded.search(queries[:3], k=5, where=some) + decoded.search(queries, k=5, where=some)
+    )
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    best = np.argsort(-(unit @ (queries / np.linalg.norm(queries, axis=1, keepdims=True)).T), 0)
+    assert [r.ids for r in found[:40]] == [tuple(f"r{i}" for i in best[:5, j]) for j in range(40)]
+    assert mapped._states["text"].index.norms[0] is not None  # rows as written, mapped
+    rows = np.arange(0, 5000, 7)
+    np.testing.assert_array_equal(mapped._states["text"].index.rows(rows),
+                                  decoded._states["text"].index.rows(rows))  # fmt: skip
 
 
-def test_a_later_open_maps_the_vector_cache_and_ignores_a_damaged_one(store, monkeypatch):
+def test_files_others_write_are_cached_and_a_damaged_cache_is_ignored(store, model, monkeypatch):
     from llm_compression.tables import cache, state
 
     x = unit_vectors(60)
+    store.upsert(["d0"], x[:1], modality="text", model_file=model)  # deltalake rewrites the file
     want = store.search(x[:5], k=4)
     cache.flush()
     folder = store.path / "text" / cache.CACHE_DIR

@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from tables_helpers import unit_vectors, weight_file
 
 from llm_compression.errors import StoreFullError
-from llm_compression.tables import MultimodalStorage, delta, verify
+from llm_compression.tables import MultimodalStorage, datafile, delta, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -251,9 +251,11 @@ def test_enospc_from_deltalake_is_a_typed_error(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(delta.pq, "write_table", full)  # our data-file writer
+    monkeypatch.setattr(datafile.os, "writev", full)  # our data-file writer
     with pytest.raises(StoreFullError):
         store.add(["b"], unit_vectors(1, seed=2), modality="text", model_file=model)
+    monkeypatch.undo()
+    assert len(list((tmp_path / "s" / "text").glob("*.parquet"))) == 1  # no partial file left
     monkeypatch.setattr(delta, "write_deltalake", full)  # deltalake's (schema evolution)
     with pytest.raises(StoreFullError):
         store.add(["c"], unit_vectors(1, seed=3), modality="text", model_file=model,
