@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .compute_options import add_compute_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,14 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--video", type=Path, metavar="PATH", help="a video file (pooled to one vector)")
     p.add_argument("--frames", type=int, default=16, help="video frames to sample (default 16)")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")
-    p.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16", "int8"),
-        help="compute mode: float32 (exact, default), bfloat16 or int8 (faster, approximate)",
-    )  # fmt: skip
-    p.add_argument(
-        "--backend", default="torch", choices=("torch", "onnxruntime"),
-        help="torch (default, exact) or onnxruntime (float32 / int8 encoders on ONNX Runtime)",
-    )  # fmt: skip
+    add_compute_options(p)
     p.add_argument("--skip-errors", action="store_true", help="skip bad images/audio, report them")
     p.add_argument("--similarity", action="store_true", help="print CLIP text x image cosines")
     p.add_argument("--output", type=Path, metavar="FILE.npz", help="save the vectors (numpy .npz)")

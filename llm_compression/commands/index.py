@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .compute_options import add_compute_options
+
 log = logging.getLogger(__name__)
 BATCH_FILES = 64  # files embedded and committed together
 
@@ -27,6 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--audio-model", help="Whisper weight file for audio")
     parser.add_argument("--text-field", default="text", help="the field of .jsonl lines (text)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_compute_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).is_file():
             raise ModelFileNotFoundError(f"{flag} {path}: no such file; pass a converted .parquet")
     store = MultimodalStorage(args.store, text_model=args.text_model, clip_model=args.clip_model,
-                              audio_model=args.audio_model)  # fmt: skip
+                              audio_model=args.audio_model, dtype=args.dtype,
+                              backend=args.backend)  # fmt: skip
     store.remember_models()
     files, missing = expand(args.inputs, store.path)
     known = store.file_log()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .compute_options import add_compute_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -24,6 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print the hits as JSON")
     for name in ("text", "clip", "audio"):
         parser.add_argument(f"--{name}-model", help=f"the {name} weight file (default: as indexed)")
+    add_compute_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -34,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from ..tables import MultimodalStorage
 
     store = MultimodalStorage(args.store, create=False, text_model=args.text_model,
-                              clip_model=args.clip_model, audio_model=args.audio_model)  # fmt: skip
+                              clip_model=args.clip_model, audio_model=args.audio_model,
+                              dtype=args.dtype, backend=args.backend)  # fmt: skip
     query = args.text if args.text is not None else Path(args.image or args.audio)
     if not isinstance(query, str) and not query.is_file():
         raise ModelFileNotFoundError(f"query file {query} does not exist; pass an existing file")

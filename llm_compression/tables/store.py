@@ -45,6 +45,10 @@ class MultimodalStorage(IngestMixin, SearchMixin):
         or audio queries use them, and every row records its model's name from the file.
     provider : object, optional
         The embedding provider to use instead of one built from the model files.
+    dtype, backend : the compute options of the provider built from the model files
+        (``MultimodalEmbeddingProvider``): "float32" (exact, default), "bfloat16" or "int8";
+        "torch" (default) or "onnxruntime". Vectors of other modes are close to float32's
+        (cosine >= 0.99), not equal: a table and its queries may mix them.
 
     Examples
     --------
@@ -55,12 +59,14 @@ class MultimodalStorage(IngestMixin, SearchMixin):
     """
 
     def __init__(self, path: str | os.PathLike, *, create: bool = True, provider: Any = None,
-                 text_model=None, clip_model=None, audio_model=None) -> None:  # fmt: skip
+                 text_model=None, clip_model=None, audio_model=None, dtype: str = "float32",
+                 backend: str = "torch") -> None:  # fmt: skip
         self.path = Path(path)
         layout.open_or_create(self.path, create)
         given = model_paths(text_model=text_model, clip_model=clip_model, audio_model=audio_model)
         self._models = {**layout.remembered_models(self.path), **given}
         self._provider = provider
+        self._compute = {"dtype": dtype, "backend": backend}  # of the provider built at first use
         self._lock = delta.WriteLock(self.path)
         self._sync_lock = threading.RLock()
         self._tables: dict[str, DeltaTable] = {}
@@ -92,7 +98,7 @@ class MultimodalStorage(IngestMixin, SearchMixin):
                      "audio_model": self._models.get("audio")}  # fmt: skip
             if paths["text_model"] == paths["clip_model"]:
                 paths["text_model"] = None
-            self._provider = MultimodalEmbeddingProvider(**paths)
+            self._provider = MultimodalEmbeddingProvider(**paths, **self._compute)
         return self._provider
 
     def table(self, modality: str) -> DeltaTable:

@@ -145,3 +145,24 @@ def test_index_without_or_with_missing_models_is_one_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "Traceback" not in err
+
+
+def test_index_and_search_take_dtype_and_backend(models, corpus, tmp_path, capsys):
+    """--dtype / --backend build the store's provider: int8 / ONNX Runtime vectors are stored and
+    the query, embedded the same way, finds its own file first."""
+    pytest.importorskip("onnxruntime")
+    store = tmp_path / "store"
+    args = ["--store", str(store), "--no-progress", "--text-model", str(models["bert"])]
+    assert main(["index", str(corpus / "a.txt"), str(corpus / "notes"), *args,
+                 "--dtype", "int8", "--backend", "onnxruntime"]) == 0  # fmt: skip
+    capsys.readouterr()
+    exact = MultimodalStorage(store, text_model=models["bert"]).provider.encode_batch(
+        ["a cat sat on the mat"]
+    )[0]
+    stored = MultimodalStorage(store).get([str(corpus / "a.txt")], modality="text")
+    vector = np.asarray(stored["vector"][0].as_py())
+    assert float(vector @ exact) > 0.98 and np.abs(vector - exact).max() > 1e-5  # int8, not f32
+    query = ["search", str(store), "--text", "a cat sat on the mat", "--k", "1", "--json"]
+    assert main([*query, "--dtype", "int8", "--backend", "onnxruntime"]) == 0
+    hit = json.loads(capsys.readouterr().out)[0]
+    assert hit["id"] == str(corpus / "a.txt") and abs(hit["score"] - 1) < 1e-4
