@@ -8,7 +8,9 @@ initializer with external data: shape and type only, a few bytes, filled at run 
 weight file's rows (``SessionOptions.add_external_initializers``). The whole graph of
 all-MiniLM-L6-v2 is ~90 KB; of CLIP ViT-B/32 ~0.2 MB per tower. In the float32 graph each
 ``MatMul(x, Transpose(W))`` becomes ``FusedMatMul(x, W, transB=1)`` (``transposed_weights``): ORT
-reads the row as stored instead of folding a transposed copy at session start.
+reads the row as stored instead of folding a transposed copy at session start. Each attention
+whose mask ONNX Runtime's ``MultiHeadAttention`` can express (none, causal, padding on keys) is
+traced as that one fused node (``_MultiHeadAttention``).
 
 A second graph per modality computes the linear layers in int8 (``int8_graph``): each
 ``MatMul(x, Transpose(W))`` or ``Gemm(x, W, transB=1)`` over a weight becomes ONNX Runtime's
@@ -37,6 +39,7 @@ from .graphs import GRAPH_VERSION, INFO, INT8_SCALE, INT8_WEIGHT, check_exportab
 log = logging.getLogger(__name__)
 
 OPSET = 17  # LayerNormalization
+MS = "com.microsoft"  # ONNX Runtime's contrib ops
 # modality -> (method, input names, dynamic axes)
 PARTS = {
     "text": ("encode_text", ("ids", "mask"), {"ids": {0: "B", 1: "T"}, "mask": {0: "B", 1: "T"}}),
@@ -70,17 +73,82 @@ def _example(model: Any, modality: str) -> tuple[torch.Tensor, ...]:
 
 
 def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
-    """SDPA as the exporter should see it: the scale a constant (the exporter's own SDPA
-    computes it from the shape with two Sqrt nodes per layer) and no NaN guard (a masked key
-    never leaves a query with nothing: padding is on keys only, the causal diagonal stays)."""
-    head_dim = int(q.shape[-1])  # fixed by the config: a constant in the graph
-    scores = (q * (scale or head_dim**-0.5)) @ k.transpose(-2, -1)  # (B, H, T, S)
+    """SDPA as the exporter should see it: ONNX Runtime's fused ``MultiHeadAttention`` where its
+    mask can say it (none, causal, or padding on keys only), else the plain product below."""
+    _, H, _, D = (int(n) for n in q.shape)  # H, D fixed by the config: constants in the graph
+    scale = scale or D**-0.5
+    keys_only = attn_mask is None or tuple(attn_mask.shape[1:3]) == (1, 1)  # (B, 1, 1, S)
+    if keys_only and not (is_causal and attn_mask is not None) and k.shape[1] == H:
+        return _MultiHeadAttention.apply(q, k, v, attn_mask, scale, H, bool(is_causal))
+    return _plain_attention(q, k, v, attn_mask, is_causal, scale)
+
+
+def _plain_attention(q, k, v, attn_mask, is_causal, scale):
+    """``softmax(q k^T * scale) v`` with the scale a constant (the exporter's own SDPA computes
+    it from the shape with two Sqrt nodes per layer) and no NaN guard (a masked key never leaves
+    a query with nothing: padding is on keys only, the causal diagonal stays)."""
+    scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, T, S)
     if is_causal:
         T, S = scores.shape[-2], scores.shape[-1]
         attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     return scores.softmax(dim=-1) @ v
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """Traced as one ``com.microsoft::MultiHeadAttention`` node (q, k, v as (B, T, H*D), the
+    padding mask as ``key_padding_mask`` (B, S) int32, causal as ``unidirectional``) in place
+    of the ~10 nodes per layer of the plain product (transposes, two products, Where, Softmax).
+    Same values: ORT folds the scale of the plain product into its ``q k^T`` GEMM, as the fused
+    op does (float32 outputs equal bit for bit on MiniLM)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, keep, scale, heads, causal):  # the traced values
+        return _plain_attention(q, k, v, keep, causal, scale)
+
+    @staticmethod
+    def symbolic(g, q, k, v, keep, scale, heads, causal):
+        def const(values):
+            return g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
+
+        def merged(x):  # (B, H, T, D) -> (B, T, H*D)
+            before = _before_head_split(x)
+            if before is not None:
+                return before
+            return g.op("Reshape", g.op("Transpose", x, perm_i=[0, 2, 1, 3]), const([0, 0, -1]))
+
+        inputs = [merged(q), merged(k), merged(v)]
+        if keep is not None:  # (B, 1, 1, S) bool -> (B, S) int32, after an empty bias input
+            inputs.append(g.op("Cast", g.op("Reshape", keep, const([0, -1])), to_i=6))
+        y = g.op(f"{MS}::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=scale,
+                 unidirectional_i=int(causal))  # fmt: skip
+        y = g.op("Reshape", y, const([0, 0, heads, -1]))
+        return g.op("Transpose", y, perm_i=[0, 2, 1, 3])  # (B, H, T, D), as SDPA returns
+
+
+def _before_head_split(x: Any) -> Any:
+    """The (B, T, H*D) value that ``Attention._heads`` split into ``x`` (B, H, T, D) with a
+    Reshape and a Transpose(0, 2, 1, 3), else None: the fused node reads it as it is (ORT ran
+    a Reshape pair of ~6 us per head split at batch 1)."""
+    transpose = x.node()
+    perm = getattr(transpose, "is")  # Node.is, the int-list attribute getter, is a keyword
+    if transpose.kind() != "onnx::Transpose" or perm("perm") != [0, 2, 1, 3]:
+        return None
+    split = transpose.input().node()
+    if split.kind() != "onnx::Reshape":
+        return None
+    source = split.inputsAt(0)
+    rank = source.type().dim() if hasattr(source.type(), "dim") else None
+    return source if rank == 3 else None
+
+
+def _mask_after_empty_bias(graph: Any) -> None:
+    """MultiHeadAttention's 4th input is the bias and its 5th the padding mask: the tracer
+    cannot write an empty input, so the mask is moved to its place here."""
+    for node in graph.node:
+        if node.op_type == "MultiHeadAttention" and len(node.input) == 4:
+            node.input[:] = [*node.input[:3], "", node.input[3]]
 
 
 def _trace(model: torch.nn.Module, modality: str) -> bytes:
@@ -95,6 +163,7 @@ def _trace(model: torch.nn.Module, modality: str) -> bytes:
             _Method(model, method), _example(model, modality), buf, dynamo=False,
             export_params=False, do_constant_folding=False, opset_version=OPSET,
             input_names=list(inputs), output_names=["features"], dynamic_axes=axes,
+            custom_opsets={MS: 1},
         )  # fmt: skip
     return buf.getvalue()
 
@@ -121,6 +190,12 @@ def _weights_to_placeholders(graph: Any, inputs: tuple[str, ...]) -> list[str]:
             n.removeprefix("model.") if n.startswith("model.") else n for n in node.input
         ]
     return names
+
+
+def _use_contrib_ops(model_proto: Any) -> None:
+    """Declare the ``com.microsoft`` opset once."""
+    if all(op.domain != MS for op in model_proto.opset_import):
+        model_proto.opset_import.add(domain=MS, version=1)
 
 
 def _consumers(graph: Any) -> dict[str, list[Any]]:
@@ -166,13 +241,13 @@ def transposed_weights(model_proto: Any, weights: list[str]) -> None:
         if len(consumers[source.output[0]]) == 1:
             dropped.add(id(source))
         fused = helper.make_node("FusedMatMul", [node.input[0], weight], list(node.output),
-                                 name=f"{weight}/matmul", domain="com.microsoft", transB=1)  # fmt: skip
+                                 name=f"{weight}/matmul", domain=MS, transB=1)  # fmt: skip
         graph.node.insert(list(graph.node).index(node), fused)
         dropped.add(id(node))
     kept = [n for n in graph.node if id(n) not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
-    model_proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _use_contrib_ops(model_proto)
 
 
 def int8_graph(model_proto: Any, weights: list[str]) -> list[str]:
@@ -206,7 +281,7 @@ def int8_graph(model_proto: Any, weights: list[str]) -> list[str]:
         fused = helper.make_node(
             "DynamicQuantizeMatMul",
             [node.input[0], weight + INT8_WEIGHT, weight + INT8_SCALE, "", bias],
-            [output], name=f"{weight}/int8", domain="com.microsoft",
+            [output], name=f"{weight}/int8", domain=MS,
         )  # fmt: skip
         graph.node.insert(list(graph.node).index(node), fused)
         dropped.add(id(node))
@@ -215,7 +290,7 @@ def int8_graph(model_proto: Any, weights: list[str]) -> list[str]:
     del graph.node[:]
     graph.node.extend(kept)
     _swap_placeholders(graph, quantized, TensorProto)
-    model_proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _use_contrib_ops(model_proto)
     return [i.name for i in graph.initializer if i.data_location == TensorProto.EXTERNAL]
 
 
@@ -249,6 +324,7 @@ def export_graphs(config: Any) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for modality in spec.modalities:
         proto = onnx.load_from_string(_trace(model, modality))
+        _mask_after_empty_bias(proto.graph)
         inputs = PARTS[modality][1]
         float_names = _weights_to_placeholders(proto.graph, inputs)
         float_proto = onnx.ModelProto()

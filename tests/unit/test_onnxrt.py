@@ -74,6 +74,30 @@ def test_int8_stays_close_and_quantizes_every_linear_layer(files):
     assert len(int8) == 2 * 6  # q k v o up down in each of the 2 layers
 
 
+def _op_counts(files, kind, modality, dtype):
+    import collections
+
+    import onnx
+
+    graph = graphs.find_graphs(read_metadata(files[kind]))[graphs.graph_name(modality, dtype)]
+    return collections.Counter(n.op_type for n in onnx.load_from_string(graph).graph.node)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_each_attention_is_one_multi_head_attention_node(files, dtype):
+    """Padding mask (bert), causal (clip text) or none (vision, audio): one fused node per layer,
+    no softmax or transposes of its own left in the graph."""
+    for kind, modality in (("bert", "text"), ("clip", "text"), ("clip", "image"),
+                           ("whisper", "audio")):  # fmt: skip
+        ops = _op_counts(files, kind, modality, dtype)
+        assert ops["MultiHeadAttention"] == 2 and ops["Softmax"] == 0, (kind, modality, ops)
+        assert ops["Transpose"] <= 1, (
+            kind,
+            modality,
+            ops,
+        )  # CLIP's patches: (B, C, N) -> (B, N, C)
+
+
 def test_an_int8_file_computes_from_its_own_rows(tmp_path):
     from llm_compression.onnxrt.session import _Rows
     from llm_compression.weightfile import WeightFile, decode_tensor
