@@ -186,8 +186,14 @@ class _TorchSteps:
         if self.mask is not None:
             self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
             self.positions = self.positions[:, -1:] + 1
-        logits = self.model.logits(tokens.view(-1, 1), mask=self.mask, cache=self.cache,
-                                   start_pos=self.pos, last_only=True, positions=self.positions)
+        logits = self.model.logits(
+            tokens.view(-1, 1),
+            mask=self.mask,
+            cache=self.cache,
+            start_pos=self.pos,
+            last_only=True,
+            positions=self.positions,
+        )
         self.pos += 1
         return logits[:, -1]  # fmt: skip
 
