@@ -2,7 +2,7 @@
 often the quantized greedy text equals float32's.
 
     PYTHONPATH=. python scripts/benchmark_generate.py [--families smollm2,olmo] [--runs 3]
-        [--threads 2] [--agreement 20] [--batch 8] [--memory]
+        [--threads 2] [--agreement 20] [--batch 8] [--memory] [--per-matrix]
 
 Every variant and HF run interleaved in the same process (64 new tokens, batch 1); ratios are
 tokens/s over HF's; the load average is printed with them. ``--batch 8`` adds, per variant, the
@@ -37,8 +37,11 @@ PROMPTS = [
 ]  # fmt: skip
 
 
-def variants(family: str, paths: dict, work: Path) -> dict:
+def variants(family: str, paths: dict, work: Path, per_matrix: bool) -> dict:
+    """The models compared; ``per_matrix`` adds each quantized variant on one ORT session per
+    matrix (``load_quantized(..., graph=False)``, the path before the decoder graph)."""
     from llm_compression.convert import convert
+    from llm_compression.families.quantized import load_quantized
     from llm_compression.loader import load_model
 
     out = {"float32": load_model(paths["ours"]), "int8": load_model(paths["ours"], dtype="int8")}
@@ -49,6 +52,10 @@ def variants(family: str, paths: dict, work: Path) -> dict:
         if not kept.is_file():
             convert(weights.packaged_smollm2(), kept, dtype="gguf")
         out["int4"] = load_model(kept, dtype="int4")
+    files = {"int8": paths["ours"], "int4": work / "smollm2.gguf.parquet"}
+    for dtype in [d for d in ("int8", "int4") if per_matrix and d in out]:
+        out[f"{dtype}-per-matrix"] = load_quantized(files[dtype], dtype, graph=False)
+        out[f"{dtype}-per-matrix"].tokenizer = out[dtype].tokenizer
     return out
 
 
@@ -173,6 +180,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="also time N prompts together (0: no)")
     ap.add_argument("--memory", action="store_true", help="peak memory per variant, fresh process")
     ap.add_argument("--work", type=Path, default=Path("/tmp/llmc-bench"))
+    ap.add_argument("--per-matrix", action="store_true",
+                    help="also time int8 / int4 on one ORT session per matrix (A/B)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
@@ -180,7 +189,7 @@ def main() -> None:
     results = {}
     for family in args.families.split(","):
         paths = prepare(family, args.work)
-        models = variants(family, paths, args.work)
+        models = variants(family, paths, args.work, args.per_matrix)
         hf = AutoModelForCausalLM.from_pretrained(paths["hf"]).eval()
         ids = models["float32"].tokenizer.encode(PROMPT)
         with torch.inference_mode():

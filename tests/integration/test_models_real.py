@@ -126,3 +126,21 @@ def test_smollm2_batch_equals_each_prompt_alone(smollm2, smollm2_gguf, dtype):
             out = hf.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False,
                               pad_token_id=2)[:, width:].tolist()  # fmt: skip
         assert batch == [row[: row.index(2)] if 2 in row else row for row in out]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_smollm2_decoder_graph_equals_per_matrix_path(smollm2_gguf, dtype):
+    """One ORT graph for the decoder (the default) against one ORT session per matrix: the same
+    greedy tokens, logits within 1e-4 of the largest (docs/decisions/0011-decoder-graph.md)."""
+    pytest.importorskip("onnxruntime")
+    from llm_compression.families.quantized import load_quantized
+
+    graph = load_model(smollm2_gguf, dtype=dtype)
+    old = load_quantized(smollm2_gguf, dtype, graph=False)
+    assert graph.decoder_graph is not None
+    rows = [graph.tokenizer.encode(p) for p in BATCH_PROMPTS]
+    assert graph.generate_ids(rows, max_new_tokens=32) == old.generate_ids(rows, max_new_tokens=32)
+    ids = torch.tensor([rows[0]])
+    with torch.inference_mode():
+        got, want = graph.logits(ids), old.logits(ids)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
