@@ -191,11 +191,14 @@ def build(cfg: TransformerConfig, mats: dict[str, GroupQuantized], floats: dict,
 
 
 class DecoderGraph:
-    """The ORT session of ``build``; ``run`` is one decoder pass over a batch."""
+    """The ORT session of ``build``; ``run`` is one decoder pass over a batch. ``mats`` is
+    emptied once its matrices are copied for ORT (ORT prepacks the copies and drops them), so
+    the caller's dict does not hold a second copy through the session's creation."""
 
     def __init__(self, cfg: TransformerConfig, mats: dict, floats: dict, head: str) -> None:
         ort = _ort()
         model, external = build(cfg, mats, floats, head)
+        mats.clear()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads()
         opts.inter_op_num_threads = 1

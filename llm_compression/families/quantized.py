@@ -112,12 +112,19 @@ def _stack(mats: dict, n_layers: int, biased: set[str]) -> list[str]:
 
 def _decoder_graph(model, mats: dict, state: dict, names: set[str]):
     """The whole decoder as one ORT graph (``core.decoder_graph``), or None when the model
-    has a part the graph does not run (then every matrix gets its own session)."""
+    has a part the graph does not run (then every matrix gets its own session). The matrices
+    leave ``mats`` (the graph drops them once ORT has its copy: a lower peak), all but the
+    token table, which lookups still read."""
     if unsupported(model.config.body) is not None or any(n in state for n in names):
         return None
     floats = {name: value.numpy() for name, value in state.items()}
     head = "lm_head" if "lm_head" in mats else "token_embed"
-    return DecoderGraph(model.config.body, mats, floats, head)
+    taken = {name: mats.pop(name) for name in list(mats) if name != "token_embed"}
+    for name in taken:
+        _swap(model, name, None)  # computed in the graph
+    if "token_embed" in mats:
+        taken["token_embed"] = mats["token_embed"]
+    return DecoderGraph(model.config.body, taken, floats, head)
 
 
 def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
@@ -155,8 +162,6 @@ def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
     for module_name, w in mats.items():
         if module_name == "token_embed":
             _swap(model, module_name, QuantEmbedding(w, head=model.decoder_graph is None))
-        elif model.decoder_graph is not None:
-            _swap(model, module_name, None)  # computed in the graph
         else:
             _swap(model, module_name, QuantLinear(w, state.pop(module_name + ".bias", None)))
     for name, value in state.items():  # norms, biases of float layers
