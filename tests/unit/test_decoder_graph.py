@@ -87,6 +87,8 @@ def test_graph_refuses_a_full_cache_and_a_mask(stored) -> None:
     cache = model.new_cache(1, 4)
     with torch.inference_mode(), pytest.raises(InputError, match="holds 4 positions"):
         model.logits(torch.tensor([PROMPTS[0]]), cache=cache)
+    with pytest.raises(InputError, match="context is 128"):
+        model.generate_ids([5] * 128, max_new_tokens=2)  # no room in the context
     mask = torch.ones(1, 6, dtype=torch.bool)
     with torch.inference_mode(), pytest.raises(InputError, match="equal length"):
         model.logits(torch.tensor([PROMPTS[0]]), mask=mask)
