@@ -2,7 +2,8 @@
 often the quantized greedy text equals float32's.
 
     PYTHONPATH=. python scripts/benchmark_generate.py [--families smollm2,olmo] [--runs 3]
-        [--threads 2] [--agreement 20] [--batch 8] [--memory]
+        [--threads 2] [--agreement 20] [--batch 8] [--memory] [--per-matrix]
+        [--accuracy-levels 1]
 
 Every variant and HF run interleaved in the same process (64 new tokens, batch 1); ratios are
 tokens/s over HF's; the load average is printed with them. ``--batch 8`` adds, per variant, the
@@ -37,8 +38,14 @@ PROMPTS = [
 ]  # fmt: skip
 
 
-def variants(family: str, paths: dict, work: Path) -> dict:
+def variants(family: str, paths: dict, work: Path, per_matrix: bool, levels: list[int]) -> dict:
+    """The models compared; ``per_matrix`` adds each quantized variant on one ORT session per
+    matrix (``load_quantized(..., graph=False)``, the path before the decoder graph); each of
+    ``levels`` adds the quantized variants at that ``MatMulNBits`` accuracy level (``int8-acc1``:
+    float32 activations) beside the default (4: int8 activations)."""
     from llm_compression.convert import convert
+    from llm_compression.core import quantized
+    from llm_compression.families.quantized import load_quantized
     from llm_compression.loader import load_model
 
     out = {"float32": load_model(paths["ours"]), "int8": load_model(paths["ours"], dtype="int8")}
@@ -49,6 +56,16 @@ def variants(family: str, paths: dict, work: Path) -> dict:
         if not kept.is_file():
             convert(weights.packaged_smollm2(), kept, dtype="gguf")
         out["int4"] = load_model(kept, dtype="int4")
+    files = {"int8": paths["ours"], "int4": work / "smollm2.gguf.parquet"}
+    for dtype in [d for d in ("int8", "int4") if per_matrix and d in out]:
+        out[f"{dtype}-per-matrix"] = load_quantized(files[dtype], dtype, graph=False)
+        out[f"{dtype}-per-matrix"].tokenizer = out[dtype].tokenizer
+    default = quantized.ACCURACY_LEVEL
+    for level in [n for n in levels if n != default]:
+        quantized.ACCURACY_LEVEL = level
+        for dtype in [d for d in ("int8", "int4") if d in out]:
+            out[f"{dtype}-acc{level}"] = load_model(files[dtype], dtype=dtype)
+        quantized.ACCURACY_LEVEL = default
     return out
 
 
@@ -143,14 +160,23 @@ def memory(family: str, paths: dict, work: Path, threads: int) -> dict:
     return out
 
 
-def agreement(models: dict, prompts: list[str]) -> dict:
+def reference_tokens(model, prompts: list[str], path: Path) -> list[list[int]]:
+    """Float32's 64 greedy tokens per prompt, kept in ``path`` (JSON, keyed by prompt) so a
+    later run compares more variants without decoding float32 again."""
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    for p in [p for p in prompts if p not in known]:
+        known[p] = model.generate_ids(model.tokenizer.encode(p), max_new_tokens=64)
+        path.write_text(json.dumps(known))
+    return [known[p] for p in prompts]
+
+
+def agreement(models: dict, prompts: list[str], reference: Path) -> dict:
     ref = models["float32"]
     others = {name: m for name, m in models.items() if name != "float32"}
     same = dict.fromkeys(others, 0)
     first: dict[str, list[int]] = {name: [] for name in others}
-    for p in prompts:
+    for p, a in zip(prompts, reference_tokens(ref, prompts, reference), strict=True):
         ids = ref.tokenizer.encode(p)
-        a = ref.generate_ids(ids, max_new_tokens=64)
         for name, m in others.items():
             b = m.generate_ids(ids, max_new_tokens=64)
             if a == b:
@@ -173,6 +199,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="also time N prompts together (0: no)")
     ap.add_argument("--memory", action="store_true", help="peak memory per variant, fresh process")
     ap.add_argument("--work", type=Path, default=Path("/tmp/llmc-bench"))
+    ap.add_argument(
+        "--per-matrix",
+        action="store_true",
+        help="also time int8 / int4 on one ORT session per matrix (A/B)",
+    )
+    ap.add_argument("--accuracy-levels", default="",
+                    help="also run int8 / int4 at these MatMulNBits accuracy levels, e.g. 1")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
@@ -180,7 +213,8 @@ def main() -> None:
     results = {}
     for family in args.families.split(","):
         paths = prepare(family, args.work)
-        models = variants(family, paths, args.work)
+        levels = [int(n) for n in args.accuracy_levels.split(",") if n]
+        models = variants(family, paths, args.work, args.per_matrix, levels)
         hf = AutoModelForCausalLM.from_pretrained(paths["hf"]).eval()
         ids = models["float32"].tokenizer.encode(PROMPT)
         with torch.inference_mode():
@@ -199,7 +233,8 @@ def main() -> None:
                   flush=True)  # fmt: skip
         if family == "smollm2" and args.agreement:
             with torch.inference_mode():
-                found = agreement(models, PROMPTS[: args.agreement])
+                reference = args.work / f"{family}.float32-tokens.json"
+                found = agreement(models, PROMPTS[: args.agreement], reference)
             print(json.dumps({family: {"agreement": found}}), flush=True)
 
 

@@ -126,50 +126,120 @@ def decode_batch(
     eos_ids: Iterable[int],
     ended: set[int] | None = None,
 ) -> Iterator[dict[int, int]]:
-    """Decode several prompts together, left-padded; yield ``{row: new token}`` per step.
+    """Decode several prompts together; yield ``{row: new token}`` per step.
 
     A row leaves the batch (its KV cache rows dropped) at an end-of-sequence id (not yielded) or
     when the caller adds its index to ``ended`` (a stop string found). Each prompt is prefilled
     alone into its cache row; then every step runs the matmuls on the whole batch while each row
-    attends over its own keys only (the padding mask) at its own positions, so a row's greedy
-    tokens are those it gets alone. All rows get at most ``opts.max_new_tokens``, bounded by the
-    context length less the longest prompt. The generator ends when every row has ended.
+    attends over its own keys only at its own positions, so a row's greedy tokens are those it
+    gets alone (``_TorchSteps``: left-padded with a mask; ``_GraphSteps``: the decoder graph of
+    a quantized model, each row's own length). All rows get at most ``opts.max_new_tokens``,
+    bounded by the context length less the longest prompt. The generator ends when every row
+    has ended.
     """
     eos, ended = set(eos_ids), ended if ended is not None else set()
     device = next(model.parameters(), torch.empty(0)).device
-    x, mask = left_pad(rows, device)  # (B, T), (B, T) or None
-    n_new = min(opts.max_new_tokens, model.context_length - x.shape[1])
+    longest = max(len(r) for r in rows)
+    n_new = min(opts.max_new_tokens, model.context_length - longest)
     threads = getattr(model, "torch_threads", None)
+    kind = _TorchSteps if getattr(model, "decoder_graph", None) is None else _GraphSteps
     with torch_threads(threads):
-        cache = model.new_cache(len(rows), x.shape[1] + n_new)
-    positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        steps = kind(model, rows, longest + n_new, device)
     generator = opts.generator(device)
     active = torch.arange(len(rows))  # batch row -> caller's row index
-    pos = 0
+    tokens = None
     for _ in range(n_new):
         with torch_threads(threads):
-            if pos == 0 and mask is not None:
-                logits = _prefill_rows(model, rows, cache)
-            else:
-                logits = model.logits(
-                    x, mask=mask, cache=cache, start_pos=pos, last_only=True, positions=positions
-                )[:, -1]  # (B, V)
+            logits = steps.first() if tokens is None else steps.next(tokens)  # (B, V)
             tokens = sample(logits, opts, generator)  # (B,)
-        pos += x.shape[1]
         step = dict(zip(active.tolist(), tokens.tolist(), strict=True))  # caller's row -> token
         yield {r: t for r, t in step.items() if t not in eos}
         keep = [i for i, (r, t) in enumerate(step.items()) if t not in eos and r not in ended]
         if not keep:
             return
-        x = tokens.view(-1, 1)
-        if mask is not None:
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, S + 1)
-            positions = positions[:, -1:] + 1
         if len(keep) < len(active):
             with torch_threads(threads):
-                x, active, cache, mask, positions = _keep_rows(
-                    keep, x, active, cache, mask, positions
-                )
+                steps.keep(keep)
+            tokens, active = tokens[keep], active[keep]
+
+
+class _TorchSteps:
+    """The batch on the torch path: left-padded, a padding mask and per-row rotary positions."""
+
+    def __init__(self, model, rows: Sequence[Sequence[int]], max_len: int, device) -> None:
+        self.model, self.rows = model, rows
+        self.x, self.mask = left_pad(rows, device)  # (B, T), (B, T) or None
+        self.cache = model.new_cache(len(rows), max_len)
+        mask = self.mask
+        self.positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
+        self.pos = 0
+
+    def first(self) -> torch.Tensor:
+        """Last-position logits (B, V) of the prompts."""
+        self.pos = self.x.shape[1]
+        if self.mask is not None:
+            return _prefill_rows(self.model, self.rows, self.cache)
+        return self.model.logits(self.x, cache=self.cache, last_only=True)[:, -1]
+
+    def next(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after appending ``tokens`` (B,)."""
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+            self.positions = self.positions[:, -1:] + 1
+        logits = self.model.logits(
+            tokens.view(-1, 1),
+            mask=self.mask,
+            cache=self.cache,
+            start_pos=self.pos,
+            last_only=True,
+            positions=self.positions,
+        )
+        self.pos += 1
+        return logits[:, -1]  # fmt: skip
+
+    def keep(self, keep: list[int]) -> None:
+        """Only the rows ``keep`` (indices into the current batch) stay."""
+        index = torch.tensor(keep, device=self.x.device)
+        for layer in self.cache:
+            layer.keep(index)
+        if self.mask is not None:
+            self.mask, self.positions = self.mask[index], self.positions[index]
+
+
+class _GraphSteps:
+    """The batch on a quantized model's decoder graph (``core.decoder_graph``): each row's keys
+    at positions ``0 .. length - 1`` of its cache row, its own length telling the graph its
+    rotary position and how far it attends."""
+
+    def __init__(self, model, rows: Sequence[Sequence[int]], max_len: int, device) -> None:
+        self.model, self.rows = model, rows
+        self.cache = model.new_cache(len(rows), max_len)
+        self.lengths = torch.tensor([len(r) for r in rows])
+        self.device = device
+
+    def _logits(self, ids: torch.Tensor, pairs: list, past) -> torch.Tensor:
+        embeds = self.model.token_embed(ids)
+        return self.model.decoder_graph.run(embeds, pairs, past, last_only=True)[:, -1]
+
+    def first(self) -> torch.Tensor:
+        """Each prompt run alone (B = 1) into its own cache row: logits (B, V)."""
+        out = []
+        for i, r in enumerate(self.rows):
+            pairs = [(layer.k[i : i + 1], layer.v[i : i + 1]) for layer in self.cache]
+            out.append(self._logits(torch.tensor([list(r)], device=self.device), pairs, [0]))
+        return torch.cat(out)
+
+    def next(self, tokens: torch.Tensor) -> torch.Tensor:
+        pairs = [(layer.k, layer.v) for layer in self.cache]
+        logits = self._logits(tokens.view(-1, 1), pairs, self.lengths.tolist())
+        self.lengths += 1
+        return logits
+
+    def keep(self, keep: list[int]) -> None:
+        index = torch.tensor(keep)
+        for layer in self.cache:
+            layer.keep(index)
+        self.lengths = self.lengths[index]
 
 
 def _prefill_rows(model, rows: Sequence[Sequence[int]], cache) -> torch.Tensor:
@@ -185,16 +255,6 @@ def _prefill_rows(model, rows: Sequence[Sequence[int]], cache) -> torch.Tensor:
             layer.k[i, :, longest - len(r) : longest] = mine.k[0]
             layer.v[i, :, longest - len(r) : longest] = mine.v[0]
     return torch.cat(out)  # (B, V)
-
-
-def _keep_rows(keep: list[int], x, active, cache, mask, positions):
-    """The batch state with only the rows ``keep`` (indices into the current batch)."""
-    index = torch.tensor(keep, device=x.device)
-    for layer in cache:
-        layer.keep(index)
-    if mask is not None:
-        mask, positions = mask[index], positions[index]
-    return x[index], active[keep], cache, mask, positions
 
 
 class TextStreamer:

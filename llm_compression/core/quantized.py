@@ -34,6 +34,11 @@ def set_threads(n: int) -> None:
     _THREADS["n"] = n
 
 
+def threads() -> int:
+    """Intra-op threads of a session made now."""
+    return _THREADS["n"] or torch.get_num_threads()
+
+
 def _ort():
     try:
         import onnxruntime
@@ -70,37 +75,55 @@ def _external(name: str, array: np.ndarray):
     return tensor
 
 
-def _graph(w: GroupQuantized, weights: dict[str, np.ndarray]) -> bytes:
-    """The serialized ONNX model ``Y = MatMulNBits(A) (+ correction)`` of one matrix, its
-    ``weights`` declared external (``_session`` supplies them)."""
-    from onnx import TensorProto, helper, numpy_helper
+def matmul_nodes(w: GroupQuantized, prefix: str, a: str, y: str) -> tuple[list, list]:
+    """The nodes ``y = a @ w^T`` (``a`` of shape (..., K)) and their small constant
+    initializers; the matrix inputs are ``{prefix}B``, ``{prefix}S`` (and ``{prefix}C``)."""
+    from onnx import helper, numpy_helper
 
     n, k = w.shape
     groups = k // GROUP
     bits = 8 if w.quant_type == QUANT_INT8_GROUP else 4
-    inits = [_external(name, a) for name, a in weights.items()]
     attrs = dict(K=k, N=n, bits=bits, block_size=GROUP, accuracy_level=ACCURACY_LEVEL)
-    nodes = [
-        helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y0"], domain="com.microsoft", **attrs)
+    inputs = [a, f"{prefix}B", f"{prefix}S"]
+    if w.offsets is None:
+        return [helper.make_node("MatMulNBits", inputs, [y], domain="com.microsoft", **attrs)], []
+    p = prefix
+    inits = [
+        numpy_helper.from_array(np.array([-1, groups, GROUP], np.int64), f"{p}groups"),
+        numpy_helper.from_array(np.array([2], np.int64), f"{p}axes"),
     ]
-    out = "Y0"
-    if "C" in weights:
-        inits += [
-            numpy_helper.from_array(np.array([-1, groups, GROUP], np.int64), "shape"),
-            numpy_helper.from_array(np.array([2], np.int64), "axes"),
-        ]
-        nodes += [
-            helper.make_node("Reshape", ["A", "shape"], ["Ag"]),
-            helper.make_node("ReduceSum", ["Ag", "axes"], ["Xs"], keepdims=0),
-            helper.make_node("MatMul", ["Xs", "C"], ["Yc"]),
-            helper.make_node("Add", ["Y0", "Yc"], ["Y"]),
-        ]
-        out = "Y"
+    nodes = [
+        helper.make_node("MatMulNBits", inputs, [f"{p}Y0"], domain="com.microsoft", **attrs),
+        helper.make_node("Reshape", [a, f"{p}groups"], [f"{p}Ag"]),  # (M, G, 32)
+        helper.make_node("ReduceSum", [f"{p}Ag", f"{p}axes"], [f"{p}Xs"], keepdims=0),
+        helper.make_node("MatMul", [f"{p}Xs", f"{p}C"], [f"{p}Yc2"]),  # (M, N)
+        helper.make_node("Shape", [f"{p}Y0"], [f"{p}Yshape"]),
+        helper.make_node("Reshape", [f"{p}Yc2", f"{p}Yshape"], [f"{p}Yc"]),
+        helper.make_node("Add", [f"{p}Y0", f"{p}Yc"], [y]),
+    ]
+    return nodes, inits
+
+
+def _graph(w: GroupQuantized, weights: dict[str, np.ndarray]) -> bytes:
+    """The serialized ONNX model ``Y = MatMulNBits(A) (+ correction)`` of one matrix, its
+    ``weights`` declared external (``_session`` supplies them)."""
+    from onnx import TensorProto, helper
+
+    n, k = w.shape
+    nodes, inits = matmul_nodes(w, "", "A", "Y")
+    inits += [_external(name, a) for name, a in weights.items()]
     graph = helper.make_graph(
         nodes, "linear",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["M", n])], inits,
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], inits,
     )  # fmt: skip
+    return serialized(graph)
+
+
+def serialized(graph) -> bytes:
+    """The ONNX model of ``graph`` (standard opset 17 + ORT's contrib ops), serialized."""
+    from onnx import helper
+
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 9
@@ -123,7 +146,7 @@ def _session(w: GroupQuantized):
     (docs/decisions/0009, "Memory")."""
     ort = _ort()
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = _THREADS["n"] or torch.get_num_threads()
+    opts.intra_op_num_threads = threads()
     opts.inter_op_num_threads = 1
     opts.enable_cpu_mem_arena = False  # 211 arenas of their own chunks: +300 MB for SmolLM2
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -152,12 +175,13 @@ class QuantLinear(nn.Module):
 
 class QuantEmbedding(nn.Module):
     """A token table kept quantized: ``forward(ids)`` dequantizes only the rows looked up (exactly
-    as ``GroupQuantized.dequantize``); ``project(h)`` is the tied LM head on ``MatMulNBits``."""
+    as ``GroupQuantized.dequantize``); ``project(h)`` is the tied LM head on ``MatMulNBits``
+    (``head=False``: lookups only, the head computed elsewhere, ``core.decoder_graph``)."""
 
-    def __init__(self, w: GroupQuantized) -> None:
+    def __init__(self, w: GroupQuantized, head: bool = True) -> None:
         super().__init__()
         self.table = w
-        self.head = QuantLinear(w)
+        self.head = QuantLinear(w) if head else None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.table.take_rows(ids.reshape(-1).cpu().numpy())

@@ -58,6 +58,7 @@ class CausalLM(FamilyMethods, Transformer):
         if not config.tie_embeddings:
             self.lm_head = linear(config.body.dim, config.vocab_size, False)
         self.tokenizer = None
+        self.decoder_graph = None  # core.decoder_graph.DecoderGraph of a quantized model
 
     @property
     def context_length(self) -> int:
@@ -86,6 +87,8 @@ class CausalLM(FamilyMethods, Transformer):
         x = self.token_embed(ids)  # (B, T, C)
         if prefix_embeds is not None:
             x = torch.cat([prefix_embeds.to(x.dtype), x], dim=1)  # (B, P + T, C)
+        if self.decoder_graph is not None:
+            return self._graph_logits(x, mask, cache, start_pos, last_only, positions)
         h = super().forward(x, mask=mask, cache=cache, start_pos=start_pos, positions=positions)
         if last_only:
             h = h[:, -1:]
@@ -96,6 +99,19 @@ class CausalLM(FamilyMethods, Transformer):
         return F.linear(h, self.token_embed.weight)
 
     forward = logits
+
+    def _graph_logits(self, x, mask, cache, start_pos: int, last_only: bool, positions):
+        """``logits`` on the decoder graph: every row at the same position ``start_pos``."""
+        if mask is not None or positions is not None:
+            raise InputError(
+                "a quantized model's decoder graph runs rows of equal length (no mask or "
+                "positions); pass several prompts to generate_ids / generate, which batch them, "
+                "or load with load_quantized(path, dtype, graph=False)"
+            )
+        if cache is None:
+            cache, start_pos = self.new_cache(x.shape[0], x.shape[1]), 0
+        pairs = [(layer.k, layer.v) for layer in cache]
+        return self.decoder_graph.run(x, pairs, [start_pos] * x.shape[0], last_only=last_only)
 
     # -- text generation -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import ctypes
 import numpy as np
 import torch
 
+from ..core.decoder_graph import DecoderGraph, unsupported
 from ..core.quantized import QuantEmbedding, QuantLinear
 from ..errors import ConfigError
 from ..weightfile import WeightFile, decode_tensor
@@ -91,24 +92,48 @@ def stacked(mats: list[GroupQuantized]) -> GroupQuantized | None:
     return GroupQuantized(first.quant_type, (rows, first.shape[1]), data, scales, offsets)
 
 
-def _fuse(model: torch.nn.Module, mats: dict, biased: set[str]) -> None:
-    """Replace q/k/v and gate/up of every layer by one ``QuantLinear`` where they stack."""
-    for i in range(len(model.layers)):
+def _stack(mats: dict, n_layers: int, biased: set[str]) -> list[str]:
+    """Replace q/k/v and gate/up of every layer in ``mats`` by one matrix where they stack;
+    the names replaced."""
+    gone = []
+    for i in range(n_layers):
         for fused, parts in FUSED.items():
             names = [f"layers.{i}.{p}" for p in parts]
             if not all(n in mats for n in names) or any(n in biased for n in names):
                 continue
             w = stacked([mats[n] for n in names])
-            if w is None:
-                continue
-            _swap(model, f"layers.{i}.{fused}", QuantLinear(w))
-            for n in names:
-                del mats[n]
-                _swap(model, n, None)
+            if w is not None:
+                mats[f"layers.{i}.{fused}"] = w
+                gone += names
+                for n in names:
+                    del mats[n]
+    return gone
 
 
-def load_quantized(path, dtype: str) -> torch.nn.Module:
-    """The causal LM of ``path`` with quantized linear layers (see the module docstring)."""
+def _decoder_graph(model, mats: dict, state: dict, names: set[str]):
+    """The whole decoder as one ORT graph (``core.decoder_graph``), or None when the model
+    has a part the graph does not run (then every matrix gets its own session). The matrices
+    leave ``mats`` (the graph drops them once ORT has its copy: a lower peak), all but the
+    token table, which lookups still read."""
+    if unsupported(model.config.body) is not None or any(n in state for n in names):
+        return None
+    floats = {name: value.numpy() for name, value in state.items()}
+    head = "lm_head" if "lm_head" in mats else "token_embed"
+    taken = {name: mats.pop(name) for name in list(mats) if name != "token_embed"}
+    for name in taken:
+        _swap(model, name, None)  # computed in the graph
+    if "token_embed" in mats:
+        taken["token_embed"] = mats["token_embed"]
+    return DecoderGraph(model.config.body, taken, floats, head)
+
+
+def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
+    """The causal LM of ``path`` with quantized linear layers (see the module docstring).
+
+    ``graph``: run the whole decoder as one ORT graph where the model allows
+    (``model.decoder_graph``; docs/decisions/0011-decoder-graph.md); False: one ORT session per
+    matrix, the layers called from torch (the path before the graph, kept for comparison).
+    """
     if dtype not in QUANTIZED_DTYPES:
         raise ConfigError(f"dtype={dtype!r}: quantized compute takes one of {QUANTIZED_DTYPES}")
     file = WeightFile(path)
@@ -130,10 +155,13 @@ def load_quantized(path, dtype: str) -> torch.nn.Module:
                 state[name] = torch.from_numpy(np.array(decode_tensor(file, name), np.float32))
             else:
                 mats[name.removesuffix(".weight")] = w
-    _fuse(model, mats, {n.removesuffix(".bias") for n in state if n.endswith(".bias")})
+    biased = {n.removesuffix(".bias") for n in state if n.endswith(".bias")}
+    for name in _stack(mats, len(model.layers), biased):
+        _swap(model, name, None)
+    model.decoder_graph = _decoder_graph(model, mats, state, names) if graph else None
     for module_name, w in mats.items():
         if module_name == "token_embed":
-            _swap(model, module_name, QuantEmbedding(w))
+            _swap(model, module_name, QuantEmbedding(w, head=model.decoder_graph is None))
         else:
             _swap(model, module_name, QuantLinear(w, state.pop(module_name + ".bias", None)))
     for name, value in state.items():  # norms, biases of float layers

@@ -71,18 +71,27 @@ def _seed_model(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def tiny_causal_lm(
-    arch: str = "llama", *, seed: int = 0, tie: bool = False, gqa: bool = True, vocab_size: int = 97
+    arch: str = "llama",
+    *,
+    seed: int = 0,
+    tie: bool = False,
+    gqa: bool = True,
+    vocab_size: int = 97,
+    heads: int = 4,
 ):
-    """A tiny Llama (``arch='llama'``), OLMo-1 (``'olmo'``) or OLMo-2 (``'olmo2'``) causal LM."""
+    """A tiny Llama (``arch='llama'``), OLMo-1 (``'olmo'``) or OLMo-2 (``'olmo2'``) causal LM
+    of width 32 and ``heads`` query heads (half as many key/value heads with ``gqa``)."""
     import transformers as tf
+
+    kv_heads = heads // 2 if gqa else heads
 
     common = dict(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2 if gqa else 4, max_position_embeddings=128,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
         rope_theta=500.0, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     body = dict(
-        dim=32, n_layers=2, n_heads=4, n_kv_heads=2 if gqa else 4, mlp_dim=64,
+        dim=32, n_layers=2, n_heads=heads, n_kv_heads=kv_heads, mlp_dim=64,
         activation="swiglu", causal=True, positions="rotary", max_positions=128, rope_theta=500.0,
         qkv_bias=False, k_bias=False, out_bias=False, mlp_bias=False,
     )  # fmt: skip

@@ -18,22 +18,27 @@ from llm_compression.families.quantized import load_quantized  # noqa: E402
 
 @pytest.fixture(scope="module", params=[("llama", True), ("olmo2", False)], ids=str)
 def stored(request, tmp_path_factory):
-    _, cfg, state = tiny_causal_lm(request.param[0], tie=request.param[1])
+    _, cfg, state = tiny_causal_lm(request.param[0], tie=request.param[1], heads=2)  # head 16
     path = tmp_path_factory.mktemp("q") / "m.parquet"
     write_model(path, {k: v.numpy() for k, v in state.items()}, config=cfg, dtype="float32")
     return path, load_weights_into(build_model(cfg), state)
 
 
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "per-matrix"])
 @pytest.mark.parametrize("dtype, tolerance", [("int8", 0.03), ("int4", 0.3)])
-def test_quantized_logits_follow_float32(stored, dtype: str, tolerance: float) -> None:
+def test_quantized_logits_follow_float32(stored, dtype: str, tolerance: float, graph) -> None:
     path, ref = stored
-    model = load_quantized(path, dtype)
+    model = load_quantized(path, dtype, graph=graph)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert not linears, "every linear layer computes from quantized weights"
-    assert any(isinstance(m, QuantLinear) for m in model.modules())
     layer = model.layers[0]
-    assert isinstance(layer.attn.qkv, QuantLinear) and layer.attn.q is None  # fused: one matmul
-    assert isinstance(layer.mlp.gate_up, QuantLinear) and layer.mlp.up is None
+    assert layer.attn.q is None and layer.mlp.up is None
+    if graph:
+        assert model.decoder_graph is not None
+        assert not any(isinstance(m, QuantLinear) for m in model.modules())  # one copy: ORT's
+    else:
+        assert isinstance(layer.attn.qkv, QuantLinear)  # fused: one matmul
+        assert isinstance(layer.mlp.gate_up, QuantLinear)
     ids = torch.tensor([[5, 17, 33, 8, 61, 9]])
     with torch.inference_mode():
         got, want = model.logits(ids), ref.logits(ids)
@@ -55,9 +60,10 @@ def test_quantized_dtype_refuses_other_families(tmp_path) -> None:
         load_quantized(tmp_path / "x.parquet", "int2")
 
 
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "per-matrix"])
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
-def test_quantized_batch_equals_each_prompt_alone(stored, dtype: str) -> None:
-    model = load_quantized(stored[0], dtype)
+def test_quantized_batch_equals_each_prompt_alone(stored, dtype: str, graph: bool) -> None:
+    model = load_quantized(stored[0], dtype, graph=graph)
     prompts = [[5, 17, 33, 8, 61, 9], [3, 4], [7, 8, 9, 10]]
     batch = model.generate_ids(prompts, max_new_tokens=10)
     assert batch == [model.generate_ids(p, max_new_tokens=10) for p in prompts]

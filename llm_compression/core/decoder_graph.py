@@ -1,0 +1,241 @@
+"""The whole decoder of a quantized causal LM as one ONNX Runtime graph: one ``run`` a step.
+
+Per-matrix sessions (``core.quantized``) cost ~0.26 ms of ORT call overhead each, 121 calls a
+SmolLM2 token (docs/decisions/0011-decoder-graph.md). This graph holds every layer, built with
+``onnx.helper`` from the config, of ORT's maintained operators:
+
+- ``MatMulNBits`` for every matrix (the same inputs as ``core.quantized``, handed to ORT as
+  external initializers over our buffers: ORT's prepacked copy is the one copy);
+- ``SimplifiedLayerNormalization`` for RMSNorm (Llama's pre-norms; OLMo-2's post-norms and its
+  q/k norms over the full projections);
+- ``GroupQueryAttention`` (com.microsoft) with rotary positions from cos/sin tables (HF's
+  ``rotate_half`` convention) and the KV cache in place: ``past_key`` and ``present_key`` are
+  bound to the same buffer (``KVCache.k`` of one layer), so keys are written where they live.
+  Each row's keys sit at positions ``0 .. length - 1`` of its cache row; ``seqlens_k`` gives
+  every row its own length (its rotary position and how far it attends).
+
+Inputs: ``inputs_embeds`` (B, S, C), ``seqlens_k`` (B,) int32 (past + S - 1 per row),
+``total_sequence_length`` () int32, ``first_position`` (1,) int64 (-1: logits of the last
+position only, 0: of every position), ``past_key_{i}`` / ``past_value_{i}`` (B, KV, L, D).
+Outputs: ``logits`` (B, S or 1, V) and ``present_key_{i}`` / ``present_value_{i}``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import TransformerConfig
+from ..errors import InputError
+from ..weightfile.groupwise import GroupQuantized
+from .quantized import _external, _mapped, _ort, _weights, matmul_nodes, serialized, threads
+
+BIG = 2**62  # "to the end" for Slice
+
+
+def unsupported(cfg: TransformerConfig) -> str | None:
+    """Why the graph cannot run a decoder of ``cfg`` (None: it can)."""
+    checks = {
+        "norm is not rmsnorm": cfg.norm != "rmsnorm",
+        "norms are not pre / sandwich_post": cfg.norm_placement not in ("pre", "sandwich_post"),
+        "activation is not swiglu": cfg.activation != "swiglu",
+        "positions are not rotary": cfg.positions != "rotary",
+        "layers have biases": cfg.qkv_bias or cfg.out_bias or cfg.mlp_bias,
+        "clip_qkv is set": cfg.clip_qkv is not None,
+        "it has cross-attention": cfg.cross_attention,
+        "it has no final norm": not cfg.final_norm,
+        "head_dim is not a multiple of 16 (GroupQueryAttention's CPU kernel)": cfg.head_dim % 16,
+    }
+    reasons = [why for why, bad in checks.items() if bad]
+    return "; ".join(reasons) or None
+
+
+class _Builder:
+    """Nodes, small constants and the external matrices of the graph being built."""
+
+    def __init__(self, cfg: TransformerConfig, floats: dict[str, np.ndarray]) -> None:
+        self.cfg, self.floats = cfg, floats
+        self.nodes, self.inits, self.external = [], [], {}
+        self.count = 0
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
+        from onnx import helper
+
+        self.count += 1
+        outs = [f"{op}_{self.count}_{j}" for j in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def linear(self, w: GroupQuantized, name: str, x: str) -> str:
+        """``x @ w^T``; ``w``'s inputs become external initializers named ``{name}.B`` etc."""
+        self.count += 1
+        y = f"{name}_out_{self.count}"
+        nodes, inits = matmul_nodes(w, f"{name}.", x, y)
+        self.nodes += nodes
+        self.inits += inits
+        self.external |= {f"{name}.{k}": _mapped(a) for k, a in _weights(w).items()}
+        return y
+
+    def norm(self, name: str, x: str) -> str:
+        """RMSNorm over the last axis with the float weight ``{name}.weight``."""
+        weight = self.const(f"{name}.weight", self.floats[f"{name}.weight"].astype(np.float32))
+        return self.node("SimplifiedLayerNormalization", [x, weight], axis=-1,
+                         epsilon=float(self.cfg.norm_eps))  # fmt: skip
+
+    def split(self, x: str, sizes: list[int]) -> list[str]:
+        name = self.const(f"split_{self.count}", np.array(sizes, np.int64))
+        return self.node("Split", [x, name], len(sizes), axis=-1)
+
+
+def _projections(b: _Builder, mats: dict, widths: dict[str, int], fused: str, x: str) -> list:
+    """The outputs of the matrices named in ``widths`` (name -> output width) on ``x``: one
+    matmul, split, when their stacked matrix ``fused`` is loaded."""
+    if fused in mats:
+        return b.split(b.linear(mats[fused], fused, x), list(widths.values()))
+    return [b.linear(mats[n], n, x) for n in widths]
+
+
+def _attention(b: _Builder, mats: dict, i: int, x: str) -> str:
+    cfg, p = b.cfg, f"layers.{i}.attn."
+    q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    widths = {f"{p}q": q_dim, f"{p}k": kv_dim, f"{p}v": kv_dim}
+    q, k, v = _projections(b, mats, widths, f"{p}qkv", x)
+    if cfg.qk_norm:
+        q, k = b.norm(f"{p}q_norm", q), b.norm(f"{p}k_norm", k)
+    inputs = [q, k, v, f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
+              "cos_cache", "sin_cache"]  # fmt: skip
+    out = f"attention_{i}"
+    b.nodes.append(_gqa(inputs, [out, f"present_key_{i}", f"present_value_{i}"], cfg))
+    return b.linear(mats[f"{p}o"], f"{p}o", out)
+
+
+def _gqa(inputs: list[str], outputs: list[str], cfg: TransformerConfig):
+    from onnx import helper
+
+    return helper.make_node(
+        "GroupQueryAttention", inputs, outputs, domain="com.microsoft", num_heads=cfg.n_heads,
+        kv_num_heads=cfg.n_kv_heads, do_rotary=1, rotary_interleaved=0,
+    )  # fmt: skip
+
+
+def _mlp(b: _Builder, mats: dict, i: int, x: str) -> str:
+    p, width = f"layers.{i}.mlp.", b.cfg.mlp_dim
+    gate, up = _projections(b, mats, {f"{p}gate": width, f"{p}up": width}, f"{p}gate_up", x)
+    silu = b.node("Mul", [gate, b.node("Sigmoid", [gate])])
+    return b.linear(mats[f"{p}down"], f"{p}down", b.node("Mul", [silu, up]))
+
+
+def _layer(b: _Builder, mats: dict, i: int, x: str) -> str:
+    """One block: ``x + f(norm(x))`` (pre) or ``x + norm(f(x))`` (sandwich_post) per sublayer."""
+    pre = b.cfg.norm_placement == "pre"
+    for norm, f in ((f"layers.{i}.attn_norm", _attention), (f"layers.{i}.mlp_norm", _mlp)):
+        y = f(b, mats, i, b.norm(norm, x) if pre else x)
+        x = b.node("Add", [x, y if pre else b.norm(norm, y)])
+    return x
+
+
+def rotary_tables(cfg: TransformerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin (max_positions, D / 2), computed in float32 as ``core.attention.Rotary``."""
+    exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32)
+    inv_freq = 1.0 / (cfg.rope_theta ** (exponent / cfg.head_dim))
+    freqs = torch.arange(cfg.max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return freqs.cos().numpy(), freqs.sin().numpy()
+
+
+def _io(cfg: TransformerConfig, vocab: int):
+    """The graph's inputs and outputs (value infos)."""
+    from onnx import TensorProto, helper
+
+    f, i32 = TensorProto.FLOAT, TensorProto.INT32
+    cache = ["B", cfg.n_kv_heads, "L", cfg.head_dim]
+    inputs = [
+        helper.make_tensor_value_info("inputs_embeds", f, ["B", "S", cfg.dim]),
+        helper.make_tensor_value_info("seqlens_k", i32, ["B"]),
+        helper.make_tensor_value_info("total_sequence_length", i32, []),
+        helper.make_tensor_value_info("first_position", TensorProto.INT64, [1]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", f, ["B", "T", vocab])]
+    for i in range(cfg.n_layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", f, cache))
+            outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", f, cache))
+    return inputs, outputs
+
+
+def build(cfg: TransformerConfig, mats: dict[str, GroupQuantized], floats: dict, head: str):
+    """(serialized graph, external matrices by name) of the decoder: ``mats`` by module name
+    (``layers.0.attn.qkv``, ...; ``head`` names the LM head's), ``floats`` the norm weights."""
+    from onnx import helper
+
+    b = _Builder(cfg, floats)
+    cos, sin = rotary_tables(cfg)
+    b.const("cos_cache", cos)
+    b.const("sin_cache", sin)
+    x = "inputs_embeds"
+    for i in range(cfg.n_layers):
+        x = _layer(b, mats, i, x)
+    ends, axes = b.const("ends", np.array([BIG], np.int64)), b.const("axes", np.array([1]))
+    x = b.node("Slice", [x, "first_position", ends, axes])  # (B, T, C): the positions wanted
+    logits = b.linear(mats[head], head, b.norm("final_norm", x))
+    b.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+    inputs, outputs = _io(cfg, mats[head].shape[0])
+    inits = b.inits + [_external(name, a) for name, a in b.external.items()]
+    graph = helper.make_graph(b.nodes, "decoder", inputs, outputs, inits)
+    return serialized(graph), b.external
+
+
+class DecoderGraph:
+    """The ORT session of ``build``; ``run`` is one decoder pass over a batch. ``mats`` is
+    emptied once its matrices are copied for ORT (ORT prepacks the copies and drops them), so
+    the caller's dict does not hold a second copy through the session's creation."""
+
+    def __init__(self, cfg: TransformerConfig, mats: dict, floats: dict, head: str) -> None:
+        ort = _ort()
+        model, external = build(cfg, mats, floats, head)
+        mats.clear()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads()
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in external.values()]
+        opts.add_external_initializers(list(external), values)
+        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        self.n_layers = cfg.n_layers
+        self._ort = ort
+
+    def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool) -> torch.Tensor:
+        """Logits (B, 1 or S, V) of ``embeds`` (B, S, C) after ``past[b]`` tokens of row ``b``
+        held in ``cache`` (per layer a (keys, values) pair of float32 (B, KV, L, D) tensors,
+        written in place at positions ``past[b] .. past[b] + S - 1``)."""
+        past = np.asarray(past, np.int32).reshape(-1)
+        length, capacity = embeds.shape[1], cache[0][0].shape[2]
+        if int(past.max()) + length > capacity:
+            raise InputError(
+                f"the KV cache holds {capacity} positions but {int(past.max()) + length} were "
+                "requested; create the cache with a larger max_len"
+            )
+        io = self.session.io_binding()
+        io.bind_output("logits")
+        io.bind_cpu_input("inputs_embeds", embeds.to(torch.float32).contiguous().numpy())
+        io.bind_cpu_input("seqlens_k", past + np.int32(length - 1))
+        io.bind_cpu_input("total_sequence_length", np.array(past.max() + length, np.int32))
+        io.bind_cpu_input("first_position", np.array([-1 if last_only else 0], np.int64))
+        self._bind_cache(io, cache)
+        self.session.run_with_iobinding(io)
+        return torch.from_numpy(io.get_outputs()[0].numpy())
+
+    def _bind_cache(self, io, cache: list) -> None:
+        """Each layer's past and present bound to the same buffer: ORT writes in place."""
+        for i, pair in enumerate(cache):
+            for kind, tensor in zip(("key", "value"), pair, strict=True):
+                if not tensor.is_contiguous() or tensor.dtype != torch.float32:
+                    raise InputError("the decoder graph's KV cache must be contiguous float32")
+                value = self._ort.OrtValue.ortvalue_from_numpy(tensor.numpy())
+                io.bind_ortvalue_input(f"past_{kind}_{i}", value)
+                io.bind_ortvalue_output(f"present_{kind}_{i}", value)

@@ -1,0 +1,106 @@
+"""core.decoder_graph: a quantized causal LM's whole decoder as one ONNX Runtime graph, checked
+against the per-matrix path (``load_quantized(..., graph=False)``) on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hf_tiny import tiny_causal_lm
+
+from llm_compression.errors import InputError
+from llm_compression.weightfile import write_model
+
+pytest.importorskip("onnxruntime")
+from llm_compression.core.decoder_graph import unsupported  # noqa: E402
+from llm_compression.families.quantized import load_quantized  # noqa: E402
+
+PROMPTS = [[5, 17, 33, 8, 61, 9], [3, 4], [7, 8, 9, 10]]
+
+
+@pytest.fixture(scope="module", params=[("llama", True), ("olmo2", False)], ids=str)
+def stored(request, tmp_path_factory):
+    _, cfg, state = tiny_causal_lm(request.param[0], tie=request.param[1], heads=2)
+    path = tmp_path_factory.mktemp("g") / "m.parquet"
+    return write_model(path, {k: v.numpy() for k, v in state.items()}, config=cfg,
+                       dtype="float32")  # fmt: skip
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-4) -> None:
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= rel * want.abs().max()
+
+
+def _steps(model, ids: list[int], n: int) -> list[torch.Tensor]:
+    """Last-position logits of the prompt and of ``n`` greedy steps after it (cached)."""
+    cache = model.new_cache(1, len(ids) + n)
+    x, pos, out = torch.tensor([ids]), 0, []
+    with torch.inference_mode():
+        for _ in range(n + 1):
+            logits = model.logits(x, cache=cache, start_pos=pos, last_only=True)[:, -1]
+            out.append(logits)
+            pos += x.shape[1]
+            x = logits.argmax(-1, keepdim=True)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_graph_logits_equal_the_per_matrix_path(stored, dtype: str) -> None:
+    graph, old = load_quantized(stored, dtype), load_quantized(stored, dtype, graph=False)
+    assert graph.decoder_graph is not None and old.decoder_graph is None
+    for got, want in zip(_steps(graph, PROMPTS[0], 6), _steps(old, PROMPTS[0], 6), strict=True):
+        _close(got, want)
+    ids = torch.tensor([PROMPTS[0], PROMPTS[0][::-1]])
+    with torch.inference_mode():
+        _close(graph.logits(ids), old.logits(ids))  # every position, two rows
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_graph_greedy_tokens_equal_the_per_matrix_path(stored, dtype: str) -> None:
+    graph, old = load_quantized(stored, dtype), load_quantized(stored, dtype, graph=False)
+    for ids in PROMPTS:
+        assert graph.generate_ids(ids, max_new_tokens=12) == old.generate_ids(
+            ids, max_new_tokens=12
+        )
+
+
+def test_graph_rows_of_different_lengths_decode_as_alone(stored) -> None:
+    model = load_quantized(stored, "int4")
+    alone = [model.generate_ids(p, max_new_tokens=12) for p in PROMPTS]
+    assert model.generate_ids(PROMPTS, max_new_tokens=12) == alone
+    assert all(len(a) > 0 for a in alone)
+
+
+def test_graph_prefix_then_continuation_equals_one_pass(stored) -> None:
+    """A second chunk of several tokens after a cached prefix (align.report's use)."""
+    model = load_quantized(stored, "int8")
+    ids = PROMPTS[0]
+    cache = model.new_cache(1, len(ids))
+    with torch.inference_mode():
+        model.logits(torch.tensor([ids[:2]]), cache=cache)
+        rest = model.logits(torch.tensor([ids[2:]]), cache=cache, start_pos=2)
+        whole = model.logits(torch.tensor([ids]))
+    _close(rest, whole[:, 2:])
+
+
+def test_graph_refuses_a_full_cache_and_a_mask(stored) -> None:
+    model = load_quantized(stored, "int8")
+    cache = model.new_cache(1, 4)
+    with torch.inference_mode(), pytest.raises(InputError, match="holds 4 positions"):
+        model.logits(torch.tensor([PROMPTS[0]]), cache=cache)
+    with pytest.raises(InputError, match="context is 128"):
+        model.generate_ids([5] * 128, max_new_tokens=2)  # no room in the context
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    with torch.inference_mode(), pytest.raises(InputError, match="equal length"):
+        model.logits(torch.tensor([PROMPTS[0]]), mask=mask)
+
+
+def test_models_the_graph_cannot_run_keep_the_per_matrix_path(tmp_path) -> None:
+    _, cfg, state = tiny_causal_lm("olmo", heads=2)  # OLMo-1: non-parametric norms, clip_qkv
+    assert "clip_qkv" in unsupported(cfg.body)
+    _, llama, _ = tiny_causal_lm("llama")  # head_dim 8
+    assert "multiple of 16" in unsupported(llama.body)
+    path = write_model(tmp_path / "o.parquet", {k: v.numpy() for k, v in state.items()},
+                       config=cfg, dtype="float32")  # fmt: skip
+    model = load_quantized(path, "int8")
+    assert model.decoder_graph is None
+    assert len(model.generate_ids([5, 6, 7], max_new_tokens=3)) <= 3
