@@ -352,8 +352,11 @@ def faster_whisper_peers(audio, hf_transcribe, runs: int, dtype: str) -> dict[st
         return {}
     from llm_compression import weights
 
-    peer = WhisperModel(str(weights.packaged_whisper_base()), device="cpu",
-                        compute_type=dtype, cpu_threads=THREADS)  # fmt: skip
+    try:
+        peer = WhisperModel(str(weights.packaged_whisper_base()), device="cpu",
+                            compute_type=dtype, cpu_threads=THREADS)  # fmt: skip
+    except ValueError as e:  # CTranslate2 has no kernels for this dtype on this CPU
+        return {f"faster-whisper {dtype}": f"not run ({e})"}
 
     def transcribe():
         found, _ = peer.transcribe(audio, language="en", beam_size=1, without_timestamps=True,
