@@ -104,3 +104,24 @@ def test_models_the_graph_cannot_run_keep_the_per_matrix_path(tmp_path) -> None:
     model = load_quantized(path, "int8")
     assert model.decoder_graph is None
     assert len(model.generate_ids([5, 6, 7], max_new_tokens=3)) <= 3
+
+
+def test_threads_sharing_one_model_each_get_their_tokens(stored) -> None:
+    """Concurrent generation on one model: every thread gets its prompt's tokens alone (each
+    thread keeps its own IO binding, its cache buffers bound between steps)."""
+    import threading
+
+    model = load_quantized(stored, "int8")
+    alone = [model.generate_ids(p, max_new_tokens=10) for p in PROMPTS]
+    got: dict[int, list] = {}
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            got.setdefault(i, []).append(model.generate_ids(PROMPTS[i], max_new_tokens=10))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(got[i] == [alone[i]] * 3 for i in range(len(PROMPTS)))
