@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InputError, LLMCompressionError
+from .compute_options import DTYPES
 
 FORMATS = ("txt", "srt", "vtt", "json")
 STDIN = "-"
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         default="float32",
-        choices=("float32", "bfloat16", "int8"),
+        choices=DTYPES,
         help="float32 (default, text equal to transformers'), bfloat16, or int8 (decoder in "
         "int8, encoder in bfloat16; docs/transcription.md)",
     )

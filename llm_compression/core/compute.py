@@ -72,7 +72,7 @@ class BFloat16Linear(nn.Module):
     On the CPU the weight is held in oneDNN's blocked layout (``_packed``, what inductor's
     freezing builds) and the bias is the kernel's own: no per-call weight packing and no bias
     copy into the output (CLIP vision b16 -11% time, docs/decisions/0008-encoder-speed.md).
-    ``weight`` is then None; ``dense_weight()`` gives the values either way."""
+    ``weight`` is then None; ``dense()`` gives the values either way."""
 
     io_dtype = torch.bfloat16  # what the layer returns (KV caches are made in it)
 
@@ -88,14 +88,15 @@ class BFloat16Linear(nn.Module):
         self._packed = _onednn_packed(weight)
         self.weight = nn.Parameter(weight, requires_grad=False) if self._packed is None else None
 
-    def dense_weight(self) -> torch.Tensor:
-        """The (out, in) bfloat16 weight."""
-        return self.weight.detach() if self._packed is None else self._packed.to_dense()
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (out, in) bfloat16 weight and the bias (as ``Int8Linear.dense``)."""
+        weight = self.weight.detach() if self._packed is None else self._packed.to_dense()
+        return weight, self.bias
 
     @torch.no_grad()
     def rescale_(self, weight_factor: float, bias_factor: float) -> None:
         """Multiply the weight and the bias by constants (folding a scale into the layer)."""
-        self._hold(self.dense_weight() * weight_factor)
+        self._hold(self.dense()[0] * weight_factor)
         if self.bias is not None:
             self.bias.mul_(bias_factor)
 
@@ -113,13 +114,13 @@ def stacked_linear(layers: list[nn.Module]) -> nn.Module | None:
     kind = type(layers[0])
     if kind not in (BFloat16Linear, Int8Linear) or any(type(x) is not kind for x in layers):
         return None
-    parts = [x.dense() if kind is Int8Linear else (x.dense_weight(), x.bias) for x in layers]
+    parts = [x.dense() for x in layers]
     weight = torch.cat([w.float() for w, _ in parts])
-    biases = [b if b is not None else torch.zeros(w.shape[0]) for w, b in parts]
     joined = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     joined.weight = nn.Parameter(weight, requires_grad=False)
     if any(b is not None for _, b in parts):
-        joined.bias = nn.Parameter(torch.cat([b.float() for b in biases]), requires_grad=False)
+        bias = [torch.zeros(w.shape[0]) if b is None else b.float() for w, b in parts]
+        joined.bias = nn.Parameter(torch.cat(bias), requires_grad=False)
     return kind(joined)
 
 

@@ -235,7 +235,7 @@ class DecoderGraph:
         for name, array in inputs.items():
             io.bind_cpu_input(name, array)
         self.session.run_with_iobinding(io)
-        # a copy: the binding is reused, and its output buffer with it at the next run
+        # a copy: the output's memory goes with the OrtValue, released at the next bind_output
         return torch.from_numpy(io.get_outputs()[0].numpy().copy())
 
     def _binding(self, cache: list):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hf_generate import hf_left_padded
 
 from llm_compression.families import CausalLM, SentenceEncoder
 from llm_compression.loader import load_model
@@ -117,14 +118,7 @@ def test_smollm2_batch_equals_each_prompt_alone(smollm2, smollm2_gguf, dtype):
         model.tokenizer.decode(ids) for ids in batch
     ]
     if dtype == "float32":  # HF generate with left padding
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), 2)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
-        with torch.inference_mode():
-            out = hf.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False,
-                              pad_token_id=2)[:, width:].tolist()  # fmt: skip
+        out = hf_left_padded(hf, rows, pad=2, max_new_tokens=32)
         assert batch == [row[: row.index(2)] if 2 in row else row for row in out]
 
 

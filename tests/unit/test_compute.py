@@ -150,7 +150,7 @@ def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decod
         weight = torch.ops.quantized.linear_unpack(head._packed)[0]
         assert weight.dtype == torch.qint8  # the head is int8 in memory, not a float copy
     else:
-        weight = head.dense_weight()
+        weight = head.dense()[0]
         assert weight.dtype == torch.bfloat16
     assert weight.shape == exact.decoder.token_embed.weight.shape
 
@@ -192,18 +192,22 @@ def test_int8_engine_follows_the_cpu(bert_file, monkeypatch):
     compute.int8_engine.cache_clear()
 
 
+def _random_linear(n_in: int, n_out: int, g: torch.Generator, bias: bool = True):
+    layer = torch.nn.Linear(n_in, n_out, bias=bias)
+    layer.weight.data = torch.randn(n_out, n_in, generator=g)
+    if bias:
+        layer.bias.data = torch.randn(n_out, generator=g)
+    return layer
+
+
 def test_bfloat16_linear_packed_equals_plain_bfloat16_matmul():
     from llm_compression.core.compute import compute_bytes
 
     g = torch.Generator().manual_seed(5)
-    layer = torch.nn.Linear(48, 40)
-    layer.weight.data, layer.bias.data = (
-        torch.randn(40, 48, generator=g),
-        torch.randn(40, generator=g),
-    )
+    layer = _random_linear(48, 40, g)
     fast = BFloat16Linear(layer)
     w, b = layer.weight.bfloat16(), layer.bias.bfloat16()
-    assert torch.equal(fast.dense_weight(), w)
+    assert torch.equal(fast.dense()[0], w)
     x = torch.randn(3, 48, 5, generator=g).transpose(1, 2)  # (3, 5, 48), not contiguous
 
     def close(got, want):  # the bias is added before the output is rounded to bfloat16
@@ -220,11 +224,7 @@ def test_bfloat16_linear_packed_equals_plain_bfloat16_matmul():
 
 def test_int8_linear_rescale_keeps_the_int8_values():
     g = torch.Generator().manual_seed(6)
-    layer = torch.nn.Linear(64, 32)
-    layer.weight.data, layer.bias.data = (
-        torch.randn(32, 64, generator=g),
-        torch.randn(32, generator=g),
-    )
+    layer = _random_linear(64, 32, g)
     fast = Int8Linear(layer)
     before, _ = torch.ops.quantized.linear_unpack(fast._packed)
     x = torch.randn(5, 64, generator=g)
@@ -244,11 +244,7 @@ def test_stacked_linear_computes_the_layers_side_by_side(kind):
     from llm_compression.core.compute import stacked_linear
 
     g = torch.Generator().manual_seed(7)
-    layers = [torch.nn.Linear(24, n, bias=n != 8) for n in (16, 8, 8)]  # k without bias
-    for x in layers:
-        x.weight.data = torch.randn(x.weight.shape, generator=g)
-        if x.bias is not None:
-            x.bias.data = torch.randn(x.bias.shape, generator=g)
+    layers = [_random_linear(24, n, g, bias=n != 8) for n in (16, 8, 8)]  # k without bias
     parts = [kind(x) for x in layers]
     fused = stacked_linear(parts)
     x = torch.randn(3, 24, generator=g)

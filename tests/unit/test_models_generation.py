@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hf_generate import hf_left_padded
 from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
 
 from llm_compression.core.generation import TextStreamer
@@ -121,20 +122,12 @@ def test_batch_stop_strings_end_each_row(model):
 
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
 def test_batch_ids_equal_alone_and_hf_left_padded(arch):
-    import torch
 
     hf, cfg, state = tiny_causal_lm(arch, seed=4)
     m = load_weights_into(build_model(cfg), state)
     prompts = [[5, 17, 33, 8, 61, 9], [3, 4], [7, 8, 9, 10], [11]]
     batch = m.generate_ids(prompts, max_new_tokens=12)
     assert batch == [m.generate_ids(p, max_new_tokens=12) for p in prompts]
-    width = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
-    with torch.inference_mode():
-        out = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                          pad_token_id=0)[:, width:].tolist()  # fmt: skip
+    out = hf_left_padded(hf, prompts, pad=0, max_new_tokens=12)
     eos = cfg.eos_token_ids[0]
     assert batch == [row[: row.index(eos)] if eos in row else row for row in out]

@@ -45,7 +45,7 @@ def test_load_causal_lm_matches_in_memory_model(lm_file):
 
 def test_load_bfloat16(lm_file):
     model = load_model(lm_file[0], dtype=torch.bfloat16)  # core.compute: linear layers only
-    assert model.layers[0].mlp.up.dense_weight().dtype == torch.bfloat16
+    assert model.layers[0].mlp.up.dense()[0].dtype == torch.bfloat16
     assert model.token_embed.weight.dtype == torch.float32
     assert isinstance(model.generate("fox", max_new_tokens=3), str)
 
