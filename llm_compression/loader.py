@@ -354,7 +354,11 @@ def load_model(
         if str(device) != "cpu":
             raise ConfigError(f"backend='onnxruntime' runs on the CPU; got device={device!r}")
         return OrtModel(path, dtype=dtype)
-    return _load_torch(path, dtype, device)
+    from .core.malloc import reuse_freed_memory
+
+    model = _load_torch(path, dtype, device)
+    reuse_freed_memory()  # after loading: activations reuse pages instead of faulting them in
+    return model
 
 
 def _load_torch(path: str | os.PathLike, dtype: Any, device: Any):
