@@ -156,14 +156,32 @@ def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decod
 
 
 @pytest.mark.parametrize("mode", ["bfloat16", "int8"])
+def test_patch_conv_runs_as_a_bfloat16_linear(clip_file, mode):
+    """bfloat16 and int8 compute CLIP's patch convolution as a bfloat16 linear layer over the
+    flattened patches: the patch embeddings equal the float32 conv's up to bfloat16 rounding."""
+    from llm_compression.core.compute import BFloat16Linear
+
+    model, exact = load_model(clip_file, dtype=mode), load_model(clip_file)
+    assert model.vision.patch_embed is None and isinstance(
+        model.vision.patch_linear, BFloat16Linear
+    )
+    assert exact.vision.patch_linear is None  # float32 keeps the exact conv
+    size = exact.config.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        want = exact.vision.patch_embed(pixels).flatten(2).transpose(1, 2)
+        got = model.vision.patch_linear(model.vision._patches(pixels.to(torch.bfloat16))).float()
+    assert got.shape == want.shape
+    assert float((got - want).norm() / want.norm()) < 0.005  # a wrong patch order is ~1.4
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
 def test_quick_gelu_runs_as_one_silu(clip_file, mode):
     """bfloat16 and int8 fold quick_gelu's 1.702 into the up / down weights and run one silu:
     the MLP gives the float32 MLP's output up to the mode's rounding."""
     from llm_compression.core.mlp import MLP, quick_gelu
 
     model = load_model(clip_file, dtype=mode)
-    patch_dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
-    assert model.vision.patch_embed.weight.dtype == patch_dtype
     mlps = [m for m in model.modules() if isinstance(m, MLP)]
     assert mlps and all(m.act is torch.nn.functional.silu for m in mlps)
     exact = load_model(clip_file)
