@@ -124,10 +124,15 @@ class Attention(nn.Module):
         self.clip_qkv = cfg.clip_qkv
         self.rotary = cfg.positions == "rotary" and not cross
         self.qkv: nn.Module | None = None  # q, k, v in one matmul (set by quantized loading)
+        self.memory_dtype: torch.dtype | None = None  # cross-attention K/V kept in it, if set
 
     def compute_converted(self, mode: str) -> None:
         """bfloat16 / int8 self-attention: q, k and v as one matmul (``core.compute``): the input
-        is cast or quantized once, and the kernel sees one wider matrix."""
+        is cast or quantized once, and the kernel sees one wider matrix. int8 cross-attention
+        keeps the encoder's keys and values in bfloat16: a decode step reads all of them (1500
+        rows a layer in Whisper), and half the bytes halve that read (SDPA 0.26 -> 0.13 ms)."""
+        if self.cross and mode == "int8":
+            self.memory_dtype = torch.bfloat16
         if self.cross or self.qkv is not None or mode not in ("bfloat16", "int8"):
             return
         fused = stacked_linear([self.q, self.k, self.v])
@@ -158,6 +163,8 @@ class Attention(nn.Module):
         if memory is None:
             raise InputError("cross-attention needs the encoder output: pass memory=(B, S, C)")
         kv = self._project_kv(memory)
+        if self.memory_dtype is not None:
+            kv = (kv[0].to(self.memory_dtype), kv[1].to(self.memory_dtype))
         if cache is not None:
             cache.cross, cache.memory = kv, memory
         return kv
@@ -194,7 +201,7 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
                 k, v = cache.update(start_pos, k, v)  # (B, KV, S, D)
-        y = self._sdpa(q, k, v, mask, is_causal)  # (B, H, T, D)
+        y = self._sdpa(q.to(k.dtype), k, v, mask, is_causal).to(q.dtype)  # (B, H, T, D)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _sdpa(self, q, k, v, mask, is_causal) -> torch.Tensor:

@@ -81,6 +81,17 @@ def test_transcription_equals_hf(base):
     assert ours.transcribe(SPEECH) == _hf_text(hf, ours.tokenizer, audio, task="transcribe")
 
 
+@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
+def test_compute_modes_transcribe_like_hf(base, real_whisper_base_parquet, mode):
+    """Issue #12: bfloat16 and int8 (int8 decoder, bfloat16 encoder, the encoder's keys and
+    values in bfloat16) keep HF's float32 text on both test clips."""
+    ours, hf = base
+    model = load_model(real_whisper_base_parquet, dtype=mode)
+    for path in (SPEECH, FIXTURES / "hello_world_stereo_44k.flac"):
+        ref = _hf_text(hf, ours.tokenizer, load_audio(path), language="en", task="transcribe")
+        assert model.transcribe(path, language="en") == ref
+
+
 def test_resampled_stereo_file_transcribes_like_hf(base):
     ours, hf = base
     path = FIXTURES / "hello_world_stereo_44k.flac"

@@ -140,11 +140,14 @@ def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decod
     memory = torch.randn(
         1, 20, exact.config.decoder.dim, generator=torch.Generator().manual_seed(1)
     )
+    cache = model.decoder.new_cache(1, 8)
     with torch.inference_mode():
         want = exact.decoder(ids, memory=memory)
-        got = model.decoder(ids, memory=memory)
+        got = model.decoder(ids, memory=memory, cache=cache)
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert _cos(got.numpy(), want.numpy()).min() > 0.99
+    # the encoder's keys and values a decode step reads: bfloat16 in both modes
+    assert cache[0].cross[0].dtype == torch.bfloat16
     head = model.decoder.head
     if mode == "int8":
         weight = torch.ops.quantized.linear_unpack(head._packed)[0]
