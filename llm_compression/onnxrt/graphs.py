@@ -22,7 +22,7 @@ from ..weights import cache_dir
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = 6  # bump when export.py changes the graphs it writes: cached ones are redone
+GRAPH_VERSION = 7  # bump when export.py changes the graphs it writes: cached ones are redone
 EXPORTABLE = ("bert", "clip", "whisper", "mobilenet_v2")  # the families that embed
 INFO = "onnx/info.json"
 INT8_WEIGHT = "#int8t"  # placeholder suffix: the int8 weight transposed to (in, out)

@@ -78,13 +78,7 @@ def decode_split(
     low = scratch.low_bytes(n)
     try:
         with scratch.decompressor.stream_reader(frame.frame, read_across_frames=False) as reader:
-            head = bytearray(PLAIN_LENGTH_BYTES)
-            _fill(reader, memoryview(head), where)
-            if int.from_bytes(head, "little") != 2 * n:
-                raise CorruptFileError(
-                    f"{where}: the data page holds a value of {int.from_bytes(head, 'little')} "
-                    f"bytes, expected {2 * n}"
-                )
+            _check_length(reader, 2 * n, where)
             low_view = memoryview(low)
             for start in range(0, n, PIECE):
                 piece = low_view[start : start + PIECE]
@@ -104,3 +98,36 @@ def decode_split(
     except zstandard.ZstdError as e:
         raise CorruptFileError(f"{where}: the zstd data page does not decode ({e})") from e
     return hasher.value() if hasher is not None else None
+
+
+def _check_length(reader, nbytes: int, where: str) -> None:
+    """Read the value's 4-byte length prefix: CorruptFileError unless it says ``nbytes``."""
+    head = bytearray(PLAIN_LENGTH_BYTES)
+    _fill(reader, memoryview(head), where)
+    if int.from_bytes(head, "little") != nbytes:
+        raise CorruptFileError(
+            f"{where}: the data page holds a value of {int.from_bytes(head, 'little')} bytes, "
+            f"expected {nbytes}"
+        )
+
+
+def decode_plain(frame: DataFrame, out: np.ndarray, hasher, *, where: str) -> None:
+    """Decompress a plain value straight into ``out`` (its bytes, a new array: no page buffer,
+    no copy out of one), feeding each piece to ``hasher`` (or None) while it is in cache.
+
+    Raises CorruptFileError (prefixed with ``where``) when the frame does not decode to a 4-byte
+    length of ``out.nbytes`` followed by exactly that many bytes.
+    """
+    view = memoryview(out).cast("B")
+    try:
+        with _SCRATCH.decompressor.stream_reader(frame.frame, read_across_frames=False) as reader:
+            _check_length(reader, len(view), where)
+            for start in range(0, len(view), 4 * PIECE):
+                piece = view[start : start + 4 * PIECE]
+                _fill(reader, piece, where)
+                if hasher is not None:
+                    hasher.update(piece)
+            if reader.read(1):
+                raise CorruptFileError(f"{where}: the data page holds more than {len(view)} bytes")
+    except zstandard.ZstdError as e:
+        raise CorruptFileError(f"{where}: the zstd data page does not decode ({e})") from e

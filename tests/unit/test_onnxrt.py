@@ -114,6 +114,38 @@ def test_an_int8_file_computes_from_its_own_rows(tmp_path):
     assert float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_onnxruntime_copies_the_initializers_so_ours_are_dropped(files, dtype):
+    """The session keeps no pointer into the rows handed to it: OrtModel drops them once the
+    session exists (zeroing them afterwards leaves every output as it was)."""
+    import onnxruntime as ort
+
+    from llm_compression.onnxrt.session import _Rows, _session
+    from llm_compression.weightfile import WeightFile
+
+    info = json.loads(graphs.find_graphs(read_metadata(files["bert"]))[graphs.INFO])
+    part = info["parts"]["text"]
+    rows = _Rows(WeightFile(files["bert"]), 1)
+    held = {k: np.array(v) for k, v in rows.decode(part[dtype]).items() if k not in part["fed"]}
+    graph = graphs.find_graphs(read_metadata(files["bert"]))[graphs.graph_name("text", dtype)]
+    session = _session(ort, graph, held, 1)
+    feeds = {**rows.decode(part["fed"]), "ids": np.array([[1, 5, 7, 2]]), "mask": np.ones((1, 4))}
+    feeds["mask"] = feeds["mask"].astype(np.int64)
+    before = session.run(None, feeds)[0]
+    for array in held.values():
+        array[...] = 0
+    np.testing.assert_array_equal(session.run(None, feeds)[0], before)
+
+
+def test_embedding_tables_are_run_inputs_read_where_they_lie(files):
+    """ORT would copy an initializer; the token table (the largest tensor) is fed instead."""
+    model = OrtModel(files["bert"])
+    fed = model.info["parts"]["text"]["fed"]
+    assert "embed.token.weight" in fed
+    inputs = {i.name for i in model._sessions["text"].get_inputs()}
+    assert set(fed) <= inputs and set(fed) == set(model._fed["text"])
+
+
 def test_clip_engine_and_load_model_take_the_backend(files):
     engine = CLIPEngine(files["clip"], backend="onnxruntime")
     reference = CLIPEngine(files["clip"])
