@@ -456,12 +456,13 @@ MEMORY_ORT = (
 MEMORY_ORT = (
     """
 def ort_bytes(model):
-    from llm_compression.onnxrt.graphs import INT8_SCALE, INT8_WEIGHT
+    from llm_compression.onnxrt.graphs import INT8_ROWS, INT8_SCALE, INT8_WEIGHT
     total = 0
     for part in model.info["parts"].values():
         for name in part[model.compute_dtype]:
-            info = model.file.tensors[name.removesuffix(INT8_WEIGHT).removesuffix(INT8_SCALE)]
-            if name.endswith(INT8_WEIGHT):
+            base = name.removesuffix(INT8_WEIGHT).removesuffix(INT8_ROWS).removesuffix(INT8_SCALE)
+            info = model.file.tensors[base]
+            if name.endswith((INT8_WEIGHT, INT8_ROWS)):
                 total += info.n_params
             else:
                 total += 4 * (info.shape[0] if name.endswith(INT8_SCALE) else info.n_params)

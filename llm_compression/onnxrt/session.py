@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..weightfile import WeightFile, decode_tensor
 from ..weightfile.format import quantize_int8_rows
-from .graphs import INFO, INT8_SCALE, INT8_WEIGHT, find_graphs, graph_name
+from .graphs import INFO, INT8_ROWS, INT8_SCALE, INT8_WEIGHT, find_graphs, graph_name
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class _Rows:
             base = name.removesuffix(INT8_WEIGHT)
             q, scales = self._int8(base)
             return [(name, np.ascontiguousarray(q.T)), (base + INT8_SCALE, scales)]
+        if name.endswith(INT8_ROWS):  # a Gather's table: rows as stored
+            base = name.removesuffix(INT8_ROWS)
+            return list(zip((name, base + INT8_SCALE), self._int8(base), strict=True))
         return [(name, decode_tensor(self.file, name))]
 
     def decode(self, names: list[str]) -> dict[str, np.ndarray]:
@@ -107,11 +110,12 @@ class OrtModel:
         self._sessions: dict[str, Any] = {}
         self._fed: dict[str, dict[str, np.ndarray]] = {}  # tables the runs read where they lie
         for modality, part in self.info["parts"].items():
-            held = [n for n in part[self.compute_dtype] if n not in part["fed"]]
+            fed = part["fed"][self.compute_dtype]
+            held = [n for n in part[self.compute_dtype] if n not in fed]
             graph = graphs[graph_name(modality, self.compute_dtype)]
             self._sessions[modality] = _session(ort, graph, rows.decode(held), self.threads)
             # decoded once ORT holds (and we dropped) the rest: the peak holds one copy of each
-            self._fed[modality] = rows.decode(part["fed"])
+            self._fed[modality] = rows.decode(fed)
         self.tokenizer = None
         if "text" in self.info["parts"]:
             from ..preprocess.text import Tokenizer
