@@ -62,7 +62,8 @@ class _Rows:
         if info.quant_type is not None:  # an int8 file: its own rows, decoded once
             q, scales = self.file.read_plain(info) or self.file.read(info)
             return np.frombuffer(q, np.int8).reshape(info.shape), np.frombuffer(scales, np.float32)
-        return quantize_int8_rows(decode_tensor(self.file, info))
+        streamed = self.file.read_quantized(info, quantize_int8_rows)  # no float32 matrix held
+        return streamed or quantize_int8_rows(decode_tensor(self.file, info))
 
     def _one(self, name: str) -> list[tuple[str, np.ndarray]]:
         if name.endswith(INT8_WEIGHT):

@@ -111,23 +111,47 @@ def _check_length(reader, nbytes: int, where: str) -> None:
         )
 
 
-def decode_plain(frame: DataFrame, out: np.ndarray, hasher, *, where: str) -> None:
-    """Decompress a plain value straight into ``out`` (its bytes, a new array: no page buffer,
-    no copy out of one), feeding each piece to ``hasher`` (or None) while it is in cache.
+def decode_plain(frame: DataFrame, nbytes: int, targets, hasher, *, where: str) -> None:
+    """Decompress a plain value of ``nbytes`` straight into ``targets``, writable buffers filled
+    in turn (pieces of the returned array: no page buffer, no copy out of one; or one scratch
+    piece a generator hands out again once it has used it), feeding each piece to ``hasher`` (or
+    None) while it is in cache.
 
     Raises CorruptFileError (prefixed with ``where``) when the frame does not decode to a 4-byte
-    length of ``out.nbytes`` followed by exactly that many bytes.
+    length of ``nbytes`` followed by exactly that many bytes.
     """
-    view = memoryview(out).cast("B")
     try:
         with _SCRATCH.decompressor.stream_reader(frame.frame, read_across_frames=False) as reader:
-            _check_length(reader, len(view), where)
-            for start in range(0, len(view), 4 * PIECE):
-                piece = view[start : start + 4 * PIECE]
+            _check_length(reader, nbytes, where)
+            for target in targets:
+                piece = memoryview(target).cast("B")
                 _fill(reader, piece, where)
                 if hasher is not None:
                     hasher.update(piece)
             if reader.read(1):
-                raise CorruptFileError(f"{where}: the data page holds more than {len(view)} bytes")
+                raise CorruptFileError(f"{where}: the data page holds more than {nbytes} bytes")
     except zstandard.ZstdError as e:
         raise CorruptFileError(f"{where}: the zstd data page does not decode ({e})") from e
+
+
+def pieces(out: np.ndarray, size: int = 4 * PIECE):
+    """``out``'s bytes in pieces of ``size``: the targets of ``decode_plain`` for a whole array."""
+    flat = out.reshape(-1).view(np.uint8)
+    return (flat[start : start + size] for start in range(0, len(flat), size))
+
+
+def quantizing(rows: int, cols: int, quantize) -> tuple[np.ndarray, np.ndarray, object]:
+    """(q, scales, targets): ``decode_plain`` fills one float32 scratch piece of whole rows at a
+    time and ``quantize(piece) -> (q, scales)`` turns each into int8 rows as it goes, so the float32
+    matrix is never held (a float file's 47 MB MiniLM token table becomes 12 MB of int8)."""
+    q, scales = np.empty((rows, cols), np.int8), np.empty(rows, np.float32)
+    step = max(1, (4 * PIECE) // max(4 * cols, 1))
+    scratch = np.empty((min(step, rows), cols), np.float32)
+
+    def targets():
+        for start in range(0, rows, step):
+            piece = scratch[: min(step, rows - start)]
+            yield piece
+            q[start : start + len(piece)], scales[start : start + len(piece)] = quantize(piece)
+
+    return q, scales, targets()
