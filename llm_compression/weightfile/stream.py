@@ -134,9 +134,10 @@ def decode_plain(frame: DataFrame, nbytes: int, targets, hasher, *, where: str) 
         raise CorruptFileError(f"{where}: the zstd data page does not decode ({e})") from e
 
 
-def pieces(out: np.ndarray, size: int = 4 * PIECE):
-    """``out``'s bytes in pieces of ``size``: the targets of ``decode_plain`` for a whole array."""
-    flat = out.reshape(-1).view(np.uint8)
+def pieces(out: np.ndarray):
+    """``out``'s bytes in pieces of 4 * PIECE (1 MiB): ``decode_plain``'s targets for a whole
+    array."""
+    flat, size = out.reshape(-1).view(np.uint8), 4 * PIECE
     return (flat[start : start + size] for start in range(0, len(flat), size))
 
 
