@@ -4,7 +4,7 @@ Each tensor is one row group, decoded on its own by ``weightfile.decode_tensor``
 path: the streamed C join, Arrow + the C join, or numpy): ``get_layer`` reads just that row group and
 ``load_weights`` decodes row groups on a thread pool (zstd, the xxh3 checksum, the C loop and numpy's
 copies release the GIL). The loader only wraps the arrays as torch tensors (``torch.from_numpy``, no
-copy: float32 rows stay views of the decoded Arrow buffer) and moves them to the device.
+copy: a float32 row is the array its zstd frame was decompressed into) and moves them to the device.
 
 Example
 -------

@@ -34,7 +34,15 @@ import torch
 import torch.nn.functional as F
 
 from ..families import build_model, config_to_dict, family
-from .graphs import GRAPH_VERSION, INFO, INT8_SCALE, INT8_WEIGHT, check_exportable, graph_name
+from .graphs import (
+    GRAPH_VERSION,
+    INFO,
+    INT8_ROWS,
+    INT8_SCALE,
+    INT8_WEIGHT,
+    check_exportable,
+    graph_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +302,64 @@ def int8_graph(model_proto: Any, weights: list[str]) -> list[str]:
     return [i.name for i in graph.initializer if i.data_location == TensorProto.EXTERNAL]
 
 
+def tables_as_inputs(graph: Any) -> list[str]:
+    """Placeholders read only as a ``Gather``'s table (token and position embeddings) -> graph
+    inputs (in place), fed at each run; returns their names.
+
+    ONNX Runtime copies every initializer into its own memory when the session starts (and a
+    Gather gains nothing from it: no prepacking, nothing to fold), while a run input is read
+    where it lies: the runtime keeps the decoded row and ORT never holds a second copy of the
+    largest tensors (MiniLM's 47 MB token table, half the model)."""
+    from onnx import TensorProto, helper
+
+    consumers = _consumers(graph)
+    fed = [
+        init for init in graph.initializer
+        if init.data_location == TensorProto.EXTERNAL and consumers.get(init.name)
+        and all(n.op_type == "Gather" and n.input[0] == init.name for n in consumers[init.name])
+    ]  # fmt: skip
+    names = [init.name for init in fed]
+    for init in fed:
+        graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+        graph.initializer.remove(init)
+    return names
+
+
+def int8_tables(graph: Any, tables: list[str]) -> list[str]:
+    """The fed tables of the int8 graph as int8 rows with a float32 scale per row (in place):
+    ``Gather(T, i)`` -> ``Cast(Gather(T#int8r, i)) * Unsqueeze(Gather(T#scale, i), -1)``, so an
+    int8 model's embeddings stay int8 in memory (as ``core``'s QuantEmbedding keeps them).
+    Returns the new input names."""
+    from onnx import TensorProto, helper
+
+    inputs = {value.name: value for value in graph.input}
+    names: list[str] = []
+    last_axis = helper.make_tensor("int8_tables/last_axis", TensorProto.INT64, [1], [-1])
+    graph.initializer.append(last_axis)
+    for table in tables:
+        dims = [d.dim_value for d in inputs[table].type.tensor_type.shape.dim]
+        q, scale = table + INT8_ROWS, table + INT8_SCALE
+        graph.input.remove(inputs[table])
+        graph.input.append(helper.make_tensor_value_info(q, TensorProto.INT8, dims))
+        graph.input.append(helper.make_tensor_value_info(scale, TensorProto.FLOAT, dims[:1]))
+        for k, node in enumerate(
+            [n for n in graph.node if n.op_type == "Gather" and n.input[0] == table]
+        ):
+            at, tag = list(graph.node).index(node), f"{table}/int8/{k}"
+            new = [
+                helper.make_node("Gather", [q, node.input[1]], [tag + "/q"], axis=0),
+                helper.make_node("Cast", [tag + "/q"], [tag + "/f"], to=TensorProto.FLOAT),
+                helper.make_node("Gather", [scale, node.input[1]], [tag + "/s"], axis=0),
+                helper.make_node("Unsqueeze", [tag + "/s", last_axis.name], [tag + "/s1"]),
+                helper.make_node("Mul", [tag + "/f", tag + "/s1"], list(node.output)),
+            ]
+            graph.node.remove(node)
+            for offset, made in enumerate(new):
+                graph.node.insert(at + offset, made)
+        names += [q, scale]
+    return names
+
+
 def _swap_placeholders(graph: Any, quantized: dict[str, list[int]], tensor_proto: Any) -> None:
     """Float placeholders of the quantized weights -> int8 (in, out) and float32 (out,) ones."""
     for init in [i for i in graph.initializer if i.name in quantized]:
@@ -330,11 +396,14 @@ def export_graphs(config: Any) -> dict[str, bytes]:
         float_proto = onnx.ModelProto()
         float_proto.CopyFrom(proto)
         transposed_weights(float_proto, float_names)
-        out[graph_name(modality, "float32")] = float_proto.SerializeToString()
         int8_names = int8_graph(proto, float_names)
+        fed = {"float32": tables_as_inputs(float_proto.graph)}
+        fed["int8"] = int8_tables(proto.graph, tables_as_inputs(proto.graph))
+        int8_names = [n for n in int8_names if n not in fed["float32"]] + fed["int8"]
+        out[graph_name(modality, "float32")] = float_proto.SerializeToString()
         out[graph_name(modality, "int8")] = proto.SerializeToString()
         info["parts"][modality] = {
-            "inputs": list(inputs), "float32": float_names, "int8": int8_names,
+            "inputs": list(inputs), "float32": float_names, "int8": int8_names, "fed": fed,
         }  # fmt: skip
     info.update(_facts(model))
     out[INFO] = json.dumps(info, sort_keys=True).encode()

@@ -22,11 +22,12 @@ from ..weights import cache_dir
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = 6  # bump when export.py changes the graphs it writes: cached ones are redone
+GRAPH_VERSION = 8  # bump when export.py changes the graphs it writes: cached ones are redone
 EXPORTABLE = ("bert", "clip", "whisper", "mobilenet_v2")  # the families that embed
 INFO = "onnx/info.json"
 INT8_WEIGHT = "#int8t"  # placeholder suffix: the int8 weight transposed to (in, out)
-INT8_SCALE = "#scale"  # placeholder suffix: its float32 scale per output channel
+INT8_ROWS = "#int8r"  # placeholder suffix: an int8 table (a Gather's) as stored, (rows, dim)
+INT8_SCALE = "#scale"  # placeholder suffix: its float32 scale per output channel (per table row)
 
 
 def graph_name(modality: str, dtype: str) -> str:

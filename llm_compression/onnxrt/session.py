@@ -3,9 +3,10 @@
 numpy, onnxruntime, tokenizers and the weight-file reader: no torch, no transformers (once the
 graphs exist, ``graphs.py``). Each modality is one ``InferenceSession`` over a graph whose
 weights are placeholders; the decoded rows are handed to it with
-``SessionOptions.add_external_initializers`` (float32 rows as views of the decoded buffer: no
-copy), int8 ones as the int8 matrix transposed to (in, out) with its scales (an int8 file's own
-rows; a float file's quantized per output channel as our int8 files are).
+``SessionOptions.add_external_initializers`` (ORT copies them: ours are dropped once the session
+exists), int8 ones as the int8 matrix transposed to (in, out) with its scales (an int8 file's own
+rows; a float file's quantized per output channel as our int8 files are). The tables a ``Gather``
+reads (embeddings) are graph inputs instead, fed at each run from the one decoded copy.
 
 It offers what the provider reads off a torch model (``encode_text(ids, mask)``,
 ``encode_image(pixels)``, ``encode_audio(mel, frames)``, ``embedding_dim``, ``text_context``,
@@ -26,7 +27,7 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..weightfile import WeightFile, decode_tensor
 from ..weightfile.format import quantize_int8_rows
-from .graphs import INFO, INT8_SCALE, INT8_WEIGHT, find_graphs, graph_name
+from .graphs import INFO, INT8_ROWS, INT8_SCALE, INT8_WEIGHT, find_graphs, graph_name
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,20 @@ class _Rows:
 
     def _int8(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         info = self.file.tensors[name]
-        if info.quant_type is not None:  # an int8 file: its own rows
-            q = decode_tensor(self.file, info, dequantize=False)
-            return q, np.frombuffer(self.file.read(info)[1], np.float32)
-        return quantize_int8_rows(decode_tensor(self.file, info))
+        if info.quant_type is not None:  # an int8 file: its own rows, decoded once
+            q, scales = self.file.read_plain(info) or self.file.read(info)
+            return np.frombuffer(q, np.int8).reshape(info.shape), np.frombuffer(scales, np.float32)
+        streamed = self.file.read_quantized(info, quantize_int8_rows)  # no float32 matrix held
+        return streamed or quantize_int8_rows(decode_tensor(self.file, info))
 
     def _one(self, name: str) -> list[tuple[str, np.ndarray]]:
         if name.endswith(INT8_WEIGHT):
             base = name.removesuffix(INT8_WEIGHT)
             q, scales = self._int8(base)
             return [(name, np.ascontiguousarray(q.T)), (base + INT8_SCALE, scales)]
+        if name.endswith(INT8_ROWS):  # a Gather's table: rows as stored
+            base = name.removesuffix(INT8_ROWS)
+            return list(zip((name, base + INT8_SCALE), self._int8(base), strict=True))
         return [(name, decode_tensor(self.file, name))]
 
     def decode(self, names: list[str]) -> dict[str, np.ndarray]:
@@ -103,11 +108,15 @@ class OrtModel:
         self.info: dict[str, Any] = json.loads(graphs[INFO])
         self.threads = int(threads or default_threads())
         rows = _Rows(self.file, self.threads)
-        self._sessions = {}
+        self._sessions: dict[str, Any] = {}
+        self._fed: dict[str, dict[str, np.ndarray]] = {}  # tables the runs read where they lie
         for modality, part in self.info["parts"].items():
-            weights = rows.decode(part[self.compute_dtype])
+            fed = part["fed"][self.compute_dtype]
+            held = [n for n in part[self.compute_dtype] if n not in fed]
             graph = graphs[graph_name(modality, self.compute_dtype)]
-            self._sessions[modality] = _session(ort, graph, weights, self.threads)
+            self._sessions[modality] = _session(ort, graph, rows.decode(held), self.threads)
+            # decoded once ORT holds (and we dropped) the rest: the peak holds one copy of each
+            self._fed[modality] = rows.decode(fed)
         self.tokenizer = None
         if "text" in self.info["parts"]:
             from ..preprocess.text import Tokenizer
@@ -154,7 +163,8 @@ class OrtModel:
                 f"{list(self._sessions)}"
             )
         wanted = {i.name for i in session.get_inputs()}  # CLIP's text graph takes no mask
-        return session.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
+        feeds = {k: v for k, v in feeds.items() if k in wanted}
+        return session.run(None, {**self._fed[modality], **feeds})[0]
 
     def encode_text(self, ids: Any, mask: Any = None) -> np.ndarray:
         """Pooled (B, D) features, unnormalised, of token ids (B, T) and a mask (B, T)."""
@@ -197,6 +207,6 @@ def _session(ort: Any, graph: bytes, weights: dict[str, np.ndarray], threads: in
     names = list(weights)
     values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]
     options.add_external_initializers(names, values)
-    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    session._weights = values  # the sessions read these buffers: they live as long
-    return session
+    # ORT copies these into its own memory as the session starts (and prepacks the linear
+    # weights from its copy); ours are dropped on return (tests/unit/test_onnxrt.py checks it)
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

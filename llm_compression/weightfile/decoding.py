@@ -9,8 +9,11 @@ Paths, chosen per row (docs/format.md, "Reading fast"):
 3. without the C extension: numpy joins the two byte streams per 32768-element chunk into cached
    scratch and the cast writes the float32 output (torch's vectorized cast when torch is already
    imported, as in the loader: 13x faster than numpy's float16 cast; else a numpy lookup table);
-4. plain rows: Arrow decodes the page; float32 comes back as a view of the decoded buffer (no copy),
-   float16/bfloat16 are upcast in one numpy pass, int8 rows are dequantized (``q * scale``).
+4. plain rows laid out as our writer lays them out: the zstd frame is decompressed straight into
+   the returned array (hashed piece by piece; ``WeightFile.read_plain``): no page buffer, no copy;
+   float16/bfloat16 are then upcast in one numpy pass, int8 rows are dequantized (``q * scale``);
+5. other plain rows: Arrow decodes the page; float32 comes back as a view of the decoded buffer,
+   the rest as in 4.
 
 numpy only: torch is used for the cast of path 3 only when something else imported it already.
 """
@@ -55,8 +58,8 @@ def decode_tensor(
         the int8 ``q`` (scales via ``WeightFile.read``). Default: the value of ``upcast``.
     verify : check the row's checksum.
 
-    Returns a new array, or for plain rows returned as stored (float32 above all) a writable view
-    of the decoded Arrow buffer (no copy). Raises CorruptFileError for a damaged row, MissingTensorError for an
+    Returns a new array (for a row of another writer's layout returned as stored: a writable view
+    of the decoded Arrow buffer). Raises CorruptFileError for a damaged row, MissingTensorError for an
     unknown name.
 
     Example
@@ -72,7 +75,16 @@ def decode_tensor(
     if info.quant_type in GROUP_QUANT_TYPES:
         group = file.read_group(info, verify=verify)
         return group.dequantize() if dequantize else group.unpacked()
-    data, scales = file.read(info, verify=verify)
+    plain = file.read_plain(info, verify=verify)  # path 4, None when it does not apply
+    if plain is not None:
+        array, scales = plain
+        if info.quant_type is not None and dequantize:
+            return np.multiply(array, np.frombuffer(scales, np.float32)[:, None], dtype=np.float32)
+        if not upcast or info.dtype not in _format.SPLIT_DTYPES:
+            return array
+        data = array.reshape(-1).view(np.uint8)
+    else:  # path 5
+        data, scales = file.read(info, verify=verify)
     if info.quant_type is not None and dequantize:
         rows = np.frombuffer(scales, np.float32).reshape(-1, 1)  # int8_sym_channel: one per row
         q = np.frombuffer(data, np.int8).reshape(info.shape)

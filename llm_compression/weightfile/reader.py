@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 from ..errors import CorruptFileError, FormatError, InputError
 from . import format as _format
 from .format import (
+    CHECKSUMS,
     ENCODING_BYTE_STREAM_SPLIT,
+    ENCODING_PLAIN,
     ENCODINGS,
     INDEX_COLUMNS,
     INDEX_KEY,
@@ -47,7 +49,7 @@ from .metadata import (
     parse_metadata,
 )
 from .pages import DataFrame, FileSpan, data_frame
-from .stream import decode_split
+from .stream import decode_plain, decode_split, pieces, quantizing
 
 
 def _row_info(path: Path, pf: pq.ParquetFile, i: int, row: dict[str, Any]) -> TensorInfo:
@@ -292,6 +294,78 @@ class WeightFile:
         column = self._footer.row_group(info.row_group).column(self._data_column)
         whole = FileSpan(self._fd, 0, os.fstat(self._fd).st_size)
         return data_frame(whole, column, info.nbytes)
+
+    def read_plain(
+        self, info: TensorInfo, *, verify: bool = True
+    ) -> tuple[np.ndarray, pa.Buffer | None] | None:
+        """A plain row decoded straight from its zstd frame (weightfile/stream.py): (a new array
+        of the stored dtype and shape, the float32 scale bytes of an int8_sym_channel row or None).
+
+        No Arrow page buffer is held or copied out of: the array is the only copy. None when the
+        row is split, group-quantized or empty, or its row group is not laid out the way our writer
+        lays it out (then use ``read``). Raises CorruptFileError like ``read``.
+        """
+        quant_ok = info.quant_type in (None, QUANT_INT8_SYM_CHANNEL)
+        frame = self._plain_frame(info) if quant_ok else None
+        if frame is None:
+            return None
+        out = np.empty(info.shape, NUMPY_DTYPES[info.dtype])
+        hasher = self._decode_plain(info, frame, pieces(out), verify)
+        scales = self._scales(info) if info.quant_type is not None else None
+        if hasher is not None:
+            if scales is not None:
+                hasher.update(scales)
+            self._check(info, hasher.value())
+        return out, scales
+
+    def read_quantized(
+        self, info: TensorInfo, quantize, *, verify: bool = True
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """A plain float32 matrix quantized to int8 as it decodes: ``quantize(rows) -> (q,
+        scales)`` (``format.quantize_int8_rows``) runs on each piece of whole rows, so the
+        float32 matrix is never held. None where the row is not a plain float32 matrix laid out
+        the way our writer lays it out."""
+        matrix = info.dtype == "float32" and info.quant_type is None and len(info.shape) == 2
+        frame = self._plain_frame(info) if matrix else None
+        if frame is None:
+            return None
+        q, scales, targets = quantizing(*info.shape, quantize)
+        hasher = self._decode_plain(info, frame, targets, verify)
+        if hasher is not None:
+            self._check(info, hasher.value())
+        return q, scales
+
+    def _plain_frame(self, info: TensorInfo) -> DataFrame | None:
+        plain = info.encoding == ENCODING_PLAIN and info.n_params
+        return self._frame(info) if plain else None
+
+    def _decode_plain(self, info: TensorInfo, frame: DataFrame, targets, verify: bool):
+        """``stream.decode_plain`` into ``targets``; returns the hasher that saw the bytes (None
+        without ``verify``)."""
+        hasher = CHECKSUMS[self.metadata.checksum]() if verify else None
+        where = f"{self.path}: tensor {info.name!r}"
+        try:
+            decode_plain(frame, info.nbytes, targets, hasher, where=where)
+        except CorruptFileError as e:
+            raise CorruptFileError(f"{e}; {FIX_DAMAGED}") from e
+        return hasher
+
+    def _scales(self, info: TensorInfo) -> pa.Buffer:
+        """The ``scales`` value of an int8_sym_channel row (float32, one per output row)."""
+        try:
+            table = self._reader().read_row_group(info.row_group, columns=["scales"])
+        except ARROW_ERRORS as e:
+            raise CorruptFileError(
+                f"{self.path}: the scales of tensor {info.name!r} cannot be decoded ({e}); "
+                f"{FIX_DAMAGED}"
+            ) from e
+        scales = _value(self.path, info, table, "scales")
+        if scales.size != quant_sizes(info)[0]:
+            raise CorruptFileError(
+                f"{self.path}: tensor {info.name!r} holds {scales.size} bytes of scales, expected "
+                f"{quant_sizes(info)[0]}; {FIX_DAMAGED}"
+            )
+        return scales
 
     def read_split(
         self, info: TensorInfo, *, upcast: bool, verify: bool = True

@@ -78,13 +78,7 @@ def decode_split(
     low = scratch.low_bytes(n)
     try:
         with scratch.decompressor.stream_reader(frame.frame, read_across_frames=False) as reader:
-            head = bytearray(PLAIN_LENGTH_BYTES)
-            _fill(reader, memoryview(head), where)
-            if int.from_bytes(head, "little") != 2 * n:
-                raise CorruptFileError(
-                    f"{where}: the data page holds a value of {int.from_bytes(head, 'little')} "
-                    f"bytes, expected {2 * n}"
-                )
+            _check_length(reader, 2 * n, where)
             low_view = memoryview(low)
             for start in range(0, n, PIECE):
                 piece = low_view[start : start + PIECE]
@@ -104,3 +98,61 @@ def decode_split(
     except zstandard.ZstdError as e:
         raise CorruptFileError(f"{where}: the zstd data page does not decode ({e})") from e
     return hasher.value() if hasher is not None else None
+
+
+def _check_length(reader, nbytes: int, where: str) -> None:
+    """Read the value's 4-byte length prefix: CorruptFileError unless it says ``nbytes``."""
+    head = bytearray(PLAIN_LENGTH_BYTES)
+    _fill(reader, memoryview(head), where)
+    if int.from_bytes(head, "little") != nbytes:
+        raise CorruptFileError(
+            f"{where}: the data page holds a value of {int.from_bytes(head, 'little')} bytes, "
+            f"expected {nbytes}"
+        )
+
+
+def decode_plain(frame: DataFrame, nbytes: int, targets, hasher, *, where: str) -> None:
+    """Decompress a plain value of ``nbytes`` straight into ``targets``, writable buffers filled
+    in turn (pieces of the returned array: no page buffer, no copy out of one; or one scratch
+    piece a generator hands out again once it has used it), feeding each piece to ``hasher`` (or
+    None) while it is in cache.
+
+    Raises CorruptFileError (prefixed with ``where``) when the frame does not decode to a 4-byte
+    length of ``nbytes`` followed by exactly that many bytes.
+    """
+    try:
+        with _SCRATCH.decompressor.stream_reader(frame.frame, read_across_frames=False) as reader:
+            _check_length(reader, nbytes, where)
+            for target in targets:
+                piece = memoryview(target).cast("B")
+                _fill(reader, piece, where)
+                if hasher is not None:
+                    hasher.update(piece)
+            if reader.read(1):
+                raise CorruptFileError(f"{where}: the data page holds more than {nbytes} bytes")
+    except zstandard.ZstdError as e:
+        raise CorruptFileError(f"{where}: the zstd data page does not decode ({e})") from e
+
+
+def pieces(out: np.ndarray):
+    """``out``'s bytes in pieces of 4 * PIECE (1 MiB): ``decode_plain``'s targets for a whole
+    array."""
+    flat, size = out.reshape(-1).view(np.uint8), 4 * PIECE
+    return (flat[start : start + size] for start in range(0, len(flat), size))
+
+
+def quantizing(rows: int, cols: int, quantize) -> tuple[np.ndarray, np.ndarray, object]:
+    """(q, scales, targets): ``decode_plain`` fills one float32 scratch piece of whole rows at a
+    time and ``quantize(piece) -> (q, scales)`` turns each into int8 rows as it goes, so the float32
+    matrix is never held (a float file's 47 MB MiniLM token table becomes 12 MB of int8)."""
+    q, scales = np.empty((rows, cols), np.int8), np.empty(rows, np.float32)
+    step = max(1, (4 * PIECE) // max(4 * cols, 1))
+    scratch = np.empty((min(step, rows), cols), np.float32)
+
+    def targets():
+        for start in range(0, rows, step):
+            piece = scratch[: min(step, rows - start)]
+            yield piece
+            q[start : start + len(piece)], scales[start : start + len(piece)] = quantize(piece)
+
+    return q, scales, targets()

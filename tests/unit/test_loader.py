@@ -132,18 +132,19 @@ def test_float32_rows_are_not_copied(tmp_path, monkeypatch):
     from llm_compression.weightfile import WeightFile
 
     path = write_model(tmp_path / "m.parquet", TENSORS, config=CFG, dtype="float32")
-    buffers = {}
-    read = WeightFile.read
+    arrays = {}
+    read_plain = WeightFile.read_plain
 
-    def recording_read(self, info, **options):
-        data, scales = read(self, info, **options)
-        buffers[info.name] = data
-        return data, scales
+    def recording_read(self, info, **options):  # decompresses straight into the array
+        array, scales = read_plain(self, info, **options)
+        arrays[info.name] = array
+        return array, scales
 
-    monkeypatch.setattr(WeightFile, "read", recording_read)
+    monkeypatch.setattr(WeightFile, "read_plain", recording_read)
     weights = WeightLoader(path).load_weights()
+    assert set(arrays) == set(weights)
     for name, tensor in weights.items():
-        assert tensor.data_ptr() == buffers[name].address
+        assert tensor.data_ptr() == arrays[name].ctypes.data
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

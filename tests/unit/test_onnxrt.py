@@ -114,6 +114,58 @@ def test_an_int8_file_computes_from_its_own_rows(tmp_path):
     assert float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_onnxruntime_copies_the_initializers_so_ours_are_dropped(files, dtype):
+    """The session keeps no pointer into the rows handed to it: OrtModel drops them once the
+    session exists (zeroing them afterwards leaves every output as it was)."""
+    import onnxruntime as ort
+
+    from llm_compression.onnxrt.session import _Rows, _session
+    from llm_compression.weightfile import WeightFile
+
+    info = json.loads(graphs.find_graphs(read_metadata(files["bert"]))[graphs.INFO])
+    part, fed = info["parts"]["text"], info["parts"]["text"]["fed"][dtype]
+    rows = _Rows(WeightFile(files["bert"]), 1)
+    held = {k: np.array(v) for k, v in rows.decode(part[dtype]).items() if k not in fed}
+    graph = graphs.find_graphs(read_metadata(files["bert"]))[graphs.graph_name("text", dtype)]
+    session = _session(ort, graph, held, 1)
+    feeds = {**rows.decode(fed), "ids": np.array([[1, 5, 7, 2]]), "mask": np.ones((1, 4))}
+    feeds["mask"] = feeds["mask"].astype(np.int64)
+    before = session.run(None, feeds)[0]
+    for array in held.values():
+        array[...] = 0
+    np.testing.assert_array_equal(session.run(None, feeds)[0], before)
+
+
+def test_embedding_tables_are_run_inputs_read_where_they_lie(files):
+    """ORT would copy an initializer; the token table (the largest tensor) is fed instead."""
+    model = OrtModel(files["bert"])
+    fed = model.info["parts"]["text"]["fed"]["float32"]
+    assert "embed.token.weight" in fed
+    inputs = {i.name for i in model._sessions["text"].get_inputs()}
+    assert set(fed) <= inputs and set(fed) == set(model._fed["text"])
+
+
+def test_an_int8_model_holds_its_tables_in_int8(tmp_path):
+    """No float32 copy of an int8 file's embeddings after load: the fed tables are its int8 rows
+    and a float32 scale per row, byte for byte what the file stores."""
+    from llm_compression.weightfile import WeightFile
+
+    int8_file = convert(
+        tiny_bert_folder(tmp_path / "hf"), tmp_path / "b.int8.parquet", dtype="int8"
+    )
+    model = OrtModel(int8_file, dtype="int8")
+    tables = WeightFile(int8_file).tensors
+    held = model._fed["text"]
+    stored = 0
+    for name in [n.removesuffix(graphs.INT8_ROWS) for n in held if n.endswith(graphs.INT8_ROWS)]:
+        assert held[name + graphs.INT8_ROWS].dtype == np.int8
+        stored += tables[name].n_params + 4 * tables[name].shape[0]
+    assert "embed.token.weight" + graphs.INT8_ROWS in held
+    assert sum(a.nbytes for a in held.values()) == stored
+    assert not any(name in held for name in tables)  # no dequantized (float32) table
+
+
 def test_clip_engine_and_load_model_take_the_backend(files):
     engine = CLIPEngine(files["clip"], backend="onnxruntime")
     reference = CLIPEngine(files["clip"])
@@ -190,14 +242,20 @@ def _torch(array):
     return torch.from_numpy(array)
 
 
+# what a fresh process reaching its first embedding on ONNX Runtime does without: torch and
+# transformers (~1.4 s / ~4 s of imports), importlib.metadata (~25 ms, only writers record the
+# version), pyarrow.dataset (the reader decodes row groups itself)
+ORT_PATH_NEVER_IMPORTS = ("torch", "transformers", "importlib.metadata", "pyarrow.dataset")
+
+
 def test_the_onnxruntime_path_never_imports_torch(files, cache):
     load_model(files["bert"], backend="onnxruntime")  # graphs cached
     code = (
-        "import sys, llm_compression as lc\n"
+        f"import sys, llm_compression as lc\nLATE = {ORT_PATH_NEVER_IMPORTS!r}\n"
         f"m = lc.load_model({str(files['bert'])!r}, backend='onnxruntime')\n"
         "ids, mask = m.tokenizer.encode_batch(['hello world'], max_length=m.text_context)\n"
         "assert m.encode_text(ids, mask).shape == (1, 32)\n"
-        "print(sorted(k for k in ('torch', 'transformers') if k in sys.modules))\n"
+        "print(sorted(k for k in LATE if k in sys.modules))\n"
     )
     env = {**os.environ, "LLM_COMPRESSION_CACHE": str(cache)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

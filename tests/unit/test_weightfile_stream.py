@@ -240,3 +240,62 @@ def test_bfloat16_helper_matches_stream(tmp_path):
     got = WeightLoader(path).get_layer("w").numpy()
     want = (float32_to_bfloat16_bits(values).astype(np.uint32) << 16).view(np.float32)
     assert np.array_equal(got, want)
+
+
+# -- plain rows straight from their frame (read_plain) and quantized as they decode ------------------
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 300),
+    cols=st.integers(1, 70),
+    piece=st.sampled_from([64, 1000, 1 << 18]),
+    seed=st.integers(0, 2**16),
+)
+def test_plain_and_quantized_reads_equal_the_arrow_path(tmp_path_factory, rows, cols, piece, seed):
+    values = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    path = write_model(
+        tmp_path_factory.mktemp("p") / "m.parquet", {"w": values}, config=CFG, dtype="float32"
+    )
+    file = WeightFile(path)
+    info = file.tensors["w"]
+    old = stream.PIECE
+    stream.PIECE = piece
+    try:
+        plain, scales = file.read_plain(info)
+        q, q_scales = file.read_quantized(info, format.quantize_int8_rows)
+    finally:
+        stream.PIECE = old
+    assert scales is None and plain.shape == (rows, cols)
+    assert np.array_equal(plain, np.frombuffer(file.read(info)[0], np.float32).reshape(rows, cols))
+    want_q, want_scales = format.quantize_int8_rows(values)
+    assert np.array_equal(q, want_q) and np.array_equal(q_scales, want_scales)
+
+
+def test_an_int8_files_rows_come_with_their_scales(tmp_path):
+    values = np.random.default_rng(0).standard_normal((40, 24)).astype(np.float32)
+    path = write_model(tmp_path / "m.parquet", {"w": values}, config=CFG, dtype="int8",
+                       quantize={"w"})  # fmt: skip
+    file = WeightFile(path)
+    q, scales = file.read_plain(file.tensors["w"])
+    data, want_scales = file.read(file.tensors["w"])
+    assert q.dtype == np.int8 and np.array_equal(q.reshape(-1), np.frombuffer(data, np.int8))
+    assert bytes(scales) == bytes(want_scales)
+    assert file.read_quantized(file.tensors["w"], format.quantize_int8_rows) is None  # int8 already
+
+
+@pytest.mark.parametrize("how", ["read_plain", "read_quantized"])
+def test_plain_reads_detect_bit_flips_and_short_pages(tmp_path, how):
+    values = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    path = write_model(tmp_path / "m.parquet", {"w": values}, config=CFG, dtype="float32")
+    read = {
+        "read_plain": lambda f: f.read_plain(f.tensors["w"]),
+        "read_quantized": lambda f: f.read_quantized(f.tensors["w"], format.quantize_int8_rows),
+    }[how]
+    file = WeightFile(path)
+    frame = file._frame(file.tensors["w"])
+    short = type(frame)(frame.frame[: len(frame.frame) // 2], frame.uncompressed_size)
+    file._frame = lambda info: short
+    with pytest.raises(CorruptFileError, match="convert"):
+        read(file)
+    _flip_in_frame(path, "w", 300)
+    with pytest.raises(CorruptFileError, match=r"tensor 'w'.*(checksum|decode)"):
+        read(WeightFile(path))
