@@ -201,7 +201,10 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
                 k, v = cache.update(start_pos, k, v)  # (B, KV, S, D)
-        y = self._sdpa(q.to(k.dtype), k, v, mask, is_causal).to(q.dtype)  # (B, H, T, D)
+        if k.dtype != q.dtype:  # int8 cross-attention over bfloat16 keys and values
+            y = self._sdpa(q.to(k.dtype), k, v, mask, is_causal).to(q.dtype)
+        else:  # no casts, not even as no-ops: the ONNX export fuses this pattern (0010)
+            y = self._sdpa(q, k, v, mask, is_causal)  # (B, H, T, D)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _sdpa(self, q, k, v, mask, is_causal) -> torch.Tensor:
