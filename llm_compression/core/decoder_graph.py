@@ -14,10 +14,14 @@ SmolLM2 token (docs/decisions/0011-decoder-graph.md). This graph holds every lay
   Each row's keys sit at positions ``0 .. length - 1`` of its cache row; ``seqlens_k`` gives
   every row its own length (its rotary position and how far it attends).
 
-Inputs: ``inputs_embeds`` (B, S, C), ``seqlens_k`` (B,) int32 (past + S - 1 per row),
-``total_sequence_length`` () int32, ``first_position`` (1,) int64 (-1: logits of the last
-position only, 0: of every position), ``past_key_{i}`` / ``past_value_{i}`` (B, KV, L, D).
-Outputs: ``logits`` (B, S or 1, V) and ``present_key_{i}`` / ``present_value_{i}``.
+Inputs: ``inputs_embeds`` (B, S, C), ``seqlens_k`` (B,) int32 (past + own length - 1 per
+row), ``total_sequence_length`` () int32, ``logit_positions`` (B, T, 1) int64 (the positions of
+each row whose logits are wanted), ``past_key_{i}`` / ``past_value_{i}`` (B, KV, L, D).
+Outputs: ``logits`` (B, T, V) and ``present_key_{i}`` / ``present_value_{i}``.
+
+A first prompt (no past) may be a right-padded batch: row ``b`` holds ``lengths[b]`` real
+tokens, GroupQueryAttention attends over them only (``seqlens_k``), and the padding's keys
+written past them are overwritten by the row's next tokens before anything reads them.
 """
 
 from __future__ import annotations
@@ -31,8 +35,6 @@ from ..config import TransformerConfig
 from ..errors import InputError
 from ..weightfile.groupwise import GroupQuantized
 from .quantized import _external, _mapped, _ort, _weights, matmul_nodes, serialized, threads
-
-BIG = 2**62  # "to the end" for Slice
 
 
 def unsupported(cfg: TransformerConfig) -> str | None:
@@ -160,7 +162,7 @@ def _io(cfg: TransformerConfig, vocab: int):
         helper.make_tensor_value_info("inputs_embeds", f, ["B", "S", cfg.dim]),
         helper.make_tensor_value_info("seqlens_k", i32, ["B"]),
         helper.make_tensor_value_info("total_sequence_length", i32, []),
-        helper.make_tensor_value_info("first_position", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("logit_positions", TensorProto.INT64, ["B", "T", 1]),
     ]
     outputs = [helper.make_tensor_value_info("logits", f, ["B", "T", vocab])]
     for i in range(cfg.n_layers):
@@ -182,8 +184,7 @@ def build(cfg: TransformerConfig, mats: dict[str, GroupQuantized], floats: dict,
     x = "inputs_embeds"
     for i in range(cfg.n_layers):
         x = _layer(b, mats, i, x)
-    ends, axes = b.const("ends", np.array([BIG], np.int64)), b.const("axes", np.array([1]))
-    x = b.node("Slice", [x, "first_position", ends, axes])  # (B, T, C): the positions wanted
+    x = b.node("GatherND", [x, "logit_positions"], batch_dims=1)  # (B, T, C): those wanted
     logits = b.linear(mats[head], head, b.norm("final_norm", x))
     b.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
     inputs, outputs = _io(cfg, mats[head].shape[0])
@@ -212,31 +213,46 @@ class DecoderGraph:
         self._ort = ort
         self._bound = threading.local()  # per thread: (cache buffers, IO binding with them bound)
 
-    def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool) -> torch.Tensor:
+    def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool,
+            lengths=None) -> torch.Tensor:  # fmt: skip
         """Logits (B, 1 or S, V) of ``embeds`` (B, S, C) after ``past[b]`` tokens of row ``b``
         held in ``cache`` (per layer a (keys, values) pair of float32 (B, KV, L, D) tensors,
-        written in place at positions ``past[b] .. past[b] + S - 1``)."""
+        written in place at positions ``past[b] .. past[b] + S - 1``). ``lengths`` (B,): the
+        real tokens of each row of a right-padded first prompt (every ``past`` 0); with
+        ``last_only`` the logits are those of each row's last real token."""
         past = np.asarray(past, np.int32).reshape(-1)
-        length, capacity = embeds.shape[1], cache[0][0].shape[2]
-        if int(past.max()) + length > capacity:
-            raise InputError(
-                f"the KV cache holds {capacity} positions but {int(past.max()) + length} were "
-                "requested; create the cache with a larger max_len"
-            )
+        length = embeds.shape[1]
+        own = np.full_like(past, length) if lengths is None else np.asarray(lengths, np.int32)
+        self._check(past, own, length, cache[0][0].shape[2])
         io = self._binding(cache)
         io.bind_output("logits")  # unallocated again: ORT sizes it for this run
+        wanted = (own - 1)[:, None] if last_only else np.arange(length)[None].repeat(len(own), 0)
         # bind_cpu_input binds the arrays' memory, not the arrays: they must outlive the run
         inputs = {
             "inputs_embeds": embeds.to(torch.float32).contiguous().numpy(),
-            "seqlens_k": past + np.int32(length - 1),
+            "seqlens_k": past + own - 1,
             "total_sequence_length": np.array(past.max() + length, np.int32),
-            "first_position": np.array([-1 if last_only else 0], np.int64),
+            "logit_positions": np.ascontiguousarray(wanted[..., None], np.int64),  # (B, T, 1)
         }
         for name, array in inputs.items():
             io.bind_cpu_input(name, array)
         self.session.run_with_iobinding(io)
         # a copy: the output's memory goes with the OrtValue, released at the next bind_output
         return torch.from_numpy(io.get_outputs()[0].numpy().copy())
+
+    @staticmethod
+    def _check(past: np.ndarray, own: np.ndarray, length: int, capacity: int) -> None:
+        if int(past.max()) + length > capacity:
+            raise InputError(
+                f"the KV cache holds {capacity} positions but {int(past.max()) + length} were "
+                "requested; create the cache with a larger max_len"
+            )
+        if (own < length).any() and (past.any() or own.min() < 1):
+            raise InputError(
+                f"rows shorter than the batch's {length} positions (lengths {own.tolist()}) "
+                "must be a first prompt (past 0) of at least one token each: GroupQueryAttention "
+                "pads only a first prompt"
+            )
 
     def _binding(self, cache: list):
         """This thread's IO binding with ``cache`` bound: made again only when the cache's
