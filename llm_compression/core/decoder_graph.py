@@ -80,7 +80,7 @@ class _Builder:
         """``x @ w^T``; ``w``'s inputs become external initializers named ``{name}.B`` etc."""
         self.count += 1
         y = f"{name}_out_{self.count}"
-        nodes, inits = matmul_nodes(w, f"{name}.", x, y)
+        nodes, inits = matmul_nodes(w, f"{name}.", x, y, rank=3)  # (B, S, K)
         self.nodes += nodes
         self.inits += inits
         self.external |= {f"{name}.{k}": _mapped(a) for k, a in _weights(w).items()}
@@ -91,6 +91,20 @@ class _Builder:
         weight = self.const(f"{name}.weight", self.floats[f"{name}.weight"].astype(np.float32))
         return self.node("SimplifiedLayerNormalization", [x, weight], axis=-1,
                          epsilon=float(self.cfg.norm_eps))  # fmt: skip
+
+    def add_norm(self, name: str, y: str, x: str) -> tuple[str, str]:
+        """(RMSNorm of ``x + y`` with the weight ``{name}.weight``, ``x + y``): one
+        ``SkipSimplifiedLayerNormalization`` node instead of an ``Add`` and a norm."""
+        from onnx import helper
+
+        weight = self.const(f"{name}.weight", self.floats[f"{name}.weight"].astype(np.float32))
+        self.count += 1
+        normed, total = f"skipnorm_{self.count}", f"residual_{self.count}"
+        self.nodes.append(helper.make_node(
+            "SkipSimplifiedLayerNormalization", [y, x, weight], [normed, "", "", total],
+            domain="com.microsoft", epsilon=float(self.cfg.norm_eps),
+        ))  # fmt: skip
+        return normed, total
 
     def split(self, x: str, sizes: list[int]) -> list[str]:
         name = self.const(f"split_{self.count}", np.array(sizes, np.int64))
@@ -108,11 +122,14 @@ def _projections(b: _Builder, mats: dict, widths: dict[str, int], fused: str, x:
 def _attention(b: _Builder, mats: dict, i: int, x: str) -> str:
     cfg, p = b.cfg, f"layers.{i}.attn."
     q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    widths = {f"{p}q": q_dim, f"{p}k": kv_dim, f"{p}v": kv_dim}
-    q, k, v = _projections(b, mats, widths, f"{p}qkv", x)
+    if f"{p}qkv" in mats and not cfg.qk_norm:  # GroupQueryAttention splits a packed qkv itself
+        qkv = [b.linear(mats[f"{p}qkv"], f"{p}qkv", x), "", ""]
+    else:
+        widths = {f"{p}q": q_dim, f"{p}k": kv_dim, f"{p}v": kv_dim}
+        qkv = _projections(b, mats, widths, f"{p}qkv", x)
     if cfg.qk_norm:
-        q, k = b.norm(f"{p}q_norm", q), b.norm(f"{p}k_norm", k)
-    inputs = [q, k, v, f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
+        qkv[:2] = b.norm(f"{p}q_norm", qkv[0]), b.norm(f"{p}k_norm", qkv[1])
+    inputs = [*qkv, f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
               "cos_cache", "sin_cache"]  # fmt: skip
     out = f"attention_{i}"
     b.nodes.append(_gqa(inputs, [out, f"present_key_{i}", f"present_value_{i}"], cfg))
@@ -135,13 +152,22 @@ def _mlp(b: _Builder, mats: dict, i: int, x: str) -> str:
     return b.linear(mats[f"{p}down"], f"{p}down", b.node("Mul", [silu, up]))
 
 
-def _layer(b: _Builder, mats: dict, i: int, x: str) -> str:
-    """One block: ``x + f(norm(x))`` (pre) or ``x + norm(f(x))`` (sandwich_post) per sublayer."""
-    pre = b.cfg.norm_placement == "pre"
-    for norm, f in ((f"layers.{i}.attn_norm", _attention), (f"layers.{i}.mlp_norm", _mlp)):
-        y = f(b, mats, i, b.norm(norm, x) if pre else x)
-        x = b.node("Add", [x, y if pre else b.norm(norm, y)])
-    return x
+def _decoder(b: _Builder, mats: dict) -> str:
+    """The final-normed hidden states (B, S, C) of every layer over ``inputs_embeds``: per
+    sublayer ``f`` (attention, MLP) ``x + f(norm(x))`` (pre), each residual add fused with the
+    next norm, or ``x + norm(f(x))`` (sandwich_post)."""
+    sublayers = [(i, f"layers.{i}.{kind}_norm", f) for i in range(b.cfg.n_layers)
+                 for kind, f in (("attn", _attention), ("mlp", _mlp))]  # fmt: skip
+    x = "inputs_embeds"
+    if b.cfg.norm_placement == "sandwich_post":
+        for i, norm, f in sublayers:
+            x = b.node("Add", [x, b.norm(norm, f(b, mats, i, x))])
+        return b.norm("final_norm", x)
+    h = b.norm(sublayers[0][1], x)
+    following = [norm for _, norm, _ in sublayers[1:]] + ["final_norm"]
+    for (i, _, f), norm in zip(sublayers, following, strict=True):
+        h, x = b.add_norm(norm, f(b, mats, i, h), x)
+    return h
 
 
 def rotary_tables(cfg: TransformerConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -181,11 +207,9 @@ def build(cfg: TransformerConfig, mats: dict[str, GroupQuantized], floats: dict,
     cos, sin = rotary_tables(cfg)
     b.const("cos_cache", cos)
     b.const("sin_cache", sin)
-    x = "inputs_embeds"
-    for i in range(cfg.n_layers):
-        x = _layer(b, mats, i, x)
-    x = b.node("GatherND", [x, "logit_positions"], batch_dims=1)  # (B, T, C): those wanted
-    logits = b.linear(mats[head], head, b.norm("final_norm", x))
+    h = _decoder(b, mats)
+    h = b.node("GatherND", [h, "logit_positions"], batch_dims=1)  # (B, T, C): those wanted
+    logits = b.linear(mats[head], head, h)
     b.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
     inputs, outputs = _io(cfg, mats[head].shape[0])
     inits = b.inits + [_external(name, a) for name, a in b.external.items()]

@@ -166,3 +166,26 @@ def test_graph_pads_only_a_first_prompt(stored) -> None:
     embeds = model.token_embed(torch.tensor([[5, 6, 7], [5, 6, 7]]))
     with torch.inference_mode(), pytest.raises(InputError, match="must be a first prompt"):
         model.decoder_graph.run(embeds, pairs, [2, 2], last_only=True, lengths=[3, 2])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_graph_fuses_residual_adds_with_norms(stored, dtype: str, monkeypatch) -> None:
+    """Llama (pre norms): every residual add fused with the next norm, GroupQueryAttention fed
+    the packed qkv (no Split for it), no Shape / Reshape pair around an int4 matrix's offsets
+    correction. OLMo-2 (sandwich post norms, q/k norms) keeps its Adds, norms and qkv Split."""
+    from collections import Counter
+
+    from llm_compression.core import decoder_graph
+
+    graphs = []
+    real = decoder_graph.serialized
+    monkeypatch.setattr(decoder_graph, "serialized", lambda g: graphs.append(g) or real(g))
+    model = load_quantized(stored, dtype)
+    ops, layers = Counter(n.op_type for n in graphs[0].node), model.config.body.n_layers
+    assert ops["Shape"] == 0 and ops["Split"] == layers * (2 if model.config.body.qk_norm else 1)
+    if model.config.body.norm_placement == "pre":
+        assert ops["SkipSimplifiedLayerNormalization"] == 2 * layers
+        assert ops["SimplifiedLayerNormalization"] == 1 and ops["Add"] == ops["MatMul"]
+    else:
+        assert ops["SkipSimplifiedLayerNormalization"] == 0
+        assert ops["Add"] == 2 * layers + ops["MatMul"]
