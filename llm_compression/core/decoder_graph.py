@@ -233,7 +233,7 @@ class DecoderGraph:
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in external.values()]
         opts.add_external_initializers(list(external), values)
         self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        self.n_layers = cfg.n_layers
+        self.n_layers, self.vocab = cfg.n_layers, self.session.get_outputs()[0].shape[-1]
         self._ort = ort
         self._bound = threading.local()  # per thread: (cache buffers, IO binding with them bound)
 
@@ -249,8 +249,9 @@ class DecoderGraph:
         own = np.full_like(past, length) if lengths is None else np.asarray(lengths, np.int32)
         self._check(past, own, length, cache[0][0].shape[2])
         io = self._binding(cache)
-        io.bind_output("logits")  # unallocated again: ORT sizes it for this run
         wanted = (own - 1)[:, None] if last_only else np.arange(length)[None].repeat(len(own), 0)
+        logits = np.empty((len(own), wanted.shape[1], self.vocab), np.float32)  # ORT writes here
+        io.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
         # bind_cpu_input binds the arrays' memory, not the arrays: they must outlive the run
         inputs = {
             "inputs_embeds": embeds.to(torch.float32).contiguous().numpy(),
@@ -261,8 +262,7 @@ class DecoderGraph:
         for name, array in inputs.items():
             io.bind_cpu_input(name, array)
         self.session.run_with_iobinding(io)
-        # a copy: the output's memory goes with the OrtValue, released at the next bind_output
-        return torch.from_numpy(io.get_outputs()[0].numpy().copy())
+        return torch.from_numpy(logits)
 
     @staticmethod
     def _check(past: np.ndarray, own: np.ndarray, length: int, capacity: int) -> None:
@@ -286,7 +286,6 @@ class DecoderGraph:
         held = getattr(self._bound, "held", None)
         if held is None or held[0] != key:
             io = self.session.io_binding()
-            io.bind_output("logits")  # bound first, so get_outputs()[0] is the logits
             self._bind_cache(io, cache)
             held = self._bound.held = (key, io)
         return held[1]
