@@ -6,11 +6,13 @@ SmolLM2 token (docs/decisions/0011-decoder-graph.md). This graph holds every lay
 
 - ``MatMulNBits`` for every matrix (the same inputs as ``core.quantized``, handed to ORT as
   external initializers over our buffers: ORT's prepacked copy is the one copy);
-- ``SimplifiedLayerNormalization`` for RMSNorm (Llama's pre-norms; OLMo-2's post-norms and its
-  q/k norms over the full projections);
+- ``SimplifiedLayerNormalization`` for RMSNorm (OLMo-2's post-norms and its q/k norms over the
+  full projections); Llama's pre-norms as ``SkipSimplifiedLayerNormalization``, each residual
+  add fused with the norm after it (one node instead of two);
 - ``GroupQueryAttention`` (com.microsoft) with rotary positions from cos/sin tables (HF's
   ``rotate_half`` convention) and the KV cache in place: ``past_key`` and ``present_key`` are
-  bound to the same buffer (``KVCache.k`` of one layer), so keys are written where they live.
+  bound to the same buffer (``KVCache.k`` of one layer), so keys are written where they live;
+  it takes the fused qkv projection packed (no ``Split``) where no q/k norm comes between.
   Each row's keys sit at positions ``0 .. length - 1`` of its cache row; ``seqlens_k`` gives
   every row its own length (its rotary position and how far it attends).
 
