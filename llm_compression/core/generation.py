@@ -134,9 +134,8 @@ def decode_batch(
     ``_GraphSteps``, the decoder graph of a quantized model: all in one right-padded run, each
     row's own length), then every step runs the matmuls on the whole batch while each row
     attends over its own keys only at its own positions, so a row's greedy tokens are those it
-    gets alone. All rows get at most ``opts.max_new_tokens``,
-    bounded by the context length less the longest prompt. The generator ends when every row
-    has ended.
+    gets alone. All rows get at most ``opts.max_new_tokens``, bounded by the context length
+    less the longest prompt. The generator ends when every row has ended.
     """
     eos, ended = set(eos_ids), ended if ended is not None else set()
     device = next(model.parameters(), torch.empty(0)).device
