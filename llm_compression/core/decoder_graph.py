@@ -6,18 +6,24 @@ SmolLM2 token (docs/decisions/0011-decoder-graph.md). This graph holds every lay
 
 - ``MatMulNBits`` for every matrix (the same inputs as ``core.quantized``, handed to ORT as
   external initializers over our buffers: ORT's prepacked copy is the one copy);
-- ``SimplifiedLayerNormalization`` for RMSNorm (Llama's pre-norms; OLMo-2's post-norms and its
-  q/k norms over the full projections);
+- ``SimplifiedLayerNormalization`` for RMSNorm (OLMo-2's post-norms and its q/k norms over the
+  full projections); Llama's pre-norms as ``SkipSimplifiedLayerNormalization``, each residual
+  add fused with the norm after it (one node instead of two);
 - ``GroupQueryAttention`` (com.microsoft) with rotary positions from cos/sin tables (HF's
   ``rotate_half`` convention) and the KV cache in place: ``past_key`` and ``present_key`` are
-  bound to the same buffer (``KVCache.k`` of one layer), so keys are written where they live.
+  bound to the same buffer (``KVCache.k`` of one layer), so keys are written where they live;
+  it takes the fused qkv projection packed (no ``Split``) where no q/k norm comes between.
   Each row's keys sit at positions ``0 .. length - 1`` of its cache row; ``seqlens_k`` gives
   every row its own length (its rotary position and how far it attends).
 
-Inputs: ``inputs_embeds`` (B, S, C), ``seqlens_k`` (B,) int32 (past + S - 1 per row),
-``total_sequence_length`` () int32, ``first_position`` (1,) int64 (-1: logits of the last
-position only, 0: of every position), ``past_key_{i}`` / ``past_value_{i}`` (B, KV, L, D).
-Outputs: ``logits`` (B, S or 1, V) and ``present_key_{i}`` / ``present_value_{i}``.
+Inputs: ``inputs_embeds`` (B, S, C), ``seqlens_k`` (B,) int32 (past + own length - 1 per
+row), ``total_sequence_length`` () int32, ``logit_positions`` (B, T, 1) int64 (the positions of
+each row whose logits are wanted), ``past_key_{i}`` / ``past_value_{i}`` (B, KV, L, D).
+Outputs: ``logits`` (B, T, V) and ``present_key_{i}`` / ``present_value_{i}``.
+
+A first prompt (no past) may be a right-padded batch: row ``b`` holds ``lengths[b]`` real
+tokens, GroupQueryAttention attends over them only (``seqlens_k``), and the padding's keys
+written past them are overwritten by the row's next tokens before anything reads them.
 """
 
 from __future__ import annotations
@@ -31,8 +37,6 @@ from ..config import TransformerConfig
 from ..errors import InputError
 from ..weightfile.groupwise import GroupQuantized
 from .quantized import _external, _mapped, _ort, _weights, matmul_nodes, serialized, threads
-
-BIG = 2**62  # "to the end" for Slice
 
 
 def unsupported(cfg: TransformerConfig) -> str | None:
@@ -78,7 +82,7 @@ class _Builder:
         """``x @ w^T``; ``w``'s inputs become external initializers named ``{name}.B`` etc."""
         self.count += 1
         y = f"{name}_out_{self.count}"
-        nodes, inits = matmul_nodes(w, f"{name}.", x, y)
+        nodes, inits = matmul_nodes(w, f"{name}.", x, y, rank=3)  # (B, S, K)
         self.nodes += nodes
         self.inits += inits
         self.external |= {f"{name}.{k}": _mapped(a) for k, a in _weights(w).items()}
@@ -89,6 +93,20 @@ class _Builder:
         weight = self.const(f"{name}.weight", self.floats[f"{name}.weight"].astype(np.float32))
         return self.node("SimplifiedLayerNormalization", [x, weight], axis=-1,
                          epsilon=float(self.cfg.norm_eps))  # fmt: skip
+
+    def add_norm(self, name: str, y: str, x: str) -> tuple[str, str]:
+        """(RMSNorm of ``x + y`` with the weight ``{name}.weight``, ``x + y``): one
+        ``SkipSimplifiedLayerNormalization`` node instead of an ``Add`` and a norm."""
+        from onnx import helper
+
+        weight = self.const(f"{name}.weight", self.floats[f"{name}.weight"].astype(np.float32))
+        self.count += 1
+        normed, total = f"skipnorm_{self.count}", f"residual_{self.count}"
+        self.nodes.append(helper.make_node(
+            "SkipSimplifiedLayerNormalization", [y, x, weight], [normed, "", "", total],
+            domain="com.microsoft", epsilon=float(self.cfg.norm_eps),
+        ))  # fmt: skip
+        return normed, total
 
     def split(self, x: str, sizes: list[int]) -> list[str]:
         name = self.const(f"split_{self.count}", np.array(sizes, np.int64))
@@ -106,11 +124,14 @@ def _projections(b: _Builder, mats: dict, widths: dict[str, int], fused: str, x:
 def _attention(b: _Builder, mats: dict, i: int, x: str) -> str:
     cfg, p = b.cfg, f"layers.{i}.attn."
     q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    widths = {f"{p}q": q_dim, f"{p}k": kv_dim, f"{p}v": kv_dim}
-    q, k, v = _projections(b, mats, widths, f"{p}qkv", x)
+    if f"{p}qkv" in mats and not cfg.qk_norm:  # GroupQueryAttention splits a packed qkv itself
+        qkv = [b.linear(mats[f"{p}qkv"], f"{p}qkv", x), "", ""]
+    else:
+        widths = {f"{p}q": q_dim, f"{p}k": kv_dim, f"{p}v": kv_dim}
+        qkv = _projections(b, mats, widths, f"{p}qkv", x)
     if cfg.qk_norm:
-        q, k = b.norm(f"{p}q_norm", q), b.norm(f"{p}k_norm", k)
-    inputs = [q, k, v, f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
+        qkv[:2] = b.norm(f"{p}q_norm", qkv[0]), b.norm(f"{p}k_norm", qkv[1])
+    inputs = [*qkv, f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
               "cos_cache", "sin_cache"]  # fmt: skip
     out = f"attention_{i}"
     b.nodes.append(_gqa(inputs, [out, f"present_key_{i}", f"present_value_{i}"], cfg))
@@ -133,13 +154,22 @@ def _mlp(b: _Builder, mats: dict, i: int, x: str) -> str:
     return b.linear(mats[f"{p}down"], f"{p}down", b.node("Mul", [silu, up]))
 
 
-def _layer(b: _Builder, mats: dict, i: int, x: str) -> str:
-    """One block: ``x + f(norm(x))`` (pre) or ``x + norm(f(x))`` (sandwich_post) per sublayer."""
-    pre = b.cfg.norm_placement == "pre"
-    for norm, f in ((f"layers.{i}.attn_norm", _attention), (f"layers.{i}.mlp_norm", _mlp)):
-        y = f(b, mats, i, b.norm(norm, x) if pre else x)
-        x = b.node("Add", [x, y if pre else b.norm(norm, y)])
-    return x
+def _decoder(b: _Builder, mats: dict) -> str:
+    """The final-normed hidden states (B, S, C) of every layer over ``inputs_embeds``: per
+    sublayer ``f`` (attention, MLP) ``x + f(norm(x))`` (pre), each residual add fused with the
+    next norm, or ``x + norm(f(x))`` (sandwich_post)."""
+    sublayers = [(i, f"layers.{i}.{kind}_norm", f) for i in range(b.cfg.n_layers)
+                 for kind, f in (("attn", _attention), ("mlp", _mlp))]  # fmt: skip
+    x = "inputs_embeds"
+    if b.cfg.norm_placement == "sandwich_post":
+        for i, norm, f in sublayers:
+            x = b.node("Add", [x, b.norm(norm, f(b, mats, i, x))])
+        return b.norm("final_norm", x)
+    h = b.norm(sublayers[0][1], x)
+    following = [norm for _, norm, _ in sublayers[1:]] + ["final_norm"]
+    for (i, _, f), norm in zip(sublayers, following, strict=True):
+        h, x = b.add_norm(norm, f(b, mats, i, h), x)
+    return h
 
 
 def rotary_tables(cfg: TransformerConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +190,7 @@ def _io(cfg: TransformerConfig, vocab: int):
         helper.make_tensor_value_info("inputs_embeds", f, ["B", "S", cfg.dim]),
         helper.make_tensor_value_info("seqlens_k", i32, ["B"]),
         helper.make_tensor_value_info("total_sequence_length", i32, []),
-        helper.make_tensor_value_info("first_position", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("logit_positions", TensorProto.INT64, ["B", "T", 1]),
     ]
     outputs = [helper.make_tensor_value_info("logits", f, ["B", "T", vocab])]
     for i in range(cfg.n_layers):
@@ -179,12 +209,9 @@ def build(cfg: TransformerConfig, mats: dict[str, GroupQuantized], floats: dict,
     cos, sin = rotary_tables(cfg)
     b.const("cos_cache", cos)
     b.const("sin_cache", sin)
-    x = "inputs_embeds"
-    for i in range(cfg.n_layers):
-        x = _layer(b, mats, i, x)
-    ends, axes = b.const("ends", np.array([BIG], np.int64)), b.const("axes", np.array([1]))
-    x = b.node("Slice", [x, "first_position", ends, axes])  # (B, T, C): the positions wanted
-    logits = b.linear(mats[head], head, b.norm("final_norm", x))
+    h = _decoder(b, mats)
+    h = b.node("GatherND", [h, "logit_positions"], batch_dims=1)  # (B, T, C): those wanted
+    logits = b.linear(mats[head], head, h)
     b.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
     inputs, outputs = _io(cfg, mats[head].shape[0])
     inits = b.inits + [_external(name, a) for name, a in b.external.items()]
@@ -208,35 +235,50 @@ class DecoderGraph:
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in external.values()]
         opts.add_external_initializers(list(external), values)
         self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        self.n_layers = cfg.n_layers
+        self.n_layers, self.vocab = cfg.n_layers, self.session.get_outputs()[0].shape[-1]
         self._ort = ort
         self._bound = threading.local()  # per thread: (cache buffers, IO binding with them bound)
 
-    def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool) -> torch.Tensor:
+    def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool,
+            lengths=None) -> torch.Tensor:  # fmt: skip
         """Logits (B, 1 or S, V) of ``embeds`` (B, S, C) after ``past[b]`` tokens of row ``b``
         held in ``cache`` (per layer a (keys, values) pair of float32 (B, KV, L, D) tensors,
-        written in place at positions ``past[b] .. past[b] + S - 1``)."""
+        written in place at positions ``past[b] .. past[b] + S - 1``). ``lengths`` (B,): the
+        real tokens of each row of a right-padded first prompt (every ``past`` 0); with
+        ``last_only`` the logits are those of each row's last real token."""
         past = np.asarray(past, np.int32).reshape(-1)
-        length, capacity = embeds.shape[1], cache[0][0].shape[2]
+        length = embeds.shape[1]
+        own = np.full_like(past, length) if lengths is None else np.asarray(lengths, np.int32)
+        self._check(past, own, length, cache[0][0].shape[2])
+        io = self._binding(cache)
+        wanted = (own - 1)[:, None] if last_only else np.arange(length)[None].repeat(len(own), 0)
+        logits = np.empty((len(own), wanted.shape[1], self.vocab), np.float32)  # ORT writes here
+        io.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+        # bind_cpu_input binds the arrays' memory, not the arrays: they must outlive the run
+        inputs = {
+            "inputs_embeds": embeds.to(torch.float32).contiguous().numpy(),
+            "seqlens_k": past + own - 1,
+            "total_sequence_length": np.array(past.max() + length, np.int32),
+            "logit_positions": np.ascontiguousarray(wanted[..., None], np.int64),  # (B, T, 1)
+        }
+        for name, array in inputs.items():
+            io.bind_cpu_input(name, array)
+        self.session.run_with_iobinding(io)
+        return torch.from_numpy(logits)
+
+    @staticmethod
+    def _check(past: np.ndarray, own: np.ndarray, length: int, capacity: int) -> None:
         if int(past.max()) + length > capacity:
             raise InputError(
                 f"the KV cache holds {capacity} positions but {int(past.max()) + length} were "
                 "requested; create the cache with a larger max_len"
             )
-        io = self._binding(cache)
-        io.bind_output("logits")  # unallocated again: ORT sizes it for this run
-        # bind_cpu_input binds the arrays' memory, not the arrays: they must outlive the run
-        inputs = {
-            "inputs_embeds": embeds.to(torch.float32).contiguous().numpy(),
-            "seqlens_k": past + np.int32(length - 1),
-            "total_sequence_length": np.array(past.max() + length, np.int32),
-            "first_position": np.array([-1 if last_only else 0], np.int64),
-        }
-        for name, array in inputs.items():
-            io.bind_cpu_input(name, array)
-        self.session.run_with_iobinding(io)
-        # a copy: the output's memory goes with the OrtValue, released at the next bind_output
-        return torch.from_numpy(io.get_outputs()[0].numpy().copy())
+        if (own < length).any() and (past.any() or own.min() < 1):
+            raise InputError(
+                f"rows shorter than the batch's {length} positions (lengths {own.tolist()}) "
+                "must be a first prompt (past 0) of at least one token each: GroupQueryAttention "
+                "pads only a first prompt"
+            )
 
     def _binding(self, cache: list):
         """This thread's IO binding with ``cache`` bound: made again only when the cache's
@@ -246,7 +288,6 @@ class DecoderGraph:
         held = getattr(self._bound, "held", None)
         if held is None or held[0] != key:
             io = self.session.io_binding()
-            io.bind_output("logits")  # bound first, so get_outputs()[0] is the logits
             self._bind_cache(io, cache)
             held = self._bound.held = (key, io)
         return held[1]

@@ -129,13 +129,13 @@ def decode_batch(
     """Decode several prompts together; yield ``{row: new token}`` per step.
 
     A row leaves the batch (its KV cache rows dropped) at an end-of-sequence id (not yielded) or
-    when the caller adds its index to ``ended`` (a stop string found). Each prompt is prefilled
-    alone into its cache row; then every step runs the matmuls on the whole batch while each row
+    when the caller adds its index to ``ended`` (a stop string found). The prompts are prefilled
+    (``_TorchSteps``: each alone into its cache row, left-padded with a mask after;
+    ``_GraphSteps``, the decoder graph of a quantized model: all in one right-padded run, each
+    row's own length), then every step runs the matmuls on the whole batch while each row
     attends over its own keys only at its own positions, so a row's greedy tokens are those it
-    gets alone (``_TorchSteps``: left-padded with a mask; ``_GraphSteps``: the decoder graph of
-    a quantized model, each row's own length). All rows get at most ``opts.max_new_tokens``,
-    bounded by the context length less the longest prompt. The generator ends when every row
-    has ended.
+    gets alone. All rows get at most ``opts.max_new_tokens``, bounded by the context length
+    less the longest prompt. The generator ends when every row has ended.
     """
     eos, ended = set(eos_ids), ended if ended is not None else set()
     device = next(model.parameters(), torch.empty(0)).device
@@ -217,17 +217,21 @@ class _GraphSteps:
         self.lengths = torch.tensor([len(r) for r in rows])
         self.device = device
 
-    def _logits(self, ids: torch.Tensor, pairs: list, past) -> torch.Tensor:
+    def _logits(self, ids: torch.Tensor, pairs: list, past, lengths=None) -> torch.Tensor:
         embeds = self.model.token_embed(ids)
-        return self.model.decoder_graph.run(embeds, pairs, past, last_only=True)[:, -1]
+        graph = self.model.decoder_graph
+        return graph.run(embeds, pairs, past, last_only=True, lengths=lengths)[:, -1]
 
     def first(self) -> torch.Tensor:
-        """Each prompt run alone (B = 1) into its own cache row: logits (B, V)."""
-        out = []
+        """Every prompt in one run, right-padded (each row attends over its own tokens only,
+        ``seqlens_k``), each row's keys at 0 .. length - 1 of its cache row: logits (B, V)."""
+        longest = int(self.lengths.max())
+        ids = torch.zeros(len(self.rows), longest, dtype=torch.long)
         for i, r in enumerate(self.rows):
-            pairs = [(layer.k[i : i + 1], layer.v[i : i + 1]) for layer in self.cache]
-            out.append(self._logits(torch.tensor([list(r)], device=self.device), pairs, [0]))
-        return torch.cat(out)
+            ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        pairs = [(layer.k, layer.v) for layer in self.cache]
+        past = [0] * len(self.rows)
+        return self._logits(ids.to(self.device), pairs, past, self.lengths.tolist())
 
     def next(self, tokens: torch.Tensor) -> torch.Tensor:
         pairs = [(layer.k, layer.v) for layer in self.cache]

@@ -75,8 +75,10 @@ def _external(name: str, array: np.ndarray):
     return tensor
 
 
-def matmul_nodes(w: GroupQuantized, prefix: str, a: str, y: str) -> tuple[list, list]:
-    """The nodes ``y = a @ w^T`` (``a`` of shape (..., K)) and their small constant
+def matmul_nodes(
+    w: GroupQuantized, prefix: str, a: str, y: str, rank: int = 2
+) -> tuple[list, list]:
+    """The nodes ``y = a @ w^T`` (``a`` of shape (..., K), ``rank`` axes) and their small constant
     initializers; the matrix inputs are ``{prefix}B``, ``{prefix}S`` (and ``{prefix}C``)."""
     from onnx import helper, numpy_helper
 
@@ -88,17 +90,17 @@ def matmul_nodes(w: GroupQuantized, prefix: str, a: str, y: str) -> tuple[list, 
     if w.offsets is None:
         return [helper.make_node("MatMulNBits", inputs, [y], domain="com.microsoft", **attrs)], []
     p = prefix
-    inits = [
-        numpy_helper.from_array(np.array([-1, groups, GROUP], np.int64), f"{p}groups"),
-        numpy_helper.from_array(np.array([2], np.int64), f"{p}axes"),
+    inits = [  # Reshape's 0 keeps that axis: (..., K) -> (..., G, 32)
+        numpy_helper.from_array(
+            np.array([0] * (rank - 1) + [groups, GROUP], np.int64), f"{p}groups"
+        ),
+        numpy_helper.from_array(np.array([-1], np.int64), f"{p}axes"),
     ]
     nodes = [
         helper.make_node("MatMulNBits", inputs, [f"{p}Y0"], domain="com.microsoft", **attrs),
-        helper.make_node("Reshape", [a, f"{p}groups"], [f"{p}Ag"]),  # (M, G, 32)
+        helper.make_node("Reshape", [a, f"{p}groups"], [f"{p}Ag"]),  # (..., G, 32)
         helper.make_node("ReduceSum", [f"{p}Ag", f"{p}axes"], [f"{p}Xs"], keepdims=0),
-        helper.make_node("MatMul", [f"{p}Xs", f"{p}C"], [f"{p}Yc2"]),  # (M, N)
-        helper.make_node("Shape", [f"{p}Y0"], [f"{p}Yshape"]),
-        helper.make_node("Reshape", [f"{p}Yc2", f"{p}Yshape"], [f"{p}Yc"]),
+        helper.make_node("MatMul", [f"{p}Xs", f"{p}C"], [f"{p}Yc"]),  # (..., N)
         helper.make_node("Add", [f"{p}Y0", f"{p}Yc"], [y]),
     ]
     return nodes, inits

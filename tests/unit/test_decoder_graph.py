@@ -125,3 +125,67 @@ def test_threads_sharing_one_model_each_get_their_tokens(stored) -> None:
     for t in threads:
         t.join()
     assert all(got[i] == [alone[i]] * 3 for i in range(len(PROMPTS)))
+
+
+def test_graph_prefills_a_right_padded_batch_as_each_prompt_alone(stored) -> None:
+    """One run over the prompts right-padded (each row's own length in ``seqlens_k``): each
+    row's logits and cached keys / values equal those of its prompt alone."""
+    model = load_quantized(stored, "int8")
+    lengths = [len(p) for p in PROMPTS]
+    ids = torch.zeros(len(PROMPTS), max(lengths), dtype=torch.long)
+    for i, p in enumerate(PROMPTS):
+        ids[i, : len(p)] = torch.tensor(p)
+    cache = model.new_cache(len(PROMPTS), max(lengths) + 1)
+    pairs = [(layer.k, layer.v) for layer in cache]
+    with torch.inference_mode():
+        embeds = model.token_embed(ids)
+        got = model.decoder_graph.run(embeds, pairs, [0] * 3, last_only=True, lengths=lengths)
+        for i, p in enumerate(PROMPTS):
+            own = model.new_cache(1, len(p))
+            _close(got[i], model.logits(torch.tensor([p]), cache=own, last_only=True)[0])
+            _close(cache[0].k[i, :, : len(p)], own[0].k[0])
+            _close(cache[-1].v[i, :, : len(p)], own[-1].v[0])
+
+
+def test_graph_batch_prefill_is_one_run(stored, monkeypatch) -> None:
+    """generate_ids over a batch: one graph run for all prompts, then one a step."""
+    from llm_compression.core.decoder_graph import DecoderGraph
+
+    model = load_quantized(stored, "int4")
+    calls = []
+    real = DecoderGraph.run
+    monkeypatch.setattr(DecoderGraph, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = model.generate_ids(PROMPTS, max_new_tokens=5)
+    assert len(calls) <= 5 and max(map(len, out)) == len(calls)
+
+
+def test_graph_pads_only_a_first_prompt(stored) -> None:
+    model = load_quantized(stored, "int8")
+    cache = model.new_cache(2, 8)
+    pairs = [(layer.k, layer.v) for layer in cache]
+    embeds = model.token_embed(torch.tensor([[5, 6, 7], [5, 6, 7]]))
+    with torch.inference_mode(), pytest.raises(InputError, match="must be a first prompt"):
+        model.decoder_graph.run(embeds, pairs, [2, 2], last_only=True, lengths=[3, 2])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_graph_fuses_residual_adds_with_norms(stored, dtype: str, monkeypatch) -> None:
+    """Llama (pre norms): every residual add fused with the next norm, GroupQueryAttention fed
+    the packed qkv (no Split for it), no Shape / Reshape pair around an int4 matrix's offsets
+    correction. OLMo-2 (sandwich post norms, q/k norms) keeps its Adds, norms and qkv Split."""
+    from collections import Counter
+
+    from llm_compression.core import decoder_graph
+
+    graphs = []
+    real = decoder_graph.serialized
+    monkeypatch.setattr(decoder_graph, "serialized", lambda g: graphs.append(g) or real(g))
+    model = load_quantized(stored, dtype)
+    ops, layers = Counter(n.op_type for n in graphs[0].node), model.config.body.n_layers
+    assert ops["Shape"] == 0 and ops["Split"] == layers * (2 if model.config.body.qk_norm else 1)
+    if model.config.body.norm_placement == "pre":
+        assert ops["SkipSimplifiedLayerNormalization"] == 2 * layers
+        assert ops["SimplifiedLayerNormalization"] == 1 and ops["Add"] == ops["MatMul"]
+    else:
+        assert ops["SkipSimplifiedLayerNormalization"] == 0
+        assert ops["Add"] == 2 * layers + ops["MatMul"]
