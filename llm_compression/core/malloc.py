@@ -3,9 +3,10 @@
 torch allocates every op's output afresh on the CPU (it has no caching allocator there). glibc
 serves large blocks with ``mmap`` and hands them back with ``munmap`` when freed (and trims the
 heap's free top), so each call of a model pays the kernel to map and zero its activation pages
-again: CLIP ViT-B/32 at batch 16 in int8 took 57,000 page faults a call and ran 1.6x slower than
-with the pages kept (docs/decisions/0014-reuse-freed-memory.md). ONNX Runtime and CTranslate2
-keep their own arenas for the same reason.
+again: CLIP ViT-B/32 at batch 16 in int8 took 25,000-57,000 page faults a call, and ran 1.6x
+slower than with the pages kept under load or with two threads faulting at once (on a quiet
+machine in a fresh process the difference is within noise; docs/decisions/0014-reuse-freed-memory.md).
+ONNX Runtime and CTranslate2 keep their own arenas for the same reason.
 
 ``reuse_freed_memory()`` raises glibc's mmap threshold (blocks below it come from the heap) and
 its trim threshold (free memory below it stays mapped). It changes the whole process, as a
