@@ -36,6 +36,7 @@ import torch
 from ..config import TransformerConfig
 from ..errors import InputError
 from ..weightfile.groupwise import GroupQuantized
+from .attention import Rotary
 from .quantized import _external, _mapped, _ort, _weights, matmul_nodes, serialized, threads
 
 
@@ -173,11 +174,12 @@ def _decoder(b: _Builder, mats: dict) -> str:
 
 
 def rotary_tables(cfg: TransformerConfig) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin (max_positions, D / 2), computed in float32 as ``core.attention.Rotary``."""
-    exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32)
-    inv_freq = 1.0 / (cfg.rope_theta ** (exponent / cfg.head_dim))
-    freqs = torch.arange(cfg.max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    return freqs.cos().numpy(), freqs.sin().numpy()
+    """cos, sin (max_positions, D / 2): the first half of ``core.attention.Rotary``'s tables
+    (its second half repeats the first, ``rotate_half``'s convention; GQA takes one half)."""
+    rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_positions)
+    cos, sin = rotary(0, cfg.max_positions, "cpu", torch.float32)
+    half = cfg.head_dim // 2
+    return cos[:, :half].contiguous().numpy(), sin[:, :half].contiguous().numpy()
 
 
 def _io(cfg: TransformerConfig, vocab: int):

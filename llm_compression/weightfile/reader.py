@@ -256,25 +256,8 @@ class WeightFile:
         )  # fmt: skip
 
     def _read_row(self, info: TensorInfo, verify: bool, raw: bool):
-        columns = ["data", *quant_columns(info.quant_type)]
-        self._check_unchanged()
-        try:
-            table = self._reader().read_row_group(
-                info.row_group, columns=columns, use_threads=False
-            )
-        except ARROW_ERRORS as e:
-            raise CorruptFileError(
-                f"{self.path}: tensor {info.name!r} (row group {info.row_group}) cannot be "
-                f"decoded ({e}); {FIX_DAMAGED}"
-            ) from e
-        values = [_value(self.path, info, table, c) for c in columns] + [None, None]
+        values = self._columns(info, ["data", *quant_columns(info.quant_type)]) + [None, None]
         data, scales, offsets = values[:3]
-        sizes = [info.nbytes, *quant_sizes(info)]
-        if any(v.size != n for v, n in zip(values, sizes, strict=False)):
-            raise CorruptFileError(
-                f"{self.path}: tensor {info.name!r} holds {[v.size for v in values[: len(sizes)]]} "
-                f"bytes in {columns}, expected {sizes} for {info.dtype} {info.shape}; {FIX_DAMAGED}"
-            )
         if verify:
             self._check(info, checksum(data, scales, offsets, algorithm=self.metadata.checksum))
         if not raw and info.encoding == ENCODING_BYTE_STREAM_SPLIT and data.size:
@@ -352,20 +335,31 @@ class WeightFile:
 
     def _scales(self, info: TensorInfo) -> pa.Buffer:
         """The ``scales`` value of an int8_sym_channel row (float32, one per output row)."""
+        return self._columns(info, ["scales"])[0]
+
+    def _columns(self, info: TensorInfo, columns: list[str]) -> list[pa.Buffer]:
+        """The values of ``columns`` (``data`` and / or quantization columns) in the tensor's row
+        group, each checked for its expected size. Raises CorruptFileError."""
+        self._check_unchanged()
         try:
-            table = self._reader().read_row_group(info.row_group, columns=["scales"])
+            table = self._reader().read_row_group(
+                info.row_group, columns=columns, use_threads=False
+            )
         except ARROW_ERRORS as e:
             raise CorruptFileError(
-                f"{self.path}: the scales of tensor {info.name!r} cannot be decoded ({e}); "
-                f"{FIX_DAMAGED}"
+                f"{self.path}: tensor {info.name!r} (row group {info.row_group}) cannot be "
+                f"decoded ({e}); {FIX_DAMAGED}"
             ) from e
-        scales = _value(self.path, info, table, "scales")
-        if scales.size != quant_sizes(info)[0]:
+        values = [_value(self.path, info, table, c) for c in columns]
+        expected = {"data": info.nbytes}
+        expected |= dict(zip(quant_columns(info.quant_type), quant_sizes(info), strict=True))
+        sizes = [expected[c] for c in columns]
+        if any(v.size != n for v, n in zip(values, sizes, strict=True)):
             raise CorruptFileError(
-                f"{self.path}: tensor {info.name!r} holds {scales.size} bytes of scales, expected "
-                f"{quant_sizes(info)[0]}; {FIX_DAMAGED}"
+                f"{self.path}: tensor {info.name!r} holds {[v.size for v in values]} "
+                f"bytes in {columns}, expected {sizes} for {info.dtype} {info.shape}; {FIX_DAMAGED}"
             )
-        return scales
+        return values
 
     def read_split(
         self, info: TensorInfo, *, upcast: bool, verify: bool = True
