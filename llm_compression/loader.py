@@ -298,12 +298,29 @@ def _quantized_generation(path: str | os.PathLike, dtype: Any) -> bool:
     """int4, or int8 for a family that generates: computed from quantized weights on ORT."""
     if not isinstance(dtype, str) or dtype.lower() not in ("int8", "int4"):
         return False
-    if dtype.lower() == "int4":
-        return True
+    return dtype.lower() == "int4" or _generates(path)
+
+
+def _generates(path: str | os.PathLike) -> bool:
     from .families import family
     from .weightfile import read_metadata
 
     return "generate" in family(read_metadata(path).family).tasks
+
+
+def _graph_dtype(dtype: Any) -> str:
+    """The decoder graph's dtype named by ``dtype``: float32 (default), int8 or int4."""
+    if isinstance(dtype, str) and dtype.strip().lower() == "int4":
+        return "int4"
+    from .core.compute import parse_dtype
+
+    mode = parse_dtype(dtype)
+    if mode not in ("float32", "int8"):
+        raise ConfigError(
+            f"backend='onnxruntime' runs a causal LM in float32, int8 or int4, got dtype={dtype!r}; "
+            "use backend='torch' for bfloat16 / float16"
+        )
+    return mode
 
 
 def _load_quantized(path, dtype: str, device) -> torch.nn.Module:
@@ -353,6 +370,8 @@ def load_model(
     if parse_backend(backend) == "onnxruntime":
         if str(device) != "cpu":
             raise ConfigError(f"backend='onnxruntime' runs on the CPU; got device={device!r}")
+        if _generates(path):  # the decoder graph, float32 / int8 / int4 (decision 0011)
+            return _load_quantized(path, _graph_dtype(dtype), device)
         return OrtModel(path, dtype=dtype)
     from .core.malloc import reuse_freed_memory
 

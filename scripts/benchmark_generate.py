@@ -5,6 +5,8 @@ often the quantized greedy text equals float32's.
         [--threads 2] [--agreement 20] [--batch 8] [--memory] [--per-matrix]
         [--accuracy-levels 1]
 
+Variants: ours float32 (torch), float32-graph (``backend="onnxruntime"``: the float32 matrices on
+the decoder graph), int8 and int4 (the decoder graph's ``MatMulNBits``).
 Every variant and HF run interleaved in the same process (64 new tokens, batch 1); ratios are
 tokens/s over HF's; the load average is printed with them. ``--batch 8`` adds, per variant, the
 tokens/s of 8 prompts decoded together over the tokens/s of one. ``--memory`` loads each variant
@@ -48,7 +50,11 @@ def variants(family: str, paths: dict, work: Path, per_matrix: bool, levels: lis
     from llm_compression.families.quantized import load_quantized
     from llm_compression.loader import load_model
 
-    out = {"float32": load_model(paths["ours"]), "int8": load_model(paths["ours"], dtype="int8")}
+    out = {
+        "float32": load_model(paths["ours"]),
+        "float32-graph": load_model(paths["ours"], backend="onnxruntime"),  # ORT's FusedMatMul
+        "int8": load_model(paths["ours"], dtype="int8"),
+    }
     if family == "smollm2":
         from llm_compression import weights
 
@@ -123,7 +129,7 @@ from llm_compression.loader import load_model
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 base = rss()
-m = load_model({path!r}, dtype={dtype!r})
+m = load_model({path!r}, dtype={dtype!r}, backend={backend!r})
 loaded = rss()
 m.generate_ids(m.tokenizer.encode("The capital of France is"), max_new_tokens=64)
 status = open("/proc/self/status").read()  # VmHWM: this process's peak (ru_maxrss can carry
@@ -141,17 +147,18 @@ def memory(family: str, paths: dict, work: Path, threads: int) -> dict:
     int8 = work / f"{family}.int8.parquet"
     if not int8.is_file():
         convert(paths["hf"], int8, dtype="int8")
-    files = {"float32": paths["ours"], "int8": int8}
+    files = {"float32": (paths["ours"], "float32", "torch"), "int8": (int8, "int8", "torch"),
+             "float32-graph": (paths["ours"], "float32", "onnxruntime")}  # fmt: skip
     if family == "smollm2":
-        files["int4"] = work / "smollm2.gguf.parquet"
+        files["int4"] = (work / "smollm2.gguf.parquet", "int4", "torch")
     out = {}
-    for dtype, path in files.items():
-        code = MEMORY_CHILD.format(threads=threads, path=str(path), dtype=dtype)
+    for variant, (path, dtype, backend) in files.items():
+        code = MEMORY_CHILD.format(threads=threads, path=str(path), dtype=dtype, backend=backend)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         size = path.stat().st_size
-        out[dtype] = {
+        out[variant] = {
             "file_mb": round(size / 2**20, 1),
             "loaded_above_base_x_file": round((got["loaded"] - got["base"]) / size, 2),
             "after_64_tokens_above_base_x_file": round((got["after"] - got["base"]) / size, 2),

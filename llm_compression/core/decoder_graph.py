@@ -1,11 +1,12 @@
-"""The whole decoder of a quantized causal LM as one ONNX Runtime graph: one ``run`` a step.
+"""The whole decoder of a causal LM as one ONNX Runtime graph: one ``run`` a step.
 
 Per-matrix sessions (``core.quantized``) cost ~0.26 ms of ORT call overhead each, 121 calls a
 SmolLM2 token (docs/decisions/0011-decoder-graph.md). This graph holds every layer, built with
 ``onnx.helper`` from the config, of ORT's maintained operators:
 
-- ``MatMulNBits`` for every matrix (the same inputs as ``core.quantized``, handed to ORT as
-  external initializers over our buffers: ORT's prepacked copy is the one copy);
+- ``MatMulNBits`` for every quantized matrix (the same inputs as ``core.quantized``, handed to
+  ORT as external initializers over our buffers: ORT's prepacked copy is the one copy); a
+  float32 matrix (``backend="onnxruntime"``, dtype float32) as ``FusedMatMul`` with ``transB``;
 - ``SimplifiedLayerNormalization`` for RMSNorm (OLMo-2's post-norms and its q/k norms over the
   full projections); Llama's pre-norms as ``SkipSimplifiedLayerNormalization``, each residual
   add fused with the norm after it (one node instead of two);
@@ -79,10 +80,19 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
         return outs[0] if n_out == 1 else outs
 
-    def linear(self, w: GroupQuantized, name: str, x: str) -> str:
-        """``x @ w^T``; ``w``'s inputs become external initializers named ``{name}.B`` etc."""
+    def linear(self, w: GroupQuantized | np.ndarray, name: str, x: str) -> str:
+        """``x @ w^T``; ``w``'s inputs become external initializers named ``{name}.B`` etc.
+        (a float32 (N, K) matrix: ``{name}.W``, read transposed by ``FusedMatMul``)."""
+        from onnx import helper
+
         self.count += 1
         y = f"{name}_out_{self.count}"
+        if isinstance(w, np.ndarray):
+            self.nodes.append(helper.make_node(
+                "FusedMatMul", [x, f"{name}.W"], [y], domain="com.microsoft", transB=1
+            ))  # fmt: skip
+            self.external[f"{name}.W"] = w
+            return y
         nodes, inits = matmul_nodes(w, f"{name}.", x, y, rank=3)  # (B, S, K)
         self.nodes += nodes
         self.inits += inits
@@ -202,9 +212,10 @@ def _io(cfg: TransformerConfig, vocab: int):
     return inputs, outputs
 
 
-def build(cfg: TransformerConfig, mats: dict[str, GroupQuantized], floats: dict, head: str):
+def build(cfg: TransformerConfig, mats: dict, floats: dict, head: str):
     """(serialized graph, external matrices by name) of the decoder: ``mats`` by module name
-    (``layers.0.attn.qkv``, ...; ``head`` names the LM head's), ``floats`` the norm weights."""
+    (``layers.0.attn.qkv``, ...; ``head`` names the LM head's; each a ``GroupQuantized`` or a
+    float32 (N, K) array), ``floats`` the norm weights."""
     from onnx import helper
 
     b = _Builder(cfg, floats)

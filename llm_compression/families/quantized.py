@@ -29,6 +29,7 @@ from ..weightfile.groupwise import (
 from . import build_model, quantizable_names
 
 QUANTIZED_DTYPES = ("int8", "int4")
+GRAPH_DTYPES = ("float32", *QUANTIZED_DTYPES)  # float32: the decoder graph only
 
 
 def quantized_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized | None:
@@ -45,6 +46,15 @@ def quantized_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized 
         return from_channel_int8(q, np.frombuffer(scales, np.float32))
     w = decode_tensor(file, info)
     return quantize_int4(name, w) if dtype == "int4" else quantize_int8(name, w)
+
+
+def _graph_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized | np.ndarray | None:
+    """The row ``name`` as the decoder graph computes it: float32 (N, K) for dtype float32,
+    else ``quantized_matrix``'s group layout."""
+    if dtype != "float32":
+        return quantized_matrix(file, name, dtype)
+    w = np.array(decode_tensor(file, name), np.float32)
+    return w if w.ndim == 2 else None
 
 
 @contextlib.contextmanager
@@ -80,10 +90,12 @@ def _swap(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
 FUSED = {"attn.qkv": ("attn.q", "attn.k", "attn.v"), "mlp.gate_up": ("mlp.gate", "mlp.up")}
 
 
-def stacked(mats: list[GroupQuantized]) -> GroupQuantized | None:
+def stacked(mats: list) -> GroupQuantized | np.ndarray | None:
     """The matrices' rows one after the other (exact: the same stored values), or None when
     their layouts or input widths differ."""
     first = mats[0]
+    if isinstance(first, np.ndarray):  # float32 (N, K)
+        return np.concatenate(mats) if len({m.shape[1] for m in mats}) == 1 else None
     if any(m.quant_type != first.quant_type or m.shape[1] != first.shape[1] for m in mats):
         return None
     offsets = None if first.offsets is None else np.concatenate([m.offsets for m in mats])
@@ -128,14 +140,18 @@ def _decoder_graph(model, mats: dict, state: dict, names: set[str]):
 
 
 def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
-    """The causal LM of ``path`` with quantized linear layers (see the module docstring).
+    """The causal LM of ``path`` with quantized linear layers (see the module docstring), or
+    with dtype "float32" its float32 weights on the decoder graph (``backend="onnxruntime"``).
 
     ``graph``: run the whole decoder as one ORT graph where the model allows
     (``model.decoder_graph``; docs/decisions/0011-decoder-graph.md); False: one ORT session per
     matrix, the layers called from torch (the path before the graph, kept for comparison).
     """
-    if dtype not in QUANTIZED_DTYPES:
-        raise ConfigError(f"dtype={dtype!r}: quantized compute takes one of {QUANTIZED_DTYPES}")
+    if dtype not in GRAPH_DTYPES or (dtype == "float32" and not graph):
+        raise ConfigError(
+            f"dtype={dtype!r}: the quantized path takes one of {QUANTIZED_DTYPES}, and float32 "
+            "with the decoder graph (graph=True)"
+        )
     file = WeightFile(path)
     from . import config_from_dict, family
 
@@ -148,9 +164,14 @@ def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
     model = build_model(config)
     names = quantizable_names(model)
     state, mats = {}, {}
+    if dtype == "float32" and unsupported(config.body):
+        raise ConfigError(
+            f"{path}: backend='onnxruntime' runs a causal LM as one decoder graph, which does "
+            f"not run this one ({unsupported(config.body)}); use backend='torch'"
+        )
     with _system_memory_pool():
         for name in [n for n in file.tensors if not n.startswith("unused/")]:
-            w = quantized_matrix(file, name, dtype) if name in names else None
+            w = _graph_matrix(file, name, dtype) if name in names else None
             if w is None:
                 state[name] = torch.from_numpy(np.array(decode_tensor(file, name), np.float32))
             else:
@@ -160,7 +181,9 @@ def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
         _swap(model, name, None)
     model.decoder_graph = _decoder_graph(model, mats, state, names) if graph else None
     for module_name, w in mats.items():
-        if module_name == "token_embed":
+        if isinstance(w, np.ndarray):  # float32: the token table (the graph took the rest)
+            _swap(model, module_name, torch.nn.Embedding.from_pretrained(torch.from_numpy(w)))
+        elif module_name == "token_embed":
             _swap(model, module_name, QuantEmbedding(w, head=model.decoder_graph is None))
         else:
             _swap(model, module_name, QuantLinear(w, state.pop(module_name + ".bias", None)))

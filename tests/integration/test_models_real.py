@@ -65,9 +65,20 @@ def test_minilm_matches_transformers(real_minilm_parquet):
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def smollm2_graph(real_smollm2_parquet):
+    """SmolLM2's float32 weights on the decoder graph (ONNX Runtime)."""
+    pytest.importorskip("onnxruntime")
+    return load_model(real_smollm2_parquet, backend="onnxruntime")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("chat", [False, True])
-def test_smollm2_greedy_64_tokens_identical(smollm2, chat):
+def test_smollm2_greedy_64_tokens_identical(smollm2, request, chat, backend):
     hf, model = smollm2
+    if backend == "onnxruntime":
+        model = request.getfixturevalue("smollm2_graph")
+        assert model.decoder_graph is not None
     assert isinstance(model, CausalLM)
     tok = model.tokenizer
     if chat:
@@ -87,11 +98,13 @@ def test_smollm2_greedy_64_tokens_identical(smollm2, chat):
     assert len(ref) == 64
 
 
-def test_smollm2_logits_match(smollm2):
+def test_smollm2_logits_match(smollm2, smollm2_graph):
     hf, model = smollm2
     ids = torch.tensor([model.tokenizer.encode("Hello world, this is a test of the logits.")])
     with torch.inference_mode():
-        torch.testing.assert_close(model.logits(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+        want = hf(ids).logits
+        torch.testing.assert_close(model.logits(ids), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(smollm2_graph.logits(ids), want, atol=1e-4, rtol=1e-4)
 
 
 BATCH_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at", "Once upon a"]
@@ -105,10 +118,12 @@ def smollm2_gguf(tmp_path_factory) -> Path:
     return convert(packaged_smollm2(), tmp_path_factory.mktemp("gguf") / "m.parquet", dtype="gguf")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8", "int4"])
-def test_smollm2_batch_equals_each_prompt_alone(smollm2, smollm2_gguf, dtype):
+@pytest.mark.parametrize("dtype", ["float32", "float32-graph", "int8", "int4"])
+def test_smollm2_batch_equals_each_prompt_alone(smollm2, smollm2_gguf, request, dtype):
     hf, model = smollm2
-    if dtype != "float32":
+    if dtype == "float32-graph":
+        model = request.getfixturevalue("smollm2_graph")
+    elif dtype != "float32":
         pytest.importorskip("onnxruntime")
         model = load_model(smollm2_gguf, dtype=dtype)
     rows = [model.tokenizer.encode(p) for p in BATCH_PROMPTS]
@@ -117,7 +132,7 @@ def test_smollm2_batch_equals_each_prompt_alone(smollm2, smollm2_gguf, dtype):
     assert model.generate(BATCH_PROMPTS, max_new_tokens=32) == [
         model.tokenizer.decode(ids) for ids in batch
     ]
-    if dtype == "float32":  # HF generate with left padding
+    if dtype.startswith("float32"):  # HF generate with left padding
         out = hf_left_padded(hf, rows, pad=2, max_new_tokens=32)
         assert batch == [row[: row.index(2)] if 2 in row else row for row in out]
 

@@ -189,3 +189,42 @@ def test_graph_fuses_residual_adds_with_norms(stored, dtype: str, monkeypatch) -
     else:
         assert ops["SkipSimplifiedLayerNormalization"] == 0
         assert ops["Add"] == 2 * layers + ops["MatMul"]
+
+
+def _torch_model(path):
+    from llm_compression.families import build_model
+    from llm_compression.loader import WeightLoader, load_weights_into
+
+    loader = WeightLoader(path)
+    model = build_model(loader.config)
+    load_weights_into(model, loader.load_weights())
+    return model.eval()
+
+
+def test_float32_graph_equals_the_torch_model(stored) -> None:
+    """dtype float32 (``load_model(path, backend="onnxruntime")``): float32 matrices on the graph
+    (FusedMatMul) give the torch model's logits at every step and its greedy tokens, alone and
+    batched."""
+    graph, torch_model = load_quantized(stored, "float32"), _torch_model(stored)
+    assert graph.decoder_graph is not None and torch_model.decoder_graph is None
+    assert not any(isinstance(m, torch.nn.Linear) for m in graph.modules())  # all in the graph
+    for got, want in zip(_steps(graph, PROMPTS[0], 6), _steps(torch_model, PROMPTS[0], 6),
+                         strict=True):  # fmt: skip
+        _close(got, want, rel=1e-5)
+    alone = [torch_model.generate_ids(p, max_new_tokens=12) for p in PROMPTS]
+    assert graph.generate_ids(PROMPTS, max_new_tokens=12) == alone
+
+
+def test_float32_graph_refuses_what_it_cannot_run(stored, tmp_path) -> None:
+    from llm_compression.errors import ConfigError
+    from llm_compression.loader import load_model
+
+    with pytest.raises(ConfigError, match="float32, int8 or int4"):
+        load_model(stored, backend="onnxruntime", dtype="bfloat16")
+    with pytest.raises(ConfigError, match="graph=True"):
+        load_quantized(stored, "float32", graph=False)
+    _, cfg, state = tiny_causal_lm("olmo", heads=2)  # OLMo-1: a norm the graph does not run
+    path = write_model(tmp_path / "o.parquet", {k: v.numpy() for k, v in state.items()},
+                       config=cfg, dtype="float32")  # fmt: skip
+    with pytest.raises(ConfigError, match="backend='torch'"):
+        load_model(path, backend="onnxruntime")
