@@ -55,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compute from float32 (default) or the int8 / int4 weights (ONNX Runtime)",
     )
     p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="float32 on torch (default, exact) or on ONNX Runtime's decoder graph (~1.5x "
+        "faster decode); int8 / int4 run on ONNX Runtime either way",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="print prompt and decode tokens/s and peak memory to stderr",
@@ -123,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--stream prints one prompt's text; drop --stream for several prompts")
     start = time.perf_counter()
     dtype = torch.float32 if args.dtype == "float32" else args.dtype
-    model = load_model(args.file, dtype=dtype)
+    model = load_model(args.file, dtype=dtype, backend=args.backend)
     log.info("loaded %s in %.2f s", args.file, time.perf_counter() - start)
     options = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,

@@ -79,6 +79,26 @@ def test_generate_cli(lm_file, capsys):
     assert capsys.readouterr().out == sampled + "\n"
 
 
+def test_generate_cli_backend_onnxruntime(tmp_path, capsys):
+    """``--backend onnxruntime``: float32 on the decoder graph, the torch model's greedy text; a
+    model the graph cannot run (head_dim 8) is a typed error, exit 2."""
+    pytest.importorskip("onnxruntime")
+    files = tiny_tokenizer_files()
+    from llm_compression.preprocess.text import Tokenizer
+
+    vocab = Tokenizer.from_files(files).vocab_size
+    _, cfg, state = tiny_causal_lm("llama", tie=True, vocab_size=vocab, seed=4, heads=2)
+    path = write(tmp_path / "lm.parquet", cfg, state, files)
+    expected = load_model(path).generate("The quick brown fox", max_new_tokens=8)
+    argv = ["generate", str(path), "--prompt", "The quick brown fox", "--max-new-tokens", "8"]
+    assert main([*argv, "--backend", "onnxruntime"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    _, cfg, state = tiny_causal_lm("llama", tie=True, vocab_size=vocab, seed=4)  # head_dim 8
+    narrow = write(tmp_path / "narrow.parquet", cfg, state, files)
+    assert main(["generate", str(narrow), "--prompt", "hi", "--backend", "onnxruntime"]) == 2
+    assert "head_dim" in capsys.readouterr().err
+
+
 def test_generate_cli_errors(tmp_path, lm_file, capsys):
     _, bcfg, bstate = tiny_bert()
     bert = write(tmp_path / "b.parquet", bcfg, bstate, tiny_tokenizer_files())

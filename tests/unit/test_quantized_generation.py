@@ -56,7 +56,7 @@ def test_tied_table_is_one_quantized_embedding(tmp_path) -> None:
 
 
 def test_quantized_dtype_refuses_other_families(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="quantized compute"):
+    with pytest.raises(ConfigError, match="the quantized path takes one of"):
         load_quantized(tmp_path / "x.parquet", "int2")
 
 
