@@ -153,6 +153,19 @@ class Int8Linear(nn.Module):
             warnings.simplefilter("ignore", UserWarning)
             qw = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
         self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+        self.engine = torch.backends.quantized.engine  # the kernels it is packed for
+
+    def repack(self, engine: str) -> None:
+        """The same int8 weights packed for ``engine``'s kernels (exact: no re-quantization;
+        the packed weight carries its engine, whatever the global one is when it runs)."""
+        qw, bias = torch.ops.quantized.linear_unpack(self._packed)
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = engine
+        try:
+            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+        finally:
+            torch.backends.quantized.engine = before
+        self.engine = engine
 
     @torch.no_grad()
     def rescale_(self, weight_factor: float, bias_factor: float) -> None:
@@ -171,12 +184,14 @@ class Int8Linear(nn.Module):
 
 
 @functools.cache
-def int8_engine() -> str:
+def int8_engine(few_rows: bool = False) -> str:
     """The quantized engine ``Int8Linear`` prepacks for: oneDNN where the CPU has AMX int8
     (its matmul runs on the AMX tiles: 2.4x fbgemm's speed at 1500 rows, 1.6x at 50, equal
-    numerics; docs/decisions/0008-encoder-speed.md), fbgemm's VNNI kernels elsewhere."""
+    numerics; docs/decisions/0008-encoder-speed.md), fbgemm's VNNI kernels elsewhere, and for
+    layers that see a few rows a call (``few_rows``: decode steps, a row per sequence) fbgemm
+    where it exists: 1.7-2x oneDNN's speed from 1 to 16 rows here (0008, "Decode steps")."""
     engines = torch.backends.quantized.supported_engines
-    if "onednn" in engines and "amx_int8" in _cpu_flags():
+    if "onednn" in engines and "amx_int8" in _cpu_flags() and not few_rows:
         return "onednn"
     return "fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine
 
@@ -248,6 +263,22 @@ def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str
     for module in part.modules():
         if hasattr(module, "compute_converted"):
             module.compute_converted(mode)
+    if mode == "int8" and getattr(part, "decodes_steps", False):
+        _pack_for_steps(part)
+
+
+def _pack_for_steps(part: nn.Module) -> None:
+    """The int8 linears of a part that decodes step by step (``decodes_steps``: Whisper's text
+    decoder) see one row per sequence a call: packed for ``int8_engine(few_rows=True)``. A
+    cross-attention's keys and values project the encoder output (1500 rows) once: they stay."""
+    memory = {id(getattr(m, name)) for m in part.modules() if getattr(m, "cross", False)
+              for name in ("k", "v")}  # fmt: skip
+    engine = int8_engine(few_rows=True)
+    if engine == int8_engine():
+        return
+    for layer in part.modules():
+        if isinstance(layer, Int8Linear) and id(layer) not in memory:
+            layer.repack(engine)
 
 
 def converted_linear(weight: torch.Tensor, mode: str) -> nn.Module | None:

@@ -213,6 +213,37 @@ def test_int8_engine_follows_the_cpu(bert_file, monkeypatch):
     compute.int8_engine.cache_clear()
 
 
+def test_whisper_int8_decode_steps_run_fbgemm(tmp_path, monkeypatch):
+    """On an AMX CPU the encoder-sized int8 layers pack for oneDNN, a decoder's step layers
+    (a row per beam a call) for fbgemm, the cross-attention's keys and values (the encoder
+    output's 1500 rows) for oneDNN; repacking keeps the int8 values: the same logits."""
+    from provider_helpers import tiny_whisper_folder
+
+    from llm_compression.core import compute
+
+    if not {"fbgemm", "onednn"} <= set(torch.backends.quantized.supported_engines):
+        pytest.skip("this torch lacks fbgemm or oneDNN quantized engines")
+    compute.int8_engine.cache_clear()
+    monkeypatch.setattr(compute, "_cpu_flags", lambda: {"avx512_vnni", "amx_int8"})
+    path = convert(tiny_whisper_folder(tmp_path / "w"), tmp_path / "w.parquet", dtype="float32")
+    model = load_model(path, dtype="int8")
+    engines = {n: m.engine for n, m in model.decoder.named_modules() if isinstance(m, Int8Linear)}
+    memory = {n for n in engines if n.endswith(("cross_attn.k", "cross_attn.v"))}
+    assert memory and {engines[n] for n in memory} == {"onednn"}
+    assert {e for n, e in engines.items() if n not in memory} == {"fbgemm"}
+    assert "head" in engines and "layers.0.attn.qkv" in engines
+    monkeypatch.setattr(compute, "_pack_for_steps", lambda part: None)
+    onednn = load_model(path, dtype="int8")
+    assert {m.engine for m in onednn.decoder.modules() if isinstance(m, Int8Linear)} == {"onednn"}
+    ids = torch.tensor([[1, 5, 9, 30]])
+    g = torch.Generator().manual_seed(1)
+    memory_in = torch.randn(1, 20, model.config.decoder.dim, generator=g)
+    with torch.inference_mode():
+        got, want = model.decoder(ids, memory=memory_in), onednn.decoder(ids, memory=memory_in)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    compute.int8_engine.cache_clear()
+
+
 def _random_linear(n_in: int, n_out: int, g: torch.Generator, bias: bool = True):
     layer = torch.nn.Linear(n_in, n_out, bias=bias)
     layer.weight.data = torch.randn(n_out, n_in, generator=g)

@@ -71,6 +71,8 @@ class AudioEncoder(Transformer):
 class TextDecoder(Transformer):
     """Token + learned position embeddings, the body with cross-attention, tied output."""
 
+    decodes_steps = True  # int8: its linears see a row per beam a call (core.compute)
+
     def __init__(self, config: WhisperConfig) -> None:
         cfg = config.decoder
         super().__init__(cfg)
