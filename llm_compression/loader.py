@@ -363,7 +363,9 @@ def load_model(
     device : torch device for the weights.
     backend : "torch" (default: our modules, exact) or "onnxruntime": the embedding families'
         encoders (bert, clip, whisper, mobilenet_v2) on ONNX Runtime, float32 or int8, weights
-        fed from the file's rows, no torch imported (``onnxrt.OrtModel``, decision 0010).
+        fed from the file's rows, no torch imported (``onnxrt.OrtModel``, decision 0010); a
+        causal LM's whole decoder as one ONNX Runtime graph, float32 too (float32 / int8 /
+        int4, ``core.decoder_graph``, decision 0011).
     """
     from .onnxrt import OrtModel, parse_backend
 
