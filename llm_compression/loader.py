@@ -301,6 +301,14 @@ def _quantized_generation(path: str | os.PathLike, dtype: Any) -> bool:
     return dtype.lower() == "int4" or _generates(path)
 
 
+def _ort_encoders(path: str | os.PathLike) -> bool:
+    """Whether ``onnxrt.OrtModel`` runs the file's family (read without importing torch)."""
+    from .onnxrt.graphs import EXPORTABLE
+    from .weightfile import read_metadata
+
+    return read_metadata(path).family in EXPORTABLE
+
+
 def _generates(path: str | os.PathLike) -> bool:
     from .families import family
     from .weightfile import read_metadata
@@ -372,9 +380,9 @@ def load_model(
     if parse_backend(backend) == "onnxruntime":
         if str(device) != "cpu":
             raise ConfigError(f"backend='onnxruntime' runs on the CPU; got device={device!r}")
-        if _generates(path):  # the decoder graph, float32 / int8 / int4 (decision 0011)
-            return _load_quantized(path, _graph_dtype(dtype), device)
-        return OrtModel(path, dtype=dtype)
+        if _ort_encoders(path):  # the embedding families, no torch imported (decision 0010)
+            return OrtModel(path, dtype=dtype)
+        return _load_quantized(path, _graph_dtype(dtype), device)  # a causal LM's graph (0011)
     from .core.malloc import reuse_freed_memory
 
     model = _load_torch(path, dtype, device)
