@@ -1,9 +1,11 @@
-"""Causal LMs that compute from quantized weights: ``load_model(path, dtype="int8" | "int4")``.
+"""Causal LMs that compute from quantized weights: ``load_model(path, dtype="int8" | "int4")``;
+and on the same decoder graph from float32 ones (``load_model(path, backend="onnxruntime")``).
 
 Every linear layer and the token table become ``core.quantized`` modules: group-quantized rows of
 the file (int4_group_asym, int8_group_sym: a GGUF's blocks) run as stored, int8_sym_channel rows
 keep their values, float rows are quantized to ``dtype`` group-wise on load. Norms and biases are
-float32. Nothing is expanded to a float32 matrix.
+float32. Nothing is expanded to a float32 matrix (but with dtype float32, where every matrix is
+read as float32 and the graph multiplies in float32).
 """
 
 from __future__ import annotations
