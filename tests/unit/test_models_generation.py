@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hf_generate import hf_left_padded
 from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
 
@@ -131,3 +132,20 @@ def test_batch_ids_equal_alone_and_hf_left_padded(arch):
     out = hf_left_padded(hf, prompts, pad=0, max_new_tokens=12)
     eos = cfg.eos_token_ids[0]
     assert batch == [row[: row.index(eos)] if eos in row else row for row in out]
+
+
+def test_greedy_picks_torch_argmax_first_maximum():
+    """``core.generation.greedy`` (numpy's argmax on the CPU) gives torch's argmax: the first of
+    equal maxima, -inf skipped, any float dtype, one row or several."""
+    from llm_compression.core.generation import greedy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 1000, generator=g)
+    logits[1, [7, 300, 999]] = 50.0  # ties: the first wins
+    logits[2, :] = float("-inf")
+    logits[2, 42] = -1e30
+    logits[3, 10:] = logits[3, :10].max()  # a long run of equal maxima
+    for x in (logits, logits.bfloat16(), logits[0]):
+        got = greedy(x)
+        assert got.dtype == torch.int64 and torch.equal(got, x.argmax(dim=-1))
+    assert greedy(logits)[[1, 2]].tolist() == [7, 42]

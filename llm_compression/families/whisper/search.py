@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...core.generation import greedy
 from ...errors import InputError
 from . import decoding as wd
 
@@ -145,7 +146,7 @@ class WindowDecoder:
                 probs = torch.softmax(scores / temperature, dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
             else:
-                token = int(scores.argmax())
+                token = int(greedy(scores))
             total += float(torch.log_softmax(scores, dim=-1)[token])
             if token == self.st.eot:
                 return out, total, len(out) + 1
