@@ -104,9 +104,10 @@ class CausalLM(FamilyMethods, Transformer):
         """``logits`` on the decoder graph: every row at the same position ``start_pos``."""
         if mask is not None or positions is not None:
             raise InputError(
-                "a quantized model's decoder graph runs rows of equal length (no mask or "
-                "positions); pass several prompts to generate_ids / generate, which batch them, "
-                "or load with load_quantized(path, dtype, graph=False)"
+                "the decoder graph (dtype int8 / int4, or backend='onnxruntime') runs rows of "
+                "equal length (no mask or positions); pass several prompts to generate_ids / "
+                "generate, which batch them, or load with backend='torch' (float32) or "
+                "load_quantized(path, dtype, graph=False) (int8 / int4)"
             )
         if cache is None:
             cache, start_pos = self.new_cache(x.shape[0], x.shape[1]), 0

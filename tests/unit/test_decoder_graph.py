@@ -223,6 +223,12 @@ def test_float32_graph_refuses_what_it_cannot_run(stored, tmp_path) -> None:
         load_model(stored, backend="onnxruntime", dtype="bfloat16")
     with pytest.raises(ConfigError, match="graph=True"):
         load_quantized(stored, "float32", graph=False)
+    model = load_quantized(stored, "float32")
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    with torch.inference_mode(), pytest.raises(InputError, match="backend='torch'"):
+        model.logits(torch.tensor([PROMPTS[0]]), mask=mask)
+    with torch.inference_mode(), pytest.raises(InputError, match="holds 4 positions"):
+        model.logits(torch.tensor([PROMPTS[0]]), cache=model.new_cache(1, 4))
     _, cfg, state = tiny_causal_lm("olmo", heads=2)  # OLMo-1: a norm the graph does not run
     path = write_model(tmp_path / "o.parquet", {k: v.numpy() for k, v in state.items()},
                        config=cfg, dtype="float32")  # fmt: skip
