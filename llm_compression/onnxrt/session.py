@@ -65,6 +65,12 @@ class _Rows:
         streamed = self.file.read_quantized(info, quantize_int8_rows)  # no float32 matrix held
         return streamed or quantize_int8_rows(decode_tensor(self.file, info))
 
+    def _size(self, name: str) -> int:
+        """Stored bytes of the row behind a placeholder (decode time follows them)."""
+        for suffix in (INT8_WEIGHT, INT8_ROWS):
+            name = name.removesuffix(suffix)
+        return self.file.tensors[name].nbytes
+
     def _one(self, name: str) -> list[tuple[str, np.ndarray]]:
         if name.endswith(INT8_WEIGHT):
             base = name.removesuffix(INT8_WEIGHT)
@@ -77,6 +83,7 @@ class _Rows:
 
     def decode(self, names: list[str]) -> dict[str, np.ndarray]:
         wanted = [n for n in names if not n.endswith(INT8_SCALE)]  # come with their weight
+        wanted.sort(key=self._size, reverse=True)  # the largest first: no thread waits on one
         with ThreadPoolExecutor(max(1, min(self.threads, len(wanted)))) as pool:
             return {k: v for pairs in pool.map(self._one, wanted) for k, v in pairs}
 

@@ -275,3 +275,20 @@ def test_embed_cli_takes_the_backend(files, tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["text"]["shape"] == [2, 32]
         vectors[backend] = np.load(out)["text"]
     np.testing.assert_allclose(vectors["onnxruntime"], vectors["torch"], atol=1e-5)
+
+
+def test_rows_decode_the_largest_first(files, monkeypatch):
+    """``_Rows.decode`` hands the threads the largest rows first (the token table), so no
+    thread is left decoding a large row alone at the end; every row comes back once."""
+    from llm_compression.onnxrt import session
+    from llm_compression.weightfile import WeightFile
+
+    file = WeightFile(files["bert"])
+    names = [n for n in file.tensors if not n.startswith("unused/")]
+    started = []
+    one = session._Rows._one
+    monkeypatch.setattr(session._Rows, "_one", lambda self, n: started.append(n) or one(self, n))
+    out = session._Rows(file, 1).decode(names)
+    sizes = [file.tensors[n].nbytes for n in started]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    assert set(out) == set(names)
