@@ -66,10 +66,10 @@ class _Rows:
         return streamed or quantize_int8_rows(decode_tensor(self.file, info))
 
     def _size(self, name: str) -> int:
-        """Stored bytes of the row behind a placeholder (decode time follows them)."""
+        """Stored bytes of the row behind a placeholder (as ``WeightLoader.load_weights`` orders)."""
         for suffix in (INT8_WEIGHT, INT8_ROWS):
             name = name.removesuffix(suffix)
-        return self.file.tensors[name].nbytes
+        return self.file.tensors[name].stored_bytes
 
     def _one(self, name: str) -> list[tuple[str, np.ndarray]]:
         if name.endswith(INT8_WEIGHT):
