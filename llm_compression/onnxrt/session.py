@@ -129,6 +129,7 @@ class OrtModel:
             from ..preprocess.text import Tokenizer
 
             self.tokenizer = Tokenizer.from_files(dict(meta.files))
+            self.tokenizer.truncate_by_default(self.info["text_context"])
         self._config = None
         log.info("loaded %s on onnxruntime (%s) in %.3f s", path, self.compute_dtype,
                  time.perf_counter() - start)  # fmt: skip

@@ -114,6 +114,7 @@ class Tokenizer:
         self.model_max_length: int | None = self.config.get("model_max_length")
         self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces"))
         self._truncating: dict[int, Any] = {}
+        self._untruncated = backend  # None: parsed again on first need (truncate_by_default)
         self._lock = threading.Lock()
 
     @classmethod
@@ -203,7 +204,29 @@ class Tokenizer:
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (with the tokenizer's special tokens unless told otherwise)."""
-        return self._tok.encode(self._check_text(text), add_special_tokens=add_special_tokens).ids
+        backend = self._untruncated_backend()
+        return backend.encode(self._check_text(text), add_special_tokens=add_special_tokens).ids
+
+    def truncate_by_default(self, max_length: int) -> None:
+        """Truncate at ``max_length`` with the backend already parsed, the length every call of
+        an encoder asks for (its text context): an untruncated copy is parsed only if a call
+        without ``max_length`` comes. One parse of tokenizer.json at load instead of two (~20-30
+        ms of a fresh process's first embedding)."""
+        with self._lock:
+            if max_length in self._truncating:
+                return
+            self._tok.enable_truncation(max_length)
+            self._truncating[max_length] = self._tok
+            self._untruncated = None
+
+    def _untruncated_backend(self) -> Any:
+        from tokenizers import Tokenizer as Backend
+
+        with self._lock:
+            if self._untruncated is None:
+                self._untruncated = Backend.from_str(self._tok.to_str())
+                self._untruncated.no_truncation()
+            return self._untruncated
 
     def _truncating_backend(self, max_length: int) -> Any:
         """A private copy with truncation on, so concurrent calls never share the setting."""
@@ -248,10 +271,11 @@ class Tokenizer:
         texts = [self._check_text(t) for t in texts]
         if not texts:
             raise InputError("no texts given; pass at least one string")
-        backend = self._tok
-        if max_length is not None:
-            if not isinstance(max_length, int) or max_length <= 0:
-                raise InputError(f"max_length must be a positive integer, got {max_length!r}")
+        if max_length is None:
+            backend = self._untruncated_backend()
+        elif not isinstance(max_length, int) or max_length <= 0:
+            raise InputError(f"max_length must be a positive integer, got {max_length!r}")
+        else:
             backend = self._truncating_backend(max_length)
         encodings = backend.encode_batch(texts, add_special_tokens=add_special_tokens)
         if pad_id is None:

@@ -74,6 +74,32 @@ def test_truncation_does_not_leak_between_calls(minilm_files):
     assert tok.encode_batch([long])[0].shape == (1, 42)
 
 
+def test_truncate_by_default_parses_once_and_changes_no_result(minilm_files, monkeypatch):
+    """An encoder's tokenizer truncating at its context with the backend already parsed gives
+    what a fresh one gives, with max_length and without; the untruncated copy is parsed only
+    when a call without max_length comes (from_str counted)."""
+    from tokenizers import Tokenizer as Backend
+
+    texts = ["a", "word " * 40, "", "Ünïcödé ✓ " * 9]
+    plain = Tokenizer.from_files(minilm_files)
+    want_cut, want_full = plain.encode_batch(texts, max_length=12), plain.encode_batch(texts)
+    parses = []
+    real = Backend.from_str
+    monkeypatch.setattr(Backend, "from_str", lambda js: parses.append(1) or real(js))
+    tok = Tokenizer.from_files(minilm_files)
+    tok.truncate_by_default(12)
+    assert len(parses) == 1
+    for got, want in zip(tok.encode_batch(texts, max_length=12), want_cut, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert tok.decode(tok.encode_batch(texts[:1], max_length=12)[0][0]) == "a"
+    assert len(parses) == 1  # truncated calls and vocabulary lookups: the one parse
+    assert len(tok.encode(texts[1])) == 42  # untruncated: a copy parsed now
+    for got, want in zip(tok.encode_batch(texts), want_full, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert tok.encode_batch(texts, max_length=5)[0].shape == (4, 5)  # another length: its copy
+    assert len(parses) == 3
+
+
 def test_add_bos_eos_from_config_rebuilds_post_processor(olmo2_json):
     plain = Tokenizer.from_files({"tokenizer.json": olmo2_json})
     config = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "add_bos_token": True,
