@@ -211,7 +211,7 @@ class Tokenizer:
         """Truncate at ``max_length`` with the backend already parsed, the length every call of
         an encoder asks for (its text context): an untruncated copy is parsed only if a call
         without ``max_length`` comes. One parse of tokenizer.json at load instead of two (~20-30
-        ms of a fresh process's first embedding)."""
+        ms of a fresh process's first embedding). Call it before threads share the tokenizer."""
         with self._lock:
             if max_length in self._truncating:
                 return
