@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .compute_options import add_compute_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,6 +21,15 @@ def register(subparsers) -> None:
         "--audio-model", help="a Whisper weight file (audio embeddings, transcripts)"
     )
     parser.add_argument("--llm", help="a causal LM weight file (chat completions)")
+    add_compute_options(parser)
+    parser.add_argument(
+        "--llm-dtype", default="float32", choices=["float32", "int8", "int4"],
+        help="the LLM computes from float32 (default) or its int8 / int4 weights (ONNX Runtime)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--llm-backend", default="torch", choices=["torch", "onnxruntime"],
+        help="the LLM's float32 on torch (default, exact) or on ONNX Runtime's decoder graph",
+    )  # fmt: skip
     parser.add_argument("--store", help="an embedding store to search (its models by default)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (8080)")
@@ -60,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ServeConfig(**{k: Path(v) if v else None for k, v in paths.items()},
                       api_key=args.api_key, max_batch=args.max_batch,
                       max_wait=args.max_wait_ms / 1000, max_queue=args.max_queue,
-                      request_timeout=args.timeout)  # fmt: skip
+                      request_timeout=args.timeout, dtype=args.dtype, backend=args.backend,
+                      llm_dtype=args.llm_dtype, llm_backend=args.llm_backend)  # fmt: skip
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -7,6 +7,13 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
+COMPUTE_CHOICES = {
+    "dtype": ("float32", "bfloat16", "int8"),
+    "backend": ("torch", "onnxruntime"),
+    "llm_dtype": ("float32", "int8", "int4"),
+    "llm_backend": ("torch", "onnxruntime"),
+}
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -30,6 +37,10 @@ class ServeConfig:
     max_queue: int = 64  # requests waiting per model before 503
     max_new_tokens: int = 512  # cap of a chat completion's max_tokens
     max_k: int = 100  # results per search
+    dtype: str = "float32"  # the embedding models' and Whisper's: float32, bfloat16, int8
+    backend: str = "torch"  # the embedding models': torch, onnxruntime (Whisper's text: torch)
+    llm_dtype: str = "float32"  # the LLM's: float32, int8, int4 (int8 / int4 on ONNX Runtime)
+    llm_backend: str = "torch"  # the LLM's: torch, onnxruntime (float32 on the decoder graph)
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_inputs", "max_input_tokens", "max_batch",
@@ -42,6 +53,9 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("api_key is empty; pass a non-empty key or none")
+        for name, allowed in COMPUTE_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 def with_store_models(cfg: ServeConfig) -> ServeConfig:

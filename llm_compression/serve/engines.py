@@ -51,7 +51,8 @@ class Engines:
         from ..tables import MultimodalStorage
 
         return MultimodalStorage(cfg.store, create=False, text_model=cfg.text_model,
-                                 clip_model=cfg.clip_model, audio_model=cfg.audio_model)  # fmt: skip
+                                 clip_model=cfg.clip_model, audio_model=cfg.audio_model,
+                                 dtype=cfg.dtype, backend=cfg.backend)  # fmt: skip
 
     def _provider(self, cfg: ServeConfig):
         if cfg.text_model or cfg.clip_model or cfg.audio_model:
@@ -59,7 +60,8 @@ class Engines:
 
             return MultimodalEmbeddingProvider(text_model=cfg.text_model,
                                                clip_model=cfg.clip_model,
-                                               audio_model=cfg.audio_model)  # fmt: skip
+                                               audio_model=cfg.audio_model, dtype=cfg.dtype,
+                                               backend=cfg.backend)  # fmt: skip
         return None if self.store is None else self.store.provider
 
     # -- models ------------------------------------------------------------------------------
@@ -87,8 +89,14 @@ class Engines:
             if role not in self._loaded:
                 from ..loader import load_model
 
-                self._loaded[role] = load_model(path)
+                self._loaded[role] = load_model(path, **self._compute(role))
             return self._loaded[role]
+
+    def _compute(self, role: str) -> dict[str, str]:
+        """``load_model``'s options for the LLM or Whisper (transcribing: torch only)."""
+        if role == "llm":
+            return {"dtype": self.cfg.llm_dtype, "backend": self.cfg.llm_backend}
+        return {"dtype": self.cfg.dtype}
 
     def token_count(self, texts: list[str], path: Path | None) -> list[int]:
         """Tokens of each text under the tokenizer of the weight file ``path`` (0s without one)."""

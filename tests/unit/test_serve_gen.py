@@ -128,3 +128,31 @@ def test_search_errors(server):
     assert r.status_code == 400
     r = httpx.get(server + "/v1/media", params={"modality": "image", "id": "/etc/passwd"})
     assert r.status_code == 404
+
+
+def test_compute_options_reach_the_models(files, llm_path):
+    """``--llm-dtype`` and ``--dtype`` / ``--backend`` are the models' load options: an int8 chat
+    answers as ``load_model(dtype="int8")`` does, embeddings are the ORT int8 provider's; a mode
+    the server does not know is a ConfigError before it starts."""
+    import numpy as np
+
+    from llm_compression.errors import ConfigError
+    from llm_compression.provider import MultimodalEmbeddingProvider
+
+    pytest.importorskip("onnxruntime")
+    cfg = ServeConfig(llm=llm_path, text_model=files["bert"], max_new_tokens=8, llm_dtype="int8",
+                      dtype="int8", backend="onnxruntime")  # fmt: skip
+    messages = [{"role": "user", "content": "Hello there"}]
+    with running(create_app(cfg)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        got = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=8,
+                                             temperature=0)  # fmt: skip
+        vecs = client.embeddings.create(model="tiny_bert", input=["a cat", "a rocket launch"])
+    int8 = load_model(llm_path, dtype="int8")
+    assert got.choices[0].message.content == int8.generate(messages, chat=True, max_new_tokens=8)
+    ort = MultimodalEmbeddingProvider(text_model=files["bert"], dtype="int8", backend="onnxruntime")
+    want = ort.encode(["a cat", "a rocket launch"])
+    np.testing.assert_allclose([d.embedding for d in vecs.data], want, atol=1e-5)
+    for bad in ({"llm_dtype": "bfloat16"}, {"backend": "tensorrt"}, {"dtype": "int4"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            ServeConfig(llm=llm_path, **bad)
