@@ -204,11 +204,10 @@ class WeightLoader:
             )
         import torch
 
-        data, scales = self._file.read(info, verify=self.verify)
-        q = _as_tensor(data, torch.int8, info.shape)
-        return q.to(self.device), _as_tensor(scales, torch.float32, (info.shape[0],)).to(
-            self.device
-        )
+        q, scales = self._file.read_int8(info, verify=self.verify)
+        return _as_tensor(q, torch.int8, info.shape).to(self.device), _as_tensor(
+            scales, torch.float32, (info.shape[0],)
+        ).to(self.device)
 
     def load_weights(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """Tensors by name (by default every canonical tensor, not the unused source tensors),
@@ -301,14 +300,6 @@ def _quantized_generation(path: str | os.PathLike, dtype: Any) -> bool:
     return dtype.lower() == "int4" or _generates(path)
 
 
-def _ort_encoders(path: str | os.PathLike) -> bool:
-    """Whether ``onnxrt.OrtModel`` runs the file's family (read without importing torch)."""
-    from .onnxrt.graphs import EXPORTABLE
-    from .weightfile import read_metadata
-
-    return read_metadata(path).family in EXPORTABLE
-
-
 def _generates(path: str | os.PathLike) -> bool:
     from .families import family
     from .weightfile import read_metadata
@@ -380,8 +371,11 @@ def load_model(
     if parse_backend(backend) == "onnxruntime":
         if str(device) != "cpu":
             raise ConfigError(f"backend='onnxruntime' runs on the CPU; got device={device!r}")
-        if _ort_encoders(path):  # the embedding families, no torch imported (decision 0010)
-            return OrtModel(path, dtype=dtype)
+        from .onnxrt.graphs import EXPORTABLE
+
+        file = WeightFile(path)  # opened once: OrtModel reads this footer, not its own
+        if file.metadata.family in EXPORTABLE:  # the embedding families, no torch (0010)
+            return OrtModel(file, dtype=dtype)
         return _load_quantized(path, _graph_dtype(dtype), device)  # a causal LM's graph (0011)
     from .core.malloc import reuse_freed_memory
 

@@ -140,10 +140,10 @@ def decode_batch(
     A row leaves the batch (its KV cache rows dropped) at an end-of-sequence id (not yielded) or
     when the caller adds its index to ``ended`` (a stop string found). The prompts are prefilled
     (``_TorchSteps``: each alone into its cache row, left-padded with a mask after;
-    ``_GraphSteps``, the decoder graph of a quantized model: all in one right-padded run, each
-    row's own length), then every step runs the matmuls on the whole batch while each row
-    attends over its own keys only at its own positions, so a row's greedy tokens are those it
-    gets alone. All rows get at most ``opts.max_new_tokens``, bounded by the context length
+    ``_GraphSteps``, the decoder graph (int8 / int4, or float32 on ONNX Runtime): all in one
+    right-padded run, each row's own length), then every step runs the matmuls on the whole
+    batch while each row attends over its own keys only at its own positions, so a row's
+    greedy tokens are those it gets alone. All rows get at most ``opts.max_new_tokens``, bounded by the context length
     less the longest prompt. The generator ends when every row has ended.
     """
     eos, ended = set(eos_ids), ended if ended is not None else set()

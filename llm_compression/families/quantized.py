@@ -43,9 +43,7 @@ def quantized_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized 
     if info.quant_type in GROUP_QUANT_TYPES:
         return file.read_group(info)
     if info.quant_type is not None:  # int8_sym_channel
-        data, scales = file.read(info)
-        q = np.frombuffer(data, np.int8).reshape(info.shape)
-        return from_channel_int8(q, np.frombuffer(scales, np.float32))
+        return from_channel_int8(*file.read_int8(info))
     w = decode_tensor(file, info)
     return quantize_int4(name, w) if dtype == "int4" else quantize_int8(name, w)
 
@@ -166,10 +164,10 @@ def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
     model = build_model(config)
     names = quantizable_names(model)
     state, mats = {}, {}
-    if dtype == "float32" and unsupported(config.body):
+    if dtype == "float32" and (why := unsupported(config.body)):
         raise ConfigError(
             f"{path}: backend='onnxruntime' runs a causal LM as one decoder graph, which does "
-            f"not run this one ({unsupported(config.body)}); use backend='torch'"
+            f"not run this one ({why}); use backend='torch'"
         )
     with _system_memory_pool():
         for name in [n for n in file.tensors if not n.startswith("unused/")]:

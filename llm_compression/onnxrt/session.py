@@ -60,8 +60,7 @@ class _Rows:
     def _int8(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         info = self.file.tensors[name]
         if info.quant_type is not None:  # an int8 file: its own rows, decoded once
-            q, scales = self.file.read_plain(info) or self.file.read(info)
-            return np.frombuffer(q, np.int8).reshape(info.shape), np.frombuffer(scales, np.float32)
+            return self.file.read_int8(info)
         streamed = self.file.read_quantized(info, quantize_int8_rows)  # no float32 matrix held
         return streamed or quantize_int8_rows(decode_tensor(self.file, info))
 
@@ -93,7 +92,8 @@ class OrtModel:
 
     Parameters
     ----------
-    path : a weight file of an embedding family (bert, clip, whisper, mobilenet_v2).
+    path : a weight file of an embedding family (bert, clip, whisper, mobilenet_v2), or the
+        ``WeightFile`` opened on it.
     dtype : "float32" (default; the core's parity thresholds hold) or "int8" (linear layers in
         dynamic int8, ``DynamicQuantizeMatMul``).
     threads : ONNX Runtime's intra-op threads (default: the cores this process may use).
@@ -102,13 +102,14 @@ class OrtModel:
     backend = "onnxruntime"
 
     def __init__(
-        self, path: str | os.PathLike, *, dtype: Any = "float32", threads: int | None = None
-    ) -> None:
+        self, path: str | os.PathLike | WeightFile, *, dtype: Any = "float32",
+        threads: int | None = None,
+    ) -> None:  # fmt: skip
         import onnxruntime as ort
 
         start = time.perf_counter()
         self.compute_dtype = parse_ort_dtype(dtype)
-        self.file = WeightFile(path)
+        self.file = path if isinstance(path, WeightFile) else WeightFile(path)
         self.path = self.file.path
         meta = self.file.metadata
         graphs = find_graphs(meta)

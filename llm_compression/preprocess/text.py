@@ -113,8 +113,8 @@ class Tokenizer:
         self.chat_template = chat_template
         self.model_max_length: int | None = self.config.get("model_max_length")
         self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces"))
-        self._truncating: dict[int, Any] = {}
-        self._untruncated = backend  # None: parsed again on first need (truncate_by_default)
+        # by max_length (None: no truncation); others parsed from ``_tok`` on first need
+        self._backends: dict[int | None, Any] = {None: backend}
         self._lock = threading.Lock()
 
     @classmethod
@@ -204,7 +204,7 @@ class Tokenizer:
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (with the tokenizer's special tokens unless told otherwise)."""
-        backend = self._untruncated_backend()
+        backend = self._backend(None)
         return backend.encode(self._check_text(text), add_special_tokens=add_special_tokens).ids
 
     def truncate_by_default(self, max_length: int) -> None:
@@ -213,31 +213,25 @@ class Tokenizer:
         without ``max_length`` comes. One parse of tokenizer.json at load instead of two (~20-30
         ms of a fresh process's first embedding). Call it before threads share the tokenizer."""
         with self._lock:
-            if max_length in self._truncating:
-                return
-            self._tok.enable_truncation(max_length)
-            self._truncating[max_length] = self._tok
-            self._untruncated = None
+            if self._backends.get(None) is self._tok and max_length not in self._backends:
+                self._tok.enable_truncation(max_length)
+                del self._backends[None]
+                self._backends[max_length] = self._tok
 
-    def _untruncated_backend(self) -> Any:
+    def _backend(self, max_length: int | None) -> Any:
+        """The backend truncating at ``max_length`` (None: not truncating), a private copy so
+        concurrent calls never share the setting: parsed from ``_tok`` on first need."""
         from tokenizers import Tokenizer as Backend
 
         with self._lock:
-            if self._untruncated is None:
-                self._untruncated = Backend.from_str(self._tok.to_str())
-                self._untruncated.no_truncation()
-            return self._untruncated
-
-    def _truncating_backend(self, max_length: int) -> Any:
-        """A private copy with truncation on, so concurrent calls never share the setting."""
-        from tokenizers import Tokenizer as Backend
-
-        with self._lock:
-            backend = self._truncating.get(max_length)
+            backend = self._backends.get(max_length)
             if backend is None:
                 backend = Backend.from_str(self._tok.to_str())
-                backend.enable_truncation(max_length)
-                self._truncating[max_length] = backend
+                if max_length is None:
+                    backend.no_truncation()
+                else:
+                    backend.enable_truncation(max_length)
+                self._backends[max_length] = backend
             return backend
 
     def encode_batch(
@@ -271,12 +265,9 @@ class Tokenizer:
         texts = [self._check_text(t) for t in texts]
         if not texts:
             raise InputError("no texts given; pass at least one string")
-        if max_length is None:
-            backend = self._untruncated_backend()
-        elif not isinstance(max_length, int) or max_length <= 0:
+        if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
             raise InputError(f"max_length must be a positive integer, got {max_length!r}")
-        else:
-            backend = self._truncating_backend(max_length)
+        backend = self._backend(max_length)
         encodings = backend.encode_batch(texts, add_special_tokens=add_special_tokens)
         if pad_id is None:
             pad_id = next((i for i in (self.pad_token_id, self.eos_token_id) if i is not None), 0)

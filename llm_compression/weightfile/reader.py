@@ -301,6 +301,13 @@ class WeightFile:
             self._check(info, hasher.value())
         return out, scales
 
+    def read_int8(self, info: TensorInfo, *, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """An int8_sym_channel row: the int8 matrix (its shape) and its float32 scale per row,
+        straight from the zstd frame where our writer laid the row out (``read_plain``), else
+        through Arrow (``read``). Raises CorruptFileError like ``read``."""
+        data, scales = self.read_plain(info, verify=verify) or self.read(info, verify=verify)
+        return np.frombuffer(data, np.int8).reshape(info.shape), np.frombuffer(scales, np.float32)
+
     def read_quantized(
         self, info: TensorInfo, quantize, *, verify: bool = True
     ) -> tuple[np.ndarray, np.ndarray] | None:
