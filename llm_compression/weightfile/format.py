@@ -291,12 +291,17 @@ def join_bytes(data: Any, itemsize: int) -> np.ndarray:
 def quantize_int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8: ``w ~= q * scales[:, None]``, ``|error| <= scale / 2`` per row.
 
-    All-zero rows get scale 0 (and q = 0), so they dequantize to exact zeros.
+    All-zero rows get scale 0 (and q = 0), so they dequantize to exact zeros. A row whose
+    ``max|w| / 127`` underflows float32 (max below ~9e-44: subnormal values) gets the smallest
+    subnormal as its scale, so it is stored exactly rather than as zeros.
     """
     w = np.asarray(w, dtype=np.float32)
-    scales = (np.abs(w).max(axis=1) / 127.0).astype(np.float32) if w.shape[1] else None
-    if scales is None:
+    if not w.shape[1]:
         return np.zeros(w.shape, np.int8), np.zeros(w.shape[0], np.float32)
+    amax = np.abs(w).max(axis=1)
+    scales = (amax / 127.0).astype(np.float32)
+    tiny = np.finfo(np.float32).smallest_subnormal
+    scales = np.where((scales == 0) & (amax > 0), tiny, scales).astype(np.float32)
     safe = np.where(scales > 0, scales, np.float32(1.0))
     q = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
     return q, scales

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
@@ -68,6 +68,7 @@ def weight_matrices(draw):
 
 @SETTINGS
 @given(weight_matrices())
+@example(np.array([[1e-45]], np.float32))  # max / 127 underflows float32 (Hypothesis found it)
 def test_int8_within_half_a_step_per_row(value):
     name = "layers.0.mlp.up.weight"
     got = round_trip({name: value}, "int8")[name].numpy()
