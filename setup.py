@@ -22,6 +22,15 @@ EXTENSIONS = [
         extra_compile_args=CFLAGS,
         optional=True,
     ),
+    Extension(
+        "llm_compression.core._decode",
+        ["llm_compression/core/_decode.c"],
+        # -ffp-contract=off: the portable kernel's float operations stay the ones written, the
+        # AVX512 kernel's, bit for bit (tests compare them); OpenMP: the matmuls' two threads
+        extra_compile_args=[*CFLAGS, "-ffp-contract=off", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+        optional=True,
+    ),
 ]
 
 setup(ext_modules=EXTENSIONS)

@@ -322,7 +322,7 @@ def _graph_dtype(dtype: Any) -> str:
     return mode
 
 
-def _load_quantized(path, dtype: str, device) -> torch.nn.Module:
+def _load_quantized(path, dtype: str, device, kernel: str = "native") -> torch.nn.Module:
     import torch
 
     from .families.quantized import load_quantized
@@ -331,7 +331,7 @@ def _load_quantized(path, dtype: str, device) -> torch.nn.Module:
     if torch.device(device).type != "cpu":
         raise ConfigError(f"dtype={dtype!r} computes on the CPU; pass device='cpu'")
     start = time.perf_counter()
-    model = load_quantized(path, dtype.lower())
+    model = load_quantized(path, dtype.lower(), kernel=kernel)
     model.tokenizer = Tokenizer.from_files(dict(WeightFile(path).metadata.files))
     log.info("loaded %s (%s) from %s in %.3f s", type(model).__name__, dtype, path,
              time.perf_counter() - start)  # fmt: skip
@@ -356,15 +356,16 @@ def load_model(
     path : a weight file written by ``llm_compression.weightfile.write_model``.
     dtype : compute mode, a string or torch dtype (``core.compute.parse_dtype``): "float32"
         (default, exact), "bfloat16" (linear layers in bfloat16), "int8" (linear layers in
-        dynamic int8, weights per output channel; for causal LMs the quantized weights run on
-        ONNX Runtime's MatMulNBits, families/quantized.py), "int4" (causal LMs only),
+        dynamic int8, weights per output channel; a causal LM's decoder computes from its
+        group-quantized weights in our C kernel where the CPU has AVX512-VNNI, decision 0015,
+        else on ONNX Runtime's MatMulNBits, families/quantized.py), "int4" (causal LMs only),
         "float16" (the whole model cast).
     device : torch device for the weights.
     backend : "torch" (default: our modules, exact) or "onnxruntime": the embedding families'
         encoders (bert, clip, whisper, mobilenet_v2) on ONNX Runtime, float32 or int8, weights
         fed from the file's rows, no torch imported (``onnxrt.OrtModel``, decision 0010); a
         causal LM's whole decoder as one ONNX Runtime graph, float32 too (float32 / int8 /
-        int4, ``core.decoder_graph``, decision 0011).
+        int4, ``core.decoder_graph``, decision 0011; int8 / int4 without it: our C kernel).
     """
     from .onnxrt import OrtModel, parse_backend
 
@@ -376,7 +377,7 @@ def load_model(
         file = WeightFile(path)  # opened once: OrtModel reads this footer, not its own
         if file.metadata.family in EXPORTABLE:  # the embedding families, no torch (0010)
             return OrtModel(file, dtype=dtype)
-        return _load_quantized(path, _graph_dtype(dtype), device)  # a causal LM's graph (0011)
+        return _load_quantized(path, _graph_dtype(dtype), device, "onnxruntime")  # graph, 0011
     from .core.malloc import reuse_freed_memory
 
     model = _load_torch(path, dtype, device)

@@ -232,6 +232,27 @@ def build(cfg: TransformerConfig, mats: dict, floats: dict, head: str):
     return serialized(graph), b.external
 
 
+def check_positions(past: np.ndarray, own: np.ndarray, length: int, capacity: int) -> None:
+    """``run``'s positions against the cache: rows ``past[b] + length`` within ``capacity``,
+    rows shorter than the batch (``own``) only in a first prompt."""
+    if int(past.max()) + length > capacity:
+        raise InputError(
+            f"the KV cache holds {capacity} positions but {int(past.max()) + length} were "
+            "requested; create the cache with a larger max_len"
+        )
+    if (own < length).any() and (past.any() or own.min() < 1):
+        raise InputError(
+            f"rows shorter than the batch's {length} positions (lengths {own.tolist()}) "
+            "must be a first prompt (past 0) of at least one token each: GroupQueryAttention "
+            "pads only a first prompt"
+        )
+
+
+def check_cache_tensor(t: torch.Tensor) -> None:
+    if not t.is_contiguous() or t.dtype != torch.float32 or t.device.type != "cpu":
+        raise InputError("the decoder's KV cache must be contiguous float32 on the CPU")
+
+
 class DecoderGraph:
     """The ORT session of ``build``; ``run`` is one decoder pass over a batch. ``mats`` is
     emptied once its matrices are copied for ORT (ORT prepacks the copies and drops them), so
@@ -266,7 +287,7 @@ class DecoderGraph:
         past = np.asarray(past, np.int32).reshape(-1)
         length = embeds.shape[1]
         own = np.full_like(past, length) if lengths is None else np.asarray(lengths, np.int32)
-        self._check(past, own, length, cache[0][0].shape[2])
+        check_positions(past, own, length, cache[0][0].shape[2])
         io = self._binding(cache)
         wanted = (own - 1)[:, None] if last_only else np.arange(length)[None].repeat(len(own), 0)
         logits = np.empty((len(own), wanted.shape[1], self.vocab), np.float32)  # ORT writes here
@@ -282,20 +303,6 @@ class DecoderGraph:
             io.bind_cpu_input(name, array)
         self.session.run_with_iobinding(io)
         return torch.from_numpy(logits)
-
-    @staticmethod
-    def _check(past: np.ndarray, own: np.ndarray, length: int, capacity: int) -> None:
-        if int(past.max()) + length > capacity:
-            raise InputError(
-                f"the KV cache holds {capacity} positions but {int(past.max()) + length} were "
-                "requested; create the cache with a larger max_len"
-            )
-        if (own < length).any() and (past.any() or own.min() < 1):
-            raise InputError(
-                f"rows shorter than the batch's {length} positions (lengths {own.tolist()}) "
-                "must be a first prompt (past 0) of at least one token each: GroupQueryAttention "
-                "pads only a first prompt"
-            )
 
     def _binding(self, cache: list):
         """This thread's IO binding with ``cache`` bound: made again only when the cache's
@@ -313,8 +320,7 @@ class DecoderGraph:
         """Each layer's past and present bound to the same buffer: ORT writes in place."""
         for i, pair in enumerate(cache):
             for kind, tensor in zip(("key", "value"), pair, strict=True):
-                if not tensor.is_contiguous() or tensor.dtype != torch.float32:
-                    raise InputError("the decoder graph's KV cache must be contiguous float32")
+                check_cache_tensor(tensor)
                 value = self._ort.OrtValue.ortvalue_from_numpy(tensor.numpy())
                 io.bind_ortvalue_input(f"past_{kind}_{i}", value)
                 io.bind_ortvalue_output(f"present_{kind}_{i}", value)

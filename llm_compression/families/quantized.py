@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 
 import numpy as np
 import torch
 
 from ..core.decoder_graph import DecoderGraph, unsupported
+from ..core.native_decoder import NativeDecoder, why_not
 from ..core.quantized import QuantEmbedding, QuantLinear
 from ..errors import ConfigError
 from ..weightfile import WeightFile, decode_tensor
@@ -32,6 +34,8 @@ from . import build_model, quantizable_names
 
 QUANTIZED_DTYPES = ("int8", "int4")
 GRAPH_DTYPES = ("float32", *QUANTIZED_DTYPES)  # float32: the decoder graph only
+KERNELS = ("native", "onnxruntime")  # what runs a quantized decoder (load_quantized)
+log = logging.getLogger(__name__)
 
 
 def quantized_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized | None:
@@ -122,31 +126,42 @@ def _stack(mats: dict, n_layers: int, biased: set[str]) -> list[str]:
     return gone
 
 
-def _decoder_graph(model, mats: dict, state: dict, names: set[str]):
-    """The whole decoder as one ORT graph (``core.decoder_graph``), or None when the model
-    has a part the graph does not run (then every matrix gets its own session). The matrices
-    leave ``mats`` (the graph drops them once ORT has its copy: a lower peak), all but the
-    token table, which lookups still read."""
+def _decoder_graph(model, mats: dict, state: dict, names: set[str], kernel: str):
+    """The whole decoder in one call a step: our C kernel (``core.native_decoder``) where
+    ``kernel`` is "native" and it runs this model, else one ORT graph (``core.decoder_graph``);
+    None when the model has a part the graph does not run (then every matrix gets its own
+    session). The matrices leave ``mats`` (the decoder keeps its own copy: a lower peak), all but
+    the token table, which lookups still read."""
     if unsupported(model.config.body) is not None or any(n in state for n in names):
         return None
     floats = {name: value.numpy() for name, value in state.items()}
     head = "lm_head" if "lm_head" in mats else "token_embed"
     taken = {name: mats.pop(name) for name in list(mats) if name != "token_embed"}
     for name in taken:
-        _swap(model, name, None)  # computed in the graph
+        _swap(model, name, None)  # computed in the decoder
     if "token_embed" in mats:
         taken["token_embed"] = mats["token_embed"]
+    if kernel == "native":
+        why = why_not(model.config.body, taken, head)
+        if why is None:
+            return NativeDecoder(model.config.body, taken, floats, head)
+        log.info("the native decoder does not run this model (%s): ONNX Runtime's graph does", why)
     return DecoderGraph(model.config.body, taken, floats, head)
 
 
-def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
+def load_quantized(path, dtype: str, graph: bool = True, kernel: str = "native") -> torch.nn.Module:
     """The causal LM of ``path`` with quantized linear layers (see the module docstring), or
     with dtype "float32" its float32 weights on the decoder graph (``backend="onnxruntime"``).
 
     ``graph``: run the whole decoder as one ORT graph where the model allows
     (``model.decoder_graph``; docs/decisions/0011-decoder-graph.md); False: one ORT session per
     matrix, the layers called from torch (the path before the graph, kept for comparison).
+    ``kernel``: "native" runs an int8 / int4 decoder in our C kernel where it can
+    (``core.native_decoder``: AVX512-VNNI, decision 0015), else on the ORT graph;
+    "onnxruntime" always on the ORT graph.
     """
+    if kernel not in KERNELS:
+        raise ConfigError(f"kernel={kernel!r}: expected one of {KERNELS}")
     if dtype not in GRAPH_DTYPES or (dtype == "float32" and not graph):
         raise ConfigError(
             f"dtype={dtype!r}: the quantized path takes one of {QUANTIZED_DTYPES}, and float32 "
@@ -179,7 +194,8 @@ def load_quantized(path, dtype: str, graph: bool = True) -> torch.nn.Module:
     biased = {n.removesuffix(".bias") for n in state if n.endswith(".bias")}
     for name in _stack(mats, len(model.layers), biased):
         _swap(model, name, None)
-    model.decoder_graph = _decoder_graph(model, mats, state, names) if graph else None
+    kernel = "onnxruntime" if dtype == "float32" else kernel
+    model.decoder_graph = _decoder_graph(model, mats, state, names, kernel) if graph else None
     for module_name, w in mats.items():
         if isinstance(w, np.ndarray):  # float32: the token table (the graph took the rest)
             _swap(model, module_name, torch.nn.Embedding.from_pretrained(torch.from_numpy(w)))

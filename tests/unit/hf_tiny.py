@@ -78,20 +78,22 @@ def tiny_causal_lm(
     gqa: bool = True,
     vocab_size: int = 97,
     heads: int = 4,
+    width: int = 32,
 ):
     """A tiny Llama (``arch='llama'``), OLMo-1 (``'olmo'``) or OLMo-2 (``'olmo2'``) causal LM
-    of width 32 and ``heads`` query heads (half as many key/value heads with ``gqa``)."""
+    of ``width`` (MLP twice as wide) and ``heads`` query heads (half as many key/value heads with
+    ``gqa``)."""
     import transformers as tf
 
     kv_heads = heads // 2 if gqa else heads
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
         rope_theta=500.0, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     body = dict(
-        dim=32, n_layers=2, n_heads=heads, n_kv_heads=kv_heads, mlp_dim=64,
+        dim=width, n_layers=2, n_heads=heads, n_kv_heads=kv_heads, mlp_dim=2 * width,
         activation="swiglu", causal=True, positions="rotary", max_positions=128, rope_theta=500.0,
         qkv_bias=False, k_bias=False, out_bias=False, mlp_bias=False,
     )  # fmt: skip

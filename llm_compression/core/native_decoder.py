@@ -1,0 +1,120 @@
+"""The whole decoder of a group-quantized causal LM in our C kernel (``core._decode``): one call
+a step, the int8 / int4 weights streamed as stored (docs/decisions/0015-native-decoder.md).
+
+The same model, inputs and KV cache as ``core.decoder_graph.DecoderGraph`` (``run`` is a drop-in):
+RMSNorm (pre, or OLMo-2's post norms and q / k norms), rotary positions (``rotate_half``), causal
+attention over each row's cache, SwiGLU, the head on the wanted positions only. Each matmul
+quantizes its input to int8 a group of 32 (as ``MatMulNBits`` with ``accuracy_level=4`` does) and
+sums each group's products exactly in int32 (AVX512-VNNI). It runs where the extension is built
+and the CPU has AVX512-VNNI; elsewhere (or for a layout it does not take) the ORT graph runs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from ..config import TransformerConfig
+from ..weightfile.groupwise import QUANT_INT8_GROUP, GroupQuantized
+from .decoder_graph import check_cache_tensor, check_positions, rotary_tables, unsupported
+
+try:
+    from . import _decode
+except ImportError:  # built without a C compiler: the ORT graph runs instead
+    _decode = None
+
+PAIR = 64  # the kernel reads two groups of 32 inputs at a time
+LAYER_MATRICES = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down")
+
+
+def why_not(cfg: TransformerConfig, mats: dict, head: str) -> str | None:
+    """Why the kernel cannot run this decoder (None: it can): ``mats`` by module name, q / k / v
+    and gate / up stacked (``families.quantized.FUSED``)."""
+    if _decode is None:
+        return "the C extension llm_compression.core._decode is not built (no C compiler?)"
+    if _decode.kernel() != "avx512":
+        return "this CPU lacks AVX512-VNNI (the portable kernel is for tests: ~50x slower)"
+    why = unsupported(cfg)
+    if why and "head_dim" not in why:  # GroupQueryAttention's limit, not ours
+        return why
+    names = [f"layers.{i}.{m}" for i in range(cfg.n_layers) for m in LAYER_MATRICES] + [head]
+    missing = [n for n in names if not isinstance(mats.get(n), GroupQuantized)]
+    if missing:
+        return f"{missing[0]} is not one stacked group-quantized matrix"
+    odd = [n for n in names if mats[n].shape[1] % PAIR]
+    return f"{odd[0]}'s inputs are not a multiple of {PAIR}" if odd else None
+
+
+def matrix_spec(w: GroupQuantized) -> tuple:
+    """``w`` as the kernel reads it: (kind, rows, cols, q, scales, offsets), int8 values + 128
+    as unsigned bytes, scales and offsets float32 (the stored values, widened exactly)."""
+    rows, cols = w.shape
+    scales = np.ascontiguousarray(w.scales, np.float32)
+    if w.quant_type == QUANT_INT8_GROUP:
+        q = np.ascontiguousarray(w.data).view(np.uint8).reshape(rows, cols) ^ np.uint8(0x80)
+        return (8, rows, cols, q, scales, None)
+    offsets = np.ascontiguousarray(w.offsets, np.float32)
+    return (4, rows, cols, np.ascontiguousarray(w.data, np.uint8), scales, offsets)
+
+
+def _norm(floats: dict, name: str) -> np.ndarray | None:
+    w = floats.get(f"{name}.weight")
+    return None if w is None else np.ascontiguousarray(w, np.float32)
+
+
+def _layer(floats: dict, mats: dict, i: int) -> tuple:
+    p = f"layers.{i}."
+    specs = [matrix_spec(mats.pop(p + m)) for m in LAYER_MATRICES]
+    norms = [_norm(floats, p + n) for n in ("attn_norm", "mlp_norm", "attn.q_norm", "attn.k_norm")]
+    return (*specs, *norms)
+
+
+class NativeDecoder:
+    """``core._decode``'s model over the matrices of ``mats`` (which leave it: the kernel's
+    copies are the ones kept); ``run`` as ``DecoderGraph.run``."""
+
+    def __init__(self, cfg: TransformerConfig, mats: dict, floats: dict, head: str) -> None:
+        from .quantized import threads
+
+        cos, sin = rotary_tables(cfg)
+        dims = (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim,
+                cfg.max_positions)  # fmt: skip
+        flags = (cfg.norm_placement == "sandwich_post") | (2 * bool(cfg.qk_norm))
+        layers = [_layer(floats, mats, i) for i in range(cfg.n_layers)]
+        head_spec = matrix_spec(mats.pop(head))
+        self._model = _decode.create(dims, float(cfg.norm_eps), flags, threads(), cos, sin,
+                                     _norm(floats, "final_norm"), head_spec, layers)  # fmt: skip
+        self.n_layers, self.vocab = cfg.n_layers, head_spec[1]
+        self._bound = threading.local()  # per thread: (cache key, numpy views of the cache)
+
+    def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool,
+            lengths=None) -> torch.Tensor:  # fmt: skip
+        """Logits (B, 1 or S, V): see ``DecoderGraph.run``."""
+        past = np.ascontiguousarray(np.asarray(past, np.int32).reshape(-1))
+        batch, length = embeds.shape[0], embeds.shape[1]
+        own = np.full_like(past, length) if lengths is None else np.asarray(lengths, np.int32)
+        capacity = cache[0][0].shape[2]
+        check_positions(past, own, length, capacity)
+        wanted = (own - 1)[:, None] if last_only else np.arange(length)[None].repeat(batch, 0)
+        wanted = np.ascontiguousarray(wanted, np.int64)
+        logits = np.empty((batch, wanted.shape[1], self.vocab), np.float32)
+        x = np.array(embeds.detach().to(torch.float32).numpy(), np.float32, order="C")  # written
+        _decode.step(self._model, x, batch, length, past, self._views(cache), capacity, wanted,
+                     wanted.shape[1], logits)  # fmt: skip
+        return torch.from_numpy(logits)
+
+    def _views(self, cache: list) -> list:
+        """numpy views of the cache's tensors (keys, values a layer), made again only when its
+        buffers change."""
+        key = tuple((t.data_ptr(), tuple(t.shape)) for pair in cache for t in pair)
+        held = getattr(self._bound, "held", None)
+        if held is None or held[0] != key:
+            views = []
+            for pair in cache:
+                for t in pair:
+                    check_cache_tensor(t)
+                    views.append(t.numpy())
+            held = self._bound.held = (key, views)
+        return held[1]

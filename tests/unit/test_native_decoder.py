@@ -1,0 +1,184 @@
+"""core.native_decoder / core._decode: a group-quantized causal LM's decoder in our C kernel, checked
+against float arithmetic, against its portable twin bit for bit, and against itself (a batch, a
+prompt at once and token by token must give each row the same logits)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hf_tiny import tiny_causal_lm
+
+from llm_compression.errors import ConfigError, InputError
+from llm_compression.weightfile import write_model
+from llm_compression.weightfile.groupwise import quantize_int4, quantize_int8
+
+_decode = pytest.importorskip("llm_compression.core._decode")
+from llm_compression.core import native_decoder, quantized  # noqa: E402
+from llm_compression.core.native_decoder import NativeDecoder, matrix_spec  # noqa: E402
+from llm_compression.families.quantized import load_quantized  # noqa: E402
+
+QUANTIZE = {"int8": quantize_int8, "int4": quantize_int4}
+SIMD = _decode.kernel() == "avx512"
+needs_simd = pytest.mark.skipif(not SIMD, reason="this CPU lacks AVX512-VNNI")
+
+
+@pytest.fixture
+def portable():
+    """The portable kernel inside the block, the CPU's own after it."""
+    before = _decode.kernel()
+    _decode.set_kernel("portable")
+    yield
+    _decode.set_kernel(before)
+
+
+def _matmul(spec: tuple, x: np.ndarray) -> np.ndarray:
+    out = np.full((x.shape[0], spec[1]), np.nan, np.float32)
+    _decode.matmul(spec, np.ascontiguousarray(x, np.float32), x.shape[0], out)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_matmul_follows_float_arithmetic(dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    w = QUANTIZE[dtype]("w", rng.standard_normal((13, 192)).astype(np.float32))
+    x = rng.standard_normal((3, 192)).astype(np.float32) * [[1.0], [1e-3], [50.0]]
+    want = x @ w.dequantize().T  # the stored weights exactly, float activations
+    got = _matmul(matrix_spec(w), x)
+    # the only rounding: activations to int8 a group of 32 (half a step of max|x| / 127)
+    assert np.linalg.norm(got - want) <= 0.01 * np.linalg.norm(want)
+    assert np.abs(got - want).max() > 0  # it did quantize: not a float32 product in disguise
+
+
+@needs_simd
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_portable_kernel_equals_avx512_bit_for_bit(dtype: str, portable) -> None:
+    rng = np.random.default_rng(2)
+    w = QUANTIZE[dtype]("w", rng.standard_normal((37, 320)).astype(np.float32))
+    x = rng.standard_normal((5, 320)).astype(np.float32)
+    spec = matrix_spec(w)
+    slow = _matmul(spec, x)
+    _decode.set_kernel("avx512")
+    np.testing.assert_array_equal(_matmul(spec, x), slow)
+
+
+def test_zero_activations_give_zero_and_bad_specs_are_refused() -> None:
+    w = quantize_int8("w", np.ones((4, 64), np.float32))
+    assert not _matmul(matrix_spec(w), np.zeros((1, 64))).any()
+    kind, rows, cols, q, scales, offsets = matrix_spec(w)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        _decode.matmul((kind, rows, 96, q, scales, offsets), np.zeros(96, np.float32), 1,
+                       np.zeros(4, np.float32))  # fmt: skip
+    with pytest.raises(ValueError, match="bytes"):  # the weights shorter than rows x cols
+        _decode.matmul((kind, rows * 2, cols, q, scales, offsets), np.zeros(64, np.float32), 1,
+                       np.zeros(8, np.float32))  # fmt: skip
+    with pytest.raises(ValueError, match="bytes"):
+        _decode.matmul(matrix_spec(w), np.zeros(64, np.float32), 1, np.zeros(3, np.float32))
+
+
+@pytest.fixture(scope="module", params=[("llama", True), ("olmo2", False)], ids=str)
+def stored(request, tmp_path_factory):
+    """A causal LM the kernel runs: inputs multiples of 64 (width 128, two heads of 64)."""
+    _, cfg, state = tiny_causal_lm(request.param[0], tie=request.param[1], heads=2, width=128)
+    path = tmp_path_factory.mktemp("n") / "m.parquet"
+    return write_model(path, {k: v.numpy() for k, v in state.items()}, config=cfg,
+                       dtype="float32")  # fmt: skip
+
+
+def _native(path, dtype: str):
+    model = load_quantized(path, dtype)
+    if not SIMD:
+        pytest.skip("this CPU lacks AVX512-VNNI: the ORT graph runs instead")
+    assert isinstance(model.decoder_graph, NativeDecoder)
+    return model
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("int8", 0.02), ("int4", 0.02)])
+def test_logits_follow_float_activations(stored, dtype: str, tolerance: float, monkeypatch):
+    """Against ORT's graph on the same stored weights with float32 activations (accuracy level
+    1): what differs is our int8 activations only."""
+    model = _native(stored, dtype)
+    monkeypatch.setattr(quantized, "ACCURACY_LEVEL", 1)
+    reference = load_quantized(stored, dtype, kernel="onnxruntime")
+    ids = torch.tensor([[5, 17, 33, 8, 61, 9, 4, 4, 70]])
+    with torch.inference_mode():
+        got, want = model.logits(ids), reference.logits(ids)
+    assert got.shape == want.shape == (1, 9, 97)
+    assert (got - want).norm() <= tolerance * want.norm()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_prompt_at_once_equals_token_by_token_and_batch_equals_alone(stored, dtype: str):
+    """Each row is quantized and attended alone: the logits are the same bit for bit however
+    the tokens are grouped into calls and rows."""
+    model = _native(stored, dtype)
+    ids = [5, 17, 33, 8, 61, 9]
+    with torch.inference_mode():
+        whole = model.logits(torch.tensor([ids]))[0]
+        cache = model.new_cache(1, len(ids))
+        for pos, token in enumerate(ids):
+            step = model.logits(torch.tensor([[token]]), cache=cache, start_pos=pos)[0, -1]
+            torch.testing.assert_close(step, whole[pos], rtol=0, atol=0)
+    prompts = [ids, [3, 4], [7, 8, 9, 10]]
+    together = model.generate_ids(prompts, max_new_tokens=8)
+    assert together == [model.generate_ids(p, max_new_tokens=8) for p in prompts]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_portable_kernel_runs_the_model_bit_for_bit(stored, dtype: str) -> None:
+    model = _native(stored, dtype)
+    ids = torch.tensor([[5, 17, 33, 8]])
+    with torch.inference_mode():
+        fast = model.logits(ids)
+        _decode.set_kernel("portable")
+        try:
+            slow = model.logits(ids)
+        finally:
+            _decode.set_kernel("avx512")
+    torch.testing.assert_close(slow, fast, rtol=0, atol=0)
+
+
+def test_threads_sharing_one_model_get_their_own_answers(stored) -> None:
+    model = _native(stored, "int8")
+    prompts = [[5, 17, 33], [9, 9, 2, 40], [61], [7, 8, 9, 10, 11]]
+    want = [model.generate_ids(p, max_new_tokens=12) for p in prompts]
+    got = [None] * len(prompts)
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            got[i] = model.generate_ids(prompts[i], max_new_tokens=12)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want
+
+
+def test_bad_calls_are_typed_errors(stored) -> None:
+    model = _native(stored, "int8")
+    decoder = model.decoder_graph
+    cache = model.new_cache(1, 4)
+    pairs = [(layer.k, layer.v) for layer in cache]
+    embeds = torch.zeros(1, 5, 128)
+    with pytest.raises(InputError, match="KV cache holds 4"):
+        decoder.run(embeds, pairs, [0], last_only=True)
+    with pytest.raises(InputError, match="contiguous float32"):
+        decoder.run(embeds[:, :2], [(k.transpose(2, 3), v) for k, v in pairs], [0], last_only=True)
+    with pytest.raises(ConfigError, match="kernel='cuda'"):
+        load_quantized(stored, "int8", kernel="cuda")
+
+
+def test_models_the_kernel_cannot_run_go_to_the_graph(tmp_path) -> None:
+    _, cfg, state = tiny_causal_lm("llama", tie=True, heads=2)  # width 32: not a multiple of 64
+    path = write_model(tmp_path / "m.parquet", {k: v.numpy() for k, v in state.items()},
+                       config=cfg, dtype="float32")  # fmt: skip
+    model = load_quantized(path, "int8")
+    assert model.decoder_graph is not None
+    assert not isinstance(model.decoder_graph, NativeDecoder)
+    mats = {"token_embed": quantize_int8("t", np.ones((97, 32), np.float32))}
+    why = native_decoder.why_not(cfg.body, mats, "token_embed")
+    assert why is not None and ("layers.0.attn.qkv" in why or "AVX512" in why)
