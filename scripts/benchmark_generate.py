@@ -6,7 +6,8 @@ often the quantized greedy text equals float32's.
         [--accuracy-levels 1]
 
 Variants: ours float32 (torch), float32-graph (``backend="onnxruntime"``: the float32 matrices on
-the decoder graph), int8 and int4 (the decoder graph's ``MatMulNBits``).
+the decoder graph), int8 and int4 (our C decoder, ``core.native_decoder``, where the CPU has
+AVX512-VNNI), int8-ort and int4-ort (the decoder graph's ``MatMulNBits``).
 Every variant and HF run interleaved in the same process (64 new tokens, batch 1); ratios are
 tokens/s over HF's; the load average is printed with them. ``--batch 8`` adds, per variant, the
 tokens/s of 8 prompts decoded together over the tokens/s of one. ``--memory`` loads each variant
@@ -54,6 +55,7 @@ def variants(family: str, paths: dict, work: Path, per_matrix: bool, levels: lis
         "float32": load_model(paths["ours"]),
         "float32-graph": load_model(paths["ours"], backend="onnxruntime"),  # ORT's FusedMatMul
         "int8": load_model(paths["ours"], dtype="int8"),
+        "int8-ort": load_model(paths["ours"], dtype="int8", backend="onnxruntime"),
     }
     if family == "smollm2":
         from llm_compression import weights
@@ -62,6 +64,7 @@ def variants(family: str, paths: dict, work: Path, per_matrix: bool, levels: lis
         if not kept.is_file():
             convert(weights.packaged_smollm2(), kept, dtype="gguf")
         out["int4"] = load_model(kept, dtype="int4")
+        out["int4-ort"] = load_model(kept, dtype="int4", backend="onnxruntime")
     files = {"int8": paths["ours"], "int4": work / "smollm2.gguf.parquet"}
     for dtype in [d for d in ("int8", "int4") if per_matrix and d in out]:
         out[f"{dtype}-per-matrix"] = load_quantized(files[dtype], dtype, graph=False)
@@ -148,9 +151,11 @@ def memory(family: str, paths: dict, work: Path, threads: int) -> dict:
     if not int8.is_file():
         convert(paths["hf"], int8, dtype="int8")
     files = {"float32": (paths["ours"], "float32", "torch"), "int8": (int8, "int8", "torch"),
+             "int8-ort": (int8, "int8", "onnxruntime"),
              "float32-graph": (paths["ours"], "float32", "onnxruntime")}  # fmt: skip
     if family == "smollm2":
         files["int4"] = (work / "smollm2.gguf.parquet", "int4", "torch")
+        files["int4-ort"] = (work / "smollm2.gguf.parquet", "int4", "onnxruntime")
     out = {}
     for variant, (path, dtype, backend) in files.items():
         code = MEMORY_CHILD.format(threads=threads, path=str(path), dtype=dtype, backend=backend)

@@ -94,13 +94,7 @@ static int use_simd = 0;
 
 static int lane_group(int kind, int lane) { return kind == 8 ? lane / 8 : (lane / 4) % 2; }
 
-/* Position in the pair's byte order of element e (0..63) of the pair. */
-static int order_of(int kind, int e) {
-    if (kind == 8)
-        return e;
-    int g = e / GROUP, k = e % GROUP; /* int4: element k of group g, byte g * 16 + k / 2 */
-    return (k % 2) * 32 + g * 16 + k / 2;
-}
+#define ROUNDING 12582912.0f /* 1.5 * 2^23 */
 
 /* ---- activations ---- */
 
@@ -111,17 +105,26 @@ static void quantize_row(int kind, const float *x, Py_ssize_t cols, int8_t *q, f
         int sum[2];
         for (int g = 0; g < 2; g++) {
             const float *v = x + p * PAIR + g * GROUP;
-            float top = 0.0f;
-            for (int k = 0; k < GROUP; k++)
-                top = fabsf(v[k]) > top ? fabsf(v[k]) : top;
+            uint32_t bits = 0; /* max |v| as the largest bit pattern without the sign (vectorizes) */
+            for (int k = 0; k < GROUP; k++) {
+                uint32_t b;
+                memcpy(&b, v + k, sizeof b);
+                b &= 0x7fffffffu;
+                bits = b > bits ? b : bits;
+            }
+            float top;
+            memcpy(&top, &bits, sizeof top);
             scale[g] = top / 127.0f;
             float inv = top > 0.0f ? 127.0f / top : 0.0f;
             sum[g] = 0;
+            int8_t *out = q + p * PAIR;
             for (int k = 0; k < GROUP; k++) {
-                int v8 = (int)lrintf(v[k] * inv);
-                v8 = v8 > 127 ? 127 : v8 < -127 ? -127 : v8;
-                q[p * PAIR + order_of(kind, g * GROUP + k)] = (int8_t)v8;
-                sum[g] += v8;
+                /* |v| <= 127 (+ rounding): adding and subtracting 1.5 * 2^23 rounds to the
+                 * nearest integer, ties to even (lrintf's rounding, without the call) */
+                float r = (v[k] * inv + ROUNDING) - ROUNDING;
+                r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+                out[kind == 8 ? g * GROUP + k : (k % 2) * 32 + g * 16 + k / 2] = (int8_t)r;
+                sum[g] += (int)r;
             }
         }
         for (int l = 0; l < LANES; l++) {
@@ -151,12 +154,30 @@ static void act_free(Act *a) {
     free(a->sx);
 }
 
-static void quantize(Act *a, const float *x, Py_ssize_t M) {
+static void quantize_one(Act *a, const float *x, Py_ssize_t m) {
     Py_ssize_t stride = (a->cols / PAIR) * LANES;
-    for (Py_ssize_t m = 0; m < M; m++)
-        quantize_row(a->kind, x + m * a->cols, a->cols, a->q + m * a->cols, a->dx + m * stride,
-                     a->init + m * stride, a->sx + m * stride);
+    quantize_row(a->kind, x + m * a->cols, a->cols, a->q + m * a->cols, a->dx + m * stride,
+                 a->init + m * stride, a->sx + m * stride);
 }
+
+static void quantize(Act *a, const float *x, Py_ssize_t M) {
+    for (Py_ssize_t m = 0; m < M; m++)
+        quantize_one(a, x, m);
+}
+
+/* BODY for each row m of a batch (M rows, independent): split over the threads from 2 rows; one
+ * row runs without entering OpenMP (a decode step's 120 row loops would each pay its call). */
+#define FOR_ROWS(md, M, BODY)                                                                      \
+    do {                                                                                           \
+        if ((M) > 1 && (md)->threads > 1) {                                                        \
+            _Pragma("omp parallel for schedule(static) num_threads((md)->threads)")               \
+            for (Py_ssize_t m = 0; m < (M); m++)                                                   \
+                BODY;                                                                              \
+        } else {                                                                                   \
+            for (Py_ssize_t m = 0; m < (M); m++)                                                   \
+                BODY;                                                                              \
+        }                                                                                          \
+    } while (0)
 
 /* ---- the dot products: out[i] = row r0 + i of w times activation row m, i < n (<= TILE) ---- */
 
@@ -168,6 +189,18 @@ static float reduce16(const float *f) {
     for (int i = 0; i < 4; i++)
         t4[i] = t8[i] + t8[i + 4];
     return (t4[0] + t4[2]) + (t4[1] + t4[3]);
+}
+
+/* sum a[d] b[d] in 16 partial sums (which the compiler vectorizes), then reduce16. */
+static float dot16(const float *a, const float *b, int n) {
+    float part[LANES] = {0}, tail = 0.0f;
+    int d = 0;
+    for (; d + LANES <= n; d += LANES)
+        for (int l = 0; l < LANES; l++)
+            part[l] += a[d + l] * b[d + l];
+    for (; d < n; d++)
+        tail += a[d] * b[d];
+    return reduce16(part) + tail;
 }
 
 static uint8_t weight_byte(const Mat *w, const uint8_t *row, Py_ssize_t p, int j) {
@@ -221,27 +254,26 @@ SIMD_TARGET static inline __m512 pair_lanes(const float *v, __m512i index) {
     return _mm512_permutexvar_ps(index, _mm512_castps128_ps512(two));
 }
 
-/* One kind, n rows: inlined into a copy per (kind, n), so that the accumulators stay in
- * registers and nothing branches on the kind inside the loop. */
+/* n weight rows (from r0) times mc activation rows (from m0): out[j * ld + i]. Inlined into a
+ * copy per (kind, n, mc), so that the accumulators stay in registers and nothing branches on
+ * the kind inside the loop; each weight vector is loaded, unpacked and its scales spread once
+ * for all mc activation rows. Per (row, activation) the float operations are dots_portable's. */
 SIMD_TARGET static inline __attribute__((always_inline)) void
-dots_avx512_n(const Mat *w, Py_ssize_t r0, const int n, const int kind, const Act *a,
-              Py_ssize_t m, float *out) {
+block_avx512(const Mat *w, Py_ssize_t r0, const int n, const int kind, const Act *a,
+             Py_ssize_t m0, const int mc, float *out, Py_ssize_t ld) {
     Py_ssize_t pairs = w->cols / PAIR, stride = pairs * LANES, groups = w->cols / GROUP;
     Py_ssize_t row_bytes = kind == 8 ? w->cols : w->cols / 2, step = kind == 8 ? PAIR : 32;
     __m512i index = kind == 8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
                               : _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    const int8_t *x = a->q + m * a->cols;
-    const int32_t *init = a->init + m * stride;
-    const float *dxs = a->dx + m * stride, *sxs = a->sx + m * stride;
     const uint8_t *q = w->q + r0 * row_bytes;
     const float *scale = w->scale + r0 * groups, *offset = kind == 4 ? w->offset + r0 * groups : 0;
-    __m512 f[TILE];
+    __m512 f[TILE][TILE];
     for (int i = 0; i < n; i++)
-        f[i] = _mm512_setzero_ps();
+        for (int j = 0; j < mc; j++)
+            f[i][j] = _mm512_setzero_ps();
     for (Py_ssize_t p = 0; p < pairs; p++) {
-        __m512i xv = _mm512_loadu_si512(x + p * PAIR);
-        __m512i start = kind == 8 ? _mm512_loadu_si512(init + p * LANES) : _mm512_setzero_si512();
-        __m512 dx = _mm512_loadu_ps(dxs + p * LANES);
+        __m512i wv[TILE];
+        __m512 sv[TILE], ov[TILE];
         /* rows lie one after the other: what is DISTANCE bytes ahead is read soon (the hardware
          * prefetcher does not follow n interleaved rows of a few lines each) */
         _mm_prefetch((const char *)(scale + 2 * p) + DISTANCE / 4, _MM_HINT_T0);
@@ -250,39 +282,59 @@ dots_avx512_n(const Mat *w, Py_ssize_t r0, const int n, const int kind, const Ac
         for (int i = 0; i < n; i++) {
             const uint8_t *wp = q + i * row_bytes + p * step;
             _mm_prefetch((const char *)wp + DISTANCE, _MM_HINT_T0);
-            __m512i wv;
             if (kind == 8) {
-                wv = _mm512_loadu_si512(wp);
+                wv[i] = _mm512_loadu_si512(wp);
             } else {
                 __m256i b = _mm256_loadu_si256((const __m256i *)wp);
                 __m256i low = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
                 __m256i high = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(0x0F));
-                wv = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+                wv[i] = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+                ov[i] = pair_lanes(offset + i * groups + 2 * p, index);
             }
-            __m512i acc = _mm512_dpbusd_epi32(start, wv, xv);
-            __m512 s = _mm512_mul_ps(pair_lanes(scale + i * groups + 2 * p, index), dx);
-            f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, f[i]);
-            if (kind == 4)
-                f[i] = _mm512_fmadd_ps(pair_lanes(offset + i * groups + 2 * p, index),
-                                       _mm512_loadu_ps(sxs + p * LANES), f[i]);
+            sv[i] = pair_lanes(scale + i * groups + 2 * p, index);
+        }
+        for (int j = 0; j < mc; j++) {
+            Py_ssize_t m = m0 + j, at = m * stride + p * LANES;
+            __m512i xv = _mm512_loadu_si512(a->q + m * a->cols + p * PAIR);
+            __m512i start = kind == 8 ? _mm512_loadu_si512(a->init + at) : _mm512_setzero_si512();
+            __m512 dx = _mm512_loadu_ps(a->dx + at);
+            __m512 sx = kind == 4 ? _mm512_loadu_ps(a->sx + at) : _mm512_setzero_ps();
+            for (int i = 0; i < n; i++) {
+                __m512i acc = _mm512_dpbusd_epi32(start, wv[i], xv);
+                __m512 s = _mm512_mul_ps(sv[i], dx);
+                f[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, f[i][j]);
+                if (kind == 4)
+                    f[i][j] = _mm512_fmadd_ps(ov[i], sx, f[i][j]);
+            }
         }
     }
-    for (int i = 0; i < n; i++)
-        out[i] = reduce16_avx512(f[i]);
+    for (int j = 0; j < mc; j++)
+        for (int i = 0; i < n; i++)
+            out[j * ld + i] = reduce16_avx512(f[i][j]);
 }
 
+#define BLOCK_CASES(KIND)                                                                          \
+    switch (mc) {                                                                                  \
+    case 1: block_avx512(w, r0, TILE, KIND, a, m0, 1, out, ld); break;                            \
+    case 2: block_avx512(w, r0, TILE, KIND, a, m0, 2, out, ld); break;                            \
+    case 3: block_avx512(w, r0, TILE, KIND, a, m0, 3, out, ld); break;                            \
+    default: block_avx512(w, r0, TILE, KIND, a, m0, 4, out, ld); break;                           \
+    }
+
 SIMD_TARGET static void dots_avx512(const Mat *w, Py_ssize_t r0, int n, const Act *a,
-                                    Py_ssize_t m, float *out) {
-    if (w->kind == 8 && n == TILE)
-        dots_avx512_n(w, r0, TILE, 8, a, m, out);
-    else if (w->kind == 4 && n == TILE)
-        dots_avx512_n(w, r0, TILE, 4, a, m, out);
-    else
-        for (int i = 0; i < n; i++) /* the last rows of a matrix */
-            if (w->kind == 8)
-                dots_avx512_n(w, r0 + i, 1, 8, a, m, out + i);
-            else
-                dots_avx512_n(w, r0 + i, 1, 4, a, m, out + i);
+                                    Py_ssize_t m0, int mc, float *out, Py_ssize_t ld) {
+    if (n == TILE && w->kind == 8) {
+        BLOCK_CASES(8)
+    } else if (n == TILE) {
+        BLOCK_CASES(4)
+    } else { /* the last rows of a matrix */
+        for (int j = 0; j < mc; j++)
+            for (int i = 0; i < n; i++)
+                if (w->kind == 8)
+                    block_avx512(w, r0 + i, 1, 8, a, m0 + j, 1, out + j * ld + i, ld);
+                else
+                    block_avx512(w, r0 + i, 1, 4, a, m0 + j, 1, out + j * ld + i, ld);
+    }
 }
 
 static int simd_available(void) {
@@ -295,14 +347,21 @@ static int simd_available(void) {
 static int simd_available(void) { return 0; }
 #endif
 
-static void dots(const Mat *w, Py_ssize_t r0, int n, const Act *a, Py_ssize_t m, float *out) {
+/* Rows r0 .. r0 + n - 1 (n <= TILE) times activations m0 .. m0 + mc - 1 (mc <= TILE):
+ * out[j * ld + i]. */
+static void dots(const Mat *w, Py_ssize_t r0, int n, const Act *a, Py_ssize_t m0, int mc,
+                 float *out, Py_ssize_t ld) {
 #ifdef HAVE_X86
     if (use_simd) {
-        dots_avx512(w, r0, n, a, m, out);
+        dots_avx512(w, r0, n, a, m0, mc, out, ld);
         return;
     }
 #endif
-    dots_portable(w, r0, n, a, m, out);
+    for (int j = 0; j < mc; j++) {
+        float part[TILE];
+        dots_portable(w, r0, n, a, m0 + j, part);
+        memcpy(out + j * ld, part, (size_t)n * sizeof(float));
+    }
 }
 
 /* out (M x w->rows, row stride ld) = quantized activation a (M rows) times w^T. */
@@ -313,21 +372,15 @@ static void matmul(const Mat *w, const Act *a, Py_ssize_t M, float *out, Py_ssiz
     for (Py_ssize_t t = 0; t < tiles; t++) {
         Py_ssize_t r0 = t * TILE;
         int n = (int)(w->rows - r0 < TILE ? w->rows - r0 : TILE);
-        float part[TILE];
-        for (Py_ssize_t m = 0; m < M; m++) {
-            dots(w, r0, n, a, m, part);
-            memcpy(out + m * ld + r0, part, (size_t)n * sizeof(float));
-        }
+        for (Py_ssize_t m0 = 0; m0 < M; m0 += TILE)
+            dots(w, r0, n, a, m0, (int)(M - m0 < TILE ? M - m0 : TILE), out + m0 * ld + r0, ld);
     }
 }
 
 /* ---- the rest of a layer ---- */
 
 static void rmsnorm(const float *x, const float *weight, int n, float eps, float *out) {
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++)
-        sum += x[i] * x[i];
-    float inv = 1.0f / sqrtf(sum / (float)n + eps);
+    float inv = 1.0f / sqrtf(dot16(x, x, n) / (float)n + eps);
     for (int i = 0; i < n; i++)
         out[i] = weight[i] * (x[i] * inv);
 }
@@ -393,10 +446,7 @@ static void attend(const Batch *bt, int layer, const float *qkv, float *out) {
             if (!score)
                 continue;
             for (Py_ssize_t t = 0; t <= pos; t++) {
-                float dot = 0.0f;
-                for (int d = 0; d < D; d++)
-                    dot += q[d] * keys[t * D + d];
-                score[t] = dot * scale;
+                score[t] = dot16(q, keys + t * D, D) * scale;
                 top = fmaxf(top, score[t]);
             }
             for (Py_ssize_t t = 0; t <= pos; t++) {
@@ -414,32 +464,37 @@ static void attend(const Batch *bt, int layer, const float *qkv, float *out) {
     }
 }
 
-/* x += norm(y) (post norms) or x += y. */
+static void residual_row(const Model *md, float *x, const float *y, const float *weight,
+                         float *tmp) {
+    if (md->post_norm) {
+        rmsnorm(y, weight, md->dim, md->eps, tmp);
+        y = tmp;
+    }
+    for (int i = 0; i < md->dim; i++)
+        x[i] += y[i];
+}
+
+/* x += norm(y) (post norms) or x += y; tmp: M x dim floats. */
 static void residual(const Model *md, float *x, const float *y, const float *weight, Py_ssize_t M,
                      float *tmp) {
     int C = md->dim;
-    for (Py_ssize_t m = 0; m < M; m++) {
-        const float *add = y + m * C;
-        if (md->post_norm) {
-            rmsnorm(add, weight, C, md->eps, tmp);
-            add = tmp;
-        }
-        for (int i = 0; i < C; i++)
-            x[m * C + i] += add[i];
-    }
+    FOR_ROWS(md, M, residual_row(md, x + m * C, y + m * C, weight, tmp + m * C));
+}
+
+static void normed_row(const Model *md, const float *x, const float *weight, float *h, Act *a,
+                       Py_ssize_t m) {
+    int C = md->dim;
+    if (md->post_norm)
+        memcpy(h + m * C, x + m * C, (size_t)C * sizeof(float));
+    else
+        rmsnorm(x + m * C, weight, C, md->eps, h + m * C);
+    quantize_one(a, h, m);
 }
 
 /* h = norm(x) (pre norms) or x, quantized for w. */
 static void normed_input(const Model *md, const float *x, const float *weight, Py_ssize_t M,
                          float *h, Act *a) {
-    int C = md->dim;
-    for (Py_ssize_t m = 0; m < M; m++) {
-        if (md->post_norm)
-            memcpy(h + m * C, x + m * C, (size_t)C * sizeof(float));
-        else
-            rmsnorm(x + m * C, weight, C, md->eps, h + m * C);
-    }
-    quantize(a, h, M);
+    FOR_ROWS(md, M, normed_row(md, x, weight, h, a, m));
 }
 
 typedef struct {
@@ -448,6 +503,14 @@ typedef struct {
 } Work;
 
 static Act *act_for(Act *pair, int kind) { return &pair[kind == 8 ? 0 : 1]; }
+
+/* hidden row m = silu(gate) * up of gate_up row m (gate, then up: F each), quantized into a. */
+static void swiglu_row(const float *gate_up, int F, float *hidden, Act *a, Py_ssize_t m) {
+    const float *gate = gate_up + m * 2 * F, *up = gate + F;
+    for (int j = 0; j < F; j++)
+        hidden[m * F + j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
+    quantize_one(a, hidden, m);
+}
 
 static void layer_pass(const Batch *bt, int i, float *x, Work *wk) {
     const Model *md = bt->md;
@@ -461,22 +524,17 @@ static void layer_pass(const Batch *bt, int i, float *x, Work *wk) {
     attend(bt, i, wk->qkv, wk->attn);
     Act *mid = act_for(wk->mid, ly->o.kind);
     Act heads = {mid->kind, HD, mid->q, mid->dx, mid->init, mid->sx};
-    quantize(&heads, wk->attn, M);
+    FOR_ROWS(md, M, quantize_one(&heads, wk->attn, m));
     matmul(&ly->o, &heads, M, wk->proj, md->dim, md->threads);
-    residual(md, x, wk->proj, ly->attn_norm, M, wk->tmp);
+    residual(md, x, wk->proj, ly->attn_norm, M, wk->h); /* h: free until the next norm */
     in = act_for(wk->in, ly->gate_up.kind);
     normed_input(md, x, ly->mlp_norm, M, wk->h, in);
     matmul(&ly->gate_up, in, M, wk->gate_up, 2 * F, md->threads);
-    for (Py_ssize_t m = 0; m < M; m++)
-        for (int j = 0; j < F; j++) {
-            float g = wk->gate_up[m * 2 * F + j];
-            wk->hidden[m * F + j] = g / (1.0f + expf(-g)) * wk->gate_up[m * 2 * F + F + j];
-        }
     mid = act_for(wk->mid, ly->down.kind);
     Act hidden = {mid->kind, F, mid->q, mid->dx, mid->init, mid->sx};
-    quantize(&hidden, wk->hidden, M);
+    FOR_ROWS(md, M, swiglu_row(wk->gate_up, F, wk->hidden, &hidden, m));
     matmul(&ly->down, &hidden, M, wk->proj, md->dim, md->threads);
-    residual(md, x, wk->proj, ly->mlp_norm, M, wk->tmp);
+    residual(md, x, wk->proj, ly->mlp_norm, M, wk->h);
 }
 
 static int work_alloc(Work *wk, const Model *md, Py_ssize_t M) {
