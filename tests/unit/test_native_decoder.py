@@ -13,14 +13,23 @@ from hf_tiny import tiny_causal_lm
 
 from llm_compression.errors import ConfigError, InputError
 from llm_compression.weightfile import write_model
-from llm_compression.weightfile.groupwise import quantize_int4, quantize_int8
+from llm_compression.weightfile.groupwise import from_channel_int8, quantize_int4, quantize_int8
 
 _decode = pytest.importorskip("llm_compression.core._decode")
 from llm_compression.core import native_decoder, quantized  # noqa: E402
 from llm_compression.core.native_decoder import NativeDecoder, matrix_spec  # noqa: E402
 from llm_compression.families.quantized import load_quantized  # noqa: E402
 
-QUANTIZE = {"int8": quantize_int8, "int4": quantize_int4}
+
+def _channel_int8(name: str, w: np.ndarray):
+    """An int8_sym_channel matrix (a float32 scale a row) as the loader hands it over."""
+    scales = np.abs(w).max(axis=1) / 127
+    q = np.rint(w / scales[:, None]).clip(-127, 127).astype(np.int8)
+    return from_channel_int8(q, scales.astype(np.float32))
+
+
+# int8 / int4: float16 scales (a GGUF's blocks, load-time quantization); channel: float32
+QUANTIZE = {"int8": quantize_int8, "int4": quantize_int4, "int8-channel": _channel_int8}
 SIMD = _decode.kernel() == "avx512"
 needs_simd = pytest.mark.skipif(not SIMD, reason="this CPU lacks AVX512-VNNI")
 
@@ -40,20 +49,24 @@ def _matmul(spec: tuple, x: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("dtype", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", list(QUANTIZE))
 def test_matmul_follows_float_arithmetic(dtype: str) -> None:
     rng = np.random.default_rng(1)
-    w = QUANTIZE[dtype]("w", rng.standard_normal((13, 192)).astype(np.float32))
+    rows = rng.standard_normal((13, 192)).astype(np.float32)
+    rows[3] *= 1e-6  # float16 scales of ~1e-8: subnormal, widened exactly
+    w = QUANTIZE[dtype]("w", rows)
     x = rng.standard_normal((3, 192)).astype(np.float32) * [[1.0], [1e-3], [50.0]]
     want = x @ w.dequantize().T  # the stored weights exactly, float activations
     got = _matmul(matrix_spec(w), x)
     # the only rounding: activations to int8 a group of 32 (half a step of max|x| / 127)
     assert np.linalg.norm(got - want) <= 0.01 * np.linalg.norm(want)
+    scale = np.abs(x) @ np.abs(w.dequantize()[3])  # the tiny row, to its own magnitude
+    assert (np.abs(got[:, 3] - want[:, 3]) <= 0.01 * scale).all()
     assert np.abs(got - want).max() > 0  # it did quantize: not a float32 product in disguise
 
 
 @needs_simd
-@pytest.mark.parametrize("dtype", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", list(QUANTIZE))
 def test_portable_kernel_equals_avx512_bit_for_bit(dtype: str, portable) -> None:
     rng = np.random.default_rng(2)
     w = QUANTIZE[dtype]("w", rng.standard_normal((37, 320)).astype(np.float32))
