@@ -31,6 +31,8 @@
  *       embeds B*S*dim float32; past B int32; caches 2*n_layers buffers of B*KV*capacity*D
  *       float32 (keys, values per layer, written at past[b] .. past[b] + S - 1); wanted B*T
  *       int64 positions in 0..S-1; logits B*T*vocab float32 (written)
+ *   lookup(model, ids, out)  ids int64 -> out len(ids)*dim float32: rows of the head, dequantized
+ *       (a tied token table's lookups)
  *   matmul(matrix, x, M, out[, threads])  x M*cols float32 -> out M*rows float32 (tests,
  *       measurements)
  *   kernel() -> "avx512" or "portable";  set_kernel(name)
@@ -866,6 +868,50 @@ done:
     return result;
 }
 
+/* Rows `ids` of the head, dequantized as GroupQuantized.dequantize does (d * q, then + m: two
+ * roundings): the tied token table's lookups, from the decoder's one copy. */
+static PyObject *py_lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "lookup(model, ids, out)");
+        return NULL;
+    }
+    Model *md = PyCapsule_GetPointer(args[0], CAPSULE);
+    Py_buffer ids = {0}, out = {0};
+    PyObject *result = NULL;
+    if (!md || PyObject_GetBuffer(args[1], &ids, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    const Mat *w = &md->head;
+    Py_ssize_t n = ids.len / 8, groups = w->cols / GROUP;
+    if (view(args[2], &out, n * w->cols * 4, 1, "out") < 0)
+        goto done;
+    const int64_t *rows = ids.buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (rows[i] < 0 || rows[i] >= w->rows) {
+            PyErr_Format(PyExc_ValueError, "token id %lld is outside 0 .. %zd", (long long)rows[i],
+                         w->rows - 1);
+            goto done;
+        }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t r = rows[i];
+        float *o = (float *)out.buf + i * w->cols;
+        for (Py_ssize_t c = 0; c < w->cols; c++) {
+            Py_ssize_t g = r * groups + c / GROUP;
+            if (w->kind == 8) {
+                o[c] = (float)((int)w->q[r * w->cols + c] - 128) * w->scale[g];
+            } else {
+                uint8_t b = w->q[r * (w->cols / 2) + c / 2];
+                o[c] = (float)(c % 2 ? b >> 4 : b & 0x0F) * w->scale[g] + w->offset[g];
+            }
+        }
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(use_simd ? "avx512" : "portable");
 }
@@ -889,6 +935,7 @@ static PyMethodDef methods[] = {
     {"create", py_create, METH_VARARGS, "create(...) -> model (see the file's comment)"},
     {"step", (PyCFunction)(void (*)(void))py_step, METH_FASTCALL, "one decoder pass"},
     {"matmul", py_matmul, METH_VARARGS, "matmul(matrix, x, M, out)"},
+    {"lookup", (PyCFunction)(void (*)(void))py_lookup, METH_FASTCALL, "lookup(model, ids, out)"},
     {"kernel", py_kernel, METH_NOARGS, "the dot-product kernel in use"},
     {"set_kernel", py_set_kernel, METH_O, "set_kernel('avx512' | 'portable')"},
     {NULL, NULL, 0, NULL},

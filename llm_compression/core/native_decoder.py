@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import TransformerConfig
+from ..errors import InputError
 from ..weightfile.groupwise import QUANT_INT8_GROUP, GroupQuantized
 from .decoder_graph import check_cache_tensor, check_positions, rotary_tables, unsupported
 
@@ -86,7 +87,7 @@ class NativeDecoder:
         head_spec = matrix_spec(mats.pop(head))
         self._model = _decode.create(dims, float(cfg.norm_eps), flags, threads(), cos, sin,
                                      _norm(floats, "final_norm"), head_spec, layers)  # fmt: skip
-        self.n_layers, self.vocab = cfg.n_layers, head_spec[1]
+        self.n_layers, self.vocab, self.dim = cfg.n_layers, head_spec[1], cfg.dim
         self._bound = threading.local()  # per thread: (cache key, numpy views of the cache)
 
     def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool,
@@ -105,6 +106,19 @@ class NativeDecoder:
                      wanted.shape[1], logits)  # fmt: skip
         return torch.from_numpy(logits)
 
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of the head, dequantized (``GroupQuantized.dequantize``'s values): a
+        tied token table's lookups from the decoder's copy, so the table is held once."""
+        flat = np.ascontiguousarray(ids.reshape(-1).cpu().numpy(), np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.vocab):
+            raise InputError(
+                f"token ids must be in 0 .. {self.vocab - 1}, got {int(flat.min())} .. "
+                f"{int(flat.max())}; encode text with the model's own tokenizer"
+            )
+        out = np.empty((flat.size, self.dim), np.float32)
+        _decode.lookup(self._model, flat, out)
+        return torch.from_numpy(out).view(*ids.shape, self.dim)
+
     def _views(self, cache: list) -> list:
         """numpy views of the cache's tensors (keys, values a layer), made again only when its
         buffers change."""
@@ -118,3 +132,14 @@ class NativeDecoder:
                     views.append(t.numpy())
             held = self._bound.held = (key, views)
         return held[1]
+
+
+class NativeEmbedding(torch.nn.Module):
+    """A tied token table whose one copy is the native decoder's head (``NativeDecoder.lookup``)."""
+
+    def __init__(self, decoder: NativeDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder.lookup(ids)

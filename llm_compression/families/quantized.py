@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.decoder_graph import DecoderGraph, unsupported
-from ..core.native_decoder import NativeDecoder, why_not
+from ..core.native_decoder import NativeDecoder, NativeEmbedding, why_not
 from ..core.quantized import QuantEmbedding, QuantLinear
 from ..errors import ConfigError
 from ..weightfile import WeightFile, decode_tensor
@@ -144,7 +144,11 @@ def _decoder_graph(model, mats: dict, state: dict, names: set[str], kernel: str)
     if kernel == "native":
         why = why_not(model.config.body, taken, head)
         if why is None:
-            return NativeDecoder(model.config.body, taken, floats, head)
+            decoder = NativeDecoder(model.config.body, taken, floats, head)
+            if head == "token_embed":  # tied: lookups from the decoder's copy, held once
+                del mats["token_embed"]
+                _swap(model, "token_embed", NativeEmbedding(decoder))
+            return decoder
         log.info("the native decoder does not run this model (%s): ONNX Runtime's graph does", why)
     return DecoderGraph(model.config.body, taken, floats, head)
 

@@ -17,7 +17,11 @@ from llm_compression.weightfile.groupwise import from_channel_int8, quantize_int
 
 _decode = pytest.importorskip("llm_compression.core._decode")
 from llm_compression.core import native_decoder, quantized  # noqa: E402
-from llm_compression.core.native_decoder import NativeDecoder, matrix_spec  # noqa: E402
+from llm_compression.core.native_decoder import (  # noqa: E402
+    NativeDecoder,
+    NativeEmbedding,
+    matrix_spec,
+)
 from llm_compression.families.quantized import load_quantized  # noqa: E402
 
 
@@ -195,3 +199,21 @@ def test_models_the_kernel_cannot_run_go_to_the_graph(tmp_path) -> None:
     mats = {"token_embed": quantize_int8("t", np.ones((97, 32), np.float32))}
     why = native_decoder.why_not(cfg.body, mats, "token_embed")
     assert why is not None and ("layers.0.attn.qkv" in why or "AVX512" in why)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_tied_table_is_held_once_and_looks_up_the_stored_values(tmp_path, dtype: str) -> None:
+    _, cfg, state = tiny_causal_lm("llama", tie=True, heads=2, width=128)
+    path = write_model(tmp_path / "m.parquet", {k: v.numpy() for k, v in state.items()},
+                       config=cfg, dtype="float32")  # fmt: skip
+    model = _native(path, dtype)
+    assert isinstance(model.token_embed, NativeEmbedding)  # no second (QuantEmbedding) copy
+    table = QUANTIZE[dtype]("t", state["token_embed.weight"].numpy()).dequantize()
+    ids = torch.tensor([[0, 5, 96], [96, 1, 1]])
+    got = model.token_embed(ids)
+    assert got.shape == (2, 3, 128)
+    np.testing.assert_array_equal(got.numpy(), table[ids.numpy()])
+    with pytest.raises(InputError, match=r"0 \.\. 96"):
+        model.token_embed(torch.tensor([[97]]))
+    with pytest.raises(InputError, match="outside the vocabulary"):  # generate checks first
+        model.generate_ids([3, -1], max_new_tokens=2)
