@@ -5,27 +5,30 @@
  * needs ORT's C API header, which no installed package ships. This file is the whole step:
  * RMSNorm, the matmuls, rotary positions, attention over the caller's KV cache, SwiGLU, the head.
  *
- * Weights (docs/format.md, "Group-wise layouts"), rows x cols, cols a multiple of 64:
- *   int8: q stored as q + 128 (uint8), one float32 scale a group of 32:  w = d * q
- *   int4: q 0..15 two a byte (element 2j low nibble of byte j), float32 scale and offset a group:
+ * Weights (docs/format.md, "Group-wise layouts"), rows x cols, cols a multiple of 32:
+ *   int8: q int8, one scale a group of 32:  w = d * q
+ *   int4: q 0..15 two a byte (element 2j low nibble of byte j), a scale and an offset a group:
  *         w = d * q + m
- * Activations are quantized to int8 a group of 32 (scale max|x| / 127, round to nearest even),
- * so each group's products are exact int32 sums (AVX512-VNNI vpdpbusd: unsigned weight byte
- * times signed activation byte). Per group g: int8: d_g dx_g (sum q x - 128 sum x);
- * int4: d_g dx_g sum q x + m_g dx_g sum x.
- *
- * Two kernels, one arithmetic: the AVX512 one (runtime dispatch) and a portable one that does
- * the same float operations in the same order per 16 lanes (tests compare them bit for bit).
- * Lane l of a 64-element pair of groups holds the products of elements 4l .. 4l + 3 of the
- * kernel's byte order: int8 natural order (lane l -> group l / 8); int4 the low nibbles of the
- * pair's 32 bytes, then the high nibbles (lane l -> group (l / 4) % 2). The activation is
- * stored in the same order, so both read it straight.
+ * scales and offsets float16 (a GGUF's, load-time quantization) or float32 (a channel scale).
+ * create() repacks them into tiles of 16 rows (Mat, below) and keeps only that copy: one 512-bit
+ * vector then holds four inputs of each of the 16 rows, so one vpdpbusd (AVX512-VNNI: unsigned
+ * weight byte times signed activation byte, int8 weights stored + 128) with four inputs of the
+ * activation broadcast adds into 16 rows' sums, and a group's 8 of them give 16 exact int32 dot
+ * products: no horizontal sums, one scale vector a group for 16 rows, and the weights of a tile
+ * read as one stream.
+ * Activations are quantized to int8 a group of 32 (scale max|x| / 127, round to nearest even).
+ * Per (weight row, activation row), group by group:
+ *   int8: acc = fma(sum (q + 128) x - 128 sum x, d dx, acc)
+ *   int4: acc = fma(sum q x, d dx, acc); acc = fma(m, dx sum x, acc)
+ * Two kernels, one arithmetic: the AVX512 one (runtime dispatch) and a portable one doing the
+ * same float operations in the same order (tests compare them bit for bit).
  *
  * Python API (buffers through the buffer protocol; sizes checked, ValueError otherwise):
  *   create(dims, eps, flags, threads, cos, sin, final_norm, head, layers) -> capsule
  *       dims: (n_layers, dim, n_heads, n_kv_heads, head_dim, mlp_dim, max_positions)
  *       flags: 1 = post norms (OLMo-2: x + norm(f(x))), 2 = q / k norms over the projections
- *       head / matrices: (kind 8 or 4, rows, cols, q, scales, offsets or None)
+ *       head / matrices: (kind 8 or 4, rows, cols, q, scales, offsets or None), the stored
+ *       values (int8, or int4 bytes; scales and offsets float16 or float32), copied
  *       layers: per layer (qkv, o, gate_up, down, attn_norm, mlp_norm, q_norm|None, k_norm|None)
  *   step(model, embeds, B, S, past, caches, capacity, wanted, T, logits)
  *       embeds B*S*dim float32; past B int32; caches 2*n_layers buffers of B*KV*capacity*D
@@ -50,21 +53,35 @@
 #include <immintrin.h>
 #define HAVE_X86 1
 #endif
-
-#define GROUP 32
-#define PAIR 64 /* elements a kernel iteration: two groups */
-#define LANES 16
-#define TILE 4 /* weight rows sharing each activation load */
-#define MAX_LAYERS 4096
-#ifndef DISTANCE
-#define DISTANCE 4096 /* bytes of weights prefetched ahead */
+#if defined(HAVE_X86) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+/* The same C compiled twice, picked at load: 512-bit vectors where the CPU has them. Elementwise
+ * float operations in the same order (no contraction: -ffp-contract=off) give the same bits. */
+#define WIDE __attribute__((target_clones("avx512f", "default")))
+#endif
+#endif
+#ifndef WIDE
+#define WIDE
 #endif
 
+#define GROUP 32
+#define ROWS 16       /* weight rows a tile: one output lane each */
+#define MAXM 8        /* activation rows sharing each weight load */
+#define MAX_LAYERS 4096
+#ifndef DISTANCE
+#define DISTANCE 1024 /* bytes of weights prefetched ahead */
+#endif
+
+/* A matrix in the kernel's tile layout (repacked at create; the model owns it). Tile t holds rows
+ * 16t .. 16t + 15 (the last tile padded with zero weights); within a tile, group g (inputs 32g ..
+ * 32g + 31) is one block: int8 8 vectors of 64 bytes, vector i byte 4l + b = row l's input 4i + b,
+ * stored + 128; int4 4 vectors, the low nibbles as int8's vector 2v, the high nibbles vector
+ * 2v + 1. Scales (and int4 offsets) a block: 16 values, row l's in lane l, float16 or float32. */
 typedef struct {
-    int kind; /* 8 or 4 */
-    Py_ssize_t rows, cols;
-    const uint8_t *q;
-    const float *scale, *offset; /* rows x cols / 32; offset NULL for int8 */
+    int kind, half; /* 8 or 4; scales float16 (else float32) */
+    Py_ssize_t rows, cols, tiles;
+    uint8_t *q;
+    void *scale, *offset; /* tiles x groups x 16; offset NULL for int8 */
 } Mat;
 
 typedef struct {
@@ -82,70 +99,97 @@ typedef struct {
     int n_views;
 } Model;
 
-/* An activation (M rows of cols) quantized for one weight kind's byte order. */
+/* An activation, M rows of cols quantized to int8 a group of 32 (inputs in their order). */
 typedef struct {
-    int kind;
     Py_ssize_t cols;
     int8_t *q;     /* M x cols */
-    float *dx;     /* M x pairs x 16: the lane's group scale */
-    int32_t *init; /* int8: -128 * sum q of the group in its first lane, else 0 */
-    float *sx;     /* int4: dx * sum q of the group in its first lane, else 0 */
+    float *dx;     /* M x groups: the group's scale */
+    int32_t *init; /* -128 * sum q: int8 weights are stored + 128 */
+    float *sx;     /* dx * sum q: int4's offset term */
 } Act;
 
 static int use_simd = 0;
 
-static int lane_group(int kind, int lane) { return kind == 8 ? lane / 8 : (lane / 4) % 2; }
-
 #define ROUNDING 12582912.0f /* 1.5 * 2^23 */
+
+static Py_ssize_t block_bytes(int kind) { return kind == 8 ? ROWS * GROUP : ROWS * GROUP / 2; }
+
+/* float16 bits -> float32, exactly (subnormals, infinities and NaN included) */
+static float half_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+    float f;
+    if (exp == 0) {
+        f = ldexpf((float)mant, -24);
+        return sign ? -f : f;
+    }
+    uint32_t bits = sign | (exp == 31 ? 0x7F800000u | (mant << 13) : ((exp + 112) << 23) | (mant << 13));
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static float mat_value(const void *v, int half, Py_ssize_t i) {
+    return half ? half_float(((const uint16_t *)v)[i]) : ((const float *)v)[i];
+}
+
+/* e^x for the softmax and SiLU from elementwise operations only, so that the compiler vectorizes
+ * the loops around it and every build gives the same bits (libm's expf is a call per element:
+ * ~2 ms of a step of 8 rows). Cephes' expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6
+ * polynomial, relative error ~1e-7; x clamped to [-87.3, 88] (e^x from ~1e-38 to ~1.7e38). */
+static inline float exp_poly(float x) {
+    x = x < -87.3f ? -87.3f : x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + ROUNDING) - ROUNDING; /* nearest integer */
+    float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;  /* ln 2 in two parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = (p * r) * r + r + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* 2^n, n in -126 .. 127 */
+    float two;
+    memcpy(&two, &bits, sizeof two);
+    return p * two;
+}
 
 /* ---- activations ---- */
 
-static void quantize_row(int kind, const float *x, Py_ssize_t cols, int8_t *q, float *dx,
-                         int32_t *init, float *sx) {
-    for (Py_ssize_t p = 0; p < cols / PAIR; p++) {
-        float scale[2];
-        int sum[2];
-        for (int g = 0; g < 2; g++) {
-            const float *v = x + p * PAIR + g * GROUP;
-            uint32_t bits = 0; /* max |v| as the largest bit pattern without the sign (vectorizes) */
-            for (int k = 0; k < GROUP; k++) {
-                uint32_t b;
-                memcpy(&b, v + k, sizeof b);
-                b &= 0x7fffffffu;
-                bits = b > bits ? b : bits;
-            }
-            float top;
-            memcpy(&top, &bits, sizeof top);
-            scale[g] = top / 127.0f;
-            float inv = top > 0.0f ? 127.0f / top : 0.0f;
-            sum[g] = 0;
-            int8_t *out = q + p * PAIR;
-            for (int k = 0; k < GROUP; k++) {
-                /* |v| <= 127 (+ rounding): adding and subtracting 1.5 * 2^23 rounds to the
-                 * nearest integer, ties to even (lrintf's rounding, without the call) */
-                float r = (v[k] * inv + ROUNDING) - ROUNDING;
-                r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
-                out[kind == 8 ? g * GROUP + k : (k % 2) * 32 + g * 16 + k / 2] = (int8_t)r;
-                sum[g] += (int)r;
-            }
+WIDE static void quantize_row(const float *x, Py_ssize_t cols, int8_t *q, float *dx, int32_t *init,
+                         float *sx) {
+    for (Py_ssize_t g = 0; g < cols / GROUP; g++) {
+        const float *v = x + g * GROUP;
+        uint32_t bits = 0; /* max |v| as the largest bit pattern without the sign (vectorizes) */
+        for (int k = 0; k < GROUP; k++) {
+            uint32_t b;
+            memcpy(&b, v + k, sizeof b);
+            b &= 0x7fffffffu;
+            bits = b > bits ? b : bits;
         }
-        for (int l = 0; l < LANES; l++) {
-            int g = lane_group(kind, l), first = kind == 8 ? l % 8 == 0 : l % 4 == 0 && l < 8;
-            dx[p * LANES + l] = scale[g];
-            init[p * LANES + l] = kind == 8 && first ? -128 * sum[g] : 0;
-            sx[p * LANES + l] = kind == 4 && first ? scale[g] * (float)sum[g] : 0.0f;
+        float top;
+        memcpy(&top, &bits, sizeof top);
+        float inv = top > 0.0f ? 127.0f / top : 0.0f;
+        int sum = 0;
+        for (int k = 0; k < GROUP; k++) {
+            /* |v| <= 127 (+ rounding): adding and subtracting 1.5 * 2^23 rounds to the nearest
+             * integer, ties to even (lrintf's rounding, without the call) */
+            float r = (v[k] * inv + ROUNDING) - ROUNDING;
+            r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+            q[g * GROUP + k] = (int8_t)r;
+            sum += (int)r;
         }
+        dx[g] = top / 127.0f;
+        init[g] = -128 * sum;
+        sx[g] = dx[g] * (float)sum;
     }
 }
 
-static int act_alloc(Act *a, int kind, Py_ssize_t M, Py_ssize_t cols) {
-    Py_ssize_t lanes = M * (cols / PAIR) * LANES;
-    a->kind = kind;
+static int act_alloc(Act *a, Py_ssize_t M, Py_ssize_t cols) {
+    Py_ssize_t groups = M * (cols / GROUP);
     a->cols = cols;
     a->q = malloc((size_t)(M * cols));
-    a->dx = malloc((size_t)lanes * sizeof(float));
-    a->init = malloc((size_t)lanes * sizeof(int32_t));
-    a->sx = malloc((size_t)lanes * sizeof(float));
+    a->dx = malloc((size_t)groups * sizeof(float));
+    a->init = malloc((size_t)groups * sizeof(int32_t));
+    a->sx = malloc((size_t)groups * sizeof(float));
     return a->q && a->dx && a->init && a->sx;
 }
 
@@ -157,9 +201,9 @@ static void act_free(Act *a) {
 }
 
 static void quantize_one(Act *a, const float *x, Py_ssize_t m) {
-    Py_ssize_t stride = (a->cols / PAIR) * LANES;
-    quantize_row(a->kind, x + m * a->cols, a->cols, a->q + m * a->cols, a->dx + m * stride,
-                 a->init + m * stride, a->sx + m * stride);
+    Py_ssize_t groups = a->cols / GROUP;
+    quantize_row(x + m * a->cols, a->cols, a->q + m * a->cols, a->dx + m * groups,
+                 a->init + m * groups, a->sx + m * groups);
 }
 
 static void quantize(Act *a, const float *x, Py_ssize_t M) {
@@ -181,7 +225,7 @@ static void quantize(Act *a, const float *x, Py_ssize_t M) {
         }                                                                                          \
     } while (0)
 
-/* ---- the dot products: out[i] = row r0 + i of w times activation row m, i < n (<= TILE) ---- */
+/* ---- the dot products ---- */
 
 /* The fixed order both kernels sum 16 lanes in (the AVX512 one's shuffles). */
 static float reduce16(const float *f) {
@@ -195,147 +239,135 @@ static float reduce16(const float *f) {
 
 /* sum a[d] b[d] in 16 partial sums (which the compiler vectorizes), then reduce16. */
 static float dot16(const float *a, const float *b, int n) {
-    float part[LANES] = {0}, tail = 0.0f;
+    float part[16] = {0}, tail = 0.0f;
     int d = 0;
-    for (; d + LANES <= n; d += LANES)
-        for (int l = 0; l < LANES; l++)
+    for (; d + 16 <= n; d += 16)
+        for (int l = 0; l < 16; l++)
             part[l] += a[d + l] * b[d + l];
     for (; d < n; d++)
         tail += a[d] * b[d];
     return reduce16(part) + tail;
 }
 
-static uint8_t weight_byte(const Mat *w, const uint8_t *row, Py_ssize_t p, int j) {
-    if (w->kind == 8)
-        return row[p * PAIR + j];
-    uint8_t b = row[p * 32 + j % 32];
-    return j < 32 ? b & 0x0F : b >> 4;
+/* Row l's stored value k (0..31) in a block: int8 q + 128, int4 0..15. */
+static int block_value(int kind, const uint8_t *block, int l, int k) {
+    int i = k / 4, b = k % 4;
+    if (kind == 8)
+        return block[i * 64 + l * 4 + b];
+    uint8_t byte = block[(i / 2) * 64 + l * 4 + b];
+    return i % 2 ? byte >> 4 : byte & 0x0F;
 }
 
-static void dots_portable(const Mat *w, Py_ssize_t r0, int n, const Act *a, Py_ssize_t m,
-                          float *out) {
-    Py_ssize_t pairs = w->cols / PAIR, stride = pairs * LANES, groups = w->cols / GROUP;
-    Py_ssize_t row_bytes = w->kind == 8 ? w->cols : w->cols / 2;
-    const int8_t *x = a->q + m * a->cols;
-    for (int i = 0; i < n; i++) {
-        Py_ssize_t r = r0 + i;
-        const uint8_t *row = w->q + r * row_bytes;
-        float f[LANES] = {0};
-        for (Py_ssize_t p = 0; p < pairs; p++) {
-            const float *dx = a->dx + m * stride + p * LANES;
-            for (int l = 0; l < LANES; l++) {
-                int32_t acc = a->init[m * stride + p * LANES + l];
-                for (int j = 4 * l; j < 4 * l + 4; j++)
-                    acc += (int32_t)weight_byte(w, row, p, j) * (int32_t)x[p * PAIR + j];
-                float s = w->scale[r * groups + 2 * p + lane_group(w->kind, l)] * dx[l];
-                f[l] = fmaf((float)acc, s, f[l]);
+/* Every (weight row r, activation row m) is this, group by group: an exact int32 sum, then
+ * acc = fma(S, d_r dx_m, acc) (int4: then acc = fma(m_r, dx_m sum q_m, acc)). The AVX512 kernel
+ * runs the same float operations in the same order, 16 rows a vector. */
+static void tile_portable(const Mat *w, Py_ssize_t t, int n, const Act *a, Py_ssize_t m0, int mc,
+                          float *out, Py_ssize_t ld) {
+    Py_ssize_t groups = w->cols / GROUP, bb = block_bytes(w->kind);
+    for (int j = 0; j < mc; j++) {
+        Py_ssize_t m = m0 + j;
+        const int8_t *x = a->q + m * a->cols;
+        for (int l = 0; l < n; l++) {
+            float acc = 0.0f;
+            for (Py_ssize_t g = 0; g < groups; g++) {
+                const uint8_t *block = w->q + (t * groups + g) * bb;
+                int32_t s = w->kind == 8 ? a->init[m * groups + g] : 0;
+                for (int k = 0; k < GROUP; k++)
+                    s += block_value(w->kind, block, l, k) * x[g * GROUP + k];
+                Py_ssize_t at = (t * groups + g) * ROWS + l;
+                float ds = mat_value(w->scale, w->half, at) * a->dx[m * groups + g];
+                acc = fmaf((float)s, ds, acc);
+                if (w->kind == 4)
+                    acc = fmaf(mat_value(w->offset, w->half, at), a->sx[m * groups + g], acc);
             }
-            if (w->kind == 4)
-                for (int l = 0; l < LANES; l++) {
-                    float o = w->offset[r * groups + 2 * p + lane_group(4, l)];
-                    f[l] = fmaf(o, a->sx[m * stride + p * LANES + l], f[l]);
-                }
+            out[j * ld + t * ROWS + l] = acc;
         }
-        out[i] = reduce16(f);
     }
 }
 
 #ifdef HAVE_X86
-#define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma")))
+#define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 
-SIMD_TARGET static inline float reduce16_avx512(__m512 f) {
-    __m256 t8 = _mm256_add_ps(_mm512_castps512_ps256(f), _mm512_extractf32x8_ps(f, 1));
-    __m128 t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps(t8, 1));
-    __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4)); /* t4[0] + t4[2], t4[1] + t4[3] */
-    return _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)));
+SIMD_TARGET static inline __m512 lanes16(const void *v, int half, Py_ssize_t at) {
+    if (half)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)v + at)));
+    return _mm512_loadu_ps((const float *)v + at);
 }
 
-/* Two consecutive floats spread over the lanes of their groups. */
-SIMD_TARGET static inline __m512 pair_lanes(const float *v, __m512i index) {
-    __m128 two = _mm_castpd_ps(_mm_load_sd((const double *)v));
-    return _mm512_permutexvar_ps(index, _mm512_castps128_ps512(two));
-}
-
-/* n weight rows (from r0) times mc activation rows (from m0): out[j * ld + i]. Inlined into a
- * copy per (kind, n, mc), so that the accumulators stay in registers and nothing branches on
- * the kind inside the loop; each weight vector is loaded, unpacked and its scales spread once
- * for all mc activation rows. Per (row, activation) the float operations are dots_portable's. */
+/* Tile t (its first n rows written) times activation rows m0 .. m0 + mc - 1: out[j * ld + row].
+ * Inlined into a copy per (kind, half, mc), so that the accumulators stay in registers and
+ * nothing branches inside the loop; each block's weights are loaded and unpacked once for all
+ * mc activation rows, whose four inputs at a time are broadcast from memory. */
 SIMD_TARGET static inline __attribute__((always_inline)) void
-block_avx512(const Mat *w, Py_ssize_t r0, const int n, const int kind, const Act *a,
-             Py_ssize_t m0, const int mc, float *out, Py_ssize_t ld) {
-    Py_ssize_t pairs = w->cols / PAIR, stride = pairs * LANES, groups = w->cols / GROUP;
-    Py_ssize_t row_bytes = kind == 8 ? w->cols : w->cols / 2, step = kind == 8 ? PAIR : 32;
-    __m512i index = kind == 8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
-                              : _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    const uint8_t *q = w->q + r0 * row_bytes;
-    const float *scale = w->scale + r0 * groups, *offset = kind == 4 ? w->offset + r0 * groups : 0;
-    __m512 f[TILE][TILE];
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < mc; j++)
-            f[i][j] = _mm512_setzero_ps();
-    for (Py_ssize_t p = 0; p < pairs; p++) {
-        __m512i wv[TILE];
-        __m512 sv[TILE], ov[TILE];
-        /* rows lie one after the other: what is DISTANCE bytes ahead is read soon (the hardware
-         * prefetcher does not follow n interleaved rows of a few lines each) */
-        _mm_prefetch((const char *)(scale + 2 * p) + DISTANCE / 4, _MM_HINT_T0);
-        if (kind == 4)
-            _mm_prefetch((const char *)(offset + 2 * p) + DISTANCE / 4, _MM_HINT_T0);
-        for (int i = 0; i < n; i++) {
-            const uint8_t *wp = q + i * row_bytes + p * step;
-            _mm_prefetch((const char *)wp + DISTANCE, _MM_HINT_T0);
-            if (kind == 8) {
-                wv[i] = _mm512_loadu_si512(wp);
-            } else {
-                __m256i b = _mm256_loadu_si256((const __m256i *)wp);
-                __m256i low = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-                __m256i high = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(0x0F));
-                wv[i] = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-                ov[i] = pair_lanes(offset + i * groups + 2 * p, index);
+tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int half, const Act *a,
+            Py_ssize_t m0, const int mc, float *out, Py_ssize_t ld) {
+    Py_ssize_t groups = w->cols / GROUP, bb = kind == 8 ? ROWS * GROUP : ROWS * GROUP / 2;
+    const uint8_t *q = w->q + t * groups * bb;
+    __m512 acc[MAXM];
+    for (int j = 0; j < mc; j++)
+        acc[j] = _mm512_setzero_ps();
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        const uint8_t *block = q + g * bb;
+        __m512i wv[8];
+        _mm_prefetch((const char *)block + DISTANCE, _MM_HINT_T0);
+        _mm_prefetch((const char *)block + DISTANCE + 64, _MM_HINT_T0);
+        if (kind == 8) {
+            for (int i = 0; i < 8; i++)
+                wv[i] = _mm512_loadu_si512(block + i * 64);
+        } else {
+            __m512i low = _mm512_set1_epi8(0x0F);
+            for (int v = 0; v < 4; v++) {
+                __m512i b = _mm512_loadu_si512(block + v * 64);
+                wv[2 * v] = _mm512_and_si512(b, low);
+                wv[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(b, 4), low);
             }
-            sv[i] = pair_lanes(scale + i * groups + 2 * p, index);
         }
+        Py_ssize_t at = (t * groups + g) * ROWS;
+        __m512 d = lanes16(w->scale, half, at);
+        __m512 off = kind == 4 ? lanes16(w->offset, half, at) : _mm512_setzero_ps();
         for (int j = 0; j < mc; j++) {
-            Py_ssize_t m = m0 + j, at = m * stride + p * LANES;
-            __m512i xv = _mm512_loadu_si512(a->q + m * a->cols + p * PAIR);
-            __m512i start = kind == 8 ? _mm512_loadu_si512(a->init + at) : _mm512_setzero_si512();
-            __m512 dx = _mm512_loadu_ps(a->dx + at);
-            __m512 sx = kind == 4 ? _mm512_loadu_ps(a->sx + at) : _mm512_setzero_ps();
-            for (int i = 0; i < n; i++) {
-                __m512i acc = _mm512_dpbusd_epi32(start, wv[i], xv);
-                __m512 s = _mm512_mul_ps(sv[i], dx);
-                f[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, f[i][j]);
-                if (kind == 4)
-                    f[i][j] = _mm512_fmadd_ps(ov[i], sx, f[i][j]);
+            Py_ssize_t m = m0 + j, ag = m * groups + g;
+            const int8_t *x = a->q + m * a->cols + g * GROUP;
+            int32_t four[8];
+            memcpy(four, x, sizeof four);
+            __m512i s0 = _mm512_set1_epi32(kind == 8 ? a->init[ag] : 0), s1 = _mm512_setzero_si512();
+            for (int i = 0; i < 8; i += 2) { /* two chains: the sums are exact either way */
+                s0 = _mm512_dpbusd_epi32(s0, wv[i], _mm512_set1_epi32(four[i]));
+                s1 = _mm512_dpbusd_epi32(s1, wv[i + 1], _mm512_set1_epi32(four[i + 1]));
             }
+            __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(a->dx[ag]));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), ds, acc[j]);
+            if (kind == 4)
+                acc[j] = _mm512_fmadd_ps(off, _mm512_set1_ps(a->sx[ag]), acc[j]);
         }
     }
+    __mmask16 keep = (__mmask16)((1u << n) - 1);
     for (int j = 0; j < mc; j++)
-        for (int i = 0; i < n; i++)
-            out[j * ld + i] = reduce16_avx512(f[i][j]);
+        _mm512_mask_storeu_ps(out + j * ld + t * ROWS, keep, acc[j]);
 }
 
-#define BLOCK_CASES(KIND)                                                                          \
+#define TILE_CASE(KIND, HALF)                                                                      \
     switch (mc) {                                                                                  \
-    case 1: block_avx512(w, r0, TILE, KIND, a, m0, 1, out, ld); break;                            \
-    case 2: block_avx512(w, r0, TILE, KIND, a, m0, 2, out, ld); break;                            \
-    case 3: block_avx512(w, r0, TILE, KIND, a, m0, 3, out, ld); break;                            \
-    default: block_avx512(w, r0, TILE, KIND, a, m0, 4, out, ld); break;                           \
+    case 1: tile_avx512(w, t, n, KIND, HALF, a, m0, 1, out, ld); break;                           \
+    case 2: tile_avx512(w, t, n, KIND, HALF, a, m0, 2, out, ld); break;                           \
+    case 3: tile_avx512(w, t, n, KIND, HALF, a, m0, 3, out, ld); break;                           \
+    case 4: tile_avx512(w, t, n, KIND, HALF, a, m0, 4, out, ld); break;                           \
+    case 5: tile_avx512(w, t, n, KIND, HALF, a, m0, 5, out, ld); break;                           \
+    case 6: tile_avx512(w, t, n, KIND, HALF, a, m0, 6, out, ld); break;                           \
+    case 7: tile_avx512(w, t, n, KIND, HALF, a, m0, 7, out, ld); break;                           \
+    default: tile_avx512(w, t, n, KIND, HALF, a, m0, MAXM, out, ld); break;                       \
     }
 
-SIMD_TARGET static void dots_avx512(const Mat *w, Py_ssize_t r0, int n, const Act *a,
-                                    Py_ssize_t m0, int mc, float *out, Py_ssize_t ld) {
-    if (n == TILE && w->kind == 8) {
-        BLOCK_CASES(8)
-    } else if (n == TILE) {
-        BLOCK_CASES(4)
-    } else { /* the last rows of a matrix */
-        for (int j = 0; j < mc; j++)
-            for (int i = 0; i < n; i++)
-                if (w->kind == 8)
-                    block_avx512(w, r0 + i, 1, 8, a, m0 + j, 1, out + j * ld + i, ld);
-                else
-                    block_avx512(w, r0 + i, 1, 4, a, m0 + j, 1, out + j * ld + i, ld);
+SIMD_TARGET static void tiles_avx512(const Mat *w, Py_ssize_t t, int n, const Act *a,
+                                     Py_ssize_t m0, int mc, float *out, Py_ssize_t ld) {
+    if (w->kind == 8 && w->half) {
+        TILE_CASE(8, 1)
+    } else if (w->kind == 8) {
+        TILE_CASE(8, 0)
+    } else if (w->half) {
+        TILE_CASE(4, 1)
+    } else {
+        TILE_CASE(4, 0)
     }
 }
 
@@ -349,39 +381,28 @@ static int simd_available(void) {
 static int simd_available(void) { return 0; }
 #endif
 
-/* Rows r0 .. r0 + n - 1 (n <= TILE) times activations m0 .. m0 + mc - 1 (mc <= TILE):
- * out[j * ld + i]. */
-static void dots(const Mat *w, Py_ssize_t r0, int n, const Act *a, Py_ssize_t m0, int mc,
-                 float *out, Py_ssize_t ld) {
-#ifdef HAVE_X86
-    if (use_simd) {
-        dots_avx512(w, r0, n, a, m0, mc, out, ld);
-        return;
-    }
-#endif
-    for (int j = 0; j < mc; j++) {
-        float part[TILE];
-        dots_portable(w, r0, n, a, m0 + j, part);
-        memcpy(out + j * ld, part, (size_t)n * sizeof(float));
-    }
-}
-
 /* out (M x w->rows, row stride ld) = quantized activation a (M rows) times w^T. */
 static void matmul(const Mat *w, const Act *a, Py_ssize_t M, float *out, Py_ssize_t ld,
                    int threads) {
-    Py_ssize_t tiles = (w->rows + TILE - 1) / TILE;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (Py_ssize_t t = 0; t < tiles; t++) {
-        Py_ssize_t r0 = t * TILE;
-        int n = (int)(w->rows - r0 < TILE ? w->rows - r0 : TILE);
-        for (Py_ssize_t m0 = 0; m0 < M; m0 += TILE)
-            dots(w, r0, n, a, m0, (int)(M - m0 < TILE ? M - m0 : TILE), out + m0 * ld + r0, ld);
+    for (Py_ssize_t t = 0; t < w->tiles; t++) {
+        int n = (int)(w->rows - t * ROWS < ROWS ? w->rows - t * ROWS : ROWS);
+        for (Py_ssize_t m0 = 0; m0 < M; m0 += MAXM) {
+            int mc = (int)(M - m0 < MAXM ? M - m0 : MAXM);
+#ifdef HAVE_X86
+            if (use_simd) {
+                tiles_avx512(w, t, n, a, m0, mc, out + m0 * ld, ld);
+                continue;
+            }
+#endif
+            tile_portable(w, t, n, a, m0, mc, out + m0 * ld, ld);
+        }
     }
 }
 
 /* ---- the rest of a layer ---- */
 
-static void rmsnorm(const float *x, const float *weight, int n, float eps, float *out) {
+WIDE static void rmsnorm(const float *x, const float *weight, int n, float eps, float *out) {
     float inv = 1.0f / sqrtf(dot16(x, x, n) / (float)n + eps);
     for (int i = 0; i < n; i++)
         out[i] = weight[i] * (x[i] * inv);
@@ -403,7 +424,7 @@ typedef struct {
 } Batch;
 
 /* qkv (M x (H + 2 KV) D): norms, rotary positions, keys and values into the cache. */
-static void place_keys(const Batch *bt, const Layer *ly, int layer, float *qkv, float *tmp) {
+WIDE static void place_keys(const Batch *bt, const Layer *ly, int layer, float *qkv, float *tmp) {
     const Model *md = bt->md;
     int D = md->head_dim, H = md->heads, KV = md->kv_heads, width = (H + 2 * KV) * D;
     for (Py_ssize_t b = 0; b < bt->B; b++)
@@ -428,45 +449,51 @@ static void place_keys(const Batch *bt, const Layer *ly, int layer, float *qkv, 
         }
 }
 
-/* out (M x H D): each query over its row's keys 0 .. its position (causal). */
-static void attend(const Batch *bt, int layer, const float *qkv, float *out) {
-    const Model *md = bt->md;
-    int D = md->head_dim, H = md->heads, KV = md->kv_heads, width = (H + 2 * KV) * D;
-    float scale = 1.0f / sqrtf((float)D);
-    Py_ssize_t jobs = bt->B * bt->S * H;
-#pragma omp parallel num_threads(md->threads) if (md->threads > 1 && jobs >= 8)
-    {
-        float *score = malloc((size_t)bt->capacity * sizeof(float));
-#pragma omp for schedule(static)
-        for (Py_ssize_t job = 0; job < jobs; job++) {
-            Py_ssize_t h = job % H, bs = job / H, b = bs / bt->S;
-            Py_ssize_t pos = bt->past[b] + bs % bt->S, kvh = h / (H / KV);
-            const float *q = qkv + bs * width + h * D;
-            const float *keys = bt->caches[2 * layer] + (b * KV + kvh) * bt->capacity * D;
-            const float *values = bt->caches[2 * layer + 1] + (b * KV + kvh) * bt->capacity * D;
-            float *o = out + bs * H * D + h * D, top = -INFINITY, total = 0.0f;
-            if (!score)
-                continue;
-            for (Py_ssize_t t = 0; t <= pos; t++) {
-                score[t] = dot16(q, keys + t * D, D) * scale;
-                top = fmaxf(top, score[t]);
-            }
-            for (Py_ssize_t t = 0; t <= pos; t++) {
-                score[t] = expf(score[t] - top);
-                total += score[t];
-            }
-            memset(o, 0, (size_t)D * sizeof(float));
-            for (Py_ssize_t t = 0; t <= pos; t++) {
-                float wgt = score[t] / total;
-                for (int d = 0; d < D; d++)
-                    o[d] += wgt * values[t * D + d];
-            }
-        }
-        free(score);
+/* o = softmax(q . keys[t] / sqrt(D), t = 0 .. pos) values (score: pos + 1 floats). */
+WIDE static void attend_head(const float *q, const float *keys, const float *values,
+                             Py_ssize_t pos, int D, float *score, float *o) {
+    float scale = 1.0f / sqrtf((float)D), top = -INFINITY, total = 0.0f;
+    for (Py_ssize_t t = 0; t <= pos; t++) {
+        score[t] = dot16(q, keys + t * D, D) * scale;
+        top = fmaxf(top, score[t]);
+    }
+    for (Py_ssize_t t = 0; t <= pos; t++) {
+        score[t] = exp_poly(score[t] - top);
+        total += score[t];
+    }
+    memset(o, 0, (size_t)D * sizeof(float));
+    for (Py_ssize_t t = 0; t <= pos; t++) {
+        float wgt = score[t] / total;
+        for (int d = 0; d < D; d++)
+            o[d] += wgt * values[t * D + d];
     }
 }
 
-static void residual_row(const Model *md, float *x, const float *y, const float *weight,
+/* out (M x H D): each query over its row's keys 0 .. its position (causal); -1 when out of
+ * memory. (OpenMP stays out of the cloned functions: inside one its team cost ~15 ms a step.) */
+static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
+    const Model *md = bt->md;
+    int D = md->head_dim, H = md->heads, KV = md->kv_heads, width = (H + 2 * KV) * D, failed = 0;
+    Py_ssize_t jobs = bt->B * bt->S * H;
+#pragma omp parallel num_threads(md->threads) if (md->threads > 1 && jobs >= 8) reduction(|:failed)
+    {
+        float *score = malloc((size_t)bt->capacity * sizeof(float));
+        failed = !score;
+#pragma omp for schedule(static)
+        for (Py_ssize_t job = 0; job < jobs; job++) {
+            Py_ssize_t h = job % H, bs = job / H, b = bs / bt->S, kvh = h / (H / KV);
+            Py_ssize_t at = (b * KV + kvh) * bt->capacity * D;
+            if (score)
+                attend_head(qkv + bs * width + h * D, bt->caches[2 * layer] + at,
+                            bt->caches[2 * layer + 1] + at, bt->past[b] + bs % bt->S, D, score,
+                            out + bs * H * D + h * D);
+        }
+        free(score);
+    }
+    return failed ? -1 : 0;
+}
+
+WIDE static void residual_row(const Model *md, float *x, const float *y, const float *weight,
                          float *tmp) {
     if (md->post_norm) {
         rmsnorm(y, weight, md->dim, md->eps, tmp);
@@ -501,42 +528,38 @@ static void normed_input(const Model *md, const float *x, const float *weight, P
 
 typedef struct {
     float *h, *qkv, *attn, *proj, *gate_up, *hidden, *tmp;
-    Act in[2], mid[2]; /* by kind (0: int8, 1: int4): inputs of width dim, the MLP's hidden */
+    Act in, mid; /* quantized inputs of width dim; of the heads' or the MLP's width */
 } Work;
 
-static Act *act_for(Act *pair, int kind) { return &pair[kind == 8 ? 0 : 1]; }
-
 /* hidden row m = silu(gate) * up of gate_up row m (gate, then up: F each), quantized into a. */
-static void swiglu_row(const float *gate_up, int F, float *hidden, Act *a, Py_ssize_t m) {
+WIDE static void swiglu_row(const float *gate_up, int F, float *hidden, Act *a, Py_ssize_t m) {
     const float *gate = gate_up + m * 2 * F, *up = gate + F;
     for (int j = 0; j < F; j++)
-        hidden[m * F + j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
+        hidden[m * F + j] = gate[j] / (1.0f + exp_poly(-gate[j])) * up[j];
     quantize_one(a, hidden, m);
 }
 
-static void layer_pass(const Batch *bt, int i, float *x, Work *wk) {
+static int layer_pass(const Batch *bt, int i, float *x, Work *wk) {
     const Model *md = bt->md;
     const Layer *ly = &md->layers[i];
     Py_ssize_t M = bt->B * bt->S;
     int HD = md->heads * md->head_dim, F = md->mlp_dim;
-    Act *in = act_for(wk->in, ly->qkv.kind);
-    normed_input(md, x, ly->attn_norm, M, wk->h, in);
-    matmul(&ly->qkv, in, M, wk->qkv, ly->qkv.rows, md->threads);
+    normed_input(md, x, ly->attn_norm, M, wk->h, &wk->in);
+    matmul(&ly->qkv, &wk->in, M, wk->qkv, ly->qkv.rows, md->threads);
     place_keys(bt, ly, i, wk->qkv, wk->tmp);
-    attend(bt, i, wk->qkv, wk->attn);
-    Act *mid = act_for(wk->mid, ly->o.kind);
-    Act heads = {mid->kind, HD, mid->q, mid->dx, mid->init, mid->sx};
+    if (attend(bt, i, wk->qkv, wk->attn) < 0)
+        return -1;
+    Act heads = {HD, wk->mid.q, wk->mid.dx, wk->mid.init, wk->mid.sx};
     FOR_ROWS(md, M, quantize_one(&heads, wk->attn, m));
     matmul(&ly->o, &heads, M, wk->proj, md->dim, md->threads);
     residual(md, x, wk->proj, ly->attn_norm, M, wk->h); /* h: free until the next norm */
-    in = act_for(wk->in, ly->gate_up.kind);
-    normed_input(md, x, ly->mlp_norm, M, wk->h, in);
-    matmul(&ly->gate_up, in, M, wk->gate_up, 2 * F, md->threads);
-    mid = act_for(wk->mid, ly->down.kind);
-    Act hidden = {mid->kind, F, mid->q, mid->dx, mid->init, mid->sx};
+    normed_input(md, x, ly->mlp_norm, M, wk->h, &wk->in);
+    matmul(&ly->gate_up, &wk->in, M, wk->gate_up, 2 * F, md->threads);
+    Act hidden = {F, wk->mid.q, wk->mid.dx, wk->mid.init, wk->mid.sx};
     FOR_ROWS(md, M, swiglu_row(wk->gate_up, F, wk->hidden, &hidden, m));
     matmul(&ly->down, &hidden, M, wk->proj, md->dim, md->threads);
     residual(md, x, wk->proj, ly->mlp_norm, M, wk->h);
+    return 0;
 }
 
 static int work_alloc(Work *wk, const Model *md, Py_ssize_t M) {
@@ -552,11 +575,8 @@ static int work_alloc(Work *wk, const Model *md, Py_ssize_t M) {
     wk->hidden = malloc((size_t)(M * F) * sizeof(float));
     wk->tmp = malloc((size_t)(C > HD ? C : HD) * sizeof(float)); /* a norm's output */
     int ok = wk->h && wk->qkv && wk->attn && wk->proj && wk->gate_up && wk->hidden && wk->tmp;
-    for (int k = 0; k < 2; k++) {
-        ok = act_alloc(&wk->in[k], k ? 4 : 8, M, C) && ok;
-        ok = act_alloc(&wk->mid[k], k ? 4 : 8, M, widest) && ok;
-    }
-    return ok;
+    ok = act_alloc(&wk->in, M, C) && ok;
+    return act_alloc(&wk->mid, M, widest) && ok;
 }
 
 static void work_free(Work *wk) {
@@ -567,10 +587,8 @@ static void work_free(Work *wk) {
     free(wk->gate_up);
     free(wk->hidden);
     free(wk->tmp);
-    for (int k = 0; k < 2; k++) {
-        act_free(&wk->in[k]);
-        act_free(&wk->mid[k]);
-    }
+    act_free(&wk->in);
+    act_free(&wk->mid);
 }
 
 /* The logits of the wanted positions (B x T of them). 0, or -1 when out of memory. */
@@ -585,14 +603,16 @@ static int forward(const Batch *bt, float *x, const int64_t *wanted, Py_ssize_t 
         return -1;
     }
     for (int i = 0; i < md->n_layers; i++)
-        layer_pass(bt, i, x, &wk);
+        if (layer_pass(bt, i, x, &wk) < 0) {
+            work_free(&wk);
+            return -1;
+        }
     for (Py_ssize_t b = 0; b < bt->B; b++)
         for (Py_ssize_t t = 0; t < T; t++)
             rmsnorm(x + (b * bt->S + wanted[b * T + t]) * C, md->final_norm, C, md->eps,
                     wk.h + (b * T + t) * C);
-    Act *in = act_for(wk.in, md->head.kind);
-    quantize(in, wk.h, bt->B * T);
-    matmul(&md->head, in, bt->B * T, logits, md->head.rows, md->threads);
+    quantize(&wk.in, wk.h, bt->B * T);
+    matmul(&md->head, &wk.in, bt->B * T, logits, md->head.rows, md->threads);
     work_free(&wk);
     return 0;
 }
@@ -601,18 +621,33 @@ static int forward(const Batch *bt, float *x, const int64_t *wanted, Py_ssize_t 
 
 static const char *CAPSULE = "llm_compression.core._decode.Model";
 
+static void mat_free(Mat *w) {
+    free(w->q);
+    free(w->scale);
+    free(w->offset);
+    w->q = NULL;
+    w->scale = w->offset = NULL;
+}
+
 static void model_free(PyObject *capsule) {
     Model *md = PyCapsule_GetPointer(capsule, CAPSULE);
     if (!md)
         return;
     for (int i = 0; i < md->n_views; i++)
         PyBuffer_Release(&md->views[i]);
+    for (int i = 0; md->layers && i < md->n_layers; i++) {
+        mat_free(&md->layers[i].qkv);
+        mat_free(&md->layers[i].o);
+        mat_free(&md->layers[i].gate_up);
+        mat_free(&md->layers[i].down);
+    }
+    mat_free(&md->head);
     free(md->views);
     free(md->layers);
     free(md);
 }
 
-/* A float32 / byte buffer of at least `need` bytes, held by the model. NULL + ValueError. */
+/* A float32 buffer of at least `need` bytes, held by the model. NULL + ValueError. */
 static const void *hold(Model *md, PyObject *obj, Py_ssize_t need, const char *what) {
     Py_buffer *view = &md->views[md->n_views];
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0)
@@ -625,24 +660,100 @@ static const void *hold(Model *md, PyObject *obj, Py_ssize_t need, const char *w
     return view->buf;
 }
 
-static int parse_mat(Model *md, PyObject *spec, Mat *w, Py_ssize_t rows, Py_ssize_t cols,
-                     const char *what) {
+/* The stored values (rows x cols; int8 as int8, int4 two a byte, low nibble first) into tiles. */
+static void repack_values(Mat *w, const uint8_t *src) {
+    Py_ssize_t groups = w->cols / GROUP, bb = block_bytes(w->kind);
+    for (Py_ssize_t r = 0; r < w->rows; r++) {
+        Py_ssize_t t = r / ROWS;
+        int l = (int)(r % ROWS);
+        for (Py_ssize_t g = 0; g < groups; g++) {
+            uint8_t *block = w->q + (t * groups + g) * bb;
+            for (int k = 0; k < GROUP; k++) {
+                Py_ssize_t c = g * GROUP + k;
+                int i = k / 4, b = k % 4;
+                if (w->kind == 8) {
+                    block[i * 64 + l * 4 + b] = src[r * w->cols + c] ^ 0x80; /* q + 128 */
+                } else {
+                    uint8_t byte = src[r * (w->cols / 2) + c / 2];
+                    uint8_t v = c % 2 ? byte >> 4 : byte & 0x0F;
+                    block[(i / 2) * 64 + l * 4 + b] |= (uint8_t)(i % 2 ? v << 4 : v);
+                }
+            }
+        }
+    }
+}
+
+/* rows x groups values of `size` bytes into 16 a block (row l of a tile in lane l). */
+static void *repack_lanes(const Mat *w, const uint8_t *src, int size) {
+    Py_ssize_t groups = w->cols / GROUP;
+    uint8_t *out = calloc((size_t)(w->tiles * groups * ROWS), (size_t)size);
+    if (!out)
+        return NULL;
+    for (Py_ssize_t r = 0; r < w->rows; r++)
+        for (Py_ssize_t g = 0; g < groups; g++)
+            memcpy(out + (((r / ROWS) * groups + g) * ROWS + r % ROWS) * size,
+                   src + (r * groups + g) * size, (size_t)size);
+    return out;
+}
+
+/* 0 with `v` viewed, else -1 + ValueError naming `what`. */
+static int exact_view(PyObject *obj, Py_buffer *v, Py_ssize_t need, Py_ssize_t other,
+                      const char *what) {
+    if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (v->len == need || (other && v->len == other))
+        return 0;
+    PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, %zd expected%s", what, v->len, need,
+                 other ? " (float16; twice as many for float32)" : "");
+    PyBuffer_Release(v);
+    v->obj = NULL;
+    return -1;
+}
+
+static int fill_mat(Mat *w, PyObject *q, PyObject *scale, PyObject *offset, const char *what) {
+    Py_ssize_t groups = w->rows * (w->cols / GROUP);
+    Py_buffer qv = {0}, sv = {0}, ov = {0};
+    int rc = -1;
+    if (exact_view(q, &qv, w->kind == 8 ? w->rows * w->cols : w->rows * w->cols / 2, 0, what) < 0 ||
+        exact_view(scale, &sv, groups * 2, groups * 4, what) < 0)
+        goto done;
+    w->half = sv.len == groups * 2;
+    if (w->kind == 4 && exact_view(offset, &ov, groups * (w->half ? 2 : 4), 0, what) < 0)
+        goto done;
+    w->tiles = (w->rows + ROWS - 1) / ROWS;
+    w->q = calloc((size_t)(w->tiles * (w->cols / GROUP)), (size_t)block_bytes(w->kind));
+    w->scale = w->q ? repack_lanes(w, sv.buf, w->half ? 2 : 4) : NULL;
+    w->offset = w->kind == 4 && w->scale ? repack_lanes(w, ov.buf, w->half ? 2 : 4) : NULL;
+    if (!w->scale || (w->kind == 4 && !w->offset)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    repack_values(w, qv.buf);
+    rc = 0;
+done:
+    if (qv.obj)
+        PyBuffer_Release(&qv);
+    if (sv.obj)
+        PyBuffer_Release(&sv);
+    if (ov.obj)
+        PyBuffer_Release(&ov);
+    return rc;
+}
+
+/* (kind, rows, cols, q, scales, offsets) repacked into w (owned; mat_free). */
+static int parse_mat(PyObject *spec, Mat *w, Py_ssize_t rows, Py_ssize_t cols, const char *what) {
     PyObject *q, *scale, *offset;
     if (!PyArg_ParseTuple(spec, "innOOO", &w->kind, &w->rows, &w->cols, &q, &scale, &offset))
         return -1;
-    if ((w->kind != 8 && w->kind != 4) || w->cols % PAIR || w->cols <= 0 || w->rows <= 0 ||
+    if ((w->kind != 8 && w->kind != 4) || w->cols % GROUP || w->cols <= 0 || w->rows <= 0 ||
         (rows && w->rows != rows) || w->cols != cols || (w->kind == 4) == (offset == Py_None)) {
         PyErr_Format(PyExc_ValueError,
                      "%s: kind %d, %zd x %zd does not fit (expected %zd x %zd, columns a "
                      "multiple of %d, offsets for int4 only)",
-                     what, w->kind, w->rows, w->cols, rows, cols, PAIR);
+                     what, w->kind, w->rows, w->cols, rows, cols, GROUP);
         return -1;
     }
-    Py_ssize_t groups = w->rows * (w->cols / GROUP);
-    w->q = hold(md, q, w->kind == 8 ? w->rows * w->cols : w->rows * w->cols / 2, what);
-    w->scale = w->q ? hold(md, scale, groups * 4, what) : NULL;
-    w->offset = w->kind == 4 && w->scale ? hold(md, offset, groups * 4, what) : NULL;
-    return w->q && w->scale && (w->kind == 8 || w->offset) ? 0 : -1;
+    return fill_mat(w, q, scale, offset, what);
 }
 
 static const float *hold_norm(Model *md, PyObject *obj, Py_ssize_t n, const char *what) {
@@ -655,10 +766,10 @@ static int parse_layer(Model *md, PyObject *spec, Layer *ly) {
                           &norms[2], &norms[3]))
         return -1;
     Py_ssize_t C = md->dim, HD = md->heads * md->head_dim, KVD = md->kv_heads * md->head_dim;
-    if (parse_mat(md, m[0], &ly->qkv, HD + 2 * KVD, C, "qkv") < 0 ||
-        parse_mat(md, m[1], &ly->o, C, HD, "o") < 0 ||
-        parse_mat(md, m[2], &ly->gate_up, 2 * (Py_ssize_t)md->mlp_dim, C, "gate_up") < 0 ||
-        parse_mat(md, m[3], &ly->down, C, md->mlp_dim, "down") < 0)
+    if (parse_mat(m[0], &ly->qkv, HD + 2 * KVD, C, "qkv") < 0 ||
+        parse_mat(m[1], &ly->o, C, HD, "o") < 0 ||
+        parse_mat(m[2], &ly->gate_up, 2 * (Py_ssize_t)md->mlp_dim, C, "gate_up") < 0 ||
+        parse_mat(m[3], &ly->down, C, md->mlp_dim, "down") < 0)
         return -1;
     ly->attn_norm = hold_norm(md, norms[0], C, "attn_norm");
     ly->mlp_norm = ly->attn_norm ? hold_norm(md, norms[1], C, "mlp_norm") : NULL;
@@ -694,7 +805,7 @@ static int parse_model(Model *md, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "one entry per layer expected");
         return -1;
     }
-    md->views = calloc((size_t)md->n_layers * 16 + 8, sizeof(Py_buffer));
+    md->views = calloc((size_t)md->n_layers * 4 + 8, sizeof(Py_buffer)); /* norms, tables */
     md->layers = calloc((size_t)md->n_layers, sizeof(Layer));
     if (!md->views || !md->layers) {
         PyErr_NoMemory();
@@ -704,7 +815,7 @@ static int parse_model(Model *md, PyObject *args) {
     md->cos = hold(md, cos, table, "cos");
     md->sin = md->cos ? hold(md, sin, table, "sin") : NULL;
     md->final_norm = md->sin ? hold_norm(md, final_norm, md->dim, "final_norm") : NULL;
-    if (!md->final_norm || parse_mat(md, head, &md->head, 0, md->dim, "head") < 0)
+    if (!md->final_norm || parse_mat(head, &md->head, 0, md->dim, "head") < 0)
         return -1;
     for (int i = 0; i < md->n_layers; i++)
         if (parse_layer(md, PyList_GET_ITEM(layers, i), &md->layers[i]) < 0)
@@ -837,10 +948,8 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     int threads = 1;
     if (!PyArg_ParseTuple(args, "OOnO|i", &spec, &x, &M, &out, &threads))
         return NULL;
-    Model md = {0};
-    Py_buffer views[3] = {{0}}, xv = {0}, ov = {0};
-    md.views = views;
-    Mat w;
+    Py_buffer xv = {0}, ov = {0};
+    Mat w = {0};
     PyObject *result = NULL;
     Act a = {0};
     if (M < 1 || !PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 6) {
@@ -848,10 +957,10 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_ssize_t cols = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 2));
-    if (PyErr_Occurred() || parse_mat(&md, spec, &w, 0, cols, "matrix") < 0 ||
+    if (PyErr_Occurred() || parse_mat(spec, &w, 0, cols, "matrix") < 0 ||
         view(x, &xv, M * w.cols * 4, 0, "x") < 0 || view(out, &ov, M * w.rows * 4, 1, "out") < 0)
         goto done;
-    if (!act_alloc(&a, w.kind, M, w.cols)) {
+    if (!act_alloc(&a, M, w.cols)) {
         PyErr_NoMemory();
         goto done;
     }
@@ -861,15 +970,31 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     Py_INCREF(result);
 done:
     act_free(&a);
-    for (int i = 0; i < md.n_views; i++)
-        PyBuffer_Release(&views[i]);
+    mat_free(&w);
     PyBuffer_Release(&xv);
     PyBuffer_Release(&ov);
     return result;
 }
 
-/* Rows `ids` of the head, dequantized as GroupQuantized.dequantize does (d * q, then + m: two
- * roundings): the tied token table's lookups, from the decoder's one copy. */
+/* Row r of w, dequantized as GroupQuantized.dequantize does (d * q, then + m: two roundings). */
+static void dequantize_row(const Mat *w, Py_ssize_t r, float *o) {
+    Py_ssize_t groups = w->cols / GROUP, t = r / ROWS;
+    int l = (int)(r % ROWS);
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        const uint8_t *block = w->q + (t * groups + g) * block_bytes(w->kind);
+        Py_ssize_t at = (t * groups + g) * ROWS + l;
+        float d = mat_value(w->scale, w->half, at);
+        for (int k = 0; k < GROUP; k++) {
+            int v = block_value(w->kind, block, l, k);
+            if (w->kind == 8)
+                o[g * GROUP + k] = (float)(v - 128) * d;
+            else
+                o[g * GROUP + k] = (float)v * d + mat_value(w->offset, w->half, at);
+        }
+    }
+}
+
+/* Rows `ids` of the head: the tied token table's lookups, from the decoder's one copy. */
 static PyObject *py_lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "lookup(model, ids, out)");
@@ -881,7 +1006,7 @@ static PyObject *py_lookup(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (!md || PyObject_GetBuffer(args[1], &ids, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     const Mat *w = &md->head;
-    Py_ssize_t n = ids.len / 8, groups = w->cols / GROUP;
+    Py_ssize_t n = ids.len / 8;
     if (view(args[2], &out, n * w->cols * 4, 1, "out") < 0)
         goto done;
     const int64_t *rows = ids.buf;
@@ -891,19 +1016,8 @@ static PyObject *py_lookup(PyObject *self, PyObject *const *args, Py_ssize_t nar
                          w->rows - 1);
             goto done;
         }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t r = rows[i];
-        float *o = (float *)out.buf + i * w->cols;
-        for (Py_ssize_t c = 0; c < w->cols; c++) {
-            Py_ssize_t g = r * groups + c / GROUP;
-            if (w->kind == 8) {
-                o[c] = (float)((int)w->q[r * w->cols + c] - 128) * w->scale[g];
-            } else {
-                uint8_t b = w->q[r * (w->cols / 2) + c / 2];
-                o[c] = (float)(c % 2 ? b >> 4 : b & 0x0F) * w->scale[g] + w->offset[g];
-            }
-        }
-    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        dequantize_row(w, rows[i], (float *)out.buf + i * w->cols);
     result = Py_None;
     Py_INCREF(result);
 done:

@@ -18,7 +18,7 @@ import torch
 
 from ..config import TransformerConfig
 from ..errors import InputError
-from ..weightfile.groupwise import QUANT_INT8_GROUP, GroupQuantized
+from ..weightfile.groupwise import GROUP, QUANT_INT8_GROUP, GroupQuantized
 from .decoder_graph import check_cache_tensor, check_positions, rotary_tables, unsupported
 
 try:
@@ -26,7 +26,6 @@ try:
 except ImportError:  # built without a C compiler: the ORT graph runs instead
     _decode = None
 
-PAIR = 64  # the kernel reads two groups of 32 inputs at a time
 LAYER_MATRICES = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down")
 
 
@@ -44,19 +43,21 @@ def why_not(cfg: TransformerConfig, mats: dict, head: str) -> str | None:
     missing = [n for n in names if not isinstance(mats.get(n), GroupQuantized)]
     if missing:
         return f"{missing[0]} is not one stacked group-quantized matrix"
-    odd = [n for n in names if mats[n].shape[1] % PAIR]
-    return f"{odd[0]}'s inputs are not a multiple of {PAIR}" if odd else None
+    odd = [n for n in names if mats[n].shape[1] % GROUP]
+    return f"{odd[0]}'s inputs are not a multiple of {GROUP}" if odd else None
 
 
 def matrix_spec(w: GroupQuantized) -> tuple:
-    """``w`` as the kernel reads it: (kind, rows, cols, q, scales, offsets), int8 values + 128
-    as unsigned bytes, scales and offsets float32 (the stored values, widened exactly)."""
+    """``w`` as stored, for the kernel to copy into its tiles: (kind, rows, cols, q, scales,
+    offsets), q int8 or int4 bytes, scales and offsets float16 where both are (a GGUF's, load-time
+    quantization: half the bytes a step streams), else float32 (exact widening)."""
     rows, cols = w.shape
-    scales = np.ascontiguousarray(w.scales, np.float32)
+    parts = [w.scales] if w.offsets is None else [w.scales, w.offsets]
+    wide = np.float16 if all(p.dtype == np.float16 for p in parts) else np.float32
+    scales = np.ascontiguousarray(w.scales, wide)
     if w.quant_type == QUANT_INT8_GROUP:
-        q = np.ascontiguousarray(w.data).view(np.uint8).reshape(rows, cols) ^ np.uint8(0x80)
-        return (8, rows, cols, q, scales, None)
-    offsets = np.ascontiguousarray(w.offsets, np.float32)
+        return (8, rows, cols, np.ascontiguousarray(w.data, np.int8), scales, None)
+    offsets = np.ascontiguousarray(w.offsets, wide)
     return (4, rows, cols, np.ascontiguousarray(w.data, np.uint8), scales, offsets)
 
 

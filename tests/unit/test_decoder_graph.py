@@ -1,5 +1,6 @@
 """core.decoder_graph: a quantized causal LM's whole decoder as one ONNX Runtime graph, checked
-against the per-matrix path (``load_quantized(..., graph=False)``) on the same weights."""
+against the per-matrix path (``load_quantized(..., graph=False)``) on the same weights. int8 /
+int4 ask for the graph (``kernel="onnxruntime"``): by default our C decoder runs them."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ def _steps(model, ids: list[int], n: int) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
 def test_graph_logits_equal_the_per_matrix_path(stored, dtype: str) -> None:
-    graph, old = load_quantized(stored, dtype), load_quantized(stored, dtype, graph=False)
+    graph, old = (
+        load_quantized(stored, dtype, kernel="onnxruntime"),
+        load_quantized(stored, dtype, graph=False),
+    )
     assert graph.decoder_graph is not None and old.decoder_graph is None
     for got, want in zip(_steps(graph, PROMPTS[0], 6), _steps(old, PROMPTS[0], 6), strict=True):
         _close(got, want)
@@ -56,7 +60,10 @@ def test_graph_logits_equal_the_per_matrix_path(stored, dtype: str) -> None:
 
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
 def test_graph_greedy_tokens_equal_the_per_matrix_path(stored, dtype: str) -> None:
-    graph, old = load_quantized(stored, dtype), load_quantized(stored, dtype, graph=False)
+    graph, old = (
+        load_quantized(stored, dtype, kernel="onnxruntime"),
+        load_quantized(stored, dtype, graph=False),
+    )
     for ids in PROMPTS:
         assert graph.generate_ids(ids, max_new_tokens=12) == old.generate_ids(
             ids, max_new_tokens=12
@@ -64,7 +71,7 @@ def test_graph_greedy_tokens_equal_the_per_matrix_path(stored, dtype: str) -> No
 
 
 def test_graph_rows_of_different_lengths_decode_as_alone(stored) -> None:
-    model = load_quantized(stored, "int4")
+    model = load_quantized(stored, "int4", kernel="onnxruntime")
     alone = [model.generate_ids(p, max_new_tokens=12) for p in PROMPTS]
     assert model.generate_ids(PROMPTS, max_new_tokens=12) == alone
     assert all(len(a) > 0 for a in alone)
@@ -72,7 +79,7 @@ def test_graph_rows_of_different_lengths_decode_as_alone(stored) -> None:
 
 def test_graph_prefix_then_continuation_equals_one_pass(stored) -> None:
     """A second chunk of several tokens after a cached prefix (align.report's use)."""
-    model = load_quantized(stored, "int8")
+    model = load_quantized(stored, "int8", kernel="onnxruntime")
     ids = PROMPTS[0]
     cache = model.new_cache(1, len(ids))
     with torch.inference_mode():
@@ -83,7 +90,7 @@ def test_graph_prefix_then_continuation_equals_one_pass(stored) -> None:
 
 
 def test_graph_refuses_a_full_cache_and_a_mask(stored) -> None:
-    model = load_quantized(stored, "int8")
+    model = load_quantized(stored, "int8", kernel="onnxruntime")
     cache = model.new_cache(1, 4)
     with torch.inference_mode(), pytest.raises(InputError, match="holds 4 positions"):
         model.logits(torch.tensor([PROMPTS[0]]), cache=cache)
@@ -101,7 +108,7 @@ def test_models_the_graph_cannot_run_keep_the_per_matrix_path(tmp_path) -> None:
     assert "multiple of 16" in unsupported(llama.body)
     path = write_model(tmp_path / "o.parquet", {k: v.numpy() for k, v in state.items()},
                        config=cfg, dtype="float32")  # fmt: skip
-    model = load_quantized(path, "int8")
+    model = load_quantized(path, "int8", kernel="onnxruntime")
     assert model.decoder_graph is None
     assert len(model.generate_ids([5, 6, 7], max_new_tokens=3)) <= 3
 
@@ -111,7 +118,7 @@ def test_threads_sharing_one_model_each_get_their_tokens(stored) -> None:
     thread keeps its own IO binding, its cache buffers bound between steps)."""
     import threading
 
-    model = load_quantized(stored, "int8")
+    model = load_quantized(stored, "int8", kernel="onnxruntime")
     alone = [model.generate_ids(p, max_new_tokens=10) for p in PROMPTS]
     got: dict[int, list] = {}
 
@@ -130,7 +137,7 @@ def test_threads_sharing_one_model_each_get_their_tokens(stored) -> None:
 def test_graph_prefills_a_right_padded_batch_as_each_prompt_alone(stored) -> None:
     """One run over the prompts right-padded (each row's own length in ``seqlens_k``): each
     row's logits and cached keys / values equal those of its prompt alone."""
-    model = load_quantized(stored, "int8")
+    model = load_quantized(stored, "int8", kernel="onnxruntime")
     lengths = [len(p) for p in PROMPTS]
     ids = torch.zeros(len(PROMPTS), max(lengths), dtype=torch.long)
     for i, p in enumerate(PROMPTS):
@@ -151,7 +158,7 @@ def test_graph_batch_prefill_is_one_run(stored, monkeypatch) -> None:
     """generate_ids over a batch: one graph run for all prompts, then one a step."""
     from llm_compression.core.decoder_graph import DecoderGraph
 
-    model = load_quantized(stored, "int4")
+    model = load_quantized(stored, "int4", kernel="onnxruntime")
     calls = []
     real = DecoderGraph.run
     monkeypatch.setattr(DecoderGraph, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -160,7 +167,7 @@ def test_graph_batch_prefill_is_one_run(stored, monkeypatch) -> None:
 
 
 def test_graph_pads_only_a_first_prompt(stored) -> None:
-    model = load_quantized(stored, "int8")
+    model = load_quantized(stored, "int8", kernel="onnxruntime")
     cache = model.new_cache(2, 8)
     pairs = [(layer.k, layer.v) for layer in cache]
     embeds = model.token_embed(torch.tensor([[5, 6, 7], [5, 6, 7]]))
@@ -180,7 +187,7 @@ def test_graph_fuses_residual_adds_with_norms(stored, dtype: str, monkeypatch) -
     graphs = []
     real = decoder_graph.serialized
     monkeypatch.setattr(decoder_graph, "serialized", lambda g: graphs.append(g) or real(g))
-    model = load_quantized(stored, dtype)
+    model = load_quantized(stored, dtype, kernel="onnxruntime")
     ops, layers = Counter(n.op_type for n in graphs[0].node), model.config.body.n_layers
     assert ops["Shape"] == 0 and ops["Split"] == layers * (2 if model.config.body.qk_norm else 1)
     if model.config.body.norm_placement == "pre":
