@@ -26,8 +26,10 @@ EXTENSIONS = [
         "llm_compression.core._decode",
         ["llm_compression/core/_decode.c"],
         # -ffp-contract=off: the portable kernel's float operations stay the ones written, the
-        # AVX512 kernel's, bit for bit (tests compare them); OpenMP: the matmuls' two threads
-        extra_compile_args=[*CFLAGS, "-ffp-contract=off", "-fopenmp"],
+        # AVX512 kernel's, bit for bit (tests compare them); OpenMP: the matmuls' two threads;
+        # -fno-wrapv undoes Python's -fwrapv, which kept gcc from vectorizing the attention's
+        # int-indexed loops (a step of 8 rows at position 90: 13.7 -> 10.3 ms)
+        extra_compile_args=[*CFLAGS, "-ffp-contract=off", "-fopenmp", "-fno-wrapv"],
         extra_link_args=["-fopenmp"],
         optional=True,
     ),
