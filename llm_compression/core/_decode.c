@@ -99,11 +99,13 @@ typedef struct {
     int n_views;
 } Model;
 
-/* An activation, M rows of cols quantized to int8 a group of 32 (inputs in their order). */
+/* An activation, M rows of cols quantized to int8 a group of 32 (inputs in their order). Rows
+ * come in blocks of MAXM, each block group by group (act_at): the kernel finds a block's rows at
+ * fixed offsets from one pointer, and broadcasts their inputs straight from memory. */
 typedef struct {
     Py_ssize_t cols;
-    int8_t *q;     /* M x cols */
-    float *dx;     /* M x groups: the group's scale */
+    int8_t *q;     /* 32 bytes at act_at(m, g) * 32 */
+    float *dx;     /* at act_at(m, g): the group's scale */
     int32_t *init; /* -128 * sum q: int8 weights are stored + 128 */
     float *sx;     /* dx * sum q: int4's offset term */
 } Act;
@@ -154,10 +156,17 @@ static inline float exp_poly(float x) {
 
 /* ---- activations ---- */
 
-WIDE static void quantize_row(const float *x, Py_ssize_t cols, int8_t *q, float *dx, int32_t *init,
-                         float *sx) {
-    for (Py_ssize_t g = 0; g < cols / GROUP; g++) {
+/* Where row m's group g lies in an activation's arrays (q: times 32). */
+static inline Py_ssize_t act_at(const Act *a, Py_ssize_t m, Py_ssize_t g) {
+    return ((m / MAXM) * (a->cols / GROUP) + g) * MAXM + m % MAXM;
+}
+
+/* Row m of x (its own cols floats) into a. */
+WIDE static void quantize_row(const float *x, Act *a, Py_ssize_t m) {
+    for (Py_ssize_t g = 0; g < a->cols / GROUP; g++) {
         const float *v = x + g * GROUP;
+        Py_ssize_t at = act_at(a, m, g);
+        int8_t *q = a->q + at * GROUP;
         uint32_t bits = 0; /* max |v| as the largest bit pattern without the sign (vectorizes) */
         for (int k = 0; k < GROUP; k++) {
             uint32_t b;
@@ -174,19 +183,19 @@ WIDE static void quantize_row(const float *x, Py_ssize_t cols, int8_t *q, float 
              * integer, ties to even (lrintf's rounding, without the call) */
             float r = (v[k] * inv + ROUNDING) - ROUNDING;
             r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
-            q[g * GROUP + k] = (int8_t)r;
+            q[k] = (int8_t)r;
             sum += (int)r;
         }
-        dx[g] = top / 127.0f;
-        init[g] = -128 * sum;
-        sx[g] = dx[g] * (float)sum;
+        a->dx[at] = top / 127.0f;
+        a->init[at] = -128 * sum;
+        a->sx[at] = a->dx[at] * (float)sum;
     }
 }
 
 static int act_alloc(Act *a, Py_ssize_t M, Py_ssize_t cols) {
-    Py_ssize_t groups = M * (cols / GROUP);
+    Py_ssize_t rows = (M + MAXM - 1) / MAXM * MAXM, groups = rows * (cols / GROUP);
     a->cols = cols;
-    a->q = malloc((size_t)(M * cols));
+    a->q = malloc((size_t)(rows * cols));
     a->dx = malloc((size_t)groups * sizeof(float));
     a->init = malloc((size_t)groups * sizeof(int32_t));
     a->sx = malloc((size_t)groups * sizeof(float));
@@ -201,9 +210,7 @@ static void act_free(Act *a) {
 }
 
 static void quantize_one(Act *a, const float *x, Py_ssize_t m) {
-    Py_ssize_t groups = a->cols / GROUP;
-    quantize_row(x + m * a->cols, a->cols, a->q + m * a->cols, a->dx + m * groups,
-                 a->init + m * groups, a->sx + m * groups);
+    quantize_row(x + m * a->cols, a, m);
 }
 
 static void quantize(Act *a, const float *x, Py_ssize_t M) {
@@ -266,19 +273,20 @@ static void tile_portable(const Mat *w, Py_ssize_t t, int n, const Act *a, Py_ss
     Py_ssize_t groups = w->cols / GROUP, bb = block_bytes(w->kind);
     for (int j = 0; j < mc; j++) {
         Py_ssize_t m = m0 + j;
-        const int8_t *x = a->q + m * a->cols;
         for (int l = 0; l < n; l++) {
             float acc = 0.0f;
             for (Py_ssize_t g = 0; g < groups; g++) {
                 const uint8_t *block = w->q + (t * groups + g) * bb;
-                int32_t s = w->kind == 8 ? a->init[m * groups + g] : 0;
+                Py_ssize_t ag = act_at(a, m, g);
+                const int8_t *x = a->q + ag * GROUP;
+                int32_t s = w->kind == 8 ? a->init[ag] : 0;
                 for (int k = 0; k < GROUP; k++)
-                    s += block_value(w->kind, block, l, k) * x[g * GROUP + k];
+                    s += block_value(w->kind, block, l, k) * x[k];
                 Py_ssize_t at = (t * groups + g) * ROWS + l;
-                float ds = mat_value(w->scale, w->half, at) * a->dx[m * groups + g];
+                float ds = mat_value(w->scale, w->half, at) * a->dx[ag];
                 acc = fmaf((float)s, ds, acc);
                 if (w->kind == 4)
-                    acc = fmaf(mat_value(w->offset, w->half, at), a->sx[m * groups + g], acc);
+                    acc = fmaf(mat_value(w->offset, w->half, at), a->sx[ag], acc);
             }
             out[j * ld + t * ROWS + l] = acc;
         }
@@ -286,6 +294,7 @@ static void tile_portable(const Mat *w, Py_ssize_t t, int n, const Act *a, Py_ss
 }
 
 #ifdef HAVE_X86
+typedef int32_t __attribute__((may_alias, aligned(1))) int32_u; /* four activation bytes */
 #define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 
 SIMD_TARGET static inline __m512 lanes16(const void *v, int half, Py_ssize_t at) {
@@ -325,11 +334,10 @@ tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int half, c
         Py_ssize_t at = (t * groups + g) * ROWS;
         __m512 d = lanes16(w->scale, half, at);
         __m512 off = kind == 4 ? lanes16(w->offset, half, at) : _mm512_setzero_ps();
+        Py_ssize_t at0 = act_at(a, m0, g); /* m0: a block's first row */
         for (int j = 0; j < mc; j++) {
-            Py_ssize_t m = m0 + j, ag = m * groups + g;
-            const int8_t *x = a->q + m * a->cols + g * GROUP;
-            int32_t four[8];
-            memcpy(four, x, sizeof four);
+            Py_ssize_t ag = at0 + j;
+            const int32_u *four = (const int32_u *)(a->q + ag * GROUP);
             __m512i s0 = _mm512_set1_epi32(kind == 8 ? a->init[ag] : 0), s1 = _mm512_setzero_si512();
             for (int i = 0; i < 8; i += 2) { /* two chains: the sums are exact either way */
                 s0 = _mm512_dpbusd_epi32(s0, wv[i], _mm512_set1_epi32(four[i]));
