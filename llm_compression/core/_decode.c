@@ -76,12 +76,15 @@
  * 16t .. 16t + 15 (the last tile padded with zero weights); within a tile, group g (inputs 32g ..
  * 32g + 31) is one block: int8 8 vectors of 64 bytes, vector i byte 4l + b = row l's input 4i + b,
  * stored + 128; int4 4 vectors, the low nibbles as int8's vector 2v, the high nibbles vector
- * 2v + 1. Scales (and int4 offsets) a block: 16 values, row l's in lane l, float16 or float32. */
+ * 2v + 1. Scales (and int4 offsets) a block: 16 values, row l's in lane l, float16 or float32;
+ * or (an int8_sym_channel file's) one float32 scale a row, 16 a tile. */
+enum { SCALES_F32, SCALES_F16, SCALES_ROW };
+
 typedef struct {
-    int kind, half; /* 8 or 4; scales float16 (else float32) */
+    int kind, scales; /* 8 or 4; SCALES_* */
     Py_ssize_t rows, cols, tiles;
     uint8_t *q;
-    void *scale, *offset; /* tiles x groups x 16; offset NULL for int8 */
+    void *scale, *offset; /* tiles x groups x 16 (SCALES_ROW: tiles x 16); offset: int4 only */
 } Mat;
 
 typedef struct {
@@ -131,6 +134,13 @@ static float half_float(uint16_t h) {
 
 static float mat_value(const void *v, int half, Py_ssize_t i) {
     return half ? half_float(((const uint16_t *)v)[i]) : ((const float *)v)[i];
+}
+
+/* Row l of tile t's scale for group g (w: groups of cols / 32 a row). */
+static float scale_of(const Mat *w, Py_ssize_t t, Py_ssize_t g, int l) {
+    if (w->scales == SCALES_ROW)
+        return ((const float *)w->scale)[t * ROWS + l];
+    return mat_value(w->scale, w->scales == SCALES_F16, (t * (w->cols / GROUP) + g) * ROWS + l);
 }
 
 /* e^x for the softmax and SiLU from elementwise operations only, so that the compiler vectorizes
@@ -283,10 +293,10 @@ static void tile_portable(const Mat *w, Py_ssize_t t, int n, const Act *a, Py_ss
                 for (int k = 0; k < GROUP; k++)
                     s += block_value(w->kind, block, l, k) * x[k];
                 Py_ssize_t at = (t * groups + g) * ROWS + l;
-                float ds = mat_value(w->scale, w->half, at) * a->dx[ag];
+                float ds = scale_of(w, t, g, l) * a->dx[ag];
                 acc = fmaf((float)s, ds, acc);
                 if (w->kind == 4)
-                    acc = fmaf(mat_value(w->offset, w->half, at), a->sx[ag], acc);
+                    acc = fmaf(mat_value(w->offset, w->scales == SCALES_F16, at), a->sx[ag], acc);
             }
             out[j * ld + t * ROWS + l] = acc;
         }
@@ -304,17 +314,19 @@ SIMD_TARGET static inline __m512 lanes16(const void *v, int half, Py_ssize_t at)
 }
 
 /* Tile t (its first n rows written) times activation rows m0 .. m0 + mc - 1: out[j * ld + row].
- * Inlined into a copy per (kind, half, mc), so that the accumulators stay in registers and
+ * Inlined into a copy per (kind, scales, mc), so that the accumulators stay in registers and
  * nothing branches inside the loop; each block's weights are loaded and unpacked once for all
  * mc activation rows, whose four inputs at a time are broadcast from memory. */
 SIMD_TARGET static inline __attribute__((always_inline)) void
-tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int half, const Act *a,
+tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int scales, const Act *a,
             Py_ssize_t m0, const int mc, float *out, Py_ssize_t ld) {
     Py_ssize_t groups = w->cols / GROUP, bb = kind == 8 ? ROWS * GROUP : ROWS * GROUP / 2;
     const uint8_t *q = w->q + t * groups * bb;
     __m512 acc[MAXM];
     for (int j = 0; j < mc; j++)
         acc[j] = _mm512_setzero_ps();
+    __m512 row_scales = scales == SCALES_ROW ? _mm512_loadu_ps((const float *)w->scale + t * ROWS)
+                                             : _mm512_setzero_ps();
     for (Py_ssize_t g = 0; g < groups; g++) {
         const uint8_t *block = q + g * bb;
         __m512i wv[8];
@@ -332,7 +344,8 @@ tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int half, c
             }
         }
         Py_ssize_t at = (t * groups + g) * ROWS;
-        __m512 d = lanes16(w->scale, half, at);
+        int half = scales == SCALES_F16;
+        __m512 d = scales == SCALES_ROW ? row_scales : lanes16(w->scale, half, at);
         __m512 off = kind == 4 ? lanes16(w->offset, half, at) : _mm512_setzero_ps();
         Py_ssize_t at0 = act_at(a, m0, g); /* m0: a block's first row */
         for (int j = 0; j < mc; j++) {
@@ -354,28 +367,30 @@ tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int half, c
         _mm512_mask_storeu_ps(out + j * ld + t * ROWS, keep, acc[j]);
 }
 
-#define TILE_CASE(KIND, HALF)                                                                      \
+#define TILE_CASE(KIND, MODE)                                                                      \
     switch (mc) {                                                                                  \
-    case 1: tile_avx512(w, t, n, KIND, HALF, a, m0, 1, out, ld); break;                           \
-    case 2: tile_avx512(w, t, n, KIND, HALF, a, m0, 2, out, ld); break;                           \
-    case 3: tile_avx512(w, t, n, KIND, HALF, a, m0, 3, out, ld); break;                           \
-    case 4: tile_avx512(w, t, n, KIND, HALF, a, m0, 4, out, ld); break;                           \
-    case 5: tile_avx512(w, t, n, KIND, HALF, a, m0, 5, out, ld); break;                           \
-    case 6: tile_avx512(w, t, n, KIND, HALF, a, m0, 6, out, ld); break;                           \
-    case 7: tile_avx512(w, t, n, KIND, HALF, a, m0, 7, out, ld); break;                           \
-    default: tile_avx512(w, t, n, KIND, HALF, a, m0, MAXM, out, ld); break;                       \
+    case 1: tile_avx512(w, t, n, KIND, MODE, a, m0, 1, out, ld); break;                           \
+    case 2: tile_avx512(w, t, n, KIND, MODE, a, m0, 2, out, ld); break;                           \
+    case 3: tile_avx512(w, t, n, KIND, MODE, a, m0, 3, out, ld); break;                           \
+    case 4: tile_avx512(w, t, n, KIND, MODE, a, m0, 4, out, ld); break;                           \
+    case 5: tile_avx512(w, t, n, KIND, MODE, a, m0, 5, out, ld); break;                           \
+    case 6: tile_avx512(w, t, n, KIND, MODE, a, m0, 6, out, ld); break;                           \
+    case 7: tile_avx512(w, t, n, KIND, MODE, a, m0, 7, out, ld); break;                           \
+    default: tile_avx512(w, t, n, KIND, MODE, a, m0, MAXM, out, ld); break;                       \
     }
 
 SIMD_TARGET static void tiles_avx512(const Mat *w, Py_ssize_t t, int n, const Act *a,
                                      Py_ssize_t m0, int mc, float *out, Py_ssize_t ld) {
-    if (w->kind == 8 && w->half) {
-        TILE_CASE(8, 1)
+    if (w->kind == 8 && w->scales == SCALES_F16) {
+        TILE_CASE(8, SCALES_F16)
+    } else if (w->kind == 8 && w->scales == SCALES_ROW) {
+        TILE_CASE(8, SCALES_ROW)
     } else if (w->kind == 8) {
-        TILE_CASE(8, 0)
-    } else if (w->half) {
-        TILE_CASE(4, 1)
+        TILE_CASE(8, SCALES_F32)
+    } else if (w->scales == SCALES_F16) {
+        TILE_CASE(4, SCALES_F16)
     } else {
-        TILE_CASE(4, 0)
+        TILE_CASE(4, SCALES_F32)
     }
 }
 
@@ -691,47 +706,82 @@ static void repack_values(Mat *w, const uint8_t *src) {
     }
 }
 
-/* rows x groups values of `size` bytes into 16 a block (row l of a tile in lane l). */
-static void *repack_lanes(const Mat *w, const uint8_t *src, int size) {
-    Py_ssize_t groups = w->cols / GROUP;
-    uint8_t *out = calloc((size_t)(w->tiles * groups * ROWS), (size_t)size);
+/* rows x per values of `size` bytes into 16 a block (row l of a tile in lane l); per: the
+ * groups a row, 1 for SCALES_ROW. */
+static void *repack_lanes(const Mat *w, const uint8_t *src, Py_ssize_t per, int size) {
+    uint8_t *out = calloc((size_t)(w->tiles * per * ROWS), (size_t)size);
     if (!out)
         return NULL;
     for (Py_ssize_t r = 0; r < w->rows; r++)
-        for (Py_ssize_t g = 0; g < groups; g++)
-            memcpy(out + (((r / ROWS) * groups + g) * ROWS + r % ROWS) * size,
-                   src + (r * groups + g) * size, (size_t)size);
+        for (Py_ssize_t g = 0; g < per; g++)
+            memcpy(out + (((r / ROWS) * per + g) * ROWS + r % ROWS) * size,
+                   src + (r * per + g) * size, (size_t)size);
     return out;
 }
 
-/* 0 with `v` viewed, else -1 + ValueError naming `what`. */
-static int exact_view(PyObject *obj, Py_buffer *v, Py_ssize_t need, Py_ssize_t other,
-                      const char *what) {
+/* 0 with `v` viewed (need bytes), else -1 + ValueError naming `what`. */
+static int exact_view(PyObject *obj, Py_buffer *v, Py_ssize_t need, const char *what) {
     if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS) < 0)
         return -1;
-    if (v->len == need || (other && v->len == other))
+    if (v->len == need)
         return 0;
-    PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, %zd expected%s", what, v->len, need,
-                 other ? " (float16; twice as many for float32)" : "");
+    PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, %zd expected", what, v->len, need);
     PyBuffer_Release(v);
-    v->obj = NULL;
+    return -1;
+}
+
+/* Scales or offsets: float16 or float32 (the buffer's format); their count in *n. */
+static int float_view(PyObject *obj, Py_buffer *v, int *half, Py_ssize_t *n, const char *what) {
+    if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    const char *f = v->format ? v->format : "B";
+    f += *f == '<' || *f == '=' || *f == '@';
+    *half = strcmp(f, "e") == 0;
+    if (*half || strcmp(f, "f") == 0) {
+        *n = v->len / (*half ? 2 : 4);
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "%s: scales and offsets are float16 or float32, not '%s'", what,
+                 f);
+    PyBuffer_Release(v);
+    return -1;
+}
+
+/* The scales' layout from their count: one a group, or (float32, int8) one a row. */
+static int scale_layout(Mat *w, int half, Py_ssize_t n, const char *what) {
+    Py_ssize_t groups = w->rows * (w->cols / GROUP);
+    if (n == groups) {
+        w->scales = half ? SCALES_F16 : SCALES_F32;
+        return 0;
+    }
+    if (n == w->rows && !half && w->kind == 8) {
+        w->scales = SCALES_ROW;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "%s: %zd scales, expected %zd (one a group of %d) or, float32 "
+                 "for int8, %zd (one a row)", what, n, groups, GROUP, w->rows);
     return -1;
 }
 
 static int fill_mat(Mat *w, PyObject *q, PyObject *scale, PyObject *offset, const char *what) {
-    Py_ssize_t groups = w->rows * (w->cols / GROUP);
+    Py_ssize_t per = w->cols / GROUP, n = 0, n_off = 0;
     Py_buffer qv = {0}, sv = {0}, ov = {0};
-    int rc = -1;
-    if (exact_view(q, &qv, w->kind == 8 ? w->rows * w->cols : w->rows * w->cols / 2, 0, what) < 0 ||
-        exact_view(scale, &sv, groups * 2, groups * 4, what) < 0)
+    int rc = -1, half = 0, half_off = 0;
+    if (exact_view(q, &qv, w->kind == 8 ? w->rows * w->cols : w->rows * w->cols / 2, what) < 0 ||
+        float_view(scale, &sv, &half, &n, what) < 0 || scale_layout(w, half, n, what) < 0)
         goto done;
-    w->half = sv.len == groups * 2;
-    if (w->kind == 4 && exact_view(offset, &ov, groups * (w->half ? 2 : 4), 0, what) < 0)
+    if (w->kind == 4 && float_view(offset, &ov, &half_off, &n_off, what) < 0)
         goto done;
+    if (w->kind == 4 && (half_off != half || n_off != n)) {
+        PyErr_Format(PyExc_ValueError, "%s: the offsets must match the scales (%zd of them, %s)",
+                     what, n, half ? "float16" : "float32");
+        goto done;
+    }
     w->tiles = (w->rows + ROWS - 1) / ROWS;
-    w->q = calloc((size_t)(w->tiles * (w->cols / GROUP)), (size_t)block_bytes(w->kind));
-    w->scale = w->q ? repack_lanes(w, sv.buf, w->half ? 2 : 4) : NULL;
-    w->offset = w->kind == 4 && w->scale ? repack_lanes(w, ov.buf, w->half ? 2 : 4) : NULL;
+    w->q = calloc((size_t)(w->tiles * per), (size_t)block_bytes(w->kind));
+    per = w->scales == SCALES_ROW ? 1 : per;
+    w->scale = w->q ? repack_lanes(w, sv.buf, per, half ? 2 : 4) : NULL;
+    w->offset = w->kind == 4 && w->scale ? repack_lanes(w, ov.buf, per, half ? 2 : 4) : NULL;
     if (!w->scale || (w->kind == 4 && !w->offset)) {
         PyErr_NoMemory();
         goto done;
@@ -739,12 +789,9 @@ static int fill_mat(Mat *w, PyObject *q, PyObject *scale, PyObject *offset, cons
     repack_values(w, qv.buf);
     rc = 0;
 done:
-    if (qv.obj)
-        PyBuffer_Release(&qv);
-    if (sv.obj)
-        PyBuffer_Release(&sv);
-    if (ov.obj)
-        PyBuffer_Release(&ov);
+    PyBuffer_Release(&qv); /* a no-op where nothing was viewed */
+    PyBuffer_Release(&sv);
+    PyBuffer_Release(&ov);
     return rc;
 }
 
@@ -991,13 +1038,13 @@ static void dequantize_row(const Mat *w, Py_ssize_t r, float *o) {
     for (Py_ssize_t g = 0; g < groups; g++) {
         const uint8_t *block = w->q + (t * groups + g) * block_bytes(w->kind);
         Py_ssize_t at = (t * groups + g) * ROWS + l;
-        float d = mat_value(w->scale, w->half, at);
+        float d = scale_of(w, t, g, l);
         for (int k = 0; k < GROUP; k++) {
             int v = block_value(w->kind, block, l, k);
             if (w->kind == 8)
                 o[g * GROUP + k] = (float)(v - 128) * d;
             else
-                o[g * GROUP + k] = (float)v * d + mat_value(w->offset, w->half, at);
+                o[g * GROUP + k] = (float)v * d + mat_value(w->offset, w->scales == SCALES_F16, at);
         }
     }
 }

@@ -75,9 +75,9 @@ def _system_memory_pool():
         pyarrow.set_memory_pool(before)
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Hand the memory that loading freed (decoded rows, serialized ONNX graphs, Arrow's read
-    buffers: its pool keeps freed pages otherwise) back to the OS."""
+    buffers: its pool keeps freed pages otherwise; the tokenizer's JSON parse) back to the OS."""
     import pyarrow
 
     pyarrow.default_memory_pool().release_unused()
@@ -215,6 +215,6 @@ def load_quantized(path, dtype: str, graph: bool = True, kernel: str = "native")
         else:
             setattr(owner, attr, torch.nn.Parameter(value, requires_grad=False))
     model.eval()
-    _release_freed_memory()
+    release_freed_memory()
     model.torch_threads = 1  # the matmuls run on ORT's threads (core.generation.torch_threads)
     return model

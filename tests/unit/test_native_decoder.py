@@ -93,6 +93,29 @@ def test_zero_activations_give_zero_and_bad_specs_are_refused() -> None:
                        np.zeros(8, np.float32))  # fmt: skip
     with pytest.raises(ValueError, match="bytes"):
         _decode.matmul(matrix_spec(w), np.zeros(64, np.float32), 1, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="float16 or float32"):
+        _decode.matmul((kind, rows, cols, q, scales.astype(np.float64), offsets),
+                       np.zeros(64, np.float32), 1, np.zeros(4, np.float32))  # fmt: skip
+    with pytest.raises(ValueError, match="one a group"):  # 3 scales for 4 rows of 2 groups
+        _decode.matmul((kind, rows, cols, q, scales.reshape(-1)[:3], offsets),
+                       np.zeros(64, np.float32), 1, np.zeros(4, np.float32))  # fmt: skip
+    w4 = quantize_int4("w", np.ones((4, 64), np.float32))
+    kind, rows, cols, q, scales, offsets = matrix_spec(w4)
+    with pytest.raises(ValueError, match="offsets must match"):
+        _decode.matmul((kind, rows, cols, q, scales, offsets.astype(np.float32)),
+                       np.zeros(64, np.float32), 1, np.zeros(4, np.float32))  # fmt: skip
+
+
+def test_channel_scales_are_passed_once_a_row() -> None:
+    """An int8_sym_channel matrix's row scale, repeated in every group by the loader, reaches
+    the kernel once a row; the result is the one of the scales a group."""
+    rng = np.random.default_rng(4)
+    w = _channel_int8("w", rng.standard_normal((20, 128)).astype(np.float32))
+    spec = matrix_spec(w)
+    assert spec[4].shape == (20,) and spec[4].dtype == np.float32
+    per_group = (*spec[:4], np.ascontiguousarray(w.scales, np.float32), None)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    np.testing.assert_array_equal(_matmul(spec, x), _matmul(per_group, x))
 
 
 @pytest.fixture(scope="module", params=[("llama", True), ("olmo2", False)], ids=str)
