@@ -6,8 +6,10 @@ often the quantized greedy text equals float32's.
         [--accuracy-levels 1]
 
 Variants: ours float32 (torch), float32-graph (``backend="onnxruntime"``: the float32 matrices on
-the decoder graph), int8 and int4 (our C decoder, ``core.native_decoder``, where the CPU has
-AVX512-VNNI), int8-ort and int4-ort (the decoder graph's ``MatMulNBits``).
+the decoder graph), int8 (the float32 file quantized on load, a float16 scale a group of 32) and
+int4 (the GGUF's blocks) on our C decoder (``core.native_decoder``, where the CPU has
+AVX512-VNNI), int8-file (the file ``convert(..., dtype="int8")`` writes: a float32 scale a row) on
+it too, int8-ort and int4-ort (the decoder graph's ``MatMulNBits``).
 Every variant and HF run interleaved in the same process (64 new tokens, batch 1); ratios are
 tokens/s over HF's; the load average is printed with them. ``--batch 8`` adds, per variant, the
 tokens/s of 8 prompts decoded together over the tokens/s of one. ``--memory`` loads each variant
@@ -55,6 +57,7 @@ def variants(family: str, paths: dict, work: Path, per_matrix: bool, levels: lis
         "float32": load_model(paths["ours"]),
         "float32-graph": load_model(paths["ours"], backend="onnxruntime"),  # ORT's FusedMatMul
         "int8": load_model(paths["ours"], dtype="int8"),
+        "int8-file": load_model(int8_file(family, paths, work), dtype="int8"),
         "int8-ort": load_model(paths["ours"], dtype="int8", backend="onnxruntime"),
     }
     if family == "smollm2":
@@ -141,16 +144,22 @@ print(json.dumps(dict(base=base, loaded=loaded, after=rss(), peak=peak)))
 """
 
 
+def int8_file(family: str, paths: dict, work: Path) -> Path:
+    """The int8 file ``convert(..., dtype="int8")`` writes (int8_sym_channel), made once."""
+    from llm_compression.convert import convert
+
+    path = work / f"{family}.int8.parquet"
+    if not path.is_file():
+        convert(paths["hf"], path, dtype="int8")
+    return path
+
+
 def memory(family: str, paths: dict, work: Path, threads: int) -> dict:
     """Per variant, in a fresh process: resident memory above the baseline over the file size."""
     import subprocess
 
-    from llm_compression.convert import convert
-
-    int8 = work / f"{family}.int8.parquet"
-    if not int8.is_file():
-        convert(paths["hf"], int8, dtype="int8")
-    files = {"float32": (paths["ours"], "float32", "torch"), "int8": (int8, "int8", "torch"),
+    int8 = int8_file(family, paths, work)
+    files = {"float32": (paths["ours"], "float32", "torch"), "int8-file": (int8, "int8", "torch"),
              "int8-ort": (int8, "int8", "onnxruntime"),
              "float32-graph": (paths["ours"], "float32", "onnxruntime")}  # fmt: skip
     if family == "smollm2":
