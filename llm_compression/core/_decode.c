@@ -29,7 +29,8 @@
  *       flags: 1 = post norms (OLMo-2: x + norm(f(x))), 2 = q / k norms over the projections
  *       head / matrices: (kind 8 or 4, rows, cols, q, scales, offsets or None), the stored
  *       values (int8, or int4 bytes; scales and offsets float16 or float32), copied
- *       layers: per layer (qkv, o, gate_up, down, attn_norm, mlp_norm, q_norm|None, k_norm|None)
+ *       layers: an iterable of n_layers entries (qkv, o, gate_up, down, attn_norm, mlp_norm,
+ *       q_norm|None, k_norm|None); each entry is released once its matrices are copied
  *   step(model, embeds, B, S, past, caches, capacity, wanted, T, logits)
  *       embeds B*S*dim float32; past B int32; caches 2*n_layers buffers of B*KV*capacity*D
  *       float32 (keys, values per layer, written at past[b] .. past[b] + S - 1); wanted B*T
@@ -844,22 +845,37 @@ static int check_dims(const Model *md) {
     return ok ? 0 : -1;
 }
 
+/* One entry a layer from any iterable (a generator lets the caller's copy of each layer go as
+ * soon as it is repacked: the peak while loading is the model once plus a layer). */
+static int parse_layers(Model *md, PyObject *layers) {
+    PyObject *it = PyObject_GetIter(layers), *item = NULL;
+    int rc = it ? 0 : -1;
+    for (int i = 0; rc == 0 && i < md->n_layers; i++) {
+        item = PyIter_Next(it);
+        rc = item ? parse_layer(md, item, &md->layers[i]) : -1;
+        Py_XDECREF(item);
+    }
+    if (rc == 0 && (item = PyIter_Next(it)) != NULL) {
+        Py_DECREF(item);
+        rc = -1;
+    }
+    if (rc < 0 && !PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "layers: %d entries expected", md->n_layers);
+    Py_XDECREF(it);
+    return rc;
+}
+
 static int parse_model(Model *md, PyObject *args) {
     PyObject *cos, *sin, *final_norm, *head, *layers;
     int flags;
-    if (!PyArg_ParseTuple(args, "(iiiiiii)fiiOOOOO!", &md->n_layers, &md->dim, &md->heads,
+    if (!PyArg_ParseTuple(args, "(iiiiiii)fiiOOOOO", &md->n_layers, &md->dim, &md->heads,
                           &md->kv_heads, &md->head_dim, &md->mlp_dim, &md->max_pos, &md->eps,
-                          &flags, &md->threads, &cos, &sin, &final_norm, &head, &PyList_Type,
-                          &layers))
+                          &flags, &md->threads, &cos, &sin, &final_norm, &head, &layers))
         return -1;
     md->post_norm = flags & 1;
     md->qk_norm = (flags & 2) != 0;
     if (check_dims(md) < 0)
         return -1;
-    if (PyList_GET_SIZE(layers) != md->n_layers) {
-        PyErr_SetString(PyExc_ValueError, "one entry per layer expected");
-        return -1;
-    }
     md->views = calloc((size_t)md->n_layers * 4 + 8, sizeof(Py_buffer)); /* norms, tables */
     md->layers = calloc((size_t)md->n_layers, sizeof(Layer));
     if (!md->views || !md->layers) {
@@ -872,10 +888,7 @@ static int parse_model(Model *md, PyObject *args) {
     md->final_norm = md->sin ? hold_norm(md, final_norm, md->dim, "final_norm") : NULL;
     if (!md->final_norm || parse_mat(head, &md->head, 0, md->dim, "head") < 0)
         return -1;
-    for (int i = 0; i < md->n_layers; i++)
-        if (parse_layer(md, PyList_GET_ITEM(layers, i), &md->layers[i]) < 0)
-            return -1;
-    return 0;
+    return parse_layers(md, layers);
 }
 
 static PyObject *py_create(PyObject *self, PyObject *args) {

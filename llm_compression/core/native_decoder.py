@@ -88,8 +88,9 @@ class NativeDecoder:
         dims = (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim,
                 cfg.max_positions)  # fmt: skip
         flags = (cfg.norm_placement == "sandwich_post") | (2 * bool(cfg.qk_norm))
-        layers = [_layer(floats, mats, i) for i in range(cfg.n_layers)]
         head_spec = matrix_spec(mats.pop(head))
+        # a generator: each layer's stored arrays are freed once the kernel has copied them
+        layers = (_layer(floats, mats, i) for i in range(cfg.n_layers))
         self._model = _decode.create(dims, float(cfg.norm_eps), flags, threads(), cos, sin,
                                      _norm(floats, "final_norm"), head_spec, layers)  # fmt: skip
         self.n_layers, self.vocab, self.dim = cfg.n_layers, head_spec[1], cfg.dim

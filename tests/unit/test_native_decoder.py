@@ -245,3 +245,38 @@ def test_tied_table_is_held_once_and_looks_up_the_stored_values(tmp_path, dtype:
         model.token_embed(torch.tensor([[97]]))
     with pytest.raises(InputError, match="outside the vocabulary"):  # generate checks first
         model.generate_ids([3, -1], max_new_tokens=2)
+
+
+def _tiny_specs(rng) -> tuple:
+    """One layer of width 32 (one head of 32, an MLP of 32), as ``create`` takes it."""
+    shapes = {"qkv": (96, 32), "o": (32, 32), "gate_up": (64, 32), "down": (32, 32)}
+    mats = {
+        k: quantize_int8(k, rng.standard_normal(s).astype(np.float32)) for k, s in shapes.items()
+    }
+    norm = np.ones(32, np.float32)
+    return tuple(matrix_spec(mats[k]) for k in shapes) + (norm, norm, None, None)
+
+
+def test_create_copies_the_weights_and_lets_each_layer_go() -> None:
+    """``create`` repacks every matrix into its own tiles: the arrays handed over are free to go
+    as soon as their layer is read (a generator of layers keeps the loading peak at one model)."""
+    import weakref
+
+    rng = np.random.default_rng(5)
+    dims, table = (1, 32, 1, 1, 32, 32, 8), np.zeros((8, 16), np.float32)
+    head = matrix_spec(quantize_int8("head", rng.standard_normal((40, 32)).astype(np.float32)))
+    refs = []
+
+    def layers():
+        layer = _tiny_specs(rng)
+        refs.extend(weakref.ref(spec[3]) for spec in layer[:4])
+        yield layer
+
+    norm = np.ones(32, np.float32)
+    model = _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, layers())
+    assert refs and all(r() is None for r in refs)  # the stored values were copied, not held
+    with pytest.raises(ValueError, match="1 entries expected"):
+        _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, iter([_tiny_specs(rng)] * 2))
+    with pytest.raises(ValueError, match="1 entries expected"):
+        _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, [])
+    assert model is not None
