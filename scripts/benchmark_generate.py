@@ -9,7 +9,9 @@ Variants: ours float32 (torch), float32-graph (``backend="onnxruntime"``: the fl
 the decoder graph), int8 (the float32 file quantized on load, a float16 scale a group of 32) and
 int4 (the GGUF's blocks) on our C decoder (``core.native_decoder``, where the CPU has
 AVX512-VNNI), int8-file (the file ``convert(..., dtype="int8")`` writes: a float32 scale a row) on
-it too, int8-ort and int4-ort (the decoder graph's ``MatMulNBits``).
+it too, int8-ort and int4-ort (the decoder graph's ``MatMulNBits``); with the ``bench`` extra
+(llama-cpp-python) ``llama.cpp`` runs the packaged GGUF itself (Q4_1 blocks, the same prompt ids,
+greedy), in the speed and agreement rows (it decodes one prompt at a time: no batch row).
 Every variant and HF run interleaved in the same process (64 new tokens, batch 1); ratios are
 tokens/s over HF's; the load average is printed with them. ``--batch 8`` adds, per variant, the
 tokens/s of 8 prompts decoded together over the tokens/s of one. ``--memory`` loads each variant
@@ -81,6 +83,43 @@ def variants(family: str, paths: dict, work: Path, per_matrix: bool, levels: lis
     return out
 
 
+class LlamaCpp:
+    """llama-cpp-python on a GGUF as one more variant: ``generate_ids`` greedy from the same
+    prompt ids (our tokenizer's: the GGUF's vocabulary), stopping at its end-of-text."""
+
+    batches = False  # one prompt at a time
+
+    def __init__(self, gguf: Path, threads: int, tokenizer) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(gguf), n_ctx=512, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)  # fmt: skip
+        self.tokenizer, self.eos = tokenizer, self.llm.token_eos()
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int = 64) -> list[int]:
+        out: list[int] = []
+        for token in self.llm.generate(list(ids), temp=0.0, reset=True):  # temp 0: argmax
+            if token == self.eos:
+                break
+            out.append(token)
+            if len(out) == max_new_tokens:
+                break
+        return out
+
+
+def llama_cpp(family: str, threads: int, tokenizer) -> dict:
+    """{"llama.cpp": LlamaCpp} for SmolLM2 where llama-cpp-python is installed, else {}."""
+    if family != "smollm2":
+        return {}
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return {}
+    from llm_compression import weights
+
+    return {"llama.cpp": LlamaCpp(weights.packaged_smollm2(), threads, tokenizer)}
+
+
 def speed(models: dict, hf, ids: list[int], runs: int) -> dict:
     x = torch.tensor([ids])
     calls = {
@@ -110,7 +149,7 @@ def batch_speed(models: dict, tokenizer, batch: int, runs: int) -> dict:
     prompt alone (both generate 64 tokens, EOS ignored via min length: rows run to the end)."""
     rows = [tokenizer.encode(p) for p in PROMPTS[:batch]]
     out = {}
-    for name, m in models.items():
+    for name, m in [(n, m) for n, m in models.items() if getattr(m, "batches", True)]:
         one = lambda m=m: len(m.generate_ids(rows[0], max_new_tokens=64))  # noqa: E731
         many = lambda m=m: sum(map(len, m.generate_ids(rows, max_new_tokens=64)))  # noqa: E731
         rates = {"one": [], "many": []}
@@ -236,6 +275,7 @@ def main() -> None:
         paths = prepare(family, args.work)
         levels = [int(n) for n in args.accuracy_levels.split(",") if n]
         models = variants(family, paths, args.work, args.per_matrix, levels)
+        models.update(llama_cpp(family, args.threads, models["float32"].tokenizer))
         hf = AutoModelForCausalLM.from_pretrained(paths["hf"]).eval()
         ids = models["float32"].tokenizer.encode(PROMPT)
         with torch.inference_mode():

@@ -245,7 +245,7 @@ static void quantize(Act *a, const float *x, Py_ssize_t M) {
 
 /* ---- the dot products ---- */
 
-/* The fixed order both kernels sum 16 lanes in (the AVX512 one's shuffles). */
+/* 16 partial sums added in a fixed order (a tree: every build gives the same bits). */
 static float reduce16(const float *f) {
     float t8[8], t4[4];
     for (int i = 0; i < 8; i++)
