@@ -171,15 +171,15 @@ import json, torch
 torch.set_num_threads({threads})
 import onnxruntime  # noqa: F401  (imports are part of the baseline)
 from llm_compression.loader import load_model
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096
-base = rss()
+def status(key):  # VmRSS, RssAnon (the process's own pages, no library code), VmHWM (its peak)
+    text = open("/proc/self/status").read()  # (ru_maxrss can carry the parent's peak over exec)
+    return int(text.split(key + ":")[1].split()[0]) * 1024
+base, anon = status("VmRSS"), status("RssAnon")
 m = load_model({path!r}, dtype={dtype!r}, backend={backend!r})
-loaded = rss()
+loaded, loaded_anon = status("VmRSS"), status("RssAnon")
 m.generate_ids(m.tokenizer.encode("The capital of France is"), max_new_tokens=64)
-status = open("/proc/self/status").read()  # VmHWM: this process's peak (ru_maxrss can carry
-peak = int(status.split("VmHWM:")[1].split()[0]) * 1024  # the parent's peak over fork + exec)
-print(json.dumps(dict(base=base, loaded=loaded, after=rss(), peak=peak)))
+print(json.dumps(dict(base=base, loaded=loaded, after=status("VmRSS"), peak=status("VmHWM"),
+                      anon=anon, loaded_anon=loaded_anon)))
 """
 
 
@@ -216,6 +216,10 @@ def memory(family: str, paths: dict, work: Path, threads: int) -> dict:
             "loaded_above_base_x_file": round((got["loaded"] - got["base"]) / size, 2),
             "after_64_tokens_above_base_x_file": round((got["after"] - got["base"]) / size, 2),
             "peak_above_base_x_file": round((got["peak"] - got["base"]) / size, 2),
+            # without the code pages of libraries loaded on the way (pyarrow, tokenizers)
+            "loaded_anonymous_above_base_x_file": round(
+                (got["loaded_anon"] - got["anon"]) / size, 2
+            ),
         }
     return out
 
