@@ -116,6 +116,19 @@ typedef struct {
 
 static int use_simd = 0;
 
+/* a * b * ... (n factors, each >= 0), or -1 where the product overflows: sizes come from the
+ * caller, and a wrapped product could match a small buffer. */
+static Py_ssize_t product(int n, const Py_ssize_t *factor) {
+    Py_ssize_t out = 1;
+    for (int i = 0; i < n; i++)
+        if (factor[i] < 0 || __builtin_mul_overflow(out, factor[i], &out))
+            return -1;
+    return out;
+}
+
+#define PRODUCT(...) product(sizeof((Py_ssize_t[]){__VA_ARGS__}) / sizeof(Py_ssize_t),            \
+                             (Py_ssize_t[]){__VA_ARGS__})
+
 #define ROUNDING 12582912.0f /* 1.5 * 2^23 */
 
 static Py_ssize_t block_bytes(int kind) { return kind == 8 ? ROWS * GROUP : ROWS * GROUP / 2; }
@@ -677,7 +690,7 @@ static const void *hold(Model *md, PyObject *obj, Py_ssize_t need, const char *w
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     md->n_views++;
-    if (view->len < need) {
+    if (need < 0 || view->len < need) {
         PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, %zd needed", what, view->len, need);
         return NULL;
     }
@@ -802,10 +815,11 @@ static int parse_mat(PyObject *spec, Mat *w, Py_ssize_t rows, Py_ssize_t cols, c
     if (!PyArg_ParseTuple(spec, "innOOO", &w->kind, &w->rows, &w->cols, &q, &scale, &offset))
         return -1;
     if ((w->kind != 8 && w->kind != 4) || w->cols % GROUP || w->cols <= 0 || w->rows <= 0 ||
-        (rows && w->rows != rows) || w->cols != cols || (w->kind == 4) == (offset == Py_None)) {
+        (rows && w->rows != rows) || w->cols != cols || (w->kind == 4) == (offset == Py_None) ||
+        PRODUCT(w->rows + ROWS, w->cols, 4) < 0) {
         PyErr_Format(PyExc_ValueError,
                      "%s: kind %d, %zd x %zd does not fit (expected %zd x %zd, columns a "
-                     "multiple of %d, offsets for int4 only)",
+                     "multiple of %d, offsets for int4 only, sizes within 2^63 bytes)",
                      what, w->kind, w->rows, w->cols, rows, cols, GROUP);
         return -1;
     }
@@ -882,7 +896,7 @@ static int parse_model(Model *md, PyObject *args) {
         PyErr_NoMemory();
         return -1;
     }
-    Py_ssize_t table = (Py_ssize_t)md->max_pos * (md->head_dim / 2) * 4;
+    Py_ssize_t table = PRODUCT(md->max_pos, md->head_dim / 2, 4); /* ints: cannot overflow */
     md->cos = hold(md, cos, table, "cos");
     md->sin = md->cos ? hold(md, sin, table, "sin") : NULL;
     md->final_norm = md->sin ? hold_norm(md, final_norm, md->dim, "final_norm") : NULL;
@@ -951,11 +965,17 @@ static int check_batch(const Batch *bt, const int32_t *past, const int64_t *want
 static int step_views(const Model *md, PyObject *const *a, Batch *bt, Py_ssize_t T,
                       StepViews *sv) {
     Py_ssize_t B = bt->B, S = bt->S, C = md->dim, L = bt->capacity;
-    Py_ssize_t cache = B * md->kv_heads * L * md->head_dim * 4;
-    if (view(a[1], &sv->embeds, B * S * C * 4, 1, "embeds") < 0 ||
+    Py_ssize_t cache = PRODUCT(B, md->kv_heads, L, md->head_dim, 4);
+    Py_ssize_t embeds = PRODUCT(B, S, C, 4), logits = PRODUCT(B, T, md->head.rows, 4);
+    Py_ssize_t work = PRODUCT(B, S, 2 * md->mlp_dim + (md->heads + 2 * md->kv_heads) * md->head_dim, 4);
+    if (cache < 0 || embeds < 0 || logits < 0 || work < 0) {
+        PyErr_SetString(PyExc_ValueError, "batch, positions or cache sizes overflow");
+        return -1;
+    }
+    if (view(a[1], &sv->embeds, embeds, 1, "embeds") < 0 ||
         view(a[4], &sv->past, B * 4, 0, "past") < 0 ||
         view(a[7], &sv->wanted, B * T * 8, 0, "wanted") < 0 ||
-        view(a[9], &sv->logits, B * T * md->head.rows * 4, 1, "logits") < 0)
+        view(a[9], &sv->logits, logits, 1, "logits") < 0)
         return -1;
     if (!PyList_Check(a[5]) || PyList_GET_SIZE(a[5]) != 2 * md->n_layers) {
         PyErr_SetString(PyExc_ValueError, "caches: a list of 2 buffers a layer expected");

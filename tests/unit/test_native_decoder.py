@@ -280,3 +280,23 @@ def test_create_copies_the_weights_and_lets_each_layer_go() -> None:
     with pytest.raises(ValueError, match="1 entries expected"):
         _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, [])
     assert model is not None
+
+
+def test_absurd_sizes_are_refused_before_any_memory_is_touched() -> None:
+    """Sizes whose byte counts overflow could match a small buffer after wrapping: refused."""
+    rng = np.random.default_rng(6)
+    kind, rows, cols, q, scales, offsets = matrix_spec(quantize_int8("w", np.ones((4, 64))))
+    with pytest.raises(ValueError, match="2\\^63"):
+        _decode.matmul((kind, 2**61, cols, q, scales, offsets), np.zeros(64, np.float32), 1,
+                       np.zeros(4, np.float32))  # fmt: skip
+    dims, table = (1, 32, 1, 1, 32, 32, 8), np.zeros((8, 16), np.float32)
+    head = matrix_spec(quantize_int8("head", rng.standard_normal((40, 32)).astype(np.float32)))
+    norm = np.ones(32, np.float32)
+    model = _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, [_tiny_specs(rng)])
+    x, past, wanted = np.zeros(32, np.float32), np.zeros(1, np.int32), np.zeros(1, np.int64)
+    caches, logits = [np.zeros(32, np.float32)] * 2, np.zeros(40, np.float32)
+    _decode.step(model, x, 1, 1, past, caches, 1, wanted, 1, logits)  # the sizes that fit
+    with pytest.raises(ValueError, match="overflow"):  # (2^57 + 1) x 32 x 4 bytes wraps to 128
+        _decode.step(model, x, 1, 1, past, caches, 2**57 + 1, wanted, 1, logits)
+    with pytest.raises(ValueError, match="bytes"):
+        _decode.step(model, x, 1, 1, past, caches, 2, wanted, 1, logits)
