@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("file", type=Path, metavar="FILE", help="causal LM weight file (.parquet)")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one of them: _finish_parse (a late "-" counts)
     src.add_argument(
         "--prompt",
         action="append",
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="one prompt per line of F (empty lines skipped), decoded together",
     )
     src.add_argument("stdin", nargs="?", choices=["-"], help="-: read the prompt from stdin")
+    p.set_defaults(finish_parse=functools.partial(_finish_parse, p))
     p.add_argument(
         "--batch-size",
         type=int,
@@ -97,6 +99,25 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError as e:
         raise InputError(f"cannot read the prompt file {path}: {e}") from e
+
+
+def _finish_parse(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]):
+    """Take a ``-`` given after the options (``generate FILE --chat -``): argparse fills the
+    optional positional in the first run of positionals, so a later ``-`` comes back unparsed.
+    Then exactly one prompt source must be there. Returns what is still unrecognized."""
+    if "-" in extra and args.stdin is None:
+        extra = list(extra)
+        extra.remove("-")
+        args.stdin = "-"
+    sources = (args.prompt, args.prompt_file, args.prompts_file, args.stdin)
+    given = sum(x is not None for x in sources)
+    if given != 1:
+        parser.error(
+            "one of the arguments --prompt --prompt-file --prompts-file - is required"
+            if not given
+            else "give the prompt one way: --prompt, --prompt-file, --prompts-file or -"
+        )
+    return extra
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:

@@ -124,6 +124,25 @@ def test_generate_cli_prompt_file_stdin_and_verbose(lm_file, capsys, tmp_path, m
     monkeypatch.setattr("sys.stdin", io.StringIO("The quick brown fox"))
     assert main(["generate", str(path), "-", "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out == expected + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("The quick brown fox"))  # "-" after the options
+    assert main(["generate", str(path), "--max-new-tokens", "8", "-"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "one of the arguments --prompt --prompt-file --prompts-file - is required"),
+        (["--prompt", "a", "-"], "give the prompt one way"),
+        (["--prompt", "a", "--prompt-file", "p.txt"], "not allowed with"),
+        (["--prompt", "a", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_generate_cli_takes_one_prompt_source(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "m.parquet", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_generate_cli_several_prompts(lm_file, capsys, tmp_path):
