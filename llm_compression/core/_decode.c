@@ -506,6 +506,65 @@ WIDE static void attend_head(const float *q, const float *keys, const float *val
     }
 }
 
+#ifdef HAVE_X86
+/* reduce16's tree on a vector: (lanes 0-7 + 8-15), then (0-3 + 4-7), then ([0] + [2], [1] + [3]),
+ * then the two: the same bits as reduce16. */
+SIMD_TARGET static inline float reduce16_avx512(__m512 f) {
+    __m256 t8 = _mm256_add_ps(_mm512_castps512_ps256(f), _mm512_extractf32x8_ps(f, 1));
+    __m128 t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps(t8, 1));
+    __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+    return _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)));
+}
+
+/* attend_head with intrinsics, D a multiple of 16: the same float operations in the same order
+ * (each key's 16 partial sums then reduce16's tree; each output summed over the positions in
+ * order), so the same bits; the output's sums stay in registers, 64 at a time. */
+SIMD_TARGET static void attend_head_avx512(const float *q, const float *keys,
+                                           const float *values, Py_ssize_t pos, int D,
+                                           float *score, float *o) {
+    float scale = 1.0f / sqrtf((float)D), top = -INFINITY, total = 0.0f;
+    for (Py_ssize_t t = 0; t <= pos; t++) {
+        const float *k = keys + t * D;
+        __m512 part = _mm512_setzero_ps(); /* + 0 as dot16: the sign of a zero sum too */
+        for (int d = 0; d < D; d += 16)
+            part = _mm512_add_ps(part, _mm512_mul_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d)));
+        score[t] = (reduce16_avx512(part) + 0.0f) * scale;
+        top = score[t] > top ? score[t] : top;
+    }
+    for (Py_ssize_t t = 0; t <= pos; t++) {
+        score[t] = exp_poly(score[t] - top);
+        total += score[t];
+    }
+    for (Py_ssize_t t = 0; t <= pos; t++)
+        score[t] = score[t] / total;
+    for (int d0 = 0; d0 < D; d0 += 64) {
+        int n = D - d0 < 64 ? (D - d0) / 16 : 4;
+        __m512 sum[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                         _mm512_setzero_ps()};
+        for (Py_ssize_t t = 0; t <= pos; t++) {
+            __m512 w = _mm512_set1_ps(score[t]);
+            const float *v = values + t * D + d0;
+            for (int i = 0; i < n; i++)
+                sum[i] = _mm512_add_ps(sum[i], _mm512_mul_ps(w, _mm512_loadu_ps(v + 16 * i)));
+        }
+        for (int i = 0; i < n; i++)
+            _mm512_storeu_ps(o + d0 + 16 * i, sum[i]);
+    }
+}
+#endif
+
+/* One query head's attention on the kernel in use (the same bits on each). */
+static void attend_one(const float *q, const float *keys, const float *values, Py_ssize_t pos,
+                       int D, float *score, float *o) {
+#ifdef HAVE_X86
+    if (use_simd && D % 16 == 0) {
+        attend_head_avx512(q, keys, values, pos, D, score, o);
+        return;
+    }
+#endif
+    attend_head(q, keys, values, pos, D, score, o);
+}
+
 /* out (M x H D): each query over its row's keys 0 .. its position (causal); -1 when out of
  * memory. (OpenMP stays out of the cloned functions: inside one its team cost ~15 ms a step.) */
 static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
@@ -521,7 +580,7 @@ static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
             Py_ssize_t h = job % H, bs = job / H, b = bs / bt->S, kvh = h / (H / KV);
             Py_ssize_t at = (b * KV + kvh) * bt->capacity * D;
             if (score)
-                attend_head(qkv + bs * width + h * D, bt->caches[2 * layer] + at,
+                attend_one(qkv + bs * width + h * D, bt->caches[2 * layer] + at,
                             bt->caches[2 * layer + 1] + at, bt->past[b] + bs % bt->S, D, score,
                             out + bs * H * D + h * D);
         }
