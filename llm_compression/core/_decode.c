@@ -334,7 +334,7 @@ SIMD_TARGET static inline __m512 lanes16(const void *v, int half, Py_ssize_t at)
 SIMD_TARGET static inline __attribute__((always_inline)) void
 tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int scales, const Act *a,
             Py_ssize_t m0, const int mc, float *out, Py_ssize_t ld) {
-    Py_ssize_t groups = w->cols / GROUP, bb = kind == 8 ? ROWS * GROUP : ROWS * GROUP / 2;
+    Py_ssize_t groups = w->cols / GROUP, bb = block_bytes(kind);
     const uint8_t *q = w->q + t * groups * bb;
     __m512 acc[MAXM];
     for (int j = 0; j < mc; j++)
@@ -487,23 +487,29 @@ WIDE static void place_keys(const Batch *bt, const Layer *ly, int layer, float *
 }
 
 /* o = softmax(q . keys[t] / sqrt(D), t = 0 .. pos) values (score: pos + 1 floats). */
-WIDE static void attend_head(const float *q, const float *keys, const float *values,
-                             Py_ssize_t pos, int D, float *score, float *o) {
-    float scale = 1.0f / sqrtf((float)D), top = -INFINITY, total = 0.0f;
-    for (Py_ssize_t t = 0; t <= pos; t++) {
-        score[t] = dot16(q, keys + t * D, D) * scale;
-        top = fmaxf(top, score[t]);
-    }
+/* score[0 .. pos] -> their softmax, in place (both attention builds). */
+static inline __attribute__((always_inline)) void softmax(float *score, Py_ssize_t pos) {
+    float top = -INFINITY, total = 0.0f;
+    for (Py_ssize_t t = 0; t <= pos; t++)
+        top = score[t] > top ? score[t] : top;
     for (Py_ssize_t t = 0; t <= pos; t++) {
         score[t] = exp_poly(score[t] - top);
         total += score[t];
     }
+    for (Py_ssize_t t = 0; t <= pos; t++)
+        score[t] = score[t] / total;
+}
+
+WIDE static void attend_head(const float *q, const float *keys, const float *values,
+                             Py_ssize_t pos, int D, float *score, float *o) {
+    float scale = 1.0f / sqrtf((float)D);
+    for (Py_ssize_t t = 0; t <= pos; t++)
+        score[t] = dot16(q, keys + t * D, D) * scale;
+    softmax(score, pos);
     memset(o, 0, (size_t)D * sizeof(float));
-    for (Py_ssize_t t = 0; t <= pos; t++) {
-        float wgt = score[t] / total;
+    for (Py_ssize_t t = 0; t <= pos; t++)
         for (int d = 0; d < D; d++)
-            o[d] += wgt * values[t * D + d];
-    }
+            o[d] += score[t] * values[t * D + d];
 }
 
 #ifdef HAVE_X86
@@ -522,21 +528,15 @@ SIMD_TARGET static inline float reduce16_avx512(__m512 f) {
 SIMD_TARGET static void attend_head_avx512(const float *q, const float *keys,
                                            const float *values, Py_ssize_t pos, int D,
                                            float *score, float *o) {
-    float scale = 1.0f / sqrtf((float)D), top = -INFINITY, total = 0.0f;
+    float scale = 1.0f / sqrtf((float)D);
     for (Py_ssize_t t = 0; t <= pos; t++) {
         const float *k = keys + t * D;
         __m512 part = _mm512_setzero_ps(); /* + 0 as dot16: the sign of a zero sum too */
         for (int d = 0; d < D; d += 16)
             part = _mm512_add_ps(part, _mm512_mul_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d)));
         score[t] = (reduce16_avx512(part) + 0.0f) * scale;
-        top = score[t] > top ? score[t] : top;
     }
-    for (Py_ssize_t t = 0; t <= pos; t++) {
-        score[t] = exp_poly(score[t] - top);
-        total += score[t];
-    }
-    for (Py_ssize_t t = 0; t <= pos; t++)
-        score[t] = score[t] / total;
+    softmax(score, pos);
     for (int d0 = 0; d0 < D; d0 += 64) {
         int n = D - d0 < 64 ? (D - d0) / 16 : 4;
         __m512 sum[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),

@@ -154,8 +154,9 @@ def _decoder_graph(model, mats: dict, state: dict, names: set[str], kernel: str)
 
 
 def load_quantized(path, dtype: str, graph: bool = True, kernel: str = "native") -> torch.nn.Module:
-    """The causal LM of ``path`` with quantized linear layers (see the module docstring), or
-    with dtype "float32" its float32 weights on the decoder graph (``backend="onnxruntime"``).
+    """The causal LM of ``path`` (or of an open ``WeightFile``) with quantized linear layers
+    (see the module docstring), or with dtype "float32" its float32 weights on the decoder graph
+    (``backend="onnxruntime"``).
 
     ``graph``: run the whole decoder as one ORT graph where the model allows
     (``model.decoder_graph``; docs/decisions/0011-decoder-graph.md); False: one ORT session per
@@ -171,7 +172,7 @@ def load_quantized(path, dtype: str, graph: bool = True, kernel: str = "native")
             f"dtype={dtype!r}: the quantized path takes one of {QUANTIZED_DTYPES}, and float32 "
             "with the decoder graph (graph=True)"
         )
-    file = WeightFile(path)
+    file = path if isinstance(path, WeightFile) else WeightFile(path)
     from . import config_from_dict, family
 
     config = config_from_dict(file.metadata.config)

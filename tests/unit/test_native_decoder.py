@@ -259,14 +259,19 @@ def _tiny_specs(rng) -> tuple:
     return tuple(matrix_spec(mats[k]) for k in shapes) + (norm, norm, None, None)
 
 
+def _tiny_create(rng, layers):
+    """``create`` of one-layer width-32 models (head of 40 rows, 8 positions) over ``layers``."""
+    dims, table = (1, 32, 1, 1, 32, 32, 8), np.zeros((8, 16), np.float32)
+    head = matrix_spec(quantize_int8("head", rng.standard_normal((40, 32)).astype(np.float32)))
+    return _decode.create(dims, 1e-6, 0, 1, table, table, np.ones(32, np.float32), head, layers)
+
+
 def test_create_copies_the_weights_and_lets_each_layer_go() -> None:
     """``create`` repacks every matrix into its own tiles: the arrays handed over are free to go
     as soon as their layer is read (a generator of layers keeps the loading peak at one model)."""
     import weakref
 
     rng = np.random.default_rng(5)
-    dims, table = (1, 32, 1, 1, 32, 32, 8), np.zeros((8, 16), np.float32)
-    head = matrix_spec(quantize_int8("head", rng.standard_normal((40, 32)).astype(np.float32)))
     refs = []
 
     def layers():
@@ -274,13 +279,12 @@ def test_create_copies_the_weights_and_lets_each_layer_go() -> None:
         refs.extend(weakref.ref(spec[3]) for spec in layer[:4])
         yield layer
 
-    norm = np.ones(32, np.float32)
-    model = _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, layers())
+    model = _tiny_create(rng, layers())
     assert refs and all(r() is None for r in refs)  # the stored values were copied, not held
     with pytest.raises(ValueError, match="1 entries expected"):
-        _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, iter([_tiny_specs(rng)] * 2))
+        _tiny_create(rng, iter([_tiny_specs(rng)] * 2))
     with pytest.raises(ValueError, match="1 entries expected"):
-        _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, [])
+        _tiny_create(rng, [])
     assert model is not None
 
 
@@ -291,10 +295,7 @@ def test_absurd_sizes_are_refused_before_any_memory_is_touched() -> None:
     with pytest.raises(ValueError, match="2\\^63"):
         _decode.matmul((kind, 2**61, cols, q, scales, offsets), np.zeros(64, np.float32), 1,
                        np.zeros(4, np.float32))  # fmt: skip
-    dims, table = (1, 32, 1, 1, 32, 32, 8), np.zeros((8, 16), np.float32)
-    head = matrix_spec(quantize_int8("head", rng.standard_normal((40, 32)).astype(np.float32)))
-    norm = np.ones(32, np.float32)
-    model = _decode.create(dims, 1e-6, 0, 1, table, table, norm, head, [_tiny_specs(rng)])
+    model = _tiny_create(rng, [_tiny_specs(rng)])
     x, past, wanted = np.zeros(32, np.float32), np.zeros(1, np.int32), np.zeros(1, np.int64)
     caches, logits = [np.zeros(32, np.float32)] * 2, np.zeros(40, np.float32)
     _decode.step(model, x, 1, 1, past, caches, 1, wanted, 1, logits)  # the sizes that fit
