@@ -1,4 +1,5 @@
-/* One decoder pass of a group-quantized causal LM on the CPU (core.native_decoder; decision 0015).
+/* One pass of a group-quantized transformer on the CPU: a causal LM's decoder step
+ * (core.native_decoder; decision 0015) or a BERT-style encoder (core.native_encoder; 0016).
  *
  * Why C: a decode step streams every weight once; ONNX Runtime's MatMulNBits reads int8 rows at
  * 13.5-16 GB/s here while the memory delivers ~27 GB/s (decision 0011), and a custom ORT operator
@@ -26,15 +27,24 @@
  * Python API (buffers through the buffer protocol; sizes checked, ValueError otherwise):
  *   create(dims, eps, flags, threads, cos, sin, final_norm, head, layers) -> capsule
  *       dims: (n_layers, dim, n_heads, n_kv_heads, head_dim, mlp_dim, max_positions)
- *       flags: 1 = post norms (OLMo-2: x + norm(f(x))), 2 = q / k norms over the projections
+ *       flags: 1 = post norms (OLMo-2: x + norm(f(x))), 2 = q / k norms over the projections,
+ *       4 = LayerNorm (a weight and a bias) instead of RMSNorm, 8 = norm after the residual
+ *       (BERT: norm(x + f(x))), 16 = GELU (erf) over one up matrix instead of SwiGLU,
+ *       32 = encoder: attention over the whole sequence, no head (encode, not step)
+ *       cos / sin: rotary tables, or both None (no rotary positions)
  *       head / matrices: (kind 8 or 4, rows, cols, q, scales, offsets or None), the stored
- *       values (int8, or int4 bytes; scales and offsets float16 or float32), copied
+ *       values (int8, or int4 bytes; scales and offsets float16 or float32), copied; head and
+ *       final_norm None for an encoder
  *       layers: an iterable of n_layers entries (qkv, o, gate_up, down, attn_norm, mlp_norm,
- *       q_norm|None, k_norm|None); each entry is released once its matrices are copied
+ *       q_norm|None, k_norm|None[, attn_norm_bias, mlp_norm_bias, qkv_bias, o_bias,
+ *       gate_up_bias, down_bias: float32 or None]); each entry is released once its matrices
+ *       are copied
  *   step(model, embeds, B, S, past, caches, capacity, wanted, T, logits)
  *       embeds B*S*dim float32; past B int32; caches 2*n_layers buffers of B*KV*capacity*D
  *       float32 (keys, values per layer, written at past[b] .. past[b] + S - 1); wanted B*T
  *       int64 positions in 0..S-1; logits B*T*vocab float32 (written)
+ *   encode(model, x, B, S, lengths)  x B*S*dim float32, replaced by the last layer's output;
+ *       lengths B int32 in 1..S: row b's keys are its first lengths[b] positions
  *   lookup(model, ids, out)  ids int64 -> out len(ids)*dim float32: rows of the head, dequantized
  *       (a tied token table's lookups)
  *   matmul(matrix, x, M, out[, threads])  x M*cols float32 -> out M*rows float32 (tests,
@@ -53,6 +63,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_X86 1
+#define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 #endif
 #if defined(HAVE_X86) && defined(__has_attribute)
 #if __has_attribute(target_clones)
@@ -88,13 +99,17 @@ typedef struct {
     void *scale, *offset; /* tiles x groups x 16 (SCALES_ROW: tiles x 16); offset: int4 only */
 } Mat;
 
+enum { POST_NORMS = 1, QK_NORMS = 2, LAYER_NORM = 4, NORM_AFTER = 8, GELU = 16, ENCODER = 32 };
+
 typedef struct {
     Mat qkv, o, gate_up, down;
     const float *attn_norm, *mlp_norm, *q_norm, *k_norm;
+    const float *attn_norm_b, *mlp_norm_b; /* LayerNorm's biases */
+    const float *bias[4];                  /* qkv, o, gate_up, down; NULL: none */
 } Layer;
 
 typedef struct {
-    int n_layers, dim, heads, kv_heads, head_dim, mlp_dim, max_pos, post_norm, qk_norm, threads;
+    int n_layers, dim, heads, kv_heads, head_dim, mlp_dim, max_pos, flags, threads;
     float eps;
     const float *cos, *sin, *final_norm;
     Mat head;
@@ -185,19 +200,25 @@ static inline Py_ssize_t act_at(const Act *a, Py_ssize_t m, Py_ssize_t g) {
     return ((m / MAXM) * (a->cols / GROUP) + g) * MAXM + m % MAXM;
 }
 
-/* Row m of x (its own cols floats) into a. */
+/* max |v| of 32 floats as the largest bit pattern without the sign (vectorizes) */
+static inline uint32_t group_bits(const float *v) {
+    uint32_t bits = 0;
+    for (int k = 0; k < GROUP; k++) {
+        uint32_t b;
+        memcpy(&b, v + k, sizeof b);
+        b &= 0x7fffffffu;
+        bits = b > bits ? b : bits;
+    }
+    return bits;
+}
+
+/* Row m of x (its own cols floats) into a: each group of 32 scaled by its largest |v|. */
 WIDE static void quantize_row(const float *x, Act *a, Py_ssize_t m) {
     for (Py_ssize_t g = 0; g < a->cols / GROUP; g++) {
         const float *v = x + g * GROUP;
         Py_ssize_t at = act_at(a, m, g);
         int8_t *q = a->q + at * GROUP;
-        uint32_t bits = 0; /* max |v| as the largest bit pattern without the sign (vectorizes) */
-        for (int k = 0; k < GROUP; k++) {
-            uint32_t b;
-            memcpy(&b, v + k, sizeof b);
-            b &= 0x7fffffffu;
-            bits = b > bits ? b : bits;
-        }
+        uint32_t bits = group_bits(v);
         float top;
         memcpy(&top, &bits, sizeof top);
         float inv = top > 0.0f ? 127.0f / top : 0.0f;
@@ -233,7 +254,47 @@ static void act_free(Act *a) {
     free(a->sx);
 }
 
+#ifdef HAVE_X86
+/* quantize_row with intrinsics: the same operations on 16 lanes (the largest |v| as bits, the
+ * rounding by adding and subtracting 1.5 * 2^23, the clamp, an exact int sum), the same bytes. */
+SIMD_TARGET static inline __m512i group_bits_avx512(const float *v) {
+    const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+    return _mm512_max_epu32(_mm512_and_si512(_mm512_loadu_si512(v), magnitude),
+                            _mm512_and_si512(_mm512_loadu_si512(v + 16), magnitude));
+}
+
+SIMD_TARGET static void quantize_row_avx512(const float *x, Act *a, Py_ssize_t m) {
+    const __m512 rounding = _mm512_set1_ps(ROUNDING), hi = _mm512_set1_ps(127.0f),
+                 lo = _mm512_set1_ps(-127.0f);
+    for (Py_ssize_t g = 0; g < a->cols / GROUP; g++) {
+        __m512 v0 = _mm512_loadu_ps(x + g * GROUP), v1 = _mm512_loadu_ps(x + g * GROUP + 16);
+        __m512i b = group_bits_avx512(x + g * GROUP);
+        uint32_t bits = (uint32_t)_mm512_reduce_max_epu32(b);
+        float top;
+        memcpy(&top, &bits, sizeof top);
+        __m512 inv = _mm512_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+        __m512 r0 = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v0, inv), rounding), rounding);
+        __m512 r1 = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v1, inv), rounding), rounding);
+        __m512i q0 = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_min_ps(r0, hi), lo));
+        __m512i q1 = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_min_ps(r1, hi), lo));
+        Py_ssize_t at = act_at(a, m, g);
+        _mm_storeu_si128((__m128i *)(a->q + at * GROUP), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(a->q + at * GROUP + 16), _mm512_cvtepi32_epi8(q1));
+        int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        a->dx[at] = top / 127.0f;
+        a->init[at] = -128 * sum;
+        a->sx[at] = a->dx[at] * (float)sum;
+    }
+}
+#endif
+
 static void quantize_one(Act *a, const float *x, Py_ssize_t m) {
+#ifdef HAVE_X86
+    if (use_simd) {
+        quantize_row_avx512(x + m * a->cols, a, m);
+        return;
+    }
+#endif
     quantize_row(x + m * a->cols, a, m);
 }
 
@@ -280,6 +341,18 @@ static float dot16(const float *a, const float *b, int n) {
     return reduce16(part) + tail;
 }
 
+/* sum x[d] as dot16 sums products. */
+static float sum16(const float *x, int n) {
+    float part[16] = {0}, tail = 0.0f;
+    int d = 0;
+    for (; d + 16 <= n; d += 16)
+        for (int l = 0; l < 16; l++)
+            part[l] += x[d + l];
+    for (; d < n; d++)
+        tail += x[d];
+    return reduce16(part) + tail;
+}
+
 /* Row l's stored value k (0..31) in a block: int8 q + 128, int4 0..15. */
 static int block_value(int kind, const uint8_t *block, int l, int k) {
     int i = k / 4, b = k % 4;
@@ -319,7 +392,6 @@ static void tile_portable(const Mat *w, Py_ssize_t t, int n, const Act *a, Py_ss
 
 #ifdef HAVE_X86
 typedef int32_t __attribute__((may_alias, aligned(1))) int32_u; /* four activation bytes */
-#define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 
 SIMD_TARGET static inline __m512 lanes16(const void *v, int half, Py_ssize_t at) {
     if (half)
@@ -418,21 +490,31 @@ static int simd_available(void) {
 static int simd_available(void) { return 0; }
 #endif
 
-/* out (M x w->rows, row stride ld) = quantized activation a (M rows) times w^T. */
+/* A tile's outputs (mc rows of n, row stride ld) += the bias of its n weight rows. */
+static void tile_bias(float *out, Py_ssize_t ld, int mc, int n, const float *bias) {
+    for (int j = 0; j < mc; j++)
+        for (int l = 0; l < n; l++)
+            out[j * ld + l] += bias[l];
+}
+
+/* out (M x w->rows, row stride ld) = quantized activation a (M rows) times w^T (+ bias: w->rows
+ * floats, or NULL). */
 static void matmul(const Mat *w, const Act *a, Py_ssize_t M, float *out, Py_ssize_t ld,
-                   int threads) {
+                   const float *bias, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (Py_ssize_t t = 0; t < w->tiles; t++) {
         int n = (int)(w->rows - t * ROWS < ROWS ? w->rows - t * ROWS : ROWS);
         for (Py_ssize_t m0 = 0; m0 < M; m0 += MAXM) {
             int mc = (int)(M - m0 < MAXM ? M - m0 : MAXM);
+            float *o = out + m0 * ld;
 #ifdef HAVE_X86
-            if (use_simd) {
-                tiles_avx512(w, t, n, a, m0, mc, out + m0 * ld, ld);
-                continue;
-            }
+            if (use_simd)
+                tiles_avx512(w, t, n, a, m0, mc, o, ld);
+            else
 #endif
-            tile_portable(w, t, n, a, m0, mc, out + m0 * ld, ld);
+                tile_portable(w, t, n, a, m0, mc, o, ld);
+            if (bias)
+                tile_bias(o + t * ROWS, ld, mc, n, bias + t * ROWS);
         }
     }
 }
@@ -443,6 +525,26 @@ WIDE static void rmsnorm(const float *x, const float *weight, int n, float eps, 
     float inv = 1.0f / sqrtf(dot16(x, x, n) / (float)n + eps);
     for (int i = 0; i < n; i++)
         out[i] = weight[i] * (x[i] * inv);
+}
+
+/* (x - mean) / sqrt(variance + eps) * weight + bias; out may be x. */
+WIDE static void layernorm(const float *x, const float *weight, const float *bias, int n,
+                           float eps, float *out) {
+    float mean = sum16(x, n) / (float)n;
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] - mean;
+    float inv = 1.0f / sqrtf(dot16(out, out, n) / (float)n + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = out[i] * inv * weight[i] + bias[i];
+}
+
+/* The model's norm of one row of dim floats (bias: LayerNorm's). */
+static void norm_row(const Model *md, const float *x, const float *weight, const float *bias,
+                     float *out) {
+    if (md->flags & LAYER_NORM)
+        layernorm(x, weight, bias, md->dim, md->eps, out);
+    else
+        rmsnorm(x, weight, md->dim, md->eps, out);
 }
 
 static void rotate(float *v, const float *cos, const float *sin, int half) {
@@ -457,7 +559,8 @@ typedef struct {
     const Model *md;
     Py_ssize_t B, S, capacity;
     const int32_t *past;
-    float **caches; /* 2 per layer */
+    float **caches;          /* 2 per layer */
+    const int32_t *lengths;  /* an encoder's: row b attends to its first lengths[b] keys */
 } Batch;
 
 /* qkv (M x (H + 2 KV) D): norms, rotary positions, keys and values into the cache. */
@@ -468,14 +571,14 @@ WIDE static void place_keys(const Batch *bt, const Layer *ly, int layer, float *
         for (Py_ssize_t s = 0; s < bt->S; s++) {
             float *row = qkv + (b * bt->S + s) * width;
             Py_ssize_t pos = bt->past[b] + s;
-            if (md->qk_norm) {
+            if (md->flags & QK_NORMS) {
                 rmsnorm(row, ly->q_norm, H * D, md->eps, tmp);
                 memcpy(row, tmp, (size_t)H * D * sizeof(float));
                 rmsnorm(row + H * D, ly->k_norm, KV * D, md->eps, tmp);
                 memcpy(row + H * D, tmp, (size_t)KV * D * sizeof(float));
             }
             const float *c = md->cos + pos * (D / 2), *sn = md->sin + pos * (D / 2);
-            for (int h = 0; h < H + KV; h++)
+            for (int h = 0; md->cos && h < H + KV; h++)
                 rotate(row + h * D, c, sn, D / 2);
             for (int h = 0; h < KV; h++) {
                 Py_ssize_t at = ((b * KV + h) * bt->capacity + pos) * D;
@@ -565,8 +668,8 @@ static void attend_one(const float *q, const float *keys, const float *values, P
     attend_head(q, keys, values, pos, D, score, o);
 }
 
-/* out (M x H D): each query over its row's keys 0 .. its position (causal); -1 when out of
- * memory. (OpenMP stays out of the cloned functions: inside one its team cost ~15 ms a step.) */
+/* out (M x H D): each query over its row's keys 0 .. its position (causal), or an encoder's
+ * over its row's first lengths[b] keys; -1 when out of memory. (OpenMP stays out of the cloned functions: inside one its team cost ~15 ms a step.) */
 static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
     const Model *md = bt->md;
     int D = md->head_dim, H = md->heads, KV = md->kv_heads, width = (H + 2 * KV) * D, failed = 0;
@@ -579,10 +682,11 @@ static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
         for (Py_ssize_t job = 0; job < jobs; job++) {
             Py_ssize_t h = job % H, bs = job / H, b = bs / bt->S, kvh = h / (H / KV);
             Py_ssize_t at = (b * KV + kvh) * bt->capacity * D;
+            Py_ssize_t last = bt->lengths ? bt->lengths[b] - 1 : bt->past[b] + bs % bt->S;
             if (score)
                 attend_one(qkv + bs * width + h * D, bt->caches[2 * layer] + at,
-                            bt->caches[2 * layer + 1] + at, bt->past[b] + bs % bt->S, D, score,
-                            out + bs * H * D + h * D);
+                           bt->caches[2 * layer + 1] + at, last, D, score,
+                           out + bs * H * D + h * D);
         }
         free(score);
     }
@@ -590,42 +694,76 @@ static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
 }
 
 WIDE static void residual_row(const Model *md, float *x, const float *y, const float *weight,
-                         float *tmp) {
-    if (md->post_norm) {
+                              const float *bias, float *tmp) {
+    if (md->flags & POST_NORMS) {
         rmsnorm(y, weight, md->dim, md->eps, tmp);
         y = tmp;
     }
     for (int i = 0; i < md->dim; i++)
         x[i] += y[i];
+    if (md->flags & NORM_AFTER)
+        norm_row(md, x, weight, bias, x);
 }
 
-/* x += norm(y) (post norms) or x += y; tmp: M x dim floats. */
-static void residual(const Model *md, float *x, const float *y, const float *weight, Py_ssize_t M,
-                     float *tmp) {
+/* Row m of the residual, then (next: norm after) x's row quantized for the next matmul. */
+static void residual_then(const Model *md, float *x, const float *y, const float *weight,
+                          const float *bias, float *tmp, Act *next, Py_ssize_t m) {
     int C = md->dim;
-    FOR_ROWS(md, M, residual_row(md, x + m * C, y + m * C, weight, tmp + m * C));
+    residual_row(md, x + m * C, y + m * C, weight, bias, tmp + m * C);
+    if (next)
+        quantize_one(next, x, m);
 }
 
-static void normed_row(const Model *md, const float *x, const float *weight, float *h, Act *a,
-                       Py_ssize_t m) {
+/* x += norm(y) (post norms), x = norm(x + y) (norm after) or x += y; tmp: M x dim floats. With
+ * norms after, `next` (or NULL) gets x quantized: the next matmul's input, in the same pass. */
+static void residual(const Model *md, float *x, const float *y, const float *weight,
+                     const float *bias, Py_ssize_t M, float *tmp, Act *next) {
+    FOR_ROWS(md, M, residual_then(md, x, y, weight, bias, tmp, next, m));
+}
+
+static void normed_row(const Model *md, const float *x, const float *weight, const float *bias,
+                       float *h, Act *a, Py_ssize_t m) {
     int C = md->dim;
-    if (md->post_norm)
-        memcpy(h + m * C, x + m * C, (size_t)C * sizeof(float));
-    else
-        rmsnorm(x + m * C, weight, C, md->eps, h + m * C);
+    if (md->flags & (POST_NORMS | NORM_AFTER)) {
+        quantize_one(a, x, m);
+        return;
+    }
+    norm_row(md, x + m * C, weight, bias, h + m * C);
     quantize_one(a, h, m);
 }
 
 /* h = norm(x) (pre norms) or x, quantized for w. */
-static void normed_input(const Model *md, const float *x, const float *weight, Py_ssize_t M,
-                         float *h, Act *a) {
-    FOR_ROWS(md, M, normed_row(md, x, weight, h, a, m));
+static void normed_input(const Model *md, const float *x, const float *weight, const float *bias,
+                         Py_ssize_t M, float *h, Act *a) {
+    FOR_ROWS(md, M, normed_row(md, x, weight, bias, h, a, m));
 }
+
 
 typedef struct {
     float *h, *qkv, *attn, *proj, *gate_up, *hidden, *tmp;
     Act in, mid; /* quantized inputs of width dim; of the heads' or the MLP's width */
 } Work;
+
+/* erf(x), Abramowitz and Stegun 7.1.26 (absolute error <= 1.5e-7) with exp_poly: elementwise
+ * operations only, so the GELU loop vectorizes (libm's erff is a call an element). */
+static inline float erf_poly(float x) {
+    float a = fabsf(x), t = 1.0f / (1.0f + 0.3275911f * a);
+    float p = 1.061405429f;
+    p = p * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    float r = 1.0f - (p * t) * exp_poly(-(a * a));
+    return x < 0.0f ? -r : r;
+}
+
+/* hidden row m = gelu(up row m) = up (1 + erf(up / sqrt 2)) / 2, quantized into a. */
+WIDE static void gelu_row(const float *up, int F, float *hidden, Act *a, Py_ssize_t m) {
+    const float *u = up + m * F;
+    for (int j = 0; j < F; j++)
+        hidden[m * F + j] = 0.5f * u[j] * (1.0f + erf_poly(u[j] * 0.70710678118654752f));
+    quantize_one(a, hidden, m);
+}
 
 /* hidden row m = silu(gate) * up of gate_up row m (gate, then up: F each), quantized into a. */
 WIDE static void swiglu_row(const float *gate_up, int F, float *hidden, Act *a, Py_ssize_t m) {
@@ -640,21 +778,30 @@ static int layer_pass(const Batch *bt, int i, float *x, Work *wk) {
     const Layer *ly = &md->layers[i];
     Py_ssize_t M = bt->B * bt->S;
     int HD = md->heads * md->head_dim, F = md->mlp_dim;
-    normed_input(md, x, ly->attn_norm, M, wk->h, &wk->in);
-    matmul(&ly->qkv, &wk->in, M, wk->qkv, ly->qkv.rows, md->threads);
+    int after = (md->flags & NORM_AFTER) != 0; /* a residual quantizes the next input */
+    if (i == 0 || !after)
+        normed_input(md, x, ly->attn_norm, ly->attn_norm_b, M, wk->h, &wk->in);
+    matmul(&ly->qkv, &wk->in, M, wk->qkv, ly->qkv.rows, ly->bias[0], md->threads);
     place_keys(bt, ly, i, wk->qkv, wk->tmp);
     if (attend(bt, i, wk->qkv, wk->attn) < 0)
         return -1;
-    Act heads = {HD, wk->mid.q, wk->mid.dx, wk->mid.init, wk->mid.sx};
+    Act heads = wk->mid;
+    heads.cols = HD;
     FOR_ROWS(md, M, quantize_one(&heads, wk->attn, m));
-    matmul(&ly->o, &heads, M, wk->proj, md->dim, md->threads);
-    residual(md, x, wk->proj, ly->attn_norm, M, wk->h); /* h: free until the next norm */
-    normed_input(md, x, ly->mlp_norm, M, wk->h, &wk->in);
-    matmul(&ly->gate_up, &wk->in, M, wk->gate_up, 2 * F, md->threads);
-    Act hidden = {F, wk->mid.q, wk->mid.dx, wk->mid.init, wk->mid.sx};
-    FOR_ROWS(md, M, swiglu_row(wk->gate_up, F, wk->hidden, &hidden, m));
-    matmul(&ly->down, &hidden, M, wk->proj, md->dim, md->threads);
-    residual(md, x, wk->proj, ly->mlp_norm, M, wk->h);
+    matmul(&ly->o, &heads, M, wk->proj, md->dim, ly->bias[1], md->threads);
+    residual(md, x, wk->proj, ly->attn_norm, ly->attn_norm_b, M, wk->h, after ? &wk->in : NULL);
+    if (!after)
+        normed_input(md, x, ly->mlp_norm, ly->mlp_norm_b, M, wk->h, &wk->in);
+    matmul(&ly->gate_up, &wk->in, M, wk->gate_up, ly->gate_up.rows, ly->bias[2], md->threads);
+    Act hidden = wk->mid;
+    hidden.cols = F;
+    if (md->flags & GELU)
+        FOR_ROWS(md, M, gelu_row(wk->gate_up, F, wk->hidden, &hidden, m));
+    else
+        FOR_ROWS(md, M, swiglu_row(wk->gate_up, F, wk->hidden, &hidden, m));
+    matmul(&ly->down, &hidden, M, wk->proj, md->dim, ly->bias[3], md->threads);
+    Act *next = after && i + 1 < md->n_layers ? &wk->in : NULL;
+    residual(md, x, wk->proj, ly->mlp_norm, ly->mlp_norm_b, M, wk->h, next);
     return 0;
 }
 
@@ -687,7 +834,8 @@ static void work_free(Work *wk) {
     act_free(&wk->mid);
 }
 
-/* The logits of the wanted positions (B x T of them). 0, or -1 when out of memory. */
+/* The logits of the wanted positions (B x T of them; an encoder: none, x is the output). 0, or
+ * -1 when out of memory. */
 static int forward(const Batch *bt, float *x, const int64_t *wanted, Py_ssize_t T,
                    float *logits) {
     const Model *md = bt->md;
@@ -703,12 +851,16 @@ static int forward(const Batch *bt, float *x, const int64_t *wanted, Py_ssize_t 
             work_free(&wk);
             return -1;
         }
+    if (!logits) {
+        work_free(&wk);
+        return 0;
+    }
     for (Py_ssize_t b = 0; b < bt->B; b++)
         for (Py_ssize_t t = 0; t < T; t++)
             rmsnorm(x + (b * bt->S + wanted[b * T + t]) * C, md->final_norm, C, md->eps,
                     wk.h + (b * T + t) * C);
     quantize(&wk.in, wk.h, bt->B * T);
-    matmul(&md->head, &wk.in, bt->B * T, logits, md->head.rows, md->threads);
+    matmul(&md->head, &wk.in, bt->B * T, logits, md->head.rows, NULL, md->threads);
     work_free(&wk);
     return 0;
 }
@@ -889,32 +1041,61 @@ static const float *hold_norm(Model *md, PyObject *obj, Py_ssize_t n, const char
     return obj == Py_None ? NULL : hold(md, obj, n * 4, what);
 }
 
+/* A float32 vector of n held by the model (None: NULL), or -1 + ValueError. */
+static int hold_optional(Model *md, PyObject *obj, Py_ssize_t n, const char *what,
+                         const float **out) {
+    *out = obj == Py_None ? NULL : hold(md, obj, n * 4, what);
+    return obj != Py_None && !*out ? -1 : 0;
+}
+
+/* A layer's six biases: LayerNorm's two (required with LAYER_NORM), the matrices' four. */
+static int parse_biases(Model *md, PyObject *const *b, Layer *ly) {
+    Py_ssize_t C = md->dim;
+    if ((md->flags & LAYER_NORM) && (b[0] == Py_None || b[1] == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "LayerNorm needs the norms' biases");
+        return -1;
+    }
+    return hold_optional(md, b[0], C, "attn_norm bias", &ly->attn_norm_b) < 0 ||
+                   hold_optional(md, b[1], C, "mlp_norm bias", &ly->mlp_norm_b) < 0 ||
+                   hold_optional(md, b[2], ly->qkv.rows, "qkv bias", &ly->bias[0]) < 0 ||
+                   hold_optional(md, b[3], C, "o bias", &ly->bias[1]) < 0 ||
+                   hold_optional(md, b[4], ly->gate_up.rows, "gate_up bias", &ly->bias[2]) < 0 ||
+                   hold_optional(md, b[5], C, "down bias", &ly->bias[3]) < 0
+               ? -1
+               : 0;
+}
+
 static int parse_layer(Model *md, PyObject *spec, Layer *ly) {
-    PyObject *m[4], *norms[4];
-    if (!PyArg_ParseTuple(spec, "OOOOOOOO", &m[0], &m[1], &m[2], &m[3], &norms[0], &norms[1],
-                          &norms[2], &norms[3]))
+    PyObject *m[4], *norms[4], *b[6] = {Py_None, Py_None, Py_None, Py_None, Py_None, Py_None};
+    if (!PyArg_ParseTuple(spec, "OOOOOOOO|OOOOOO", &m[0], &m[1], &m[2], &m[3], &norms[0],
+                          &norms[1], &norms[2], &norms[3], &b[0], &b[1], &b[2], &b[3], &b[4],
+                          &b[5]))
         return -1;
     Py_ssize_t C = md->dim, HD = md->heads * md->head_dim, KVD = md->kv_heads * md->head_dim;
+    Py_ssize_t up = (md->flags & GELU ? 1 : 2) * (Py_ssize_t)md->mlp_dim;
     if (parse_mat(m[0], &ly->qkv, HD + 2 * KVD, C, "qkv") < 0 ||
         parse_mat(m[1], &ly->o, C, HD, "o") < 0 ||
-        parse_mat(m[2], &ly->gate_up, 2 * (Py_ssize_t)md->mlp_dim, C, "gate_up") < 0 ||
+        parse_mat(m[2], &ly->gate_up, up, C, "gate_up") < 0 ||
         parse_mat(m[3], &ly->down, C, md->mlp_dim, "down") < 0)
         return -1;
     ly->attn_norm = hold_norm(md, norms[0], C, "attn_norm");
     ly->mlp_norm = ly->attn_norm ? hold_norm(md, norms[1], C, "mlp_norm") : NULL;
-    if (!ly->attn_norm || !ly->mlp_norm)
+    if (!ly->attn_norm || !ly->mlp_norm || parse_biases(md, b, ly) < 0)
         return -1;
-    ly->q_norm = md->qk_norm ? hold_norm(md, norms[2], HD, "q_norm") : NULL;
-    ly->k_norm = md->qk_norm && ly->q_norm ? hold_norm(md, norms[3], KVD, "k_norm") : NULL;
-    return md->qk_norm && !(ly->q_norm && ly->k_norm) ? -1 : 0;
+    int qk = (md->flags & QK_NORMS) != 0;
+    ly->q_norm = qk ? hold_norm(md, norms[2], HD, "q_norm") : NULL;
+    ly->k_norm = qk && ly->q_norm ? hold_norm(md, norms[3], KVD, "k_norm") : NULL;
+    return qk && !(ly->q_norm && ly->k_norm) ? -1 : 0;
 }
 
 static int check_dims(const Model *md) {
     int ok = md->n_layers > 0 && md->n_layers <= MAX_LAYERS && md->dim > 0 && md->heads > 0 &&
              md->kv_heads > 0 && md->heads % md->kv_heads == 0 && md->head_dim > 0 &&
-             md->head_dim % 2 == 0 && md->mlp_dim > 0 && md->max_pos > 0 && md->threads > 0;
+             md->head_dim % 2 == 0 && md->mlp_dim > 0 && md->max_pos > 0 && md->threads > 0 &&
+             md->flags >= 0 && md->flags < 64 &&
+             !((md->flags & POST_NORMS) && (md->flags & NORM_AFTER));
     if (!ok)
-        PyErr_SetString(PyExc_ValueError, "model dimensions out of range");
+        PyErr_SetString(PyExc_ValueError, "model dimensions or flags out of range");
     return ok ? 0 : -1;
 }
 
@@ -940,26 +1121,31 @@ static int parse_layers(Model *md, PyObject *layers) {
 
 static int parse_model(Model *md, PyObject *args) {
     PyObject *cos, *sin, *final_norm, *head, *layers;
-    int flags;
     if (!PyArg_ParseTuple(args, "(iiiiiii)fiiOOOOO", &md->n_layers, &md->dim, &md->heads,
                           &md->kv_heads, &md->head_dim, &md->mlp_dim, &md->max_pos, &md->eps,
-                          &flags, &md->threads, &cos, &sin, &final_norm, &head, &layers))
+                          &md->flags, &md->threads, &cos, &sin, &final_norm, &head, &layers))
         return -1;
-    md->post_norm = flags & 1;
-    md->qk_norm = (flags & 2) != 0;
     if (check_dims(md) < 0)
         return -1;
-    md->views = calloc((size_t)md->n_layers * 4 + 8, sizeof(Py_buffer)); /* norms, tables */
+    int encoder = (md->flags & ENCODER) != 0;
+    if (encoder != (head == Py_None) || encoder != (final_norm == Py_None) ||
+        (cos == Py_None) != (sin == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "an encoder (flag 32) has no head and no final norm, "
+                        "a decoder both; cos and sin come together");
+        return -1;
+    }
+    md->views = calloc((size_t)md->n_layers * 10 + 8, sizeof(Py_buffer)); /* norms, biases */
     md->layers = calloc((size_t)md->n_layers, sizeof(Layer));
     if (!md->views || !md->layers) {
         PyErr_NoMemory();
         return -1;
     }
-    Py_ssize_t table = PRODUCT(md->max_pos, md->head_dim / 2, 4); /* ints: cannot overflow */
-    md->cos = hold(md, cos, table, "cos");
-    md->sin = md->cos ? hold(md, sin, table, "sin") : NULL;
-    md->final_norm = md->sin ? hold_norm(md, final_norm, md->dim, "final_norm") : NULL;
-    if (!md->final_norm || parse_mat(head, &md->head, 0, md->dim, "head") < 0)
+    Py_ssize_t table = PRODUCT(md->max_pos, md->head_dim / 2); /* ints: cannot overflow */
+    if (hold_optional(md, cos, table, "cos", &md->cos) < 0 ||
+        hold_optional(md, sin, table, "sin", &md->sin) < 0)
+        return -1;
+    if (!encoder && (!(md->final_norm = hold_norm(md, final_norm, md->dim, "final_norm")) ||
+                     parse_mat(head, &md->head, 0, md->dim, "head") < 0))
         return -1;
     return parse_layers(md, layers);
 }
@@ -1054,8 +1240,12 @@ static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Model *md = PyCapsule_GetPointer(args[0], CAPSULE);
     if (!md)
         return NULL;
+    if (md->flags & ENCODER) {
+        PyErr_SetString(PyExc_ValueError, "an encoder has no step: call encode");
+        return NULL;
+    }
     Batch bt = {md, PyLong_AsSsize_t(args[2]), PyLong_AsSsize_t(args[3]),
-                PyLong_AsSsize_t(args[6]), NULL, NULL};
+                PyLong_AsSsize_t(args[6]), NULL, NULL, NULL};
     Py_ssize_t T = PyLong_AsSsize_t(args[8]);
     if (PyErr_Occurred())
         return NULL;
@@ -1089,6 +1279,68 @@ static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* An encoder's whole pass: x (B x S x dim) replaced by the last layer's output; row b's queries
+ * attend to its first lengths[b] positions (right padding: the rest are padding). */
+static PyObject *py_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "encode(model, x, B, S, lengths)");
+        return NULL;
+    }
+    Model *md = PyCapsule_GetPointer(args[0], CAPSULE);
+    if (!md)
+        return NULL;
+    Py_ssize_t B = PyLong_AsSsize_t(args[2]), S = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!(md->flags & ENCODER) || B < 1 || S < 1 || B > (1 << 20) || S > md->max_pos) {
+        PyErr_SetString(PyExc_ValueError, "encode: an encoder, 1 <= B <= 2^20, 1 <= S <= positions");
+        return NULL;
+    }
+    Py_ssize_t xs = PRODUCT(B, S, md->dim, 4), cache = PRODUCT(B, md->kv_heads, S, md->head_dim, 4);
+    Py_ssize_t work = PRODUCT(B, S, 2 * md->mlp_dim + (md->heads + 2 * md->kv_heads) * md->head_dim, 4);
+    Py_buffer xv = {0}, lv = {0};
+    float *keys = NULL, *values = NULL, **caches = NULL;
+    int32_t *past = NULL;
+    int rc = -1;
+    if (xs < 0 || cache < 0 || work < 0) {
+        PyErr_SetString(PyExc_ValueError, "encode: batch sizes overflow");
+        goto done;
+    }
+    if (view(args[1], &xv, xs, 1, "x") < 0 || view(args[4], &lv, B * 4, 0, "lengths") < 0)
+        goto done;
+    const int32_t *lengths = lv.buf;
+    for (Py_ssize_t b = 0; b < B; b++)
+        if (lengths[b] < 1 || lengths[b] > S) {
+            PyErr_Format(PyExc_ValueError, "row %zd: length %d outside 1 .. %zd", b, lengths[b], S);
+            goto done;
+        }
+    keys = malloc((size_t)cache);
+    values = malloc((size_t)cache);
+    past = calloc((size_t)B, sizeof(int32_t));
+    caches = malloc(sizeof(float *) * 2 * (size_t)md->n_layers);
+    if (!keys || !values || !past || !caches) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int i = 0; i < md->n_layers; i++) { /* one layer's keys and values at a time */
+        caches[2 * i] = keys;
+        caches[2 * i + 1] = values;
+    }
+    Batch bt = {md, B, S, S, past, caches, lengths};
+    Py_BEGIN_ALLOW_THREADS rc = forward(&bt, xv.buf, NULL, 0, NULL);
+    Py_END_ALLOW_THREADS if (rc < 0) PyErr_NoMemory();
+done:
+    free(keys);
+    free(values);
+    free(past);
+    free(caches);
+    PyBuffer_Release(&xv);
+    PyBuffer_Release(&lv);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_matmul(PyObject *self, PyObject *args) {
     PyObject *spec, *x, *out;
     Py_ssize_t M;
@@ -1112,7 +1364,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS quantize(&a, xv.buf, M);
-    matmul(&w, &a, M, ov.buf, w.rows, threads > 1 ? threads : 1);
+    matmul(&w, &a, M, ov.buf, w.rows, NULL, threads > 1 ? threads : 1);
     Py_END_ALLOW_THREADS result = Py_None;
     Py_INCREF(result);
 done:
@@ -1195,6 +1447,7 @@ static PyObject *py_set_kernel(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"create", py_create, METH_VARARGS, "create(...) -> model (see the file's comment)"},
     {"step", (PyCFunction)(void (*)(void))py_step, METH_FASTCALL, "one decoder pass"},
+    {"encode", (PyCFunction)(void (*)(void))py_encode, METH_FASTCALL, "an encoder's pass"},
     {"matmul", py_matmul, METH_VARARGS, "matmul(matrix, x, M, out)"},
     {"lookup", (PyCFunction)(void (*)(void))py_lookup, METH_FASTCALL, "lookup(model, ids, out)"},
     {"kernel", py_kernel, METH_NOARGS, "the dot-product kernel in use"},

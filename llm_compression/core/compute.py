@@ -242,7 +242,7 @@ def apply_compute(
     returns ``{submodule name: mode}`` (Whisper: int8 decodes in int8 and encodes in bfloat16).
     After a part's linear layers are converted, each of its modules that has
     ``compute_converted(mode)`` is called, for what is not an ``nn.Linear`` (a tied output
-    projection)."""
+    projection), each after the modules it holds (a body sees its blocks' fused q/k/v)."""
     mode = parse_dtype(dtype)
     plan = model.compute_plan(mode) if hasattr(model, "compute_plan") else {"": mode}
     for name, part_mode in plan.items():
@@ -260,11 +260,21 @@ def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str
         _replace_linears(part, Int8Linear, fill, prefix)
     elif mode == "float16":
         part.to(torch.float16)
-    for module in part.modules():
+    for module in _children_first(part):  # a body sees its layers converted
         if hasattr(module, "compute_converted"):
             module.compute_converted(mode)
     if mode == "int8" and getattr(part, "decodes_steps", False):
         _pack_for_steps(part)
+
+
+def _children_first(module: nn.Module, seen: set | None = None):
+    """``module`` and every module inside it, each after the modules it holds (once each)."""
+    seen = set() if seen is None else seen
+    for child in list(module.children()):
+        if id(child) not in seen:
+            yield from _children_first(child, seen)
+    seen.add(id(module))
+    yield module
 
 
 def _pack_for_steps(part: nn.Module) -> None:
@@ -301,4 +311,6 @@ def compute_bytes(model: nn.Module) -> int:
             total += layer.out_features * (layer.in_features + 4 + 4)  # int8 rows, scale, bias
         elif isinstance(layer, BFloat16Linear) and layer.weight is None:
             total += layer.out_features * layer.in_features * 2  # the oneDNN-packed weight
+        native = getattr(layer, "native", None)  # an int8 body's copy in our C kernel
+        total += getattr(native, "nbytes", 0)
     return total

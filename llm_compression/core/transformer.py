@@ -7,13 +7,19 @@ and ``load_state_dict(weights, assign=True, strict=True)`` fills it.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from ..config import TransformerConfig
+from ..errors import InputError
 from .attention import KVCache, Rotary
 from .block import Block
+from .native_encoder import MOST_ROWS, NativeEncoder, int8_layers, why_not
 from .norm import make_norm
+
+log = logging.getLogger(__name__)
 
 
 class Transformer(nn.Module):
@@ -31,6 +37,19 @@ class Transformer(nn.Module):
             if cfg.positions == "rotary"
             else None
         )
+        self.native: NativeEncoder | None = None  # the body in our C kernel (int8 encoders)
+
+    def compute_converted(self, mode: str) -> None:
+        """int8: a post-norm encoder body (BERT) also runs in our C kernel, one call a batch
+        (``core.native_encoder``; decision 0016), where the CPU and the config allow: a copy of
+        its int8 linear layers (converted before this runs) for batches of a few rows."""
+        if mode != "int8" or self.native is not None or not int8_layers(self.layers):
+            return
+        why = why_not(self.cfg)
+        if why is None:
+            self.native = NativeEncoder(self.cfg, self.layers)
+        elif not self.cfg.causal:
+            log.info("int8 body on torch's int8 linears, not our kernel: %s", why)
 
     def new_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> list[KVCache]:
         """One preallocated ``KVCache`` per layer for incremental decoding of up to ``max_len``."""
@@ -87,6 +106,10 @@ class Transformer(nn.Module):
         positions : (B, T) rotary positions per row (a left-padded batch: padding does not count);
             None: ``start_pos .. start_pos + T`` for every row.
         """
+        if self.native is not None and x.shape[0] * x.shape[1] <= MOST_ROWS:
+            if cache is not None or memory is not None or start_pos:
+                raise InputError("an encoder body takes no cache, memory or start position")
+            return self.native.run(x, mask)
         T = x.shape[1]
         S = start_pos + T if cache is not None else T
         attn_mask, is_causal = self._mask(mask, T, S, start_pos, x.device)

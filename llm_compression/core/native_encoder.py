@@ -1,0 +1,170 @@
+"""A BERT-style encoder's whole int8 pass in our C kernel (``core._decode``'s ``encode``; docs/
+decisions/0016-native-encoder.md): one call a batch instead of ~15 torch ops a layer.
+
+The body it runs: post-norm blocks (``x = LayerNorm(x + f(x))``), attention over each row's real
+tokens, a GELU (erf) MLP, biases everywhere; no rotary positions, no cross-attention (what
+``why_not`` checks). The weights are the int8 rows and float32 row scales ``core.compute``'s
+``Int8Linear`` layers hold (an int8 file's own values), copied into the kernel's tiles; each
+matmul quantizes its input to int8 a group of 32 and sums each group's products exactly in int32
+(AVX512-VNNI), as the native decoder does.
+
+It is the faster path for a few rows: torch's int8 linears pay ~15 dispatches a layer, which one
+C call does not. From ~160 rows (five 32-token texts) on, torch's kernels win (oneDNN's on the
+AMX tiles, or fbgemm's, which sum a whole row in int32 where ours scales every group of 32: more
+work a product, and a closer match to float32); ``Transformer.forward`` picks by the batch's
+rows (``MOST_ROWS``), so the torch layers stay too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TransformerConfig
+from ..errors import InputError
+from ..weightfile.groupwise import GROUP
+from .native_decoder import _decode
+
+LAYER_NORM, NORM_AFTER, GELU, ENCODER = 4, 8, 16, 32  # _decode.c's flags
+# Batches of up to this many token positions (batch x length) run in the kernel: all-MiniLM-L6
+# int8, 2 threads, ms a batch, torch's int8 linears (oneDNN, AMX) / ours: 32 rows 3.01 / 2.03,
+# 64: 4.61 / 3.86, 96: 6.10 / 5.56, 128: 7.60 / 7.39, 192: 10.30 / 10.54, 256: 13.41 / 14.14
+# (decision 0016)
+MOST_ROWS = 160
+log = logging.getLogger(__name__)
+
+
+def why_not(cfg: TransformerConfig) -> str | None:
+    """Why the kernel cannot run this body as an encoder (None: it can)."""
+    if _decode is None:
+        return "the C extension llm_compression.core._decode is not built (no C compiler?)"
+    if _decode.kernel() != "avx512":
+        return "this CPU lacks AVX512-VNNI (the portable kernel is for tests: ~50x slower)"
+    wanted = {
+        "causal": (cfg.causal, False), "norm": (cfg.norm, "layernorm"),
+        "norm_placement": (cfg.norm_placement, "post"), "activation": (cfg.activation, "gelu"),
+        "cross_attention": (cfg.cross_attention, False), "qk_norm": (cfg.qk_norm, False),
+        "clip_qkv": (cfg.clip_qkv, None), "final_norm": (cfg.final_norm, False),
+    }  # fmt: skip
+    for name, (value, needed) in wanted.items():
+        if value != needed:
+            return f"{name}={value!r} (the kernel runs {name}={needed!r})"
+    if cfg.positions == "rotary":
+        return "rotary positions (the kernel's encoder takes positions added to the input)"
+    widths = {
+        "dim": cfg.dim,
+        "mlp_dim": cfg.mlp_dim,
+        "heads x head_dim": cfg.n_heads * cfg.head_dim,
+    }
+    odd = [name for name, width in widths.items() if width % GROUP]
+    return f"{odd[0]} is not a multiple of {GROUP}" if odd else None
+
+
+def _int8_rows(layer: nn.Module) -> tuple[tuple, np.ndarray | None]:
+    """An ``Int8Linear``'s stored rows as the kernel takes them: (8, rows, cols, int8 values,
+    one float32 scale a row, None), and its float32 bias or None."""
+    weight, bias = torch.ops.quantized.linear_unpack(layer._packed)
+    if bool((weight.q_per_channel_zero_points() != 0).any()):
+        raise ValueError("an int8 layer with zero points (the kernel takes symmetric rows)")
+    values = np.ascontiguousarray(weight.int_repr().numpy(), np.int8)
+    scales = np.ascontiguousarray(weight.q_per_channel_scales().numpy(), np.float32)
+    rows, cols = values.shape
+    return (8, rows, cols, values, scales, None), _floats(bias)
+
+
+def _floats(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else np.ascontiguousarray(t.detach().numpy(), np.float32)
+
+
+def _stack(layers: list) -> tuple[tuple, np.ndarray | None]:
+    """q, k and v as one matrix: rows, scales and biases one after the other (exact)."""
+    parts = [_int8_rows(layer) for layer in layers]
+    specs, biases = [p[0] for p in parts], [p[1] for p in parts]
+    values = np.concatenate([s[3] for s in specs])
+    scales = np.concatenate([s[4] for s in specs])
+    bias = None
+    if any(b is not None for b in biases):
+        bias = np.concatenate([np.zeros(s[1], np.float32) if b is None else b
+                               for s, b in zip(specs, biases, strict=True)])  # fmt: skip
+    return (8, values.shape[0], values.shape[1], values, scales, None), bias
+
+
+def _layer(block: nn.Module) -> tuple:
+    """One block's entry for ``_decode.create`` (its matrices, norms and biases)."""
+    attn, mlp = block.attn, block.mlp
+    qkv = _stack([attn.qkv] if attn.qkv is not None else [attn.q, attn.k, attn.v])
+    (o, o_bias), (up, up_bias), (down, down_bias) = map(_int8_rows, (attn.o, mlp.up, mlp.down))
+    norms = [_floats(n.weight) for n in (block.attn_norm, block.mlp_norm)]
+    norm_biases = [_floats(n.bias) for n in (block.attn_norm, block.mlp_norm)]
+    return (qkv[0], o, up, down, *norms, None, None, *norm_biases, qkv[1], o_bias, up_bias,
+            down_bias)  # fmt: skip
+
+
+def int8_layers(blocks: nn.ModuleList) -> bool:
+    """Whether every linear layer of ``blocks`` is an ``Int8Linear`` (what the kernel copies)."""
+    from .compute import Int8Linear
+
+    linears = [m for m in blocks.modules() if isinstance(m, nn.Linear | Int8Linear)]
+    return bool(linears) and all(isinstance(m, Int8Linear) for m in linears)
+
+
+class NativeEncoder:
+    """``core._decode``'s encoder with a copy of ``blocks``' int8 weights; ``run(x, mask)`` as
+    ``Transformer.forward`` for a non-causal body."""
+
+    def __init__(self, cfg: TransformerConfig, blocks: nn.ModuleList) -> None:
+        from .quantized import threads
+
+        dims = (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim,
+                cfg.max_positions)  # fmt: skip
+        self.nbytes = sum(_bytes(block) for block in blocks)
+        flags = LAYER_NORM | NORM_AFTER | GELU | ENCODER
+        self._model = _decode.create(dims, float(cfg.norm_eps), flags, threads(), None, None,
+                                     None, None, (_layer(block) for block in blocks))  # fmt: skip
+        self.dim, self.max_positions = cfg.dim, cfg.max_positions
+
+    def run(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The body's output (B, T, C) for embedded input ``x`` (B, T, C); ``mask`` True = a real
+        token, (B, T) or (B, 1, 1, T) (None: all real). Real tokens need not come first: rows
+        whose padding is not at the end are reordered (attention does not see the order: the
+        positions are in ``x`` already) and put back."""
+        B, T, C = x.shape
+        order, sizes = None, np.full(B, T, np.int32)
+        if mask is not None:
+            keep = _real_tokens(mask, B, T)
+            lengths = keep.sum(dim=1)
+            if not bool((keep == (torch.arange(T) < lengths[:, None])).all()):
+                order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[..., None]
+                x = torch.gather(x, 1, order.expand(B, T, C))
+            sizes = np.ascontiguousarray(lengths.clamp(min=1).numpy(), np.int32)
+        out = np.array(x.detach().to(torch.float32).numpy(), np.float32, order="C")  # written
+        _decode.encode(self._model, out, B, T, sizes)
+        h = torch.from_numpy(out)
+        return h if order is None else torch.empty_like(h).scatter_(1, order.expand(B, T, C), h)
+
+
+def _real_tokens(mask: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """(B, T) bool: which tokens are real."""
+    if mask.dim() == 4 and mask.shape[1] == mask.shape[2] == 1:
+        mask = mask[:, 0, 0]
+    if tuple(mask.shape) != (B, T):
+        raise InputError(
+            f"an encoder's mask is (B, T) = ({B}, {T}) or (B, 1, 1, T), got {tuple(mask.shape)}; "
+            "pass which tokens are real, one row a sequence"
+        )
+    return mask.bool().cpu()
+
+
+def _bytes(block: nn.Module) -> int:
+    """Bytes the kernel holds for one block: int8 weights, a float32 scale a row, biases and
+    norms in float32."""
+    from .compute import Int8Linear
+
+    total = sum(p.numel() * 4 for n, p in block.named_parameters())
+    for m in block.modules():
+        if isinstance(m, Int8Linear):
+            total += m.out_features * (m.in_features + 4 + 4)
+    return total

@@ -1,0 +1,240 @@
+"""core.native_encoder / core._decode's encode: a BERT body's int8 pass in our C kernel (decision
+0016), on a tiny random BERT: close to float32, each row independent of its batch and of where
+its padding lies, the portable kernel's bits, threads sharing one model, typed refusals."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from provider_helpers import tiny_bert_folder
+
+from llm_compression.convert import convert
+from llm_compression.core import native_encoder
+from llm_compression.core.native_encoder import MOST_ROWS, why_not
+from llm_compression.errors import InputError
+from llm_compression.loader import load_model
+
+_decode = pytest.importorskip("llm_compression.core._decode")
+needs_simd = pytest.mark.skipif(_decode.kernel() != "avx512", reason="this CPU lacks AVX512-VNNI")
+FLAGS = native_encoder.LAYER_NORM | native_encoder.NORM_AFTER | native_encoder.GELU
+
+
+@pytest.fixture(scope="module")
+def bert_file(tmp_path_factory):
+    folder = tiny_bert_folder(tmp_path_factory.mktemp("bert"))
+    return convert(folder, tmp_path_factory.mktemp("out") / "bert.parquet", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def models(bert_file):
+    return load_model(bert_file), load_model(bert_file, dtype="int8")
+
+
+def _batch(lengths: list[int], T: int, seed: int = 0):
+    ids = torch.randint(
+        1000, 30000, (len(lengths), T), generator=torch.Generator().manual_seed(seed)
+    )
+    mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).long()
+    return ids * mask, mask
+
+
+@needs_simd
+def test_int8_bert_runs_in_the_kernel_close_to_float32(models):
+    ref, model = models
+    assert model.native is not None and why_not(model.cfg) is None
+    ids, mask = _batch([12, 5, 1, 9], 12)
+    a, b = ref.encode(ids, mask), model.encode(ids, mask)
+    cos = torch.nn.functional.cosine_similarity(a, b)
+    assert cos.min() >= 0.995, cos
+
+
+def _fake_quantized(x: torch.Tensor) -> torch.Tensor:
+    """x quantized to int8 a group of 32 (scale max|x| / 127, ties to even) and back."""
+    g = x.reshape(*x.shape[:-1], -1, 32)
+    top = g.abs().amax(dim=-1, keepdim=True)
+    q = torch.round(g * torch.where(top > 0, 127 / top, 0)).clamp(-127, 127)
+    return (q * (top / 127)).reshape(x.shape)
+
+
+def _linear(h: torch.Tensor, spec: tuple, bias) -> torch.Tensor:
+    weight = torch.from_numpy(spec[3].astype(np.float32) * spec[4][:, None])
+    return _fake_quantized(h) @ weight.T + torch.from_numpy(bias)
+
+
+def _reference(model, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """The kernel's arithmetic in torch: its int8 weights, activations quantized a group of 32,
+    LayerNorm after each residual, exact GELU, each row over its first lengths[b] keys."""
+    cfg = model.cfg
+    B, T, C = x.shape
+    H, D = cfg.n_heads, cfg.head_dim
+    keys_seen = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
+    norm = torch.nn.functional.layer_norm
+    for block in model.layers:
+        qkv, o, up, down, n1, n2, _, _, b1, b2, bqkv, bo, bup, bdown = native_encoder._layer(block)
+        q, k, v = _linear(x, qkv, bqkv).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        score = (q @ k.transpose(-1, -2)) / D**0.5
+        score = score.masked_fill(~keys_seen[:, None, None, :], float("-inf"))
+        attn = (score.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+        x = norm(
+            x + _linear(attn, o, bo), (C,), torch.from_numpy(n1), torch.from_numpy(b1), cfg.norm_eps
+        )
+        hidden = torch.nn.functional.gelu(_linear(x, up, bup))
+        y = _linear(hidden, down, bdown)
+        x = norm(x + y, (C,), torch.from_numpy(n2), torch.from_numpy(b2), cfg.norm_eps)
+    return x
+
+
+@needs_simd
+def test_the_kernel_computes_what_its_arithmetic_says(models):
+    """Against the same int8 arithmetic in torch: only float rounding apart (a wrong GELU, a
+    causal mask or a dropped bias is off by far more)."""
+    _, model = models
+    x = torch.randn(3, 9, 32, generator=torch.Generator().manual_seed(5))
+    lengths = [9, 4, 1]
+    mask = torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]
+    got = model.native.run(x, mask)
+    want = _reference(model, x, lengths)
+    for b, n in enumerate(lengths):
+        assert (got[b, :n] - want[b, :n]).abs().max() < 1e-4, (got[b, :n] - want[b, :n]).abs().max()
+
+
+@needs_simd
+def test_a_row_is_the_same_alone_and_in_any_batch(models):
+    _, model = models
+    ids, mask = _batch([7, 12, 3], 12, seed=1)
+    together = model.encode(ids, mask)
+    for r, n in enumerate([7, 12, 3]):
+        alone = model.encode(ids[r : r + 1, :n], mask[r : r + 1, :n])
+        assert torch.equal(alone[0], together[r])
+
+
+@needs_simd
+def test_padding_anywhere_gives_the_real_tokens_the_same_output(models):
+    _, model = models
+    x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(2))
+    keep = torch.tensor([[1, 0, 1, 1, 0, 1, 1, 1, 0, 1], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]]).bool()
+    out = model.native.run(x, keep[:, None, None, :])
+    for r in range(2):
+        alone = model.native.run(x[r : r + 1, keep[r]], None)
+        assert torch.equal(out[r, keep[r]], alone[0])
+
+
+@needs_simd
+def test_the_portable_kernel_gives_the_same_bits(models):
+    _, model = models
+    ids, mask = _batch([12, 4], 12, seed=3)
+    fast = model.encode(ids, mask)
+    _decode.set_kernel("portable")
+    try:
+        slow = model.encode(ids, mask)
+    finally:
+        _decode.set_kernel("avx512")
+    assert torch.equal(fast, slow)
+
+
+@needs_simd
+def test_large_batches_run_on_the_torch_layers(models, monkeypatch):
+    ref, model = models
+    calls = []
+    run = model.native.run
+    monkeypatch.setattr(model.native, "run", lambda x, mask: calls.append(x.shape) or run(x, mask))
+    model.encode(*_batch([10] * 2, 10))
+    assert calls == [(2, 10, 32)]
+    B = MOST_ROWS // 10 + 1  # one row past the kernel's share
+    ids, mask = _batch([10] * B, 10, seed=4)
+    got = model.encode(ids, mask)
+    assert len(calls) == 1
+    cos = torch.nn.functional.cosine_similarity(ref.encode(ids, mask), got)
+    assert cos.min() >= 0.99, cos
+
+
+@needs_simd
+def test_threads_share_one_model(models):
+    _, model = models
+    batches = [_batch([12 - i, 3 + i], 12, seed=10 + i) for i in range(6)]
+    serial = [model.encode(*b) for b in batches]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            results[i] = model.encode(*batches[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(results[i], serial[i]) for i in range(6))
+
+
+@needs_simd
+def test_a_mask_of_the_wrong_shape_is_an_input_error(models):
+    _, model = models
+    with pytest.raises(InputError, match="mask"):
+        model.native.run(torch.zeros(2, 5, 32), torch.ones(2, 4, dtype=torch.bool))
+
+
+@needs_simd
+def test_why_not_names_what_the_kernel_does_not_run(models):
+    ref, _ = models
+    from dataclasses import replace
+
+    cfg = ref.cfg
+    assert "norm_placement" in why_not(replace(cfg, norm_placement="pre", final_norm=False))
+    assert "causal" in why_not(replace(cfg, causal=True))
+    assert "activation" in why_not(replace(cfg, activation="quick_gelu"))
+    assert "multiple of 32" in why_not(replace(cfg, dim=48, n_heads=4))
+
+
+def _entries(model) -> list[tuple]:
+    return [native_encoder._layer(block) for block in model.layers]
+
+
+def _dims(cfg) -> tuple:
+    return (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim,
+            cfg.max_positions)  # fmt: skip
+
+
+@needs_simd
+def test_encode_checks_its_inputs(models):
+    _, model = models
+    md, x = model.native._model, np.zeros((2, 5, 32), np.float32)
+    for lengths in ([0, 5], [5, 6]):
+        with pytest.raises(ValueError, match="length"):
+            _decode.encode(md, x, 2, 5, np.array(lengths, np.int32))
+    with pytest.raises(ValueError, match="x holds"):
+        _decode.encode(md, x, 2, 4, np.array([4, 4], np.int32))
+    with pytest.raises(ValueError, match="1 <= B"):
+        _decode.encode(md, x, 0, 5, np.array([], np.int32))
+    with pytest.raises(ValueError, match="positions"):
+        _decode.encode(md, np.zeros((1, 600, 32), np.float32), 1, 600, np.array([600], np.int32))
+    with pytest.raises(ValueError, match="no step"):
+        _decode.step(md, x, 2, 5, None, None, 5, None, 1, None)
+
+
+@needs_simd
+def test_create_refuses_what_does_not_fit(models):
+    _, model = models
+    cfg, entries = model.cfg, _entries(model)
+    enc = FLAGS | native_encoder.ENCODER
+
+    def create(flags=enc, layers=entries, head=None, final=None):
+        return _decode.create(_dims(cfg), 1e-12, flags, 1, None, None, final, head, layers)
+
+    assert create() is not None
+    with pytest.raises(ValueError, match="flags"):
+        create(flags=enc | 1)  # OLMo-2's post norms and BERT's norms after: one or the other
+    with pytest.raises(ValueError, match="no head"):
+        create(head=entries[0][1], final=np.ones(32, np.float32))
+    no_bias = [(*e[:8], None, *e[9:]) for e in entries]
+    with pytest.raises(ValueError, match="LayerNorm needs"):
+        create(layers=no_bias)
+    short = [(*e[:10], e[10][:-1], *e[11:]) for e in entries]
+    with pytest.raises(ValueError, match="qkv bias"):
+        create(layers=short)
+    decoder = create(flags=FLAGS, head=entries[0][1], final=np.ones(32, np.float32))
+    with pytest.raises(ValueError, match="an encoder"):
+        _decode.encode(decoder, np.zeros((1, 2, 32), np.float32), 1, 2, np.array([2], np.int32))
