@@ -16,7 +16,7 @@ from ..config import TransformerConfig
 from ..errors import InputError
 from .attention import KVCache, Rotary
 from .block import Block
-from .native_encoder import MOST_ROWS, NativeEncoder, int8_layers, why_not
+from .native_encoder import NativeEncoder, int8_layers, why_not
 from .norm import make_norm
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ class Transformer(nn.Module):
         self.native: NativeEncoder | None = None  # the body in our C kernel (int8 encoders)
 
     def compute_converted(self, mode: str) -> None:
-        """int8: a post-norm encoder body (BERT) also runs in our C kernel, one call a batch
-        (``core.native_encoder``; decision 0016), where the CPU and the config allow: a copy of
-        its int8 linear layers (converted before this runs) for batches of a few rows."""
+        """int8: a post-norm encoder body (BERT) runs in our C kernel, one call a batch
+        (``core.native_encoder``; decision 0016), where the CPU and the config allow; its int8
+        linear layers (converted before this runs) are copied there and released."""
         if mode != "int8" or self.native is not None or not int8_layers(self.layers):
             return
         why = why_not(self.cfg)
@@ -106,7 +106,7 @@ class Transformer(nn.Module):
         positions : (B, T) rotary positions per row (a left-padded batch: padding does not count);
             None: ``start_pos .. start_pos + T`` for every row.
         """
-        if self.native is not None and x.shape[0] * x.shape[1] <= MOST_ROWS:
+        if self.native is not None:
             if cache is not None or memory is not None or start_pos:
                 raise InputError("an encoder body takes no cache, memory or start position")
             return self.native.run(x, mask)

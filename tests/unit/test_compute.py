@@ -49,8 +49,17 @@ def _cos(a, b):
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
+@pytest.fixture
+def torch_layers(monkeypatch):
+    """int8 BERT on torch's int8 layers: the C kernel (decision 0016) turned down, as where the
+    extension is not built or the CPU lacks AVX512-VNNI."""
+    from llm_compression.core import transformer
+
+    monkeypatch.setattr(transformer, "why_not", lambda cfg: "turned down for the test")
+
+
 @pytest.mark.parametrize(("mode", "layer"), [("bfloat16", BFloat16Linear), ("int8", Int8Linear)])
-def test_modes_convert_every_linear_and_stay_close(bert_file, mode, layer):
+def test_modes_convert_every_linear_and_stay_close(bert_file, mode, layer, torch_layers):
     ref, model = load_model(bert_file), load_model(bert_file, dtype=mode)
     assert model.compute_dtype == mode
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -61,7 +70,7 @@ def test_modes_convert_every_linear_and_stay_close(bert_file, mode, layer):
     assert _cos(a, b).min() > 0.98
 
 
-def test_int8_weights_stay_int8(bert_file):
+def test_int8_weights_stay_int8(bert_file, torch_layers):
     model = load_model(bert_file, dtype="int8")
     q = model.layers[0].mlp.up
     weight, _ = torch.ops.quantized.linear_unpack(q._packed)

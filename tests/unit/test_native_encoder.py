@@ -12,8 +12,8 @@ import torch
 from provider_helpers import tiny_bert_folder
 
 from llm_compression.convert import convert
-from llm_compression.core import native_encoder
-from llm_compression.core.native_encoder import MOST_ROWS, why_not
+from llm_compression.core import native_encoder, transformer
+from llm_compression.core.native_encoder import why_not
 from llm_compression.errors import InputError
 from llm_compression.loader import load_model
 
@@ -31,6 +31,15 @@ def bert_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(bert_file):
     return load_model(bert_file), load_model(bert_file, dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def torch_int8(bert_file):
+    """The same int8 model on torch's int8 layers (the kernel turned down): its blocks hold the
+    int8 rows the kernel copied."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformer, "why_not", lambda cfg: "turned down for the test")
+        return load_model(bert_file, dtype="int8")
 
 
 def _batch(lengths: list[int], T: int, seed: int = 0):
@@ -65,6 +74,7 @@ def _linear(h: torch.Tensor, spec: tuple, bias) -> torch.Tensor:
 
 
 def _reference(model, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """``model``: on torch's int8 layers (``torch_int8``)."""
     """The kernel's arithmetic in torch: its int8 weights, activations quantized a group of 32,
     LayerNorm after each residual, exact GELU, each row over its first lengths[b] keys."""
     cfg = model.cfg
@@ -88,7 +98,7 @@ def _reference(model, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
 
 
 @needs_simd
-def test_the_kernel_computes_what_its_arithmetic_says(models):
+def test_the_kernel_computes_what_its_arithmetic_says(models, torch_int8):
     """Against the same int8 arithmetic in torch: only float rounding apart (a wrong GELU, a
     causal mask or a dropped bias is off by far more)."""
     _, model = models
@@ -96,7 +106,7 @@ def test_the_kernel_computes_what_its_arithmetic_says(models):
     lengths = [9, 4, 1]
     mask = torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]
     got = model.native.run(x, mask)
-    want = _reference(model, x, lengths)
+    want = _reference(torch_int8, x, lengths)
     for b, n in enumerate(lengths):
         assert (got[b, :n] - want[b, :n]).abs().max() < 1e-4, (got[b, :n] - want[b, :n]).abs().max()
 
@@ -136,19 +146,17 @@ def test_the_portable_kernel_gives_the_same_bits(models):
 
 
 @needs_simd
-def test_large_batches_run_on_the_torch_layers(models, monkeypatch):
-    ref, model = models
-    calls = []
-    run = model.native.run
-    monkeypatch.setattr(model.native, "run", lambda x, mask: calls.append(x.shape) or run(x, mask))
-    model.encode(*_batch([10] * 2, 10))
-    assert calls == [(2, 10, 32)]
-    B = MOST_ROWS // 10 + 1  # one row past the kernel's share
-    ids, mask = _batch([10] * B, 10, seed=4)
-    got = model.encode(ids, mask)
-    assert len(calls) == 1
-    cos = torch.nn.functional.cosine_similarity(ref.encode(ids, mask), got)
-    assert cos.min() >= 0.99, cos
+def test_the_kernel_holds_the_only_int8_copy(models):
+    from llm_compression.core.compute import compute_bytes
+
+    _, model = models
+    assert len(model.layers) == 0  # the torch layers went once copied
+    enc = model.cfg
+    # int8 values, a float32 scale and bias a row: q/k/v, o and up take dim inputs, down mlp_dim
+    per_block = (4 * enc.dim + enc.mlp_dim) * (enc.dim + 8) + enc.dim * (enc.mlp_dim + 8)
+    per_block += 4 * enc.dim * 4  # two LayerNorms' weights and biases, float32
+    assert model.native.nbytes == enc.n_layers * per_block
+    assert compute_bytes(model) >= model.native.nbytes
 
 
 @needs_simd
@@ -216,9 +224,8 @@ def test_encode_checks_its_inputs(models):
 
 
 @needs_simd
-def test_create_refuses_what_does_not_fit(models):
-    _, model = models
-    cfg, entries = model.cfg, _entries(model)
+def test_create_refuses_what_does_not_fit(torch_int8):
+    cfg, entries = torch_int8.cfg, _entries(torch_int8)
     enc = FLAGS | native_encoder.ENCODER
 
     def create(flags=enc, layers=entries, head=None, final=None):
