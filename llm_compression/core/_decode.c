@@ -362,16 +362,18 @@ static int block_value(int kind, const uint8_t *block, int l, int k) {
     return i % 2 ? byte >> 4 : byte & 0x0F;
 }
 
-/* Every (weight row r, activation row m) is this, group by group: an exact int32 sum, then
- * acc = fma(S, d_r dx_m, acc) (int4: then acc = fma(m_r, dx_m sum q_m, acc)). The AVX512 kernel
- * runs the same float operations in the same order, 16 rows a vector. */
-static void tile_portable(const Mat *w, Py_ssize_t t, int n, const Act *a, Py_ssize_t m0, int mc,
+/* Every (weight row r, activation row m) is this, from acc = the row's bias (or 0), group by
+ * group: an exact int32 sum, then acc = fma(S, d_r dx_m, acc) (int4: then acc = fma(m_r,
+ * dx_m sum q_m, acc)). The AVX512 kernel runs the same float operations in the same order, 16
+ * rows a vector. */
+static void tile_portable(const Mat *w, Py_ssize_t t, int n, const float *bias, const Act *a,
+                          Py_ssize_t m0, int mc,
                           float *out, Py_ssize_t ld) {
     Py_ssize_t groups = w->cols / GROUP, bb = block_bytes(w->kind);
     for (int j = 0; j < mc; j++) {
         Py_ssize_t m = m0 + j;
         for (int l = 0; l < n; l++) {
-            float acc = 0.0f;
+            float acc = bias ? bias[t * ROWS + l] : 0.0f;
             for (Py_ssize_t g = 0; g < groups; g++) {
                 const uint8_t *block = w->q + (t * groups + g) * bb;
                 Py_ssize_t ag = act_at(a, m, g);
@@ -413,13 +415,15 @@ SIMD_TARGET static inline __m512 lanes16(const void *v, int half, Py_ssize_t at)
  * nothing branches inside the loop; each block's weights are loaded and unpacked once for all
  * mc activation rows, whose four inputs at a time are broadcast from memory. */
 SIMD_TARGET static inline __attribute__((always_inline)) void
-tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int scales, const Act *a,
+tile_avx512(const Mat *w, Py_ssize_t t, int n, const float *bias, const int kind,
+            const int scales, const Act *a,
             Py_ssize_t m0, const int mc, float *out, Py_ssize_t ld) {
     Py_ssize_t groups = w->cols / GROUP, bb = block_bytes(kind);
     const uint8_t *q = w->q + t * groups * bb;
     __m512 acc[MAXM];
     for (int j = 0; j < mc; j++)
-        acc[j] = _mm512_setzero_ps();
+        acc[j] = bias ? _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), bias + t * ROWS)
+                      : _mm512_setzero_ps();
     __m512 row_scales = scales == SCALES_ROW ? _mm512_loadu_ps((const float *)w->scale + t * ROWS)
                                              : _mm512_setzero_ps();
     for (Py_ssize_t g = 0; g < groups; g++) {
@@ -464,17 +468,18 @@ tile_avx512(const Mat *w, Py_ssize_t t, int n, const int kind, const int scales,
 
 #define TILE_CASE(KIND, MODE)                                                                      \
     switch (mc) {                                                                                  \
-    case 1: tile_avx512(w, t, n, KIND, MODE, a, m0, 1, out, ld); break;                           \
-    case 2: tile_avx512(w, t, n, KIND, MODE, a, m0, 2, out, ld); break;                           \
-    case 3: tile_avx512(w, t, n, KIND, MODE, a, m0, 3, out, ld); break;                           \
-    case 4: tile_avx512(w, t, n, KIND, MODE, a, m0, 4, out, ld); break;                           \
-    case 5: tile_avx512(w, t, n, KIND, MODE, a, m0, 5, out, ld); break;                           \
-    case 6: tile_avx512(w, t, n, KIND, MODE, a, m0, 6, out, ld); break;                           \
-    case 7: tile_avx512(w, t, n, KIND, MODE, a, m0, 7, out, ld); break;                           \
-    default: tile_avx512(w, t, n, KIND, MODE, a, m0, MAXM, out, ld); break;                       \
+    case 1: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 1, out, ld); break;                           \
+    case 2: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 2, out, ld); break;                           \
+    case 3: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 3, out, ld); break;                           \
+    case 4: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 4, out, ld); break;                           \
+    case 5: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 5, out, ld); break;                           \
+    case 6: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 6, out, ld); break;                           \
+    case 7: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 7, out, ld); break;                           \
+    default: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, MAXM, out, ld); break;                       \
     }
 
-SIMD_TARGET static void tiles_avx512(const Mat *w, Py_ssize_t t, int n, const Act *a,
+SIMD_TARGET static void tiles_avx512(const Mat *w, Py_ssize_t t, int n, const float *bias,
+                                     const Act *a,
                                      Py_ssize_t m0, int mc, float *out, Py_ssize_t ld) {
     if (w->kind == 8 && w->scales == SCALES_F16) {
         TILE_CASE(8, SCALES_F16)
@@ -499,13 +504,6 @@ static int simd_available(void) {
 static int simd_available(void) { return 0; }
 #endif
 
-/* A tile's outputs (mc rows of n, row stride ld) += the bias of its n weight rows. */
-static void tile_bias(float *out, Py_ssize_t ld, int mc, int n, const float *bias) {
-    for (int j = 0; j < mc; j++)
-        for (int l = 0; l < n; l++)
-            out[j * ld + l] += bias[l];
-}
-
 /* out (M x w->rows, row stride ld) = quantized activation a (M rows) times w^T (+ bias: w->rows
  * floats, or NULL). */
 static void matmul(const Mat *w, const Act *a, Py_ssize_t M, float *out, Py_ssize_t ld,
@@ -518,12 +516,10 @@ static void matmul(const Mat *w, const Act *a, Py_ssize_t M, float *out, Py_ssiz
             float *o = out + m0 * ld;
 #ifdef HAVE_X86
             if (use_simd)
-                tiles_avx512(w, t, n, a, m0, mc, o, ld);
+                tiles_avx512(w, t, n, bias, a, m0, mc, o, ld);
             else
 #endif
-                tile_portable(w, t, n, a, m0, mc, o, ld);
-            if (bias)
-                tile_bias(o + t * ROWS, ld, mc, n, bias + t * ROWS);
+                tile_portable(w, t, n, bias, a, m0, mc, o, ld);
         }
     }
 }
