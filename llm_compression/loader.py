@@ -358,9 +358,10 @@ def load_model(
     path : a weight file written by ``llm_compression.weightfile.write_model``.
     dtype : compute mode, a string or torch dtype (``core.compute.parse_dtype``): "float32"
         (default, exact), "bfloat16" (linear layers in bfloat16), "int8" (linear layers in
-        dynamic int8, weights per output channel; a causal LM's decoder computes from its
-        group-quantized weights in our C kernel where the CPU has AVX512-VNNI, decision 0015,
-        else on ONNX Runtime's MatMulNBits, families/quantized.py), "int4" (causal LMs only),
+        dynamic int8, weights per output channel; a BERT body and a causal LM's decoder compute
+        from their int8 weights in our C kernel where the CPU has AVX512-VNNI, decisions 0016
+        and 0015, else torch's int8 layers and ONNX Runtime's MatMulNBits,
+        families/quantized.py), "int4" (causal LMs only),
         "float16" (the whole model cast).
     device : torch device for the weights.
     backend : "torch" (default: our modules, exact) or "onnxruntime": the embedding families'

@@ -10,7 +10,9 @@
 - ``"int8"``: every ``nn.Linear`` becomes torch's dynamic int8 linear (weights int8 per output
   channel, activations quantized per batch; oneDNN's AMX kernels or fbgemm's VNNI ones, see
   ``int8_engine``). An int8 file's weights are stored per output row already, so re-quantizing
-  them is lossless up to rounding.
+  them is lossless up to rounding. A BERT body then moves into our C kernel where it runs
+  (``Transformer.compute_converted``, ``core.native_encoder``: one call a batch, activations a
+  group of 32, each row alone; decision 0016).
 - ``"float16"``: the whole model cast (kept for the causal LMs; slow on CPUs without AVX512_FP16).
 
 Example
