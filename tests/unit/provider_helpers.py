@@ -116,6 +116,14 @@ def tiny_clip_folder(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def tiny_bert_file(tmp_path_factory) -> Path:
+    """``tiny_bert_folder`` converted to a float32 weight file."""
+    from llm_compression.convert import convert
+
+    folder = tiny_bert_folder(tmp_path_factory.mktemp("bert"))
+    return convert(folder, tmp_path_factory.mktemp("out") / "bert.parquet", dtype="float32")
+
+
 def tiny_bert_folder(folder: Path, *, seed: int = 0) -> Path:
     """A tiny random HF BertModel with the real MiniLM tokenizer and sentence-transformers files."""
     import shutil

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from provider_helpers import tiny_bert_folder, tiny_clip_folder
+from provider_helpers import tiny_bert_file, tiny_clip_folder
 
 from llm_compression.convert import convert
 from llm_compression.core.compute import BFloat16Linear, Int8Linear, apply_compute, parse_dtype
@@ -35,8 +35,7 @@ def test_parse_dtype_refuses_with_the_choices(bad):
 
 @pytest.fixture(scope="module")
 def bert_file(tmp_path_factory):
-    folder = tiny_bert_folder(tmp_path_factory.mktemp("bert"))
-    return convert(folder, tmp_path_factory.mktemp("out") / "bert.parquet", dtype="float32")
+    return tiny_bert_file(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-from provider_helpers import tiny_bert_folder
+from provider_helpers import tiny_bert_file
 
-from llm_compression.convert import convert
 from llm_compression.core import native_encoder, transformer
 from llm_compression.core.native_encoder import why_not
 from llm_compression.errors import InputError
@@ -24,8 +23,7 @@ FLAGS = native_encoder.LAYER_NORM | native_encoder.NORM_AFTER | native_encoder.G
 
 @pytest.fixture(scope="module")
 def bert_file(tmp_path_factory):
-    folder = tiny_bert_folder(tmp_path_factory.mktemp("bert"))
-    return convert(folder, tmp_path_factory.mktemp("out") / "bert.parquet", dtype="float32")
+    return tiny_bert_file(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
