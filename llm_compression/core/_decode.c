@@ -1237,12 +1237,19 @@ static int step_views(const Model *md, PyObject *const *a, Batch *bt, Py_ssize_t
     return 0;
 }
 
-static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "step takes 10 arguments");
+/* The model in args[0] of a call that takes `want` arguments; NULL with TypeError (`usage`)
+ * or the capsule's error. */
+static Model *model_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                        const char *usage) {
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
-    Model *md = PyCapsule_GetPointer(args[0], CAPSULE);
+    return PyCapsule_GetPointer(args[0], CAPSULE);
+}
+
+static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    Model *md = model_arg(args, nargs, 10, "step takes 10 arguments");
     if (!md)
         return NULL;
     if (md->flags & ENCODER) {
@@ -1287,11 +1294,7 @@ static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 /* An encoder's whole pass: x (B x S x dim) replaced by the last layer's output; row b's queries
  * attend to its first lengths[b] positions (right padding: the rest are padding). */
 static PyObject *py_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "encode(model, x, B, S, lengths)");
-        return NULL;
-    }
-    Model *md = PyCapsule_GetPointer(args[0], CAPSULE);
+    Model *md = model_arg(args, nargs, 5, "encode(model, x, B, S, lengths)");
     if (!md)
         return NULL;
     Py_ssize_t B = PyLong_AsSsize_t(args[2]), S = PyLong_AsSsize_t(args[3]);
@@ -1400,11 +1403,7 @@ static void dequantize_row(const Mat *w, Py_ssize_t r, float *o) {
 
 /* Rows `ids` of the head: the tied token table's lookups, from the decoder's one copy. */
 static PyObject *py_lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "lookup(model, ids, out)");
-        return NULL;
-    }
-    Model *md = PyCapsule_GetPointer(args[0], CAPSULE);
+    Model *md = model_arg(args, nargs, 3, "lookup(model, ids, out)");
     Py_buffer ids = {0}, out = {0};
     PyObject *result = NULL;
     if (!md || PyObject_GetBuffer(args[1], &ids, PyBUF_C_CONTIGUOUS) < 0)
