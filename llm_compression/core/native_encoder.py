@@ -125,7 +125,6 @@ class NativeEncoder:
         flags = LAYER_NORM | NORM_AFTER | GELU | ENCODER
         self._model = _decode.create(dims, float(cfg.norm_eps), flags, threads(), None, None,
                                      None, None, _layers(entries))  # fmt: skip
-        self.dim, self.max_positions = cfg.dim, cfg.max_positions
 
     def run(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The body's output (B, T, C) for embedded input ``x`` (B, T, C); ``mask`` True = a real
@@ -164,7 +163,7 @@ def _bytes(block: nn.Module) -> int:
     norms in float32."""
     from .compute import Int8Linear
 
-    total = sum(p.numel() * 4 for n, p in block.named_parameters())
+    total = sum(p.numel() * 4 for p in block.parameters())  # norms (biases: Int8Linear's)
     for m in block.modules():
         if isinstance(m, Int8Linear):
             total += m.out_features * (m.in_features + 4 + 4)

@@ -108,7 +108,10 @@ class Transformer(nn.Module):
         """
         if self.native is not None:
             if cache is not None or memory is not None or start_pos:
-                raise InputError("an encoder body takes no cache, memory or start position")
+                raise InputError(
+                    "this body runs as an encoder in our C kernel: it takes the whole sequence "
+                    "at once, with no KV cache, encoder memory or start position; pass x and mask"
+                )
             return self.native.run(x, mask)
         T = x.shape[1]
         S = start_pos + T if cache is not None else T
