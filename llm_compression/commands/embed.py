@@ -24,9 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-model", type=Path, help="sentence encoder .parquet (MiniLM/BERT)")
     p.add_argument("--clip-model", type=Path, help="CLIP .parquet (images, video, text fallback)")
     p.add_argument("--audio-model", type=Path, help="Whisper .parquet (audio)")
-    p.add_argument("--text", nargs="+", default=[], metavar="TEXT", help="texts to embed")
-    p.add_argument("--image", nargs="+", default=[], type=Path, metavar="PATH", help="image files")
-    p.add_argument("--audio", nargs="+", default=[], type=Path, metavar="PATH", help="audio files")
+    # extend: "--text a b" and "--text a --text b" both embed two texts
+    p.add_argument("--text", nargs="+", action="extend", default=[], metavar="TEXT",
+                   help="texts to embed (the flag may repeat)")  # fmt: skip
+    p.add_argument("--image", nargs="+", action="extend", default=[], type=Path, metavar="PATH",
+                   help="image files")  # fmt: skip
+    p.add_argument("--audio", nargs="+", action="extend", default=[], type=Path, metavar="PATH",
+                   help="audio files")  # fmt: skip
     p.add_argument("--video", type=Path, metavar="PATH", help="a video file (pooled to one vector)")
     p.add_argument("--frames", type=int, default=16, help="video frames to sample (default 16)")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")

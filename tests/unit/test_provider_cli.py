@@ -43,6 +43,16 @@ def test_embed_plain_text_output(files, capsys):
     assert "text   shape=(1, 24)" in capsys.readouterr().out
 
 
+def test_embed_flags_may_repeat(files, capsys):
+    """Repeated flags add up: "--text a --text b" embeds both (argparse kept only the last)."""
+    clip = str(files["clip"])
+    assert main(["embed", "--clip-model", clip, "--text", "a cat", "--text", "a dog", "hi"]) == 0
+    assert "text   shape=(3, 24)" in capsys.readouterr().out
+    photo = str(photo_path("coffee"))
+    assert main(["embed", "--clip-model", clip, "--image", photo, "--image", photo]) == 0
+    assert "image  shape=(2, 24)" in capsys.readouterr().out
+
+
 def test_embed_errors_are_one_line(files, tmp_path, capsys):
     missing = tmp_path / "missing.png"
     code = main(["embed", "--clip-model", str(files["clip"]), "--image", str(missing)])
