@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_multimodal import PROMPT, prepare  # noqa: E402
+from benchmark_multimodal import PROMPT, machine, prepare  # noqa: E402
 
 PROMPTS = [
     "The capital of France is", "Once upon a time", "def fibonacci(n):", "The best way to learn",
@@ -275,6 +275,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     results = {}
+    print(json.dumps({"machine": machine()}), flush=True)
     for family in args.families.split(","):
         paths = prepare(family, args.work)
         levels = [int(n) for n in args.accuracy_levels.split(",") if n]

@@ -111,6 +111,25 @@ def _make_hf(family: str, folder: Path) -> None:
 
 
 # -- timing ----------------------------------------------------------------------------------------
+def machine() -> dict:
+    """The CPU a run measured: ratios to HF differ between CPUs (torch's float32 GEMV on AMD,
+    oneDNN's AMX tiles on recent Xeons), so each result file says which it came from."""
+    info = {"cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in ("model name", "cpu family", "model") and key not in info:
+                    info[key] = value
+                elif key == "flags":
+                    flags = set(value.split())
+                    info["flags"] = sorted(flags & {"avx512_vnni", "avx512_bf16", "amx_int8"})
+                    break
+    except OSError:  # not Linux
+        pass
+    return info
+
+
 def timed_pair(ours, hf, runs: int) -> tuple[float, float]:
     """Median seconds of ``ours()`` and ``hf()``, interleaved, after one warm-up each."""
     ours(), hf()
@@ -596,7 +615,7 @@ def main(argv=None) -> int:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(threads=THREADS, runs=runs, quick=args.quick, torch=torch.__version__,
-                python=sys.version.split()[0], load_average=os.getloadavg(),
+                python=sys.version.split()[0], load_average=os.getloadavg(), machine=machine(),
                 time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
     import transformers
 
