@@ -136,6 +136,37 @@ def _onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+def int8_rows(w: torch.Tensor) -> torch.Tensor:
+    """``w`` (out, in) as int8 rows: a qint8 tensor, one scale a row (max |row| / 127), no
+    zero point."""
+    scales = w.abs().amax(dim=1).clamp_min(1e-12).double() / 127.0
+    zeros = torch.zeros(w.shape[0], dtype=torch.int64)
+    with warnings.catch_warnings():  # torch marks its quantized tensors deprecated (2.13)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
+
+
+class Int8Rows(nn.Module):
+    """A linear layer's int8 rows (``int8_rows``) and float32 bias, held for our C kernel to
+    copy (``core.native_encoder``): ``Int8Linear``'s values without torch's packing, which holds
+    each matrix twice. ``forward`` dequantizes (correct, slow; the kernel is the fast path)."""
+
+    io_dtype = torch.float32
+
+    def __init__(self, layer: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.weight = int8_rows(layer.weight.detach().float())
+        self.bias = None if layer.bias is None else layer.bias.detach().float()
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The dequantized (out, in) weight and the bias, float32."""
+        return self.weight.dequantize(), self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.dequantize(), self.bias)
+
+
 class Int8Linear(nn.Module):
     """``y = x W^T + b`` with W int8 per output channel, x quantized per call to 8 bits (uint8,
     asymmetric, full range: VNNI needs no reduced range), packed for ``int8_engine()``."""
@@ -149,12 +180,7 @@ class Int8Linear(nn.Module):
         self._pack(layer.weight.detach().float(), bias)
 
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None) -> None:
-        scales = w.abs().amax(dim=1).clamp_min(1e-12).double() / 127.0
-        zeros = torch.zeros(w.shape[0], dtype=torch.int64)
-        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated (2.13)
-            warnings.simplefilter("ignore", UserWarning)
-            qw = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
-        self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+        self._packed = torch.ops.quantized.linear_prepack(int8_rows(w), bias)
         self.engine = torch.backends.quantized.engine  # the kernels it is packed for
 
     def repack(self, engine: str) -> None:
@@ -258,6 +284,10 @@ def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str
     if mode == "bfloat16":
         _replace_linears(part, BFloat16Linear, fill, prefix)
     elif mode == "int8":
+        for name, body in part.named_modules():  # bodies our C kernel runs: no torch packing
+            if getattr(body, "runs_natively", lambda m: False)(mode):
+                where = f"{prefix}{name}." if name else prefix
+                _replace_linears(body.layers, Int8Rows, fill, f"{where}layers.")
         torch.backends.quantized.engine = int8_engine()  # Int8Linear prepacks for it
         _replace_linears(part, Int8Linear, fill, prefix)
     elif mode == "float16":
@@ -309,7 +339,7 @@ def compute_bytes(model: nn.Module) -> int:
     total = sum(t.numel() * t.element_size() for t in model.parameters())
     total += sum(t.numel() * t.element_size() for t in model.buffers())
     for layer in model.modules():
-        if isinstance(layer, Int8Linear):
+        if isinstance(layer, Int8Linear | Int8Rows):
             total += layer.out_features * (layer.in_features + 4 + 4)  # int8 rows, scale, bias
         elif isinstance(layer, BFloat16Linear) and layer.weight is None:
             total += layer.out_features * layer.in_features * 2  # the oneDNN-packed weight

@@ -4,8 +4,8 @@ decisions/0016-native-encoder.md): one call a batch instead of ~15 torch ops a l
 The body it runs: post-norm blocks (``x = LayerNorm(x + f(x))``), attention over each row's real
 tokens, a GELU (erf) MLP, biases everywhere; no rotary positions, no cross-attention (what
 ``why_not`` checks). The weights are the int8 rows and float32 row scales ``core.compute``'s
-``Int8Linear`` layers hold (an int8 file's own values), copied once into the kernel's tiles (the
-torch layers are then released); each matmul quantizes its input to int8 a group of 32 and sums
+``Int8Rows`` layers hold (an int8 file's own values; no torch packing), copied once into the
+kernel's tiles (the torch layers are then released); each matmul quantizes its input to int8 a group of 32 and sums
 each group's products exactly in int32 (AVX512-VNNI), as the native decoder does. So a text's
 vector does not depend on its batch-mates (torch's dynamic int8 quantizes a whole batch with one
 scale), and it stays closer to float32 (all-MiniLM-L6-v2: cosine 0.9993 mean against torch's
@@ -57,9 +57,14 @@ def why_not(cfg: TransformerConfig) -> str | None:
 
 
 def _int8_rows(layer: nn.Module) -> tuple[tuple, np.ndarray | None]:
-    """An ``Int8Linear``'s stored rows as the kernel takes them: (8, rows, cols, int8 values,
-    one float32 scale a row, None), and its float32 bias or None."""
-    weight, bias = torch.ops.quantized.linear_unpack(layer._packed)
+    """An ``Int8Rows`` (or ``Int8Linear``) layer's rows as the kernel takes them: (8, rows,
+    cols, int8 values, one float32 scale a row, None), and its float32 bias or None."""
+    from .compute import Int8Rows
+
+    if isinstance(layer, Int8Rows):
+        weight, bias = layer.weight, layer.bias
+    else:
+        weight, bias = torch.ops.quantized.linear_unpack(layer._packed)
     if bool((weight.q_per_channel_zero_points() != 0).any()):
         raise ValueError("an int8 layer with zero points (the kernel takes symmetric rows)")
     values = np.ascontiguousarray(weight.int_repr().numpy(), np.int8)
@@ -103,11 +108,13 @@ def _layers(blocks: list):
 
 
 def int8_layers(blocks: nn.ModuleList) -> bool:
-    """Whether every linear layer of ``blocks`` is an ``Int8Linear`` (what the kernel copies)."""
-    from .compute import Int8Linear
+    """Whether every linear layer of ``blocks`` holds int8 rows (``Int8Rows`` or
+    ``Int8Linear``: what the kernel copies)."""
+    from .compute import Int8Linear, Int8Rows
 
-    linears = [m for m in blocks.modules() if isinstance(m, nn.Linear | Int8Linear)]
-    return bool(linears) and all(isinstance(m, Int8Linear) for m in linears)
+    int8 = Int8Rows | Int8Linear
+    linears = [m for m in blocks.modules() if isinstance(m, nn.Linear | int8)]
+    return bool(linears) and all(isinstance(m, int8) for m in linears)
 
 
 class NativeEncoder:
@@ -161,10 +168,10 @@ def _real_tokens(mask: torch.Tensor, B: int, T: int) -> torch.Tensor:
 def _bytes(block: nn.Module) -> int:
     """Bytes the kernel holds for one block: int8 weights, a float32 scale a row, biases and
     norms in float32."""
-    from .compute import Int8Linear
+    from .compute import Int8Linear, Int8Rows
 
-    total = sum(p.numel() * 4 for p in block.parameters())  # norms (biases: Int8Linear's)
+    total = sum(p.numel() * 4 for p in block.parameters())  # norms (the linears' are not)
     for m in block.modules():
-        if isinstance(m, Int8Linear):
+        if isinstance(m, Int8Linear | Int8Rows):
             total += m.out_features * (m.in_features + 4 + 4)
     return total

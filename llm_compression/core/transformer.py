@@ -39,17 +39,24 @@ class Transformer(nn.Module):
         )
         self.native: NativeEncoder | None = None  # the body in our C kernel (int8 encoders)
 
+    def runs_natively(self, mode: str) -> bool:
+        """Whether this body computes in our C kernel in ``mode``: int8, a post-norm encoder
+        (BERT) where the CPU and the config allow (``core.native_encoder``; decision 0016).
+        ``core.compute`` then converts its linear layers to plain int8 rows for the kernel."""
+        if mode != "int8" or self.native is not None:
+            return False
+        why = why_not(self.cfg)
+        if why is not None and not self.cfg.causal:
+            log.info("int8 body on torch's int8 linears, not our kernel: %s", why)
+        return why is None
+
     def compute_converted(self, mode: str) -> None:
-        """int8: a post-norm encoder body (BERT) runs in our C kernel, one call a batch
-        (``core.native_encoder``; decision 0016), where the CPU and the config allow; its int8
-        linear layers (converted before this runs) are copied there and released."""
+        """int8: a body that ``runs_natively`` moves into our C kernel, one call a batch: its
+        int8 rows (converted before this runs) are copied there and released."""
         if mode != "int8" or self.native is not None or not int8_layers(self.layers):
             return
-        why = why_not(self.cfg)
-        if why is None:
+        if why_not(self.cfg) is None:
             self.native = NativeEncoder(self.cfg, self.layers)
-        elif not self.cfg.causal:
-            log.info("int8 body on torch's int8 linears, not our kernel: %s", why)
 
     def new_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> list[KVCache]:
         """One preallocated ``KVCache`` per layer for incremental decoding of up to ``max_len``."""

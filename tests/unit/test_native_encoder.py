@@ -158,6 +158,18 @@ def test_the_kernel_holds_the_only_int8_copy(models):
 
 
 @needs_simd
+def test_the_kernel_takes_int8_rows_torch_never_packed(bert_file, monkeypatch):
+    """The body's linears become plain int8 rows for the kernel: torch's int8 packing (which
+    holds each matrix twice while loading) never runs for them."""
+    from llm_compression.core import compute
+
+    packed = []
+    monkeypatch.setattr(compute.Int8Linear, "_pack", lambda self, w, b: packed.append(w.shape))
+    model = load_model(bert_file, dtype="int8")
+    assert model.native is not None and packed == []
+
+
+@needs_simd
 def test_threads_share_one_model(models):
     _, model = models
     batches = [_batch([12 - i, 3 + i], 12, seed=10 + i) for i in range(6)]
