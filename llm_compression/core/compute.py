@@ -151,17 +151,11 @@ class Int8Rows(nn.Module):
     copy (``core.native_encoder``): ``Int8Linear``'s values without torch's packing, which holds
     each matrix twice. ``forward`` dequantizes (correct, slow; the kernel is the fast path)."""
 
-    io_dtype = torch.float32
-
     def __init__(self, layer: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.weight = int8_rows(layer.weight.detach().float())
         self.bias = None if layer.bias is None else layer.bias.detach().float()
-
-    def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The dequantized (out, in) weight and the bias, float32."""
-        return self.weight.dequantize(), self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.dequantize(), self.bias)
@@ -270,7 +264,7 @@ def apply_compute(
     returns ``{submodule name: mode}`` (Whisper: int8 decodes in int8 and encodes in bfloat16).
     After a part's linear layers are converted, each of its modules that has
     ``compute_converted(mode)`` is called, for what is not an ``nn.Linear`` (a tied output
-    projection), each after the modules it holds (a body sees its blocks' fused q/k/v)."""
+    projection), each after the modules it holds (a body sees its blocks converted)."""
     mode = parse_dtype(dtype)
     plan = model.compute_plan(mode) if hasattr(model, "compute_plan") else {"": mode}
     for name, part_mode in plan.items():

@@ -318,3 +318,21 @@ def test_stacked_linear_computes_the_layers_side_by_side(kind):
         joined = torch.ops.quantized.linear_unpack(fused._packed)[0].int_repr()
         assert torch.equal(joined, torch.cat(rows))
     assert stacked_linear([parts[0], torch.nn.Linear(24, 4)]) is None
+
+
+def test_int8_rows_hold_int8_linears_values():
+    """Int8Rows (the C kernel's input) holds what Int8Linear packs, and computes like it."""
+    from llm_compression.core.compute import Int8Rows
+
+    layer = torch.nn.Linear(64, 48)
+    torch.nn.init.normal_(layer.weight, generator=torch.Generator().manual_seed(0))
+    rows, packed = Int8Rows(layer), Int8Linear(layer)
+    weight, bias = torch.ops.quantized.linear_unpack(packed._packed)
+    assert torch.equal(rows.weight.int_repr(), weight.int_repr())
+    scales = [w.q_per_channel_scales().float() for w in (rows.weight, weight)]
+    assert torch.equal(*scales)  # as the kernel takes them (float32; fbgemm keeps float)
+    assert torch.equal(rows.bias, bias)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = layer(x)
+        assert (rows(x) - want).abs().max() / want.abs().max() < 0.01
