@@ -367,8 +367,7 @@ static int block_value(int kind, const uint8_t *block, int l, int k) {
  * dx_m sum q_m, acc)). The AVX512 kernel runs the same float operations in the same order, 16
  * rows a vector. */
 static void tile_portable(const Mat *w, Py_ssize_t t, int n, const float *bias, const Act *a,
-                          Py_ssize_t m0, int mc,
-                          float *out, Py_ssize_t ld) {
+                          Py_ssize_t m0, int mc, float *out, Py_ssize_t ld) {
     Py_ssize_t groups = w->cols / GROUP, bb = block_bytes(w->kind);
     for (int j = 0; j < mc; j++) {
         Py_ssize_t m = m0 + j;
@@ -416,8 +415,8 @@ SIMD_TARGET static inline __m512 lanes16(const void *v, int half, Py_ssize_t at)
  * mc activation rows, whose four inputs at a time are broadcast from memory. */
 SIMD_TARGET static inline __attribute__((always_inline)) void
 tile_avx512(const Mat *w, Py_ssize_t t, int n, const float *bias, const int kind,
-            const int scales, const Act *a,
-            Py_ssize_t m0, const int mc, float *out, Py_ssize_t ld) {
+            const int scales, const Act *a, Py_ssize_t m0, const int mc, float *out,
+            Py_ssize_t ld) {
     Py_ssize_t groups = w->cols / GROUP, bb = block_bytes(kind);
     const uint8_t *q = w->q + t * groups * bb;
     __m512 acc[MAXM];
@@ -468,19 +467,19 @@ tile_avx512(const Mat *w, Py_ssize_t t, int n, const float *bias, const int kind
 
 #define TILE_CASE(KIND, MODE)                                                                      \
     switch (mc) {                                                                                  \
-    case 1: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 1, out, ld); break;                           \
-    case 2: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 2, out, ld); break;                           \
-    case 3: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 3, out, ld); break;                           \
-    case 4: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 4, out, ld); break;                           \
-    case 5: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 5, out, ld); break;                           \
-    case 6: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 6, out, ld); break;                           \
-    case 7: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 7, out, ld); break;                           \
-    default: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, MAXM, out, ld); break;                       \
+    case 1: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 1, out, ld); break;                      \
+    case 2: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 2, out, ld); break;                      \
+    case 3: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 3, out, ld); break;                      \
+    case 4: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 4, out, ld); break;                      \
+    case 5: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 5, out, ld); break;                      \
+    case 6: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 6, out, ld); break;                      \
+    case 7: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, 7, out, ld); break;                      \
+    default: tile_avx512(w, t, n, bias, KIND, MODE, a, m0, MAXM, out, ld); break;                  \
     }
 
 SIMD_TARGET static void tiles_avx512(const Mat *w, Py_ssize_t t, int n, const float *bias,
-                                     const Act *a,
-                                     Py_ssize_t m0, int mc, float *out, Py_ssize_t ld) {
+                                     const Act *a, Py_ssize_t m0, int mc, float *out,
+                                     Py_ssize_t ld) {
     if (w->kind == 8 && w->scales == SCALES_F16) {
         TILE_CASE(8, SCALES_F16)
     } else if (w->kind == 8 && w->scales == SCALES_ROW) {
@@ -582,9 +581,8 @@ WIDE static void place_keys(const Batch *bt, const Layer *ly, int layer, float *
                 rmsnorm(row + H * D, ly->k_norm, KV * D, md->eps, tmp);
                 memcpy(row + H * D, tmp, (size_t)KV * D * sizeof(float));
             }
-            const float *c = md->cos + pos * (D / 2), *sn = md->sin + pos * (D / 2);
             for (int h = 0; md->cos && h < H + KV; h++)
-                rotate(row + h * D, c, sn, D / 2);
+                rotate(row + h * D, md->cos + pos * (D / 2), md->sin + pos * (D / 2), D / 2);
             for (int h = 0; h < KV; h++) {
                 Py_ssize_t at = ((b * KV + h) * bt->capacity + pos) * D;
                 memcpy(bt->caches[2 * layer] + at, row + (H + h) * D, (size_t)D * sizeof(float));
@@ -594,7 +592,6 @@ WIDE static void place_keys(const Batch *bt, const Layer *ly, int layer, float *
         }
 }
 
-/* o = softmax(q . keys[t] / sqrt(D), t = 0 .. pos) values (score: pos + 1 floats). */
 /* score[0 .. pos] -> their softmax, in place (both attention builds). */
 static inline __attribute__((always_inline)) void softmax(float *score, Py_ssize_t pos) {
     float top = -INFINITY, total = 0.0f;
@@ -608,6 +605,7 @@ static inline __attribute__((always_inline)) void softmax(float *score, Py_ssize
         score[t] = score[t] / total;
 }
 
+/* o = softmax(q . keys[t] / sqrt(D), t = 0 .. pos) values (score: pos + 1 floats). */
 WIDE static void attend_head(const float *q, const float *keys, const float *values,
                              Py_ssize_t pos, int D, float *score, float *o) {
     float scale = 1.0f / sqrtf((float)D);
@@ -674,7 +672,8 @@ static void attend_one(const float *q, const float *keys, const float *values, P
 }
 
 /* out (M x H D): each query over its row's keys 0 .. its position (causal), or an encoder's
- * over its row's first lengths[b] keys; -1 when out of memory. (OpenMP stays out of the cloned functions: inside one its team cost ~15 ms a step.) */
+ * over its row's first lengths[b] keys; -1 when out of memory. (OpenMP stays out of the cloned
+ * functions: inside one its team cost ~15 ms a step.) */
 static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
     const Model *md = bt->md;
     int D = md->head_dim, H = md->heads, KV = md->kv_heads, width = (H + 2 * KV) * D, failed = 0;
@@ -742,7 +741,6 @@ static void normed_input(const Model *md, const float *x, const float *weight, c
                          Py_ssize_t M, float *h, Act *a) {
     FOR_ROWS(md, M, normed_row(md, x, weight, bias, h, a, m));
 }
-
 
 typedef struct {
     float *h, *qkv, *attn, *proj, *gate_up, *hidden, *tmp;
@@ -1042,8 +1040,13 @@ static int parse_mat(PyObject *spec, Mat *w, Py_ssize_t rows, Py_ssize_t cols, c
     return fill_mat(w, q, scale, offset, what);
 }
 
+/* A required float32 vector of n held by the model; None is refused (ValueError naming it). */
 static const float *hold_norm(Model *md, PyObject *obj, Py_ssize_t n, const char *what) {
-    return obj == Py_None ? NULL : hold(md, obj, n * 4, what);
+    if (obj == Py_None) {
+        PyErr_Format(PyExc_ValueError, "%s is required, got None", what);
+        return NULL;
+    }
+    return hold(md, obj, n * 4, what);
 }
 
 /* A float32 vector of n held by the model (None: NULL), or -1 + ValueError. */
@@ -1212,13 +1215,20 @@ static int check_batch(const Batch *bt, const int32_t *past, const int64_t *want
     return 0;
 }
 
+/* Bytes of a pass's widest work buffers for B x S rows (-1: they overflow; work_alloc relies
+ * on this check). */
+static Py_ssize_t work_bytes(const Model *md, Py_ssize_t B, Py_ssize_t S) {
+    Py_ssize_t width = 2 * (Py_ssize_t)md->mlp_dim +
+                       ((Py_ssize_t)md->heads + 2 * md->kv_heads) * md->head_dim;
+    return PRODUCT(B, S, width, 4);
+}
+
 static int step_views(const Model *md, PyObject *const *a, Batch *bt, Py_ssize_t T,
                       StepViews *sv) {
     Py_ssize_t B = bt->B, S = bt->S, C = md->dim, L = bt->capacity;
     Py_ssize_t cache = PRODUCT(B, md->kv_heads, L, md->head_dim, 4);
     Py_ssize_t embeds = PRODUCT(B, S, C, 4), logits = PRODUCT(B, T, md->head.rows, 4);
-    Py_ssize_t work = PRODUCT(B, S, 2 * md->mlp_dim + (md->heads + 2 * md->kv_heads) * md->head_dim, 4);
-    if (cache < 0 || embeds < 0 || logits < 0 || work < 0) {
+    if (cache < 0 || embeds < 0 || logits < 0 || work_bytes(md, B, S) < 0) {
         PyErr_SetString(PyExc_ValueError, "batch, positions or cache sizes overflow");
         return -1;
     }
@@ -1301,16 +1311,16 @@ static PyObject *py_encode(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (PyErr_Occurred())
         return NULL;
     if (!(md->flags & ENCODER) || B < 1 || S < 1 || B > (1 << 20) || S > md->max_pos) {
-        PyErr_SetString(PyExc_ValueError, "encode: an encoder, 1 <= B <= 2^20, 1 <= S <= positions");
+        PyErr_SetString(PyExc_ValueError,
+                        "encode: an encoder, 1 <= B <= 2^20, 1 <= S <= positions");
         return NULL;
     }
     Py_ssize_t xs = PRODUCT(B, S, md->dim, 4), cache = PRODUCT(B, md->kv_heads, S, md->head_dim, 4);
-    Py_ssize_t work = PRODUCT(B, S, 2 * md->mlp_dim + (md->heads + 2 * md->kv_heads) * md->head_dim, 4);
     Py_buffer xv = {0}, lv = {0};
     float *keys = NULL, *values = NULL, **caches = NULL;
     int32_t *past = NULL;
     int rc = -1;
-    if (xs < 0 || cache < 0 || work < 0) {
+    if (xs < 0 || cache < 0 || work_bytes(md, B, S) < 0) {
         PyErr_SetString(PyExc_ValueError, "encode: batch sizes overflow");
         goto done;
     }

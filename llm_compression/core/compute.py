@@ -333,7 +333,7 @@ def compute_bytes(model: nn.Module) -> int:
     total = sum(t.numel() * t.element_size() for t in model.parameters())
     total += sum(t.numel() * t.element_size() for t in model.buffers())
     for layer in model.modules():
-        if isinstance(layer, Int8Linear | Int8Rows):
+        if isinstance(layer, Int8Linear):
             total += layer.out_features * (layer.in_features + 4 + 4)  # int8 rows, scale, bias
         elif isinstance(layer, BFloat16Linear) and layer.weight is None:
             total += layer.out_features * layer.in_features * 2  # the oneDNN-packed weight

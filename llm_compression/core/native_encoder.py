@@ -15,8 +15,6 @@ ours scales every group of 32); decision 0016 has the figures.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 from torch import nn
@@ -27,7 +25,6 @@ from ..weightfile.groupwise import GROUP
 from .native_decoder import _decode
 
 LAYER_NORM, NORM_AFTER, GELU, ENCODER = 4, 8, 16, 32  # _decode.c's flags
-log = logging.getLogger(__name__)
 
 
 def why_not(cfg: TransformerConfig) -> str | None:
@@ -57,14 +54,9 @@ def why_not(cfg: TransformerConfig) -> str | None:
 
 
 def _int8_rows(layer: nn.Module) -> tuple[tuple, np.ndarray | None]:
-    """An ``Int8Rows`` (or ``Int8Linear``) layer's rows as the kernel takes them: (8, rows,
-    cols, int8 values, one float32 scale a row, None), and its float32 bias or None."""
-    from .compute import Int8Rows
-
-    if isinstance(layer, Int8Rows):
-        weight, bias = layer.weight, layer.bias
-    else:
-        weight, bias = torch.ops.quantized.linear_unpack(layer._packed)
+    """An ``Int8Rows`` layer as the kernel takes it: (8, rows, cols, int8 values, one float32
+    scale a row, None), and its float32 bias or None."""
+    weight, bias = layer.weight, layer.bias
     if bool((weight.q_per_channel_zero_points() != 0).any()):
         raise ValueError("an int8 layer with zero points (the kernel takes symmetric rows)")
     values = np.ascontiguousarray(weight.int_repr().numpy(), np.int8)
@@ -108,13 +100,11 @@ def _layers(blocks: list):
 
 
 def int8_layers(blocks: nn.ModuleList) -> bool:
-    """Whether every linear layer of ``blocks`` holds int8 rows (``Int8Rows`` or
-    ``Int8Linear``: what the kernel copies)."""
+    """Whether every linear layer of ``blocks`` is an ``Int8Rows`` (what the kernel copies)."""
     from .compute import Int8Linear, Int8Rows
 
-    int8 = Int8Rows | Int8Linear
-    linears = [m for m in blocks.modules() if isinstance(m, nn.Linear | int8)]
-    return bool(linears) and all(isinstance(m, int8) for m in linears)
+    linears = [m for m in blocks.modules() if isinstance(m, nn.Linear | Int8Linear | Int8Rows)]
+    return bool(linears) and all(isinstance(m, Int8Rows) for m in linears)
 
 
 class NativeEncoder:
@@ -168,10 +158,10 @@ def _real_tokens(mask: torch.Tensor, B: int, T: int) -> torch.Tensor:
 def _bytes(block: nn.Module) -> int:
     """Bytes the kernel holds for one block: int8 weights, a float32 scale a row, biases and
     norms in float32."""
-    from .compute import Int8Linear, Int8Rows
+    from .compute import Int8Rows
 
     total = sum(p.numel() * 4 for p in block.parameters())  # norms (the linears' are not)
     for m in block.modules():
-        if isinstance(m, Int8Linear | Int8Rows):
+        if isinstance(m, Int8Rows):
             total += m.out_features * (m.in_features + 4 + 4)
     return total

@@ -8,6 +8,7 @@ and ``load_state_dict(weights, assign=True, strict=True)`` fills it.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,8 +17,10 @@ from ..config import TransformerConfig
 from ..errors import InputError
 from .attention import KVCache, Rotary
 from .block import Block
-from .native_encoder import NativeEncoder, int8_layers, why_not
 from .norm import make_norm
+
+if TYPE_CHECKING:
+    from .native_encoder import NativeEncoder
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,9 @@ class Transformer(nn.Module):
         ``core.compute`` then converts its linear layers to plain int8 rows for the kernel."""
         if mode != "int8" or self.native is not None:
             return False
-        why = why_not(self.cfg)
+        from . import native_encoder  # int8 only: float32 and bfloat16 loads do not import it
+
+        why = native_encoder.why_not(self.cfg)
         if why is not None and not self.cfg.causal:
             log.info("int8 body on torch's int8 linears, not our kernel: %s", why)
         return why is None
@@ -53,10 +58,12 @@ class Transformer(nn.Module):
     def compute_converted(self, mode: str) -> None:
         """int8: a body that ``runs_natively`` moves into our C kernel, one call a batch: its
         int8 rows (converted before this runs) are copied there and released."""
-        if mode != "int8" or self.native is not None or not int8_layers(self.layers):
+        from . import native_encoder
+
+        if mode != "int8" or self.native is not None or not native_encoder.int8_layers(self.layers):
             return
-        if why_not(self.cfg) is None:
-            self.native = NativeEncoder(self.cfg, self.layers)
+        if native_encoder.why_not(self.cfg) is None:
+            self.native = native_encoder.NativeEncoder(self.cfg, self.layers)
 
     def new_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> list[KVCache]:
         """One preallocated ``KVCache`` per layer for incremental decoding of up to ``max_len``."""

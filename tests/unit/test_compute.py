@@ -52,9 +52,9 @@ def _cos(a, b):
 def torch_layers(monkeypatch):
     """int8 BERT on torch's int8 layers: the C kernel (decision 0016) turned down, as where the
     extension is not built or the CPU lacks AVX512-VNNI."""
-    from llm_compression.core import transformer
+    from llm_compression.core import native_encoder
 
-    monkeypatch.setattr(transformer, "why_not", lambda cfg: "turned down for the test")
+    monkeypatch.setattr(native_encoder, "why_not", lambda cfg: "turned down for the test")
 
 
 @pytest.mark.parametrize(("mode", "layer"), [("bfloat16", BFloat16Linear), ("int8", Int8Linear)])

@@ -4,6 +4,7 @@ its padding lies, the portable kernel's bits, threads sharing one model, typed r
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from provider_helpers import tiny_bert_file
 
-from llm_compression.core import native_encoder, transformer
+from llm_compression.core import compute, native_encoder
 from llm_compression.core.native_encoder import why_not
 from llm_compression.errors import InputError
 from llm_compression.loader import load_model
@@ -32,12 +33,13 @@ def models(bert_file):
 
 
 @pytest.fixture(scope="module")
-def torch_int8(bert_file):
-    """The same int8 model on torch's int8 layers (the kernel turned down): its blocks hold the
-    int8 rows the kernel copied."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(transformer, "why_not", lambda cfg: "turned down for the test")
-        return load_model(bert_file, dtype="int8")
+def int8_blocks(models):
+    """The float32 model's blocks with their linears as ``Int8Rows``: the int8 rows loading
+    hands the kernel."""
+    ref, _ = models
+    blocks = copy.deepcopy(ref.layers)
+    compute._replace_linears(blocks, compute.Int8Rows, None)
+    return blocks
 
 
 def _batch(lengths: list[int], T: int, seed: int = 0):
@@ -71,16 +73,15 @@ def _linear(h: torch.Tensor, spec: tuple, bias) -> torch.Tensor:
     return _fake_quantized(h) @ weight.T + torch.from_numpy(bias)
 
 
-def _reference(model, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """``model``: on torch's int8 layers (``torch_int8``)."""
-    """The kernel's arithmetic in torch: its int8 weights, activations quantized a group of 32,
-    LayerNorm after each residual, exact GELU, each row over its first lengths[b] keys."""
-    cfg = model.cfg
+def _reference(cfg, blocks, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """The kernel's arithmetic in torch over ``blocks`` (``int8_blocks``): their int8 weights,
+    activations quantized a group of 32, LayerNorm after each residual, exact GELU, each row
+    over its first lengths[b] keys."""
     B, T, C = x.shape
     H, D = cfg.n_heads, cfg.head_dim
     keys_seen = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
     norm = torch.nn.functional.layer_norm
-    for block in model.layers:
+    for block in blocks:
         qkv, o, up, down, n1, n2, _, _, b1, b2, bqkv, bo, bup, bdown = native_encoder._layer(block)
         q, k, v = _linear(x, qkv, bqkv).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
         score = (q @ k.transpose(-1, -2)) / D**0.5
@@ -96,7 +97,7 @@ def _reference(model, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
 
 
 @needs_simd
-def test_the_kernel_computes_what_its_arithmetic_says(models, torch_int8):
+def test_the_kernel_computes_what_its_arithmetic_says(models, int8_blocks):
     """Against the same int8 arithmetic in torch: only float rounding apart (a wrong GELU, a
     causal mask or a dropped bias is off by far more)."""
     _, model = models
@@ -104,7 +105,7 @@ def test_the_kernel_computes_what_its_arithmetic_says(models, torch_int8):
     lengths = [9, 4, 1]
     mask = torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]
     got = model.native.run(x, mask)
-    want = _reference(torch_int8, x, lengths)
+    want = _reference(model.cfg, int8_blocks, x, lengths)
     for b, n in enumerate(lengths):
         assert (got[b, :n] - want[b, :n]).abs().max() < 1e-4, (got[b, :n] - want[b, :n]).abs().max()
 
@@ -207,8 +208,8 @@ def test_why_not_names_what_the_kernel_does_not_run(models):
     assert "multiple of 32" in why_not(replace(cfg, dim=48, n_heads=4))
 
 
-def _entries(model) -> list[tuple]:
-    return [native_encoder._layer(block) for block in model.layers]
+def _entries(blocks) -> list[tuple]:
+    return [native_encoder._layer(block) for block in blocks]
 
 
 def _dims(cfg) -> tuple:
@@ -234,8 +235,8 @@ def test_encode_checks_its_inputs(models):
 
 
 @needs_simd
-def test_create_refuses_what_does_not_fit(torch_int8):
-    cfg, entries = torch_int8.cfg, _entries(torch_int8)
+def test_create_refuses_what_does_not_fit(models, int8_blocks):
+    cfg, entries = models[0].cfg, _entries(int8_blocks)
     enc = FLAGS | native_encoder.ENCODER
 
     def create(flags=enc, layers=entries, head=None, final=None):
@@ -246,6 +247,9 @@ def test_create_refuses_what_does_not_fit(torch_int8):
         create(flags=enc | 1)  # OLMo-2's post norms and BERT's norms after: one or the other
     with pytest.raises(ValueError, match="no head"):
         create(head=entries[0][1], final=np.ones(32, np.float32))
+    no_norm = [(*e[:4], None, *e[5:]) for e in entries]
+    with pytest.raises(ValueError, match="attn_norm is required"):
+        create(layers=no_norm)
     no_bias = [(*e[:8], None, *e[9:]) for e in entries]
     with pytest.raises(ValueError, match="LayerNorm needs"):
         create(layers=no_bias)
