@@ -325,7 +325,8 @@ def _graph_dtype(dtype: Any) -> str:
 def _load_quantized(path, dtype: str, device, kernel: str = "native") -> torch.nn.Module:
     import torch
 
-    from .families.quantized import load_quantized, release_freed_memory
+    from .core.malloc import release_freed_memory
+    from .families.quantized import load_quantized
     from .preprocess.text import Tokenizer
 
     if torch.device(device).type != "cpu":
@@ -390,6 +391,7 @@ def load_model(
 
 def _load_torch(path: str | os.PathLike, dtype: Any, device: Any):
     from .core.compute import apply_compute, parse_dtype
+    from .core.malloc import release_freed_memory, system_memory_pool
     from .families import build_model, family
     from .preprocess.text import Tokenizer
 
@@ -403,10 +405,12 @@ def _load_torch(path: str | os.PathLike, dtype: Any, device: Any):
     loader.check_fits(model)  # shapes against the config before decoding anything
     if mode in ("bfloat16", "int8"):
         _load_converting(loader, model, mode)
-    else:
-        load_weights_into(model, loader.load_weights())
+    else:  # float32 (packed for oneDNN layer by layer) reads through malloc, which the packs reuse
+        with system_memory_pool():
+            load_weights_into(model, loader.load_weights())
         apply_compute(model, mode)
     if family(loader.config.family).tokenizer:
         model.tokenizer = Tokenizer.from_files(dict(loader.metadata.files))
+    release_freed_memory()  # the read and conversion buffers Arrow's pool and glibc keep
     log.info("loaded %s from %s in %.3f s", type(model).__name__, path, time.perf_counter() - start)
     return model

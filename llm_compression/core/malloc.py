@@ -18,6 +18,7 @@ musl) it does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -42,3 +43,27 @@ def reuse_freed_memory() -> bool:
         return False
     mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     return bool(mmap_ok and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES))
+
+
+@contextlib.contextmanager
+def system_memory_pool():
+    """Arrow reads into malloc'ed buffers inside the block: its default pool (mimalloc) keeps
+    the pages of freed read buffers resident (SmolLM2 int4: +66 MB after loading)."""
+    import pyarrow
+
+    before = pyarrow.default_memory_pool()
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    try:
+        yield
+    finally:
+        pyarrow.set_memory_pool(before)
+
+
+def release_freed_memory() -> None:
+    """Hand the memory that loading freed (decoded rows, serialized ONNX graphs, Arrow's read
+    buffers: its pool keeps freed pages otherwise; the tokenizer's JSON parse) back to the OS."""
+    import pyarrow
+
+    pyarrow.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -10,14 +10,13 @@ read as float32 and the graph multiplies in float32).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 
 import numpy as np
 import torch
 
 from ..core.decoder_graph import DecoderGraph, unsupported
+from ..core.malloc import release_freed_memory, system_memory_pool
 from ..core.native_decoder import NativeDecoder, NativeEmbedding, why_not
 from ..core.quantized import QuantEmbedding, QuantLinear
 from ..errors import ConfigError
@@ -59,30 +58,6 @@ def _graph_matrix(file: WeightFile, name: str, dtype: str) -> GroupQuantized | n
         return quantized_matrix(file, name, dtype)
     w = np.array(decode_tensor(file, name), np.float32)
     return w if w.ndim == 2 else None
-
-
-@contextlib.contextmanager
-def _system_memory_pool():
-    """Arrow reads into malloc'ed buffers inside the block: its default pool (mimalloc) keeps
-    the pages of freed read buffers resident (SmolLM2 int4: +66 MB after loading)."""
-    import pyarrow
-
-    before = pyarrow.default_memory_pool()
-    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    try:
-        yield
-    finally:
-        pyarrow.set_memory_pool(before)
-
-
-def release_freed_memory() -> None:
-    """Hand the memory that loading freed (decoded rows, serialized ONNX graphs, Arrow's read
-    buffers: its pool keeps freed pages otherwise; the tokenizer's JSON parse) back to the OS."""
-    import pyarrow
-
-    pyarrow.default_memory_pool().release_unused()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _swap(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
@@ -189,7 +164,7 @@ def load_quantized(path, dtype: str, graph: bool = True, kernel: str = "native")
             f"{path}: backend='onnxruntime' runs a causal LM as one decoder graph, which does "
             f"not run this one ({why}); use backend='torch'"
         )
-    with _system_memory_pool():
+    with system_memory_pool():
         for name in [n for n in file.tensors if not n.startswith("unused/")]:
             w = _graph_matrix(file, name, dtype) if name in names else None
             if w is None:
