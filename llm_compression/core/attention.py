@@ -127,13 +127,14 @@ class Attention(nn.Module):
         self.memory_dtype: torch.dtype | None = None  # cross-attention K/V kept in it, if set
 
     def compute_converted(self, mode: str) -> None:
-        """bfloat16 / int8 self-attention: q, k and v as one matmul (``core.compute``): the input
-        is cast or quantized once, and the kernel sees one wider matrix. int8 cross-attention
+        """Self-attention's q, k and v as one matmul in every mode ``core.compute`` converts
+        (float32 too where it runs on oneDNN, joined before packing): the input is cast or
+        quantized once, and the kernel sees one wider matrix. int8 cross-attention
         keeps the encoder's keys and values in bfloat16: a decode step reads all of them (1500
         rows a layer in Whisper), and half the bytes halve that read (SDPA 0.26 -> 0.13 ms)."""
         if self.cross and mode == "int8":
             self.memory_dtype = torch.bfloat16
-        if self.cross or self.qkv is not None or mode not in ("bfloat16", "int8"):
+        if self.cross or self.qkv is not None or mode not in ("float32", "bfloat16", "int8"):
             return
         fused = stacked_linear([self.q, self.k, self.v])
         if fused is not None:

@@ -3,16 +3,22 @@
 ``dtype`` is accepted as a string or a torch dtype by ``load_model``, ``CLIPEngine``,
 ``MultimodalEmbeddingProvider`` and the CLI's ``--dtype``:
 
-- ``"float32"`` (default): the model as loaded; exact (every parity threshold holds).
+- ``"float32"`` (default, exact: every parity threshold holds): on the CPU, where torch has
+  oneDNN, each ``nn.Linear`` runs on oneDNN's packed float32 weight (``Float32Linear``), q, k and
+  v as one matmul and CLIP's quick_gelu as one silu: the same products summed in another order
+  (relative difference ~1e-6 to torch's own ops; 1.2-1.7x their speed on an AMD EPYC, decision
+  0017). Elsewhere (a GPU, no oneDNN) the model as loaded, torch's own ops.
 - ``"bfloat16"``: every ``nn.Linear`` keeps its weight in bfloat16 and multiplies in bfloat16
   (oneDNN's AVX512_BF16 kernels); norms, softmax, activations and the residual stream stay
   float32, so the error is the matmuls' alone (relative L2 ~ 0.003 on CLIP).
 - ``"int8"``: every ``nn.Linear`` becomes torch's dynamic int8 linear (weights int8 per output
   channel, activations quantized per batch; oneDNN's AMX kernels or fbgemm's VNNI ones, see
   ``int8_engine``). An int8 file's weights are stored per output row already, so re-quantizing
-  them is lossless up to rounding. A BERT body then moves into our C kernel where it runs
-  (``Transformer.compute_converted``, ``core.native_encoder``: one call a batch, activations a
-  group of 32, each row alone; decision 0016).
+  them is lossless up to rounding. Token tables read only by lookups (a family's
+  ``lookup_tables``) become int8 rows too, and a tied output projection packs those rows. A
+  BERT body then moves into our C kernel where it runs (``Transformer.compute_converted``,
+  ``core.native_encoder``: one call a batch, activations a group of 32, each row alone;
+  decision 0016).
 - ``"float16"``: the whole model cast (kept for the causal LMs; slow on CPUs without AVX512_FP16).
 
 Example
@@ -64,34 +70,32 @@ def parse_dtype(dtype: str | torch.dtype | None) -> str:
     )
 
 
-class BFloat16Linear(nn.Module):
-    """``y = x W^T + b`` in bfloat16 (oneDNN: AMX tiles or AVX512_BF16), y left in bfloat16.
-
-    The output stays bfloat16 so the next elementwise op and linear layer (activation -> down
-    projection, q/k/v -> attention -> output projection) take it without a cast; the residual
-    stream stays float32 because adding a bfloat16 tensor to it promotes (as torch.autocast).
+class OneDNNLinear(nn.Module):
+    """``y = x W^T + b`` in the subclass's ``io_dtype``, on oneDNN's kernels where torch has them.
 
     On the CPU the weight is held in oneDNN's blocked layout (``_packed``, what inductor's
     freezing builds) and the bias is the kernel's own: no per-call weight packing and no bias
-    copy into the output (CLIP vision b16 -11% time, docs/decisions/0008-encoder-speed.md).
-    ``weight`` is then None; ``dense()`` gives the values either way."""
+    copy into the output (CLIP vision b16 -11% time in bfloat16,
+    docs/decisions/0008-encoder-speed.md). ``weight`` is then None; ``dense()`` gives the
+    values either way. oneDNN's op has no backward: where gradients flow to the input (a frozen
+    LM under a trained prompt), the layer multiplies by its dense weight instead."""
 
-    io_dtype = torch.bfloat16  # what the layer returns (KV caches are made in it)
+    io_dtype = torch.float32  # what the layer computes in and returns (KV caches are made in it)
 
     def __init__(self, layer: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = layer.in_features, layer.out_features
         bias = layer.bias
-        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.bfloat16))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(self.io_dtype))
         self.bias.requires_grad_(False) if self.bias is not None else None
-        self._hold(layer.weight.detach().to(torch.bfloat16))
+        self._hold(layer.weight.detach().to(self.io_dtype))
 
     def _hold(self, weight: torch.Tensor) -> None:
         self._packed = _onednn_packed(weight)
         self.weight = nn.Parameter(weight, requires_grad=False) if self._packed is None else None
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The (out, in) bfloat16 weight and the bias (as ``Int8Linear.dense``)."""
+        """The (out, in) weight in ``io_dtype`` and the bias (as ``Int8Linear.dense``)."""
         weight = self.weight.detach() if self._packed is None else self._packed.to_dense()
         return weight, self.bias
 
@@ -103,27 +107,62 @@ class BFloat16Linear(nn.Module):
             self.bias.mul_(bias_factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.bfloat16)
+        x = x.to(self.io_dtype)
         if self._packed is None:
             return F.linear(x, self.weight, self.bias)
+        if _needs_grad(x):
+            return F.linear(x, self._packed.to_dense(), self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+
+class BFloat16Linear(OneDNNLinear):
+    """bfloat16 (oneDNN: AMX tiles or AVX512_BF16), y left in bfloat16.
+
+    The output stays bfloat16 so the next elementwise op and linear layer (activation -> down
+    projection, q/k/v -> attention -> output projection) take it without a cast; the residual
+    stream stays float32 because adding a bfloat16 tensor to it promotes (as torch.autocast)."""
+
+    io_dtype = torch.bfloat16
+
+
+class Float32Linear(OneDNNLinear):
+    """float32 on oneDNN's packed weight: the same products as MKL's ``F.linear`` summed in
+    another order (relative difference ~1e-6; every parity threshold holds), 1.1-1.6x its speed
+    on an AMD EPYC, where MKL's sgemm is slower (docs/decisions/0017-float32-onednn.md)."""
+
+    io_dtype = torch.float32
 
 
 def stacked_linear(layers: list[nn.Module]) -> nn.Module | None:
     """One layer computing ``layers`` side by side (their output rows one after the other), of
     their type, for layers that share their input (q, k and v); None if they are not all
-    ``BFloat16Linear`` or all ``Int8Linear``. int8 rows keep their int8 values and scales."""
+    ``nn.Linear`` or all of one of ``core.compute``'s kinds. int8 rows keep their int8 values and
+    scales."""
     kind = type(layers[0])
-    if kind not in (BFloat16Linear, Int8Linear) or any(type(x) is not kind for x in layers):
+    kinds = (nn.Linear, BFloat16Linear, Float32Linear, Int8Linear)
+    if kind not in kinds or any(type(x) is not kind for x in layers):
         return None
-    parts = [x.dense() for x in layers]
-    weight = torch.cat([w.float() for w, _ in parts])
+    parts = [(x.weight, x.bias) if kind is nn.Linear else x.dense() for x in layers]
+    weight = torch.cat([w.detach().float() for w, _ in parts])
     joined = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     joined.weight = nn.Parameter(weight, requires_grad=False)
     if any(b is not None for _, b in parts):
-        bias = [torch.zeros(w.shape[0]) if b is None else b.float() for w, b in parts]
+        bias = [torch.zeros(w.shape[0]) if b is None else b.detach().float() for w, b in parts]
         joined.bias = nn.Parameter(torch.cat(bias), requires_grad=False)
-    return kind(joined)
+    return joined if kind is nn.Linear else kind(joined)
+
+
+@torch.no_grad()
+def rescale_linear(layer: nn.Module, weight_factor: float, bias_factor: float) -> None:
+    """Multiply a linear layer's weight and bias by constants (folding a scale into it): a
+    ``core.compute`` kind's ``rescale_``, or new float32 tensors for an ``nn.Linear`` (its
+    decoded weights may be read-only views of the file's buffers)."""
+    if not isinstance(layer, nn.Linear):
+        layer.rescale_(weight_factor, bias_factor)
+        return
+    layer.weight = nn.Parameter(layer.weight * weight_factor, requires_grad=False)
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(layer.bias * bias_factor, requires_grad=False)
 
 
 def _onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
@@ -161,6 +200,35 @@ class Int8Rows(nn.Module):
         return F.linear(x, self.weight.dequantize(), self.bias)
 
 
+class Int8Embedding(nn.Module):
+    """A lookup table as int8 rows (``int8_rows``: a float32 scale a row, max |row| / 127), a
+    quarter of the float32 table's bytes; a lookup gathers the ids' rows and scales them.
+    Quantized ``CHUNK_ROWS`` rows at a time (the float temporaries stay a few MB)."""
+
+    CHUNK_ROWS = 4096
+
+    def __init__(self, table: nn.Embedding) -> None:
+        super().__init__()
+        weight = table.weight.detach()
+        self.num_embeddings, self.embedding_dim = weight.shape
+        values = torch.empty(weight.shape, dtype=torch.int8)
+        scales = torch.empty(weight.shape[0], dtype=torch.float32)
+        for start in range(0, weight.shape[0], self.CHUNK_ROWS):
+            rows = int8_rows(weight[start : start + self.CHUNK_ROWS].float())
+            values[start : start + self.CHUNK_ROWS] = rows.int_repr()
+            scales[start : start + self.CHUNK_ROWS] = rows.q_per_channel_scales()
+        self.register_buffer("values", values, persistent=False)
+        self.register_buffer("scales", scales, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.values[ids].float() * self.scales[ids].unsqueeze(-1)
+
+    def rows(self) -> torch.Tensor:
+        """The table as a qint8 tensor (the same int8 values and scales; no float copy)."""
+        zeros = torch.zeros(self.num_embeddings, dtype=torch.int64)
+        return torch._make_per_channel_quantized_tensor(self.values, self.scales.double(), zeros, 0)
+
+
 class Int8Linear(nn.Module):
     """``y = x W^T + b`` with W int8 per output channel, x quantized per call to 8 bits (uint8,
     asymmetric, full range: VNNI needs no reduced range), packed for ``int8_engine()``."""
@@ -174,8 +242,21 @@ class Int8Linear(nn.Module):
         self._pack(layer.weight.detach().float(), bias)
 
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self._packed = torch.ops.quantized.linear_prepack(int8_rows(w), bias)
+        self._pack_rows(int8_rows(w), bias)
+
+    def _pack_rows(self, rows: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self._packed = torch.ops.quantized.linear_prepack(rows, bias)
         self.engine = torch.backends.quantized.engine  # the kernels it is packed for
+
+    @classmethod
+    def from_table(cls, table: Int8Embedding) -> Int8Linear:
+        """``x @ table^T`` (a tied output projection) from an int8 table's own rows: the values
+        and scales ``Int8Linear`` of the float table would hold, without a float copy."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = table.embedding_dim, table.num_embeddings
+        layer._pack_rows(table.rows(), None)
+        return layer
 
     def repack(self, engine: str) -> None:
         """The same int8 weights packed for ``engine``'s kernels (exact: no re-quantization;
@@ -254,11 +335,16 @@ def apply_compute(
 ) -> nn.Module:
     """Convert a loaded (float32) model in place for compute mode ``dtype``; returns it.
 
-    Only ``nn.Linear`` layers change (bfloat16 / int8); embeddings, norms, convolutions and
-    position tables stay as loaded. ``model.compute_dtype`` records the mode. ``fill(names)``,
-    if given, returns ``{name: float32 tensor}`` for one linear layer's parameters still on the
-    meta device, so a loader can decode layer by layer and the float32 copy of the whole model
-    never exists (peak: the converted layers plus one float32 layer).
+    ``nn.Linear`` layers change (float32 on oneDNN, bfloat16, int8), and in int8 the lookup
+    tables a module names in ``lookup_tables`` (int8 rows, ``Int8Embedding``); norms,
+    convolutions, position tables and other embeddings stay as loaded. ``model.compute_dtype``
+    records the mode. ``fill(names)``, if given, returns ``{name: float32 tensor}`` for one
+    linear layer's parameters still on the meta device, so a loader can decode layer by layer
+    and the float32 copy of the whole model never exists (peak: the converted layers plus one
+    float32 layer).
+
+    float32 takes no ``fill`` (the loader decodes it whole: it is the compute dtype); its
+    ``compute_converted`` hooks run on the float32 layers, before each is packed once.
 
     A model may say how each of its parts computes in a mode: ``model.compute_plan(mode)``
     returns ``{submodule name: mode}`` (Whisper: int8 decodes in int8 and encodes in bfloat16).
@@ -275,9 +361,15 @@ def apply_compute(
 
 
 def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str) -> None:
+    if mode == "float32":  # loaded whole (fill unused): the hooks join and fold, then one pack
+        if _packs_float32(part):
+            _call_hooks(part, mode)
+            _replace_linears(part, Float32Linear, None, prefix)
+        return
     if mode == "bfloat16":
         _replace_linears(part, BFloat16Linear, fill, prefix)
     elif mode == "int8":
+        _convert_lookups(part)  # first: the float32 tables go before the int8 layers pile up
         for name, body in part.named_modules():  # bodies our C kernel runs: no torch packing
             if getattr(body, "runs_natively", lambda m: False)(mode):
                 where = f"{prefix}{name}." if name else prefix
@@ -286,11 +378,42 @@ def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str
         _replace_linears(part, Int8Linear, fill, prefix)
     elif mode == "float16":
         part.to(torch.float16)
+    _call_hooks(part, mode)
+    if mode == "int8" and getattr(part, "decodes_steps", False):
+        _pack_for_steps(part)
+
+
+def _packs_float32(part: nn.Module) -> bool:
+    """Whether float32 goes onto oneDNN's packed kernels here: the part's linear layers are
+    ``_onednn_float32`` (elsewhere float32 stays torch's own ops, untouched)."""
+    weight = next((m.weight for m in part.modules() if isinstance(m, nn.Linear)), None)
+    return weight is not None and _onednn_float32(weight)
+
+
+def _onednn_float32(t: torch.Tensor) -> bool:
+    """Whether ``t`` is float32 on the CPU of a torch that has oneDNN."""
+    return (
+        t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    )
+
+
+def _needs_grad(x: torch.Tensor) -> bool:
+    """Whether gradients flow to ``x`` (oneDNN's matmul has no backward)."""
+    return x.requires_grad and torch.is_grad_enabled()
+
+
+def _call_hooks(part: nn.Module, mode: str) -> None:
     for module in _children_first(part):  # a body sees its layers converted
         if hasattr(module, "compute_converted"):
             module.compute_converted(mode)
-    if mode == "int8" and getattr(part, "decodes_steps", False):
-        _pack_for_steps(part)
+
+
+def _convert_lookups(part: nn.Module) -> None:
+    """int8: the tables a module names in ``lookup_tables`` (read by lookups alone; a tied
+    output projection is built from them by ``tied_head``) become int8 rows."""
+    for module in list(part.modules()):
+        for name in getattr(module, "lookup_tables", ()):
+            setattr(module, name, Int8Embedding(getattr(module, name)))
 
 
 def _children_first(module: nn.Module, seen: set | None = None):
@@ -328,6 +451,23 @@ def converted_linear(weight: torch.Tensor, mode: str) -> nn.Module | None:
     return make(layer)
 
 
+def tied_head(table: nn.Module, mode: str) -> nn.Module | None:
+    """The output projection tied to lookup table ``table`` in compute mode ``mode``: an int8
+    table's own rows, else ``converted_linear`` of its weight (None: the plain matmul)."""
+    if isinstance(table, Int8Embedding):
+        return Int8Linear.from_table(table)
+    return converted_linear(table.weight, mode)
+
+
+def tied_logits(h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``h @ table^T`` for an output projection tied to a token table: on the CPU in float32,
+    oneDNN's matmul on the table as it is (no copy; 2-2.5x MKL's GEMV on an AMD EPYC: SmolLM2's
+    576 -> 49152 11.2 -> 5.4 ms, decision 0017), else ``F.linear``."""
+    if _onednn_float32(table) and h.dtype == torch.float32 and not _needs_grad(h):
+        return torch.ops.mkldnn._linear_pointwise(h, table, None, "none", [], "")
+    return F.linear(h, table)
+
+
 def compute_bytes(model: nn.Module) -> int:
     """Bytes the model's weights take in its compute mode (int8 layers: 1 byte a weight + scales)."""
     total = sum(t.numel() * t.element_size() for t in model.parameters())
@@ -335,8 +475,8 @@ def compute_bytes(model: nn.Module) -> int:
     for layer in model.modules():
         if isinstance(layer, Int8Linear):
             total += layer.out_features * (layer.in_features + 4 + 4)  # int8 rows, scale, bias
-        elif isinstance(layer, BFloat16Linear) and layer.weight is None:
-            total += layer.out_features * layer.in_features * 2  # the oneDNN-packed weight
+        elif isinstance(layer, OneDNNLinear) and layer.weight is None:  # the oneDNN-packed weight
+            total += layer.out_features * layer.in_features * layer.io_dtype.itemsize
         native = getattr(layer, "native", None)  # an int8 body's copy in our C kernel
         total += getattr(native, "nbytes", 0)
     return total

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TransformerConfig
+from .compute import rescale_linear
 
 QUICK_GELU_SCALE = 1.702
 
@@ -53,14 +54,16 @@ class MLP(nn.Module):
         self.gate_up: nn.Module | None = None  # gate and up in one matmul (quantized loading)
 
     def compute_converted(self, mode: str) -> None:
-        """bfloat16 and int8: ``quick_gelu(up(x)) = silu(a up(x)) / a`` with ``a = 1.702``;
-        ``a`` goes into ``up``'s weights and ``1 / a`` into ``down``'s, so the activation is one
-        ``silu`` pass instead of three elementwise passes (in int8 CLIP's vision tower spent 30%
-        of its time in them; docs/decisions/0008-encoder-speed.md). float32 stays exact."""
-        if mode not in ("bfloat16", "int8") or self.act is not quick_gelu:
+        """``quick_gelu(up(x)) = silu(a up(x)) / a`` with ``a = 1.702``: ``a`` goes into
+        ``up``'s weights and ``1 / a`` into ``down``'s, so the activation is one ``silu`` pass
+        instead of three elementwise passes (in int8 CLIP's vision tower spent 30% of its time in
+        them; docs/decisions/0008-encoder-speed.md). In every mode ``core.compute`` converts
+        (float32 too where it runs on oneDNN, before packing: the products change in the last
+        bits, as the kernel's summation order does)."""
+        if mode not in ("float32", "bfloat16", "int8") or self.act is not quick_gelu:
             return
-        self.up.rescale_(QUICK_GELU_SCALE, QUICK_GELU_SCALE)  # core.compute's linear layers
-        self.down.rescale_(1 / QUICK_GELU_SCALE, 1.0)
+        rescale_linear(self.up, QUICK_GELU_SCALE, QUICK_GELU_SCALE)
+        rescale_linear(self.down, 1 / QUICK_GELU_SCALE, 1.0)
         self.act = F.silu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

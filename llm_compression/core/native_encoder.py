@@ -5,8 +5,9 @@ The body it runs: post-norm blocks (``x = LayerNorm(x + f(x))``), attention over
 tokens, a GELU (erf) MLP, biases everywhere; no rotary positions, no cross-attention (what
 ``why_not`` checks). The weights are the int8 rows and float32 row scales ``core.compute``'s
 ``Int8Rows`` layers hold (an int8 file's own values; no torch packing), copied once into the
-kernel's tiles (the torch layers are then released); each matmul quantizes its input to int8 a group of 32 and sums
-each group's products exactly in int32 (AVX512-VNNI), as the native decoder does. So a text's
+kernel's tiles (the torch layers are then released); each matmul quantizes its input to int8 a
+group of 32 and sums each group's products exactly in int32 (AVX512-VNNI), as the native
+decoder does. So a text's
 vector does not depend on its batch-mates (torch's dynamic int8 quantizes a whole batch with one
 scale), and it stays closer to float32 (all-MiniLM-L6-v2: cosine 0.9993 mean against torch's
 0.9923). Torch's kernels are faster from ~160 rows a batch (they sum a whole row in int32 where

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import TransformerConfig, check_choice, check_positive
 from ..core import KVCache, Transformer
+from ..core.compute import tied_logits
 from ..core.generation import SamplingConfig, TextStreamer, decode_batch
 from ..core.mlp import embedding, linear
 from ..errors import ConfigError, InputError
@@ -96,7 +96,7 @@ class CausalLM(FamilyMethods, Transformer):
             return self.lm_head(h)
         if hasattr(self.token_embed, "project"):  # a quantized table (core.quantized)
             return self.token_embed.project(h)
-        return F.linear(h, self.token_embed.weight)
+        return tied_logits(h, self.token_embed.weight)
 
     forward = logits
 

@@ -157,7 +157,7 @@ class MobileNetV2(FamilyMethods, nn.Module):
                 f"{tuple(getattr(pixels, 'shape', ()))}; preprocess images with "
                 "preprocess.image.imagenet_pixels"
             )
-        return pixels.to(self.classifier.weight.dtype)
+        return pixels.to(self.stem.conv.weight.dtype)  # the classifier may hold a packed weight
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:

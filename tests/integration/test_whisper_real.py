@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llm_compression.families.whisper import convert as whisper_convert
-from llm_compression.loader import load_model
+from llm_compression.loader import WeightLoader, load_model
 from llm_compression.preprocess.audio import load_audio, log_mel_batch
 from llm_compression.provider.modalities import embed_audio
 from llm_compression.validation.hf_whisper import rename
@@ -22,8 +22,9 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 SPEECH = FIXTURES / "hello_world.wav"
 
 
-def hf_reference(ours):
-    """WhisperForConditionalGeneration with our model's exact tensors and generation settings."""
+def hf_reference(ours, path):
+    """WhisperForConditionalGeneration with the file's tensors (the ones our model loaded; its
+    own state_dict holds them in their compute form) and our generation settings."""
     cfg, enc = ours.config, ours.config.encoder
     hf_cfg = transformers.WhisperConfig(
         vocab_size=cfg.vocab_size, num_mel_bins=cfg.n_mels, d_model=enc.dim,
@@ -35,7 +36,8 @@ def hf_reference(ours):
     with torch.device("meta"):  # no random init: every tensor is assigned below
         hf = transformers.WhisperForConditionalGeneration(hf_cfg).eval()
     # canonical -> HF names by inverting the converter's own declarative map
-    state = {k: v.clone() for k, v in rename(ours.state_dict(), whisper_convert.HF_MAP).items()}
+    weights = WeightLoader(path).load_weights()
+    state = {k: v.clone() for k, v in rename(weights, whisper_convert.HF_MAP).items()}
     state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
     hf.load_state_dict(state, strict=True, assign=True)
     assert torch.equal(hf.proj_out.weight, hf.model.decoder.embed_tokens.weight)
@@ -62,7 +64,7 @@ def hf_reference(ours):
 @pytest.fixture(scope="module")
 def base(real_whisper_base_parquet):
     ours = load_model(real_whisper_base_parquet)
-    return ours, hf_reference(ours)
+    return ours, hf_reference(ours, real_whisper_base_parquet)
 
 
 def _hf_text(hf, tokenizer, audio, **kwargs) -> str:
@@ -124,7 +126,7 @@ def test_timestamps_give_segments(base):
 def test_tiny_en_transcription_equals_hf(real_whisper_tiny_en_parquet):
     ours = load_model(real_whisper_tiny_en_parquet)
     assert not ours.config.multilingual
-    hf = hf_reference(ours)
+    hf = hf_reference(ours, real_whisper_tiny_en_parquet)
     ref = _hf_text(hf, ours.tokenizer, load_audio(SPEECH))
     assert "lazy dog" in ref
     assert ours.transcribe(SPEECH) == ref

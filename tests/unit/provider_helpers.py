@@ -177,3 +177,13 @@ def tiny_model_file(kind: str, root: Path) -> Path:
         build[kind](folder)
         _TINY[kind] = Path(convert(folder, root / f"tiny_{kind}.parquet", dtype="float32"))
     return _TINY[kind]
+
+
+def as_built(path):
+    """The model in a weight file with its float32 weights and nothing converted: torch's own
+    ops, as HF runs them (``load_model`` packs float32 linears for oneDNN on the CPU)."""
+    from llm_compression.families import build_model
+    from llm_compression.loader import WeightLoader, load_weights_into
+
+    loader = WeightLoader(path)
+    return load_weights_into(build_model(loader.config), loader.load_weights())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from provider_helpers import tiny_bert_file, tiny_clip_folder
+from provider_helpers import as_built, tiny_bert_file, tiny_clip_folder
 
 from llm_compression.convert import convert
 from llm_compression.core.compute import BFloat16Linear, Int8Linear, apply_compute, parse_dtype
@@ -76,6 +76,8 @@ def test_int8_weights_stay_int8(bert_file, torch_layers):
     assert weight.dtype == torch.qint8 and weight.q_per_channel_scales().shape == (64,)
     assert not weight.q_per_channel_zero_points().any()  # symmetric, per output channel
     assert not any(p.shape == (64, 32) for p in model.parameters())  # no float copy kept
+    assert model.embed.token.values.dtype == torch.int8  # the word table too (lookups only)
+    assert not any(p.shape[0] == model.config.vocab_size for p in model.parameters())
 
 
 def test_float32_is_untouched(bert_file):
@@ -164,6 +166,11 @@ def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decod
         weight = head.dense()[0]
         assert weight.dtype == torch.bfloat16
     assert weight.shape == exact.decoder.token_embed.weight.shape
+    table = model.decoder.token_embed  # lookups: int8 rows, the head's values, in int8 mode
+    if mode == "int8":
+        assert torch.equal(table.values, weight.int_repr())
+    else:
+        assert table.weight.dtype == torch.float32
 
 
 @pytest.mark.parametrize("mode", ["bfloat16", "int8"])
@@ -186,22 +193,57 @@ def test_patch_conv_runs_as_a_bfloat16_linear(clip_file, mode):
     assert float((got - want).norm() / want.norm()) < 0.005  # a wrong patch order is ~1.4
 
 
-@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
-def test_quick_gelu_runs_as_one_silu(clip_file, mode):
-    """bfloat16 and int8 fold quick_gelu's 1.702 into the up / down weights and run one silu:
-    the MLP gives the float32 MLP's output up to the mode's rounding."""
+@pytest.mark.parametrize(
+    ("mode", "tolerance"), [("float32", 1e-5), ("bfloat16", 0.02), ("int8", 0.02)]
+)
+def test_quick_gelu_runs_as_one_silu(clip_file, mode, tolerance):
+    """The modes fold quick_gelu's 1.702 into the up / down weights and run one silu: the MLP
+    gives the unconverted MLP's output up to the mode's rounding."""
     from llm_compression.core.mlp import MLP, quick_gelu
 
     model = load_model(clip_file, dtype=mode)
     mlps = [m for m in model.modules() if isinstance(m, MLP)]
     assert mlps and all(m.act is torch.nn.functional.silu for m in mlps)
-    exact = load_model(clip_file)
     x = torch.randn(2, 7, mlps[0].up.in_features, generator=torch.Generator().manual_seed(3))
-    ref_mlp = next(m for m in exact.modules() if isinstance(m, MLP))
-    assert ref_mlp.act is quick_gelu  # float32 keeps CLIP's exact activation
+    ref_mlp = next(m for m in as_built(clip_file).modules() if isinstance(m, MLP))
+    assert ref_mlp.act is quick_gelu
     with torch.inference_mode():
         want, got = ref_mlp(x), mlps[0](x).float()
-    assert float((got - want).norm() / want.norm()) < 0.02
+    assert float((got - want).norm() / want.norm()) < tolerance
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_float32_runs_on_onednn_within_parity(bert_file):
+    """float32: every linear on oneDNN's packed float32 weight (q, k, v as one), no dense copy
+    kept, the output within 1e-5 of torch's own ops; gradients still reach the input."""
+    from llm_compression.core.compute import Float32Linear
+
+    model, ref = load_model(bert_file), as_built(bert_file)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert sum(isinstance(m, Float32Linear) for m in model.modules()) == 4 * 2  # qkv o up down
+    assert all(m.weight is None for m in model.modules() if isinstance(m, Float32Linear))
+    ids = torch.randint(1000, 20000, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        got, want = model.encode(ids), ref.encode(ids)
+    assert float((got - want).norm() / want.norm()) < 1e-5
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    layer, plain = model.layers[0].mlp.up, ref.layers[0].mlp.up
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x)
+    (grad_ref,) = torch.autograd.grad(plain(x).square().sum(), x)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_keeps_plain_layers_without_onednn(bert_file, monkeypatch):
+    """Where oneDNN cannot pack (a GPU's weights, a torch without it) float32 keeps torch's
+    linear layers, and the model computes as built."""
+    from llm_compression.core import compute
+
+    monkeypatch.setattr(compute.torch.backends.mkldnn, "is_available", lambda: False)
+    model = load_model(bert_file)
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 6 * 2  # q k v o up down
+    ids = torch.randint(1000, 20000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(model.encode(ids), as_built(bert_file).encode(ids))
 
 
 def test_int8_engine_follows_the_cpu(bert_file, monkeypatch):
@@ -336,3 +378,60 @@ def test_int8_rows_hold_int8_linears_values():
     with torch.inference_mode():
         want = layer(x)
         assert (rows(x) - want).abs().max() / want.abs().max() < 0.01
+
+
+def test_int8_embedding_gathers_scaled_int8_rows(monkeypatch):
+    """A lookup in an int8 table: the ids' int8 rows (int8_rows, as the int8 linears quantize,
+    chunk by chunk) times their scales, a quarter of the float32 table's bytes."""
+    from llm_compression.core.compute import Int8Embedding, int8_rows
+
+    monkeypatch.setattr(Int8Embedding, "CHUNK_ROWS", 64)  # 300 rows: 5 chunks, the last short
+    table = torch.nn.Embedding(300, 32)
+    torch.nn.init.normal_(table.weight, generator=torch.Generator().manual_seed(0))
+    q = Int8Embedding(table)
+    assert q.values.dtype == torch.int8 and q.values.nbytes + q.scales.nbytes == 300 * (32 + 4)
+    rows = int8_rows(table.weight.detach())
+    assert torch.equal(q.values, rows.int_repr())
+    assert torch.equal(q.scales, rows.q_per_channel_scales().float())
+    ids = torch.tensor([[0, 299, 7], [7, 7, 1]])
+    with torch.inference_mode():
+        got, want = q(ids), table(ids)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, 32)
+    torch.testing.assert_close(got, rows.dequantize()[ids], rtol=0, atol=1e-6)
+    assert (got - want).abs().max() <= q.scales.max() / 2 + 1e-6  # half a step at most
+
+
+def test_tied_head_of_an_int8_table_packs_its_rows():
+    """The output projection tied to an int8 table holds what Int8Linear of the float table
+    would (the same int8 values and scales), made from the int8 rows; float32: no layer."""
+    from llm_compression.core.compute import Int8Embedding, tied_head
+
+    table = torch.nn.Embedding(96, 64)
+    torch.nn.init.normal_(table.weight, generator=torch.Generator().manual_seed(2))
+    assert tied_head(table, "float32") is None
+    head, ref = tied_head(Int8Embedding(table), "int8"), tied_head(table, "int8")
+    assert isinstance(head, Int8Linear) and (head.in_features, head.out_features) == (64, 96)
+    got, want = (torch.ops.quantized.linear_unpack(h._packed)[0] for h in (head, ref))
+    assert torch.equal(got.int_repr(), want.int_repr())
+    assert torch.equal(got.q_per_channel_scales().float(), want.q_per_channel_scales().float())
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert torch.equal(head(x), ref(x))
+
+
+def test_tied_logits_equal_the_plain_matmul_and_keep_gradients():
+    """A tied output projection on oneDNN (float32, CPU) gives F.linear's logits within float
+    rounding, from the table itself (no copy); gradients to the input and other dtypes take
+    F.linear."""
+    from llm_compression.core.compute import tied_logits
+
+    g = torch.Generator().manual_seed(4)
+    table, h = torch.randn(500, 48, generator=g), torch.randn(2, 3, 48, generator=g)
+    want = torch.nn.functional.linear(h, table)
+    torch.testing.assert_close(tied_logits(h, table), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tied_logits(h[:, -1:], table), want[:, -1:], rtol=1e-5, atol=1e-5)
+    x = h.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(tied_logits(x, table).square().sum(), x)
+    torch.testing.assert_close(grad, 2 * want @ table)
+    half = tied_logits(h.bfloat16(), table.bfloat16())
+    assert half.dtype == torch.bfloat16

@@ -4,13 +4,12 @@ its padding lies, the portable kernel's bits, threads sharing one model, typed r
 
 from __future__ import annotations
 
-import copy
 import threading
 
 import numpy as np
 import pytest
 import torch
-from provider_helpers import tiny_bert_file
+from provider_helpers import as_built, tiny_bert_file
 
 from llm_compression.core import compute, native_encoder
 from llm_compression.core.native_encoder import why_not
@@ -33,11 +32,10 @@ def models(bert_file):
 
 
 @pytest.fixture(scope="module")
-def int8_blocks(models):
+def int8_blocks(bert_file):
     """The float32 model's blocks with their linears as ``Int8Rows``: the int8 rows loading
     hands the kernel."""
-    ref, _ = models
-    blocks = copy.deepcopy(ref.layers)
+    blocks = as_built(bert_file).layers  # torch's own linears (load_model packs float32's)
     compute._replace_linears(blocks, compute.Int8Rows, None)
     return blocks
 

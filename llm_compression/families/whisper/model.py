@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core import Transformer
-from ...core.compute import converted_linear
+from ...core.compute import tied_head, tied_logits
 from ...core.mlp import embedding
 from ...errors import InputError
 from ...preprocess.audio import load_audio, log_mel_batch, split_windows
@@ -72,6 +72,7 @@ class TextDecoder(Transformer):
     """Token + learned position embeddings, the body with cross-attention, tied output."""
 
     decodes_steps = True  # int8: its linears see a row per beam a call (core.compute)
+    lookup_tables = ("token_embed",)  # int8: int8 rows (core.compute), the head's too
 
     def __init__(self, config: WhisperConfig) -> None:
         cfg = config.decoder
@@ -82,15 +83,18 @@ class TextDecoder(Transformer):
 
     def compute_converted(self, mode: str) -> None:
         """The output projection (the token table, tied) computes in ``mode`` too: it is the
-        largest matrix of a decode step (51865 x 512 in base)."""
-        self.head = converted_linear(self.token_embed.weight, mode)
+        largest matrix of a decode step (51865 x 512 in base); in int8, from the table's int8
+        rows (``lookup_tables``: the lookups read them too, not a 106 MB float32 table)."""
+        self.head = tied_head(self.token_embed, mode)
 
     def forward(self, ids: torch.Tensor, *, memory: torch.Tensor, cache=None, start_pos: int = 0):
         """Logits (B, T, vocab) for ``ids`` (B, T) at positions ``start_pos ..``."""
         T = ids.shape[1]
         x = self.token_embed(ids) + self.pos_embed[start_pos : start_pos + T]
         h = super().forward(x, cache=cache, start_pos=start_pos, memory=memory)
-        return h @ self.token_embed.weight.T if self.head is None else self.head(h).float()
+        if self.head is None:
+            return tied_logits(h, self.token_embed.weight)
+        return self.head(h).float()
 
 
 def _audio_progress(progress, wave: np.ndarray, cfg: WhisperConfig):
