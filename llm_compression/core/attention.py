@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import TransformerConfig
 from ..errors import InputError
-from .compute import stacked_linear
+from .compute import added, stacked_linear
 from .mlp import linear
 from .norm import RMSNorm
 
@@ -180,7 +180,9 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         start_pos: int = 0,
         memory: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The attention's output (B, T, dim), plus ``residual`` if given (in one pass)."""
         B, T, _ = x.shape
         k = v = None
         if self.qkv is not None:
@@ -206,7 +208,9 @@ class Attention(nn.Module):
             y = self._sdpa(q.to(k.dtype), k, v, mask, is_causal).to(q.dtype)
         else:  # no casts, not even as no-ops: the ONNX export fuses this pattern (0010)
             y = self._sdpa(q, k, v, mask, is_causal)  # (B, H, T, D)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return added(
+            self.o, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim), residual
+        )
 
     def _sdpa(self, q, k, v, mask, is_causal) -> torch.Tensor:
         if q.shape[0] > 1 and q.shape[2] == 1 and mask is not None and mask.dim() == 4:

@@ -34,10 +34,11 @@ class Block(nn.Module):
         self.has_cross = cfg.cross_attention
 
     def _sublayer(self, x: torch.Tensor, norm: nn.Module, f: Callable) -> torch.Tensor:
+        """``f(h, residual=x)`` is ``x + f(h)``, the sum in ``f``'s last matmul where it can be."""
         if self.placement == "pre":
-            return x + f(norm(x))
+            return f(norm(x), residual=x)
         if self.placement == "post":
-            return norm(x + f(x))
+            return norm(f(x, residual=x))
         return x + norm(f(x))  # sandwich_post
 
     def forward(
@@ -51,14 +52,16 @@ class Block(nn.Module):
         start_pos: int = 0,
         memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        def self_attn(h):
+        def self_attn(h, residual=None):
             return self.attn(
-                h, rope=rope, mask=mask, is_causal=is_causal, cache=cache, start_pos=start_pos
-            )
+                h, rope=rope, mask=mask, is_causal=is_causal, cache=cache, start_pos=start_pos,
+                residual=residual,
+            )  # fmt: skip
+
+        def cross_attn(h, residual=None):
+            return self.cross_attn(h, cache=cache, memory=memory, residual=residual)
 
         x = self._sublayer(x, self.attn_norm, self_attn)
         if self.has_cross:
-            x = self._sublayer(
-                x, self.cross_attn_norm, lambda h: self.cross_attn(h, cache=cache, memory=memory)
-            )
+            x = self._sublayer(x, self.cross_attn_norm, cross_attn)
         return self._sublayer(x, self.mlp_norm, self.mlp)

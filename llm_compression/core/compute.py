@@ -114,6 +114,25 @@ class OneDNNLinear(nn.Module):
             return F.linear(x, self._packed.to_dense(), self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
+    def activated(self, x: torch.Tensor, act: Callable) -> torch.Tensor:
+        """``act(self(x))``; erf GELU and SiLU run as the kernel's post-op on its output tiles
+        (one pass less over the activations; the same values to ~1e-7, decision 0017)."""
+        post_op = _POST_OPS.get(act)
+        if post_op is None or self._packed is None or _needs_grad(x):
+            return act(self(x))
+        x = x.to(self.io_dtype)
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, *post_op)
+
+    def added(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``, the sum in the kernel's output pass where it computes in the
+        residual's dtype (float32; bfloat16 returns bfloat16 and adds as before)."""
+        x = x.to(self.io_dtype)
+        if self._packed is None or residual.dtype != self.io_dtype or _needs_grad(x):
+            return residual + self(x)
+        return torch.ops.mkldnn._linear_pointwise.binary(
+            x, residual, self._packed, self.bias, "add"
+        )
+
 
 class BFloat16Linear(OneDNNLinear):
     """bfloat16 (oneDNN: AMX tiles or AVX512_BF16), y left in bfloat16.
@@ -163,6 +182,25 @@ def rescale_linear(layer: nn.Module, weight_factor: float, bias_factor: float) -
     layer.weight = nn.Parameter(layer.weight * weight_factor, requires_grad=False)
     if layer.bias is not None:
         layer.bias = nn.Parameter(layer.bias * bias_factor, requires_grad=False)
+
+
+_POST_OPS = {F.gelu: ("gelu", [], "none"), F.silu: ("swish", [], "")}  # oneDNN's attr, algorithm
+
+
+def activated(layer: nn.Module, x: torch.Tensor, act: Callable) -> torch.Tensor:
+    """``act(layer(x))``, the activation fused into the kernel where ``layer`` has one."""
+    if isinstance(layer, OneDNNLinear):
+        return layer.activated(x, act)
+    return act(layer(x))
+
+
+def added(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """``residual + layer(x)`` (``layer(x)`` for no residual), the sum fused where it can be."""
+    if residual is None:
+        return layer(x)
+    if isinstance(layer, OneDNNLinear):
+        return layer.added(x, residual)
+    return residual + layer(x)
 
 
 def _onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:

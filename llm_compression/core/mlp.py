@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TransformerConfig
-from .compute import rescale_linear
+from .compute import activated, added, rescale_linear
 
 QUICK_GELU_SCALE = 1.702
 
@@ -66,10 +66,13 @@ class MLP(nn.Module):
         rescale_linear(self.down, 1 / QUICK_GELU_SCALE, 1.0)
         self.act = F.silu
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``down(...)`` of ``x``, plus ``residual`` if given (summed in the matmul's output)."""
         if self.gate_up is not None:
             gate, up = self.gate_up(x).chunk(2, dim=-1)
-            return self.down(self.act(gate) * up)
-        if self.swiglu:
-            return self.down(self.act(self.gate(x)) * self.up(x))
-        return self.down(self.act(self.up(x)))
+            hidden = self.act(gate) * up
+        elif self.swiglu:
+            hidden = activated(self.gate, x, self.act) * self.up(x)
+        else:
+            hidden = activated(self.up, x, self.act)
+        return added(self.down, hidden, residual)

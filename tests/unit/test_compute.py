@@ -435,3 +435,55 @@ def test_tied_logits_equal_the_plain_matmul_and_keep_gradients():
     torch.testing.assert_close(grad, 2 * want @ table)
     half = tied_logits(h.bfloat16(), table.bfloat16())
     assert half.dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("kind", ["Float32Linear", "BFloat16Linear"])
+@pytest.mark.parametrize("act", ["gelu", "swiglu", "gelu_tanh"])  # swiglu: SiLU
+def test_activation_and_residual_fuse_into_the_kernel(kind, act):
+    """``activated`` / ``added`` equal ``act(layer(x))`` / ``residual + layer(x)``: erf GELU
+    and SiLU as oneDNN post-ops (no separate elementwise op runs), other activations and a
+    bfloat16 layer's float32 residual as before; with gradients, the plain ops."""
+    from llm_compression.core import compute
+    from llm_compression.core.mlp import ACTIVATIONS
+
+    fn, g = ACTIVATIONS[act], torch.Generator().manual_seed(5)
+    plain = torch.nn.Linear(48, 40)
+    torch.nn.init.normal_(plain.weight, generator=g)
+    layer = getattr(compute, kind)(plain)
+    x, residual = torch.randn(3, 7, 48, generator=g), torch.randn(3, 7, 40, generator=g)
+    tol = 1e-5 if kind == "Float32Linear" else 2e-2
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        got_act, got_sum = compute.activated(layer, x, fn), compute.added(layer, x, residual)
+    ran = {e.name for e in prof.events()}
+    fused_act = act != "gelu_tanh"
+    assert ("aten::gelu" in ran or "aten::silu" in ran) != fused_act, ran
+    assert ("aten::add" in ran) == (kind == "BFloat16Linear"), ran
+    with torch.inference_mode():
+        want = layer(x)
+        torch.testing.assert_close(got_act, fn(want), rtol=tol, atol=tol)
+        torch.testing.assert_close(got_sum, residual + want, rtol=tol, atol=tol)
+    assert got_sum.dtype == torch.float32
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(compute.added(layer, x, residual).sum(), x)
+    torch.testing.assert_close(
+        grad, layer.dense()[0].float().sum(0).expand_as(x), rtol=tol, atol=tol
+    )
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_float32_blocks_add_the_residual_in_the_matmul(bert_file):
+    """A float32 forward runs no separate residual add or GELU in its blocks (post-norm BERT:
+    two adds and a GELU a block fewer than the built model), within parity of its output."""
+    model, ref = load_model(bert_file), as_built(bert_file)
+    ids = torch.randint(1000, 20000, (2, 9), generator=torch.Generator().manual_seed(0))
+
+    def run(m):
+        with torch.inference_mode(), torch.profiler.profile() as prof:
+            out = m.encode(ids)
+        names = [e.name for e in prof.events()]
+        return out, names.count("aten::add"), names.count("aten::gelu")
+
+    (got, adds, gelus), (want, ref_adds, ref_gelus) = run(model), run(ref)
+    assert (ref_adds - adds, ref_gelus, gelus) == (2 * len(model.layers), len(model.layers), 0)
+    assert float((got - want).norm() / want.norm()) < 1e-5
