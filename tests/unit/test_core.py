@@ -200,6 +200,7 @@ def test_kv_cache_incremental_equals_full(name):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=2e-5, rtol=1e-4)
     if cfg.cross_attention:
         assert cache[0].cross is cross  # computed once per encoder output
+        assert all(t.is_contiguous() for t in cross)  # each step reads a head's rows in a run
 
 
 def test_cross_attention_recomputed_for_new_memory():
