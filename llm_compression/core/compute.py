@@ -7,7 +7,9 @@
   oneDNN, each ``nn.Linear`` runs on oneDNN's packed float32 weight (``Float32Linear``), q, k and
   v as one matmul and CLIP's quick_gelu as one silu: the same products summed in another order
   (relative difference ~1e-6 to torch's own ops; 1.2-1.7x their speed on an AMD EPYC, decision
-  0017). Elsewhere (a GPU, no oneDNN) the model as loaded, torch's own ops.
+  0017). Elsewhere (a GPU, no oneDNN) the model as loaded, torch's own ops. On oneDNN an MLP's
+  GELU / SiLU runs as its up projection's post-op (``activated``) and a block's residual is
+  added in its output projection's kernel (``added``).
 - ``"bfloat16"``: every ``nn.Linear`` keeps its weight in bfloat16 and multiplies in bfloat16
   (oneDNN's AVX512_BF16 kernels); norms, softmax, activations and the residual stream stay
   float32, so the error is the matmuls' alone (relative L2 ~ 0.003 on CLIP).
