@@ -103,7 +103,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 def _one_query_float32(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether ``q`` (B, H, T, D) is one query a row, float32 on the CPU, attending unmasked."""
-    return q.shape[2] == 1 and mask is None and q.dtype == torch.float32 and not q.is_cuda
+    return q.shape[2] == 1 and mask is None and q.dtype == torch.float32 and q.device.type == "cpu"
 
 
 class Attention(nn.Module):
