@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import TransformerConfig
 from ..errors import InputError
-from .compute import added, stacked_linear
+from .compute_layers import added, stacked_linear
 from .mlp import linear
 from .norm import RMSNorm
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TransformerConfig
-from .compute import activated, added, rescale_linear
+from .compute_layers import activated, added, rescale_linear
 
 QUICK_GELU_SCALE = 1.702
 

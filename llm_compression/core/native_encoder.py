@@ -102,7 +102,7 @@ def _layers(blocks: list):
 
 def int8_layers(blocks: nn.ModuleList) -> bool:
     """Whether every linear layer of ``blocks`` is an ``Int8Rows`` (what the kernel copies)."""
-    from .compute import Int8Linear, Int8Rows
+    from .compute_layers import Int8Linear, Int8Rows
 
     linears = [m for m in blocks.modules() if isinstance(m, nn.Linear | Int8Linear | Int8Rows)]
     return bool(linears) and all(isinstance(m, Int8Rows) for m in linears)
@@ -159,7 +159,7 @@ def _real_tokens(mask: torch.Tensor, B: int, T: int) -> torch.Tensor:
 def _bytes(block: nn.Module) -> int:
     """Bytes the kernel holds for one block: int8 weights, a float32 scale a row, biases and
     norms in float32."""
-    from .compute import Int8Rows
+    from .compute_layers import Int8Rows
 
     total = sum(p.numel() * 4 for p in block.parameters())  # norms (the linears' are not)
     for m in block.modules():

@@ -14,7 +14,7 @@ import torch
 
 from ..config import TransformerConfig, check_choice, check_positive
 from ..core import KVCache, Transformer
-from ..core.compute import tied_logits
+from ..core.compute_layers import tied_logits
 from ..core.generation import SamplingConfig, TextStreamer, decode_batch
 from ..core.mlp import embedding, linear
 from ..errors import ConfigError, InputError

@@ -8,7 +8,8 @@ import torch
 from provider_helpers import as_built, tiny_bert_file, tiny_clip_folder
 
 from llm_compression.convert import convert
-from llm_compression.core.compute import BFloat16Linear, Int8Linear, apply_compute, parse_dtype
+from llm_compression.core.compute import apply_compute, parse_dtype
+from llm_compression.core.compute_layers import BFloat16Linear, Int8Linear
 from llm_compression.errors import InputError
 from llm_compression.loader import load_model
 from llm_compression.provider import CLIPEngine, MultimodalEmbeddingProvider
@@ -177,7 +178,6 @@ def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decod
 def test_patch_conv_runs_as_a_bfloat16_linear(clip_file, mode):
     """bfloat16 and int8 compute CLIP's patch convolution as a bfloat16 linear layer over the
     flattened patches: the patch embeddings equal the float32 conv's up to bfloat16 rounding."""
-    from llm_compression.core.compute import BFloat16Linear
 
     model, exact = load_model(clip_file, dtype=mode), load_model(clip_file)
     assert model.vision.patch_embed is None and isinstance(
@@ -216,7 +216,7 @@ def test_quick_gelu_runs_as_one_silu(clip_file, mode, tolerance):
 def test_float32_runs_on_onednn_within_parity(bert_file):
     """float32: every linear on oneDNN's packed float32 weight (q, k, v as one), no dense copy
     kept, the output within 1e-5 of torch's own ops; gradients still reach the input."""
-    from llm_compression.core.compute import Float32Linear
+    from llm_compression.core.compute_layers import Float32Linear
 
     model, ref = load_model(bert_file), as_built(bert_file)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -249,18 +249,18 @@ def test_float32_keeps_plain_layers_without_onednn(bert_file, monkeypatch):
 def test_int8_engine_follows_the_cpu(bert_file, monkeypatch):
     """oneDNN (AMX tiles) where the CPU has AMX int8, fbgemm (VNNI) elsewhere; the layers are
     packed for that engine."""
-    from llm_compression.core import compute
+    from llm_compression.core import compute_layers
 
     for flags, want in (({"avx512_vnni", "amx_int8"}, "onednn"), ({"avx512_vnni"}, "fbgemm")):
-        compute.int8_engine.cache_clear()
-        monkeypatch.setattr(compute, "_cpu_flags", lambda flags=flags: flags)
-        assert compute.int8_engine() == want
+        compute_layers.int8_engine.cache_clear()
+        monkeypatch.setattr(compute_layers, "_cpu_flags", lambda flags=flags: flags)
+        assert compute_layers.int8_engine() == want
         model = load_model(bert_file, dtype="int8")
         assert torch.backends.quantized.engine == want
         ids = torch.randint(1000, 20000, (2, 9), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             assert model.encode(ids).isfinite().all()
-    compute.int8_engine.cache_clear()
+    compute_layers.int8_engine.cache_clear()
 
 
 def test_whisper_int8_decode_steps_run_fbgemm(tmp_path, monkeypatch):
@@ -269,12 +269,12 @@ def test_whisper_int8_decode_steps_run_fbgemm(tmp_path, monkeypatch):
     output's 1500 rows) for oneDNN; repacking keeps the int8 values: the same logits."""
     from provider_helpers import tiny_whisper_folder
 
-    from llm_compression.core import compute
+    from llm_compression.core import compute, compute_layers
 
     if not {"fbgemm", "onednn"} <= set(torch.backends.quantized.supported_engines):
         pytest.skip("this torch lacks fbgemm or oneDNN quantized engines")
-    compute.int8_engine.cache_clear()
-    monkeypatch.setattr(compute, "_cpu_flags", lambda: {"avx512_vnni", "amx_int8"})
+    compute_layers.int8_engine.cache_clear()
+    monkeypatch.setattr(compute_layers, "_cpu_flags", lambda: {"avx512_vnni", "amx_int8"})
     path = convert(tiny_whisper_folder(tmp_path / "w"), tmp_path / "w.parquet", dtype="float32")
     model = load_model(path, dtype="int8")
     engines = {n: m.engine for n, m in model.decoder.named_modules() if isinstance(m, Int8Linear)}
@@ -291,7 +291,7 @@ def test_whisper_int8_decode_steps_run_fbgemm(tmp_path, monkeypatch):
     with torch.inference_mode():
         got, want = model.decoder(ids, memory=memory_in), onednn.decoder(ids, memory=memory_in)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    compute.int8_engine.cache_clear()
+    compute_layers.int8_engine.cache_clear()
 
 
 def _random_linear(n_in: int, n_out: int, g: torch.Generator, bias: bool = True):
@@ -343,7 +343,7 @@ def test_int8_linear_rescale_keeps_the_int8_values():
 
 @pytest.mark.parametrize("kind", [BFloat16Linear, Int8Linear])
 def test_stacked_linear_computes_the_layers_side_by_side(kind):
-    from llm_compression.core.compute import stacked_linear
+    from llm_compression.core.compute_layers import stacked_linear
 
     g = torch.Generator().manual_seed(7)
     layers = [_random_linear(24, n, g, bias=n != 8) for n in (16, 8, 8)]  # k without bias
@@ -364,7 +364,7 @@ def test_stacked_linear_computes_the_layers_side_by_side(kind):
 
 def test_int8_rows_hold_int8_linears_values():
     """Int8Rows (the C kernel's input) holds what Int8Linear packs, and computes like it."""
-    from llm_compression.core.compute import Int8Rows
+    from llm_compression.core.compute_layers import Int8Rows
 
     layer = torch.nn.Linear(64, 48)
     torch.nn.init.normal_(layer.weight, generator=torch.Generator().manual_seed(0))
@@ -383,7 +383,7 @@ def test_int8_rows_hold_int8_linears_values():
 def test_int8_embedding_gathers_scaled_int8_rows(monkeypatch):
     """A lookup in an int8 table: the ids' int8 rows (int8_rows, as the int8 linears quantize,
     chunk by chunk) times their scales, a quarter of the float32 table's bytes."""
-    from llm_compression.core.compute import Int8Embedding, int8_rows
+    from llm_compression.core.compute_layers import Int8Embedding, int8_rows
 
     monkeypatch.setattr(Int8Embedding, "CHUNK_ROWS", 64)  # 300 rows: 5 chunks, the last short
     table = torch.nn.Embedding(300, 32)
@@ -404,7 +404,8 @@ def test_int8_embedding_gathers_scaled_int8_rows(monkeypatch):
 def test_tied_head_of_an_int8_table_packs_its_rows():
     """The output projection tied to an int8 table holds what Int8Linear of the float table
     would (the same int8 values and scales), made from the int8 rows; float32: no layer."""
-    from llm_compression.core.compute import Int8Embedding, tied_head
+    from llm_compression.core.compute import tied_head
+    from llm_compression.core.compute_layers import Int8Embedding
 
     table = torch.nn.Embedding(96, 64)
     torch.nn.init.normal_(table.weight, generator=torch.Generator().manual_seed(2))
@@ -423,7 +424,7 @@ def test_tied_logits_equal_the_plain_matmul_and_keep_gradients():
     """A tied output projection on oneDNN (float32, CPU) gives F.linear's logits within float
     rounding, from the table itself (no copy); gradients to the input and other dtypes take
     F.linear."""
-    from llm_compression.core.compute import tied_logits
+    from llm_compression.core.compute_layers import tied_logits
 
     g = torch.Generator().manual_seed(4)
     table, h = torch.randn(500, 48, generator=g), torch.randn(2, 3, 48, generator=g)
@@ -444,18 +445,21 @@ def test_activation_and_residual_fuse_into_the_kernel(kind, act):
     """``activated`` / ``added`` equal ``act(layer(x))`` / ``residual + layer(x)``: erf GELU
     and SiLU as oneDNN post-ops (no separate elementwise op runs), other activations and a
     bfloat16 layer's float32 residual as before; with gradients, the plain ops."""
-    from llm_compression.core import compute
+    from llm_compression.core import compute_layers
     from llm_compression.core.mlp import ACTIVATIONS
 
     fn, g = ACTIVATIONS[act], torch.Generator().manual_seed(5)
     plain = torch.nn.Linear(48, 40)
     torch.nn.init.normal_(plain.weight, generator=g)
-    layer = getattr(compute, kind)(plain)
+    layer = getattr(compute_layers, kind)(plain)
     x = torch.randn(3, 7, 48, generator=g)
     residual = torch.randn(3, 40, 7, generator=g).transpose(1, 2)  # a strided view, as after a conv
     tol = 1e-5 if kind == "Float32Linear" else 2e-2
     with torch.inference_mode(), torch.profiler.profile() as prof:
-        got_act, got_sum = compute.activated(layer, x, fn), compute.added(layer, x, residual)
+        got_act, got_sum = (
+            compute_layers.activated(layer, x, fn),
+            compute_layers.added(layer, x, residual),
+        )
     ran = {e.name for e in prof.events()}
     fused_act = act != "gelu_tanh"
     assert ("aten::gelu" in ran or "aten::silu" in ran) != fused_act, ran
@@ -466,7 +470,7 @@ def test_activation_and_residual_fuse_into_the_kernel(kind, act):
         torch.testing.assert_close(got_sum, residual + want, rtol=tol, atol=tol)
     assert got_sum.dtype == torch.float32
     x.requires_grad_(True)
-    (grad,) = torch.autograd.grad(compute.added(layer, x, residual).sum(), x)
+    (grad,) = torch.autograd.grad(compute_layers.added(layer, x, residual).sum(), x)
     torch.testing.assert_close(
         grad, layer.dense()[0].float().sum(0).expand_as(x), rtol=tol, atol=tol
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 from provider_helpers import as_built, tiny_bert_file
 
-from llm_compression.core import compute, native_encoder
+from llm_compression.core import compute, compute_layers, native_encoder
 from llm_compression.core.native_encoder import why_not
 from llm_compression.errors import InputError
 from llm_compression.loader import load_model
@@ -36,7 +36,7 @@ def int8_blocks(bert_file):
     """The float32 model's blocks with their linears as ``Int8Rows``: the int8 rows loading
     hands the kernel."""
     blocks = as_built(bert_file).layers  # torch's own linears (load_model packs float32's)
-    compute._replace_linears(blocks, compute.Int8Rows, None)
+    compute._replace_linears(blocks, compute_layers.Int8Rows, None)
     return blocks
 
 
@@ -160,10 +160,11 @@ def test_the_kernel_holds_the_only_int8_copy(models):
 def test_the_kernel_takes_int8_rows_torch_never_packed(bert_file, monkeypatch):
     """The body's linears become plain int8 rows for the kernel: torch's int8 packing (which
     holds each matrix twice while loading) never runs for them."""
-    from llm_compression.core import compute
 
     packed = []
-    monkeypatch.setattr(compute.Int8Linear, "_pack", lambda self, w, b: packed.append(w.shape))
+    monkeypatch.setattr(
+        compute_layers.Int8Linear, "_pack", lambda self, w, b: packed.append(w.shape)
+    )
     model = load_model(bert_file, dtype="int8")
     assert model.native is not None and packed == []
 

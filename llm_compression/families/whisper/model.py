@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core import Transformer
-from ...core.compute import tied_head, tied_logits
+from ...core.compute import tied_head
+from ...core.compute_layers import tied_logits
 from ...core.mlp import embedding
 from ...errors import InputError
 from ...preprocess.audio import load_audio, log_mel_batch, split_windows
