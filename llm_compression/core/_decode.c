@@ -21,6 +21,11 @@
  * Per (weight row, activation row), group by group:
  *   int8: acc = fma(sum (q + 128) x - 128 sum x, d dx, acc)
  *   int4: acc = fma(sum q x, d dx, acc); acc = fma(m, dx sum x, acc)
+ * float32 (kind 32; decision 0018): the caller's plain rows x cols matrix, viewed, not copied (a
+ * torch model's own weights), activations unquantized; each (row, activation row) a dot product
+ * of 16 partial sums (lane l: inputs k = l mod 16, fmaf in k's order) added by reduce16, then the
+ * bias. A decode step's matrices at one row stream at the memory's rate, where oneDNN's float32
+ * GEMV reads ~half of it (decision 0017).
  * Two kernels, one arithmetic: the AVX512 one (runtime dispatch) and a portable one doing the
  * same float operations in the same order (tests compare them bit for bit).
  *
@@ -33,8 +38,9 @@
  *       32 = encoder: attention over the whole sequence, no head (encode, not step)
  *       cos / sin: rotary tables, or both None (no rotary positions)
  *       head / matrices: (kind 8 or 4, rows, cols, q, scales, offsets or None), the stored
- *       values (int8, or int4 bytes; scales and offsets float16 or float32), copied; head and
- *       final_norm None for an encoder
+ *       values (int8, or int4 bytes; scales and offsets float16 or float32), copied; or
+ *       (32, rows, cols, values, None, None), float32 rows held as they are (every matrix of a
+ *       model float32, or none); head and final_norm None for an encoder
  *       layers: an iterable of n_layers entries (qkv, o, gate_up, down, attn_norm, mlp_norm,
  *       q_norm|None, k_norm|None[, attn_norm_bias, mlp_norm_bias, qkv_bias, o_bias,
  *       gate_up_bias, down_bias: float32 or None]); each entry is released once its matrices
@@ -93,10 +99,12 @@
 enum { SCALES_F32, SCALES_F16, SCALES_ROW };
 
 typedef struct {
-    int kind, scales; /* 8 or 4; SCALES_* */
+    int kind, scales; /* 8, 4 or 32 (float32); SCALES_* */
     Py_ssize_t rows, cols, tiles;
     uint8_t *q;
     void *scale, *offset; /* tiles x groups x 16 (SCALES_ROW: tiles x 16); offset: int4 only */
+    Py_buffer plain;      /* kind 32: the caller's rows x cols floats, held (not tiles) */
+    const float *f;       /* kind 32: plain.buf */
 } Mat;
 
 enum { POST_NORMS = 1, QK_NORMS = 2, LAYER_NORM = 4, NORM_AFTER = 8, GELU = 16, ENCODER = 32 };
@@ -110,6 +118,7 @@ typedef struct {
 
 typedef struct {
     int n_layers, dim, heads, kv_heads, head_dim, mlp_dim, max_pos, flags, threads;
+    int exact; /* float32 matrices (kind 32): activations stay float32 */
     float eps;
     const float *cos, *sin, *final_norm;
     Mat head;
@@ -127,6 +136,7 @@ typedef struct {
     float *dx;     /* at act_at(m, g): the group's scale */
     int32_t *init; /* -128 * sum q: int8 weights are stored + 128 */
     float *sx;     /* dx * sum q: int4's offset term */
+    float *fx;     /* a float32 model's rows as they are (M x cols; then q and the rest NULL) */
 } Act;
 
 static int use_simd = 0;
@@ -237,9 +247,13 @@ WIDE static void quantize_row(const float *x, Act *a, Py_ssize_t m) {
     }
 }
 
-static int act_alloc(Act *a, Py_ssize_t M, Py_ssize_t cols) {
+static int act_alloc(Act *a, Py_ssize_t M, Py_ssize_t cols, int exact) {
     Py_ssize_t rows = (M + MAXM - 1) / MAXM * MAXM, groups = rows * (cols / GROUP);
     a->cols = cols;
+    if (exact) {
+        a->fx = malloc((size_t)(rows * cols) * sizeof(float));
+        return a->fx != NULL;
+    }
     a->q = malloc((size_t)(rows * cols));
     a->dx = malloc((size_t)groups * sizeof(float));
     a->init = malloc((size_t)groups * sizeof(int32_t));
@@ -252,6 +266,7 @@ static void act_free(Act *a) {
     free(a->dx);
     free(a->init);
     free(a->sx);
+    free(a->fx);
 }
 
 #ifdef HAVE_X86
@@ -289,6 +304,10 @@ SIMD_TARGET static void quantize_row_avx512(const float *x, Act *a, Py_ssize_t m
 #endif
 
 static void quantize_one(Act *a, const float *x, Py_ssize_t m) {
+    if (a->fx) { /* float32: the row as it is */
+        memcpy(a->fx + m * a->cols, x + m * a->cols, (size_t)a->cols * sizeof(float));
+        return;
+    }
 #ifdef HAVE_X86
     if (use_simd) {
         quantize_row_avx512(x + m * a->cols, a, m);
@@ -503,10 +522,61 @@ static int simd_available(void) {
 static int simd_available(void) { return 0; }
 #endif
 
+#define PLAIN_ROWS 4 /* float32 weight rows a pass: their 4 streams share each input load */
+
+/* float32: out[m * ld + r] for rows r0 .. r0 + n - 1 (n <= PLAIN_ROWS) of w and activation rows
+ * 0 .. M - 1: 16 partial sums (lane l: inputs k = l mod 16 in k's order, fmaf; the last
+ * cols % 16 inputs into lanes 0 ..) added by reduce16, then the bias. The same operations in
+ * every build (fmaf is exact), so the portable and the AVX512 code give the same bits; the
+ * rows (4 x cols floats) stay in L1 across the activation rows. */
+WIDE static void plain_rows(const float *w, Py_ssize_t cols, Py_ssize_t r0, int n, const float *x,
+                            Py_ssize_t M, const float *bias, float *out, Py_ssize_t ld) {
+    Py_ssize_t full = cols - cols % 16;
+    const float *rows = w + r0 * cols;
+    for (Py_ssize_t m = 0; m < M; m++) {
+        const float *xm = x + m * cols;
+        float s[PLAIN_ROWS][16];
+        memset(s, 0, sizeof s);
+        if (n == PLAIN_ROWS) { /* a constant count: the compiler keeps the four sums in registers */
+            for (Py_ssize_t k = 0; k < full; k += 16)
+                for (int r = 0; r < PLAIN_ROWS; r++)
+                    for (int l = 0; l < 16; l++)
+                        s[r][l] = fmaf(rows[r * cols + k + l], xm[k + l], s[r][l]);
+        } else {
+            for (int r = 0; r < n; r++)
+                for (Py_ssize_t k = 0; k < full; k += 16)
+                    for (int l = 0; l < 16; l++)
+                        s[r][l] = fmaf(rows[r * cols + k + l], xm[k + l], s[r][l]);
+        }
+        for (int r = 0; r < n; r++) {
+            for (Py_ssize_t k = full; k < cols; k++)
+                s[r][k - full] = fmaf(rows[r * cols + k], xm[k], s[r][k - full]);
+            out[m * ld + r0 + r] = reduce16(s[r]) + (bias ? bias[r0 + r] : 0.0f);
+        }
+    }
+}
+
+/* out = x (M rows of w->cols floats) times the float32 matrix w^T (+ bias): the rows split over
+ * the threads, PLAIN_ROWS at a time. */
+static void plain_matmul(const Mat *w, const float *x, Py_ssize_t M, float *out, Py_ssize_t ld,
+                         const float *bias, int threads) {
+    Py_ssize_t passes = (w->rows + PLAIN_ROWS - 1) / PLAIN_ROWS;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (Py_ssize_t p = 0; p < passes; p++) {
+        Py_ssize_t r0 = p * PLAIN_ROWS;
+        int n = (int)(w->rows - r0 < PLAIN_ROWS ? w->rows - r0 : PLAIN_ROWS);
+        plain_rows(w->f, w->cols, r0, n, x, M, bias, out, ld);
+    }
+}
+
 /* out (M x w->rows, row stride ld) = quantized activation a (M rows) times w^T (+ bias: w->rows
- * floats, or NULL). */
+ * floats, or NULL); a float32 matrix takes a's float rows. */
 static void matmul(const Mat *w, const Act *a, Py_ssize_t M, float *out, Py_ssize_t ld,
                    const float *bias, int threads) {
+    if (w->kind == 32) {
+        plain_matmul(w, a->fx, M, out, ld, bias, threads);
+        return;
+    }
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (Py_ssize_t t = 0; t < w->tiles; t++) {
         int n = (int)(w->rows - t * ROWS < ROWS ? w->rows - t * ROWS : ROWS);
@@ -821,8 +891,8 @@ static int work_alloc(Work *wk, const Model *md, Py_ssize_t M) {
     wk->hidden = malloc((size_t)(M * F) * sizeof(float));
     wk->tmp = malloc((size_t)(C > HD ? C : HD) * sizeof(float)); /* a norm's output */
     int ok = wk->h && wk->qkv && wk->attn && wk->proj && wk->gate_up && wk->hidden && wk->tmp;
-    ok = act_alloc(&wk->in, M, C) && ok;
-    return act_alloc(&wk->mid, M, widest) && ok;
+    ok = act_alloc(&wk->in, M, C, md->exact) && ok;
+    return act_alloc(&wk->mid, M, widest, md->exact) && ok;
 }
 
 static void work_free(Work *wk) {
@@ -873,6 +943,9 @@ static int forward(const Batch *bt, float *x, const int64_t *wanted, Py_ssize_t 
 static const char *CAPSULE = "llm_compression.core._decode.Model";
 
 static void mat_free(Mat *w) {
+    if (w->f)
+        PyBuffer_Release(&w->plain);
+    w->f = NULL;
     free(w->q);
     free(w->scale);
     free(w->offset);
@@ -1023,21 +1096,42 @@ done:
     return rc;
 }
 
-/* (kind, rows, cols, q, scales, offsets) repacked into w (owned; mat_free). */
+/* A float32 matrix: the caller's rows x cols floats, held as they are (released by mat_free). */
+static int hold_plain(Mat *w, PyObject *values, const char *what) {
+    Py_buffer v;
+    int half = 0;
+    Py_ssize_t n = 0;
+    if (float_view(values, &v, &half, &n, what) < 0)
+        return -1;
+    if (half || n != w->rows * w->cols) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd %s values, expected %zd float32", what, n,
+                     half ? "float16" : "float32", w->rows * w->cols);
+        PyBuffer_Release(&v);
+        return -1;
+    }
+    w->plain = v;
+    w->f = v.buf;
+    return 0;
+}
+
+/* (kind, rows, cols, q, scales, offsets) repacked into w (owned; mat_free); float32 held. */
 static int parse_mat(PyObject *spec, Mat *w, Py_ssize_t rows, Py_ssize_t cols, const char *what) {
     PyObject *q, *scale, *offset;
     if (!PyArg_ParseTuple(spec, "innOOO", &w->kind, &w->rows, &w->cols, &q, &scale, &offset))
         return -1;
-    if ((w->kind != 8 && w->kind != 4) || w->cols % GROUP || w->cols <= 0 || w->rows <= 0 ||
-        (rows && w->rows != rows) || w->cols != cols || (w->kind == 4) == (offset == Py_None) ||
+    int plain = w->kind == 32;
+    if ((w->kind != 8 && w->kind != 4 && !plain) || w->cols % GROUP || w->cols <= 0 ||
+        w->rows <= 0 || (rows && w->rows != rows) || w->cols != cols ||
+        (w->kind == 4) == (offset == Py_None) || (plain && scale != Py_None) ||
         PRODUCT(w->rows + ROWS, w->cols, 4) < 0) {
         PyErr_Format(PyExc_ValueError,
                      "%s: kind %d, %zd x %zd does not fit (expected %zd x %zd, columns a "
-                     "multiple of %d, offsets for int4 only, sizes within 2^63 bytes)",
+                     "multiple of %d, offsets for int4 only, no scales for float32, sizes "
+                     "within 2^63 bytes)",
                      what, w->kind, w->rows, w->cols, rows, cols, GROUP);
         return -1;
     }
-    return fill_mat(w, q, scale, offset, what);
+    return plain ? hold_plain(w, q, what) : fill_mat(w, q, scale, offset, what);
 }
 
 /* A required float32 vector of n held by the model; None is refused (ValueError naming it). */
@@ -1127,6 +1221,21 @@ static int parse_layers(Model *md, PyObject *layers) {
     return rc;
 }
 
+/* Every matrix float32, or none (a float32 model's activations are not quantized). */
+static int check_kinds(Model *md) {
+    md->exact = md->layers[0].qkv.kind == 32;
+    int mixed = !(md->flags & ENCODER) && (md->head.kind == 32) != md->exact;
+    for (int i = 0; i < md->n_layers; i++) {
+        const Layer *ly = &md->layers[i];
+        const Mat *m[4] = {&ly->qkv, &ly->o, &ly->gate_up, &ly->down};
+        for (int j = 0; j < 4; j++)
+            mixed |= (m[j]->kind == 32) != md->exact;
+    }
+    if (mixed)
+        PyErr_SetString(PyExc_ValueError, "matrices: every one float32 (kind 32) or none");
+    return mixed ? -1 : 0;
+}
+
 static int parse_model(Model *md, PyObject *args) {
     PyObject *cos, *sin, *final_norm, *head, *layers;
     if (!PyArg_ParseTuple(args, "(iiiiiii)fiiOOOOO", &md->n_layers, &md->dim, &md->heads,
@@ -1155,7 +1264,7 @@ static int parse_model(Model *md, PyObject *args) {
     if (!encoder && (!(md->final_norm = hold_norm(md, final_norm, md->dim, "final_norm")) ||
                      parse_mat(head, &md->head, 0, md->dim, "head") < 0))
         return -1;
-    return parse_layers(md, layers);
+    return parse_layers(md, layers) < 0 ? -1 : check_kinds(md);
 }
 
 static PyObject *py_create(PyObject *self, PyObject *args) {
@@ -1377,7 +1486,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     if (PyErr_Occurred() || parse_mat(spec, &w, 0, cols, "matrix") < 0 ||
         view(x, &xv, M * w.cols * 4, 0, "x") < 0 || view(out, &ov, M * w.rows * 4, 1, "out") < 0)
         goto done;
-    if (!act_alloc(&a, M, w.cols)) {
+    if (!act_alloc(&a, M, w.cols, w.kind == 32)) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1395,6 +1504,10 @@ done:
 
 /* Row r of w, dequantized as GroupQuantized.dequantize does (d * q, then + m: two roundings). */
 static void dequantize_row(const Mat *w, Py_ssize_t r, float *o) {
+    if (w->kind == 32) {
+        memcpy(o, w->f + r * w->cols, (size_t)w->cols * sizeof(float));
+        return;
+    }
     Py_ssize_t groups = w->cols / GROUP, t = r / ROWS;
     int l = (int)(r % ROWS);
     for (Py_ssize_t g = 0; g < groups; g++) {

@@ -136,7 +136,8 @@ def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str
     if mode == "float32":  # loaded whole (fill unused): the hooks join and fold, then one pack
         if _packs_float32(part):
             _call_hooks(part, mode)
-            _replace_linears(part, Float32Linear, None, prefix)
+            if not getattr(part, "keeps_plain_float32", False):  # our C kernel views them
+                _replace_linears(part, Float32Linear, None, prefix)
         return
     if mode == "bfloat16":
         _replace_linears(part, BFloat16Linear, fill, prefix)

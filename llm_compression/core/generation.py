@@ -150,10 +150,13 @@ def decode_batch(
     device = next(model.parameters(), torch.empty(0)).device
     longest = max(len(r) for r in rows)
     n_new = min(opts.max_new_tokens, model.context_length - longest)
-    threads = getattr(model, "torch_threads", None)
-    kind = _TorchSteps if getattr(model, "decoder_graph", None) is None else _GraphSteps
+    graph = _decoder(model, device)
+    threads = 1 if graph is not None else getattr(model, "torch_threads", None)
     with torch_threads(threads):
-        steps = kind(model, rows, longest + n_new, device)
+        if graph is None:
+            steps = _TorchSteps(model, rows, longest + n_new, device)
+        else:
+            steps = _GraphSteps(model, graph, rows, longest + n_new, device)
     generator = opts.generator(device)
     active = torch.arange(len(rows))  # batch row -> caller's row index
     tokens = None
@@ -170,6 +173,18 @@ def decode_batch(
             with torch_threads(threads):
                 steps.keep(keep)
             tokens, active = tokens[keep], active[keep]
+
+
+def _decoder(model, device):
+    """What runs the steps in one call each: a quantized model's decoder graph, or our C kernel
+    over a float32 model's weights while it still views them (``float32_steps``); None: torch."""
+    graph = getattr(model, "decoder_graph", None)
+    steps = getattr(model, "float32_steps", None)
+    if graph is None and steps is not None and device.type == "cpu":
+        from .native_decoder import steps_valid
+
+        graph = steps if steps_valid(model, steps) else None
+    return graph
 
 
 class _TorchSteps:
@@ -220,16 +235,15 @@ class _GraphSteps:
     at positions ``0 .. length - 1`` of its cache row, its own length telling the graph its
     rotary position and how far it attends."""
 
-    def __init__(self, model, rows: Sequence[Sequence[int]], max_len: int, device) -> None:
-        self.model, self.rows = model, rows
+    def __init__(self, model, graph, rows: Sequence[Sequence[int]], max_len: int, device) -> None:
+        self.model, self.graph, self.rows = model, graph, rows
         self.cache = model.new_cache(len(rows), max_len)
         self.lengths = torch.tensor([len(r) for r in rows])
         self.device = device
 
     def _logits(self, ids: torch.Tensor, pairs: list, past, lengths=None) -> torch.Tensor:
         embeds = self.model.token_embed(ids)
-        graph = self.model.decoder_graph
-        return graph.run(embeds, pairs, past, last_only=True, lengths=lengths)[:, -1]
+        return self.graph.run(embeds, pairs, past, last_only=True, lengths=lengths)[:, -1]
 
     def first(self) -> torch.Tensor:
         """Every prompt in one run, right-padded (each row attends over its own tokens only,

@@ -1,5 +1,6 @@
 """The whole decoder of a group-quantized causal LM in our C kernel (``core._decode``): one call
-a step, the int8 / int4 weights streamed as stored (docs/decisions/0015-native-decoder.md).
+a step, the int8 / int4 weights streamed as stored (docs/decisions/0015-native-decoder.md); and a
+float32 causal LM's decode steps over views of its own weights (``float32_steps``, decision 0018).
 
 The same model, inputs and KV cache as ``core.decoder_graph.DecoderGraph`` (``run`` is a drop-in):
 RMSNorm (pre, or OLMo-2's post norms and q / k norms), rotary positions (``rotate_half``), causal
@@ -11,10 +12,12 @@ and the CPU has AVX512-VNNI; elsewhere (or for a layout it does not take) the OR
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config import TransformerConfig
 from ..errors import InputError
@@ -27,11 +30,13 @@ except ImportError:  # built without a C compiler: the ORT graph runs instead
     _decode = None
 
 LAYER_MATRICES = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down")
+log = logging.getLogger(__name__)
 
 
 def why_not(cfg: TransformerConfig, mats: dict, head: str) -> str | None:
     """Why the kernel cannot run this decoder (None: it can): ``mats`` by module name, q / k / v
-    and gate / up stacked (``families.quantized.FUSED``)."""
+    and gate / up stacked (``families.quantized.FUSED``), every one group-quantized or every one
+    a float32 (rows, cols) array."""
     if _decode is None:
         return "the C extension llm_compression.core._decode is not built (no C compiler?)"
     if _decode.kernel() != "avx512":
@@ -40,9 +45,10 @@ def why_not(cfg: TransformerConfig, mats: dict, head: str) -> str | None:
     if why and "head_dim" not in why:  # GroupQueryAttention's limit, not ours
         return why
     names = [f"layers.{i}.{m}" for i in range(cfg.n_layers) for m in LAYER_MATRICES] + [head]
-    missing = [n for n in names if not isinstance(mats.get(n), GroupQuantized)]
+    kind = GroupQuantized if isinstance(mats.get(head), GroupQuantized) else np.ndarray
+    missing = [n for n in names if not isinstance(mats.get(n), kind)]
     if missing:
-        return f"{missing[0]} is not one stacked group-quantized matrix"
+        return f"{missing[0]} is not one stacked matrix of the head's kind ({kind.__name__})"
     odd = [n for n in names if mats[n].shape[1] % GROUP]
     return f"{odd[0]}'s inputs are not a multiple of {GROUP}" if odd else None
 
@@ -52,8 +58,11 @@ def matrix_spec(w: GroupQuantized) -> tuple:
     offsets), q int8 or int4 bytes, scales and offsets float16 where both are (a GGUF's, load-time
     quantization: half the bytes a step streams), else float32 (exact widening); an int8 matrix
     whose groups share their row's float32 scale (an ``int8_sym_channel`` file's) passes one
-    scale a row (16 MB less for SmolLM2)."""
+    scale a row (16 MB less for SmolLM2). A float32 array passes as it is (kind 32): the kernel
+    holds it, no copy."""
     rows, cols = w.shape
+    if isinstance(w, np.ndarray):
+        return (32, rows, cols, w, None, None)
     parts = [w.scales] if w.offsets is None else [w.scales, w.offsets]
     wide = np.float16 if all(p.dtype == np.float16 for p in parts) else np.float32
     scales = np.ascontiguousarray(w.scales, wide)
@@ -149,3 +158,56 @@ class NativeEmbedding(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decoder.lookup(ids)
+
+
+def float32_steps(model: torch.nn.Module) -> NativeDecoder | None:
+    """A float32 causal LM's decode steps in our C kernel, over views of the model's own plain
+    weights (no copy; gate and up are joined into ``mlp.gate_up`` for it, q / k / v already are
+    by ``Attention.compute_converted``); None (the reason logged) where the kernel does not run
+    it. The matrices stream at the memory's rate a step, the rest of a step is C instead of ~20
+    torch ops a layer (decision 0018); every sum is float32 (~1e-6 from torch's, as oneDNN's).
+    The model's own ``logits`` stay torch's: masks, gradients and other devices work as before."""
+    from .compute_layers import stacked_linear
+
+    cfg = model.config.body
+    for layer in model.layers:
+        mlp = layer.mlp
+        if mlp.gate_up is None and mlp.swiglu:
+            fused = stacked_linear([mlp.gate, mlp.up])
+            if fused is not None:
+                mlp.gate_up, mlp.gate, mlp.up = fused, None, None
+    viewed = {name: m.weight for name, m in model.named_modules() if type(m) is nn.Linear}
+    viewed["token_embed"] = model.token_embed.weight
+    head = "lm_head" if "lm_head" in viewed else "token_embed"
+    if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in viewed.values()):
+        return None
+    mats = {name: w.detach().numpy() for name, w in viewed.items()}
+    why = why_not(cfg, mats, head) or _dense(viewed)
+    if why is not None:
+        log.info("float32 decode steps stay on torch, not our C kernel: %s", why)
+        return None
+    floats = {n: p.detach().numpy() for n, p in model.named_parameters() if p.dim() == 1}
+    decoder = NativeDecoder(cfg, mats, floats, head)
+    decoder.viewed = {name: w.data_ptr() for name, w in viewed.items()}
+    return decoder
+
+
+def _dense(viewed: dict) -> str | None:
+    """Why the viewed weights cannot be read as plain rows (None: they can; biases are refused
+    by ``why_not``'s config check)."""
+    odd = [n for n, w in viewed.items() if not w.is_contiguous()]
+    return f"{odd[0]} is not contiguous" if odd else None
+
+
+def steps_valid(model: torch.nn.Module, decoder: NativeDecoder) -> bool:
+    """Whether the weights a ``float32_steps`` decoder views are still the model's (a replaced
+    layer or parameter, or one moved, leaves the kernel reading the old one: torch runs the
+    steps then)."""
+    for name, ptr in decoder.viewed.items():
+        try:
+            w = getattr(model.get_submodule(name), "weight", None)
+        except AttributeError:  # the layer is gone
+            return False
+        if not isinstance(w, torch.Tensor) or w.device.type != "cpu" or w.data_ptr() != ptr:
+            return False
+    return True

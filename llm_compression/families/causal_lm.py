@@ -59,6 +59,23 @@ class CausalLM(FamilyMethods, Transformer):
             self.lm_head = linear(config.body.dim, config.vocab_size, False)
         self.tokenizer = None
         self.decoder_graph = None  # core.decoder_graph.DecoderGraph of a quantized model
+        self.float32_steps = None  # our C kernel over these weights: float32 decode steps
+
+    def compute_converted(self, mode: str) -> None:
+        """float32 on the CPU: the decode steps move into our C kernel where it runs this model
+        (``core.native_decoder.float32_steps``: it views these weights, so they stay plain
+        ``nn.Linear`` rows, not oneDNN's packed copies); ``logits`` stays torch's."""
+        super().compute_converted(mode)
+        if mode == "float32" and self.decoder_graph is None:
+            from ..core import native_decoder
+
+            self.float32_steps = native_decoder.float32_steps(self)
+
+    @property
+    def keeps_plain_float32(self) -> bool:
+        """Whether ``core.compute`` leaves the float32 linear layers as they are (our kernel
+        views them)."""
+        return self.float32_steps is not None
 
     @property
     def context_length(self) -> int:
