@@ -523,36 +523,46 @@ static int simd_available(void) { return 0; }
 #endif
 
 #define PLAIN_ROWS 4 /* float32 weight rows a pass: their 4 streams share each input load */
+#define PLAIN_BLOCK 4 /* activation rows sharing each weight load */
 
 /* float32: out[m * ld + r] for rows r0 .. r0 + n - 1 (n <= PLAIN_ROWS) of w and activation rows
  * 0 .. M - 1: 16 partial sums (lane l: inputs k = l mod 16 in k's order, fmaf; the last
  * cols % 16 inputs into lanes 0 ..) added by reduce16, then the bias. The same operations in
- * every build (fmaf is exact), so the portable and the AVX512 code give the same bits; the
- * rows (4 x cols floats) stay in L1 across the activation rows. */
+ * every build (fmaf is exact), so the portable and the AVX512 code give the same bits. Each
+ * weight vector loaded serves PLAIN_BLOCK activation rows (16 accumulators a block). */
 WIDE static void plain_rows(const float *w, Py_ssize_t cols, Py_ssize_t r0, int n, const float *x,
                             Py_ssize_t M, const float *bias, float *out, Py_ssize_t ld) {
     Py_ssize_t full = cols - cols % 16;
     const float *rows = w + r0 * cols;
-    for (Py_ssize_t m = 0; m < M; m++) {
-        const float *xm = x + m * cols;
-        float s[PLAIN_ROWS][16];
+    for (Py_ssize_t m0 = 0; m0 < M; m0 += PLAIN_BLOCK) {
+        int mb = (int)(M - m0 < PLAIN_BLOCK ? M - m0 : PLAIN_BLOCK);
+        const float *x0 = x + m0 * cols;
+        float s[PLAIN_BLOCK][PLAIN_ROWS][16];
         memset(s, 0, sizeof s);
-        if (n == PLAIN_ROWS) { /* a constant count: the compiler keeps the four sums in registers */
+        if (n == PLAIN_ROWS && mb == PLAIN_BLOCK) { /* constant counts: sums in registers */
+            for (Py_ssize_t k = 0; k < full; k += 16)
+                for (int r = 0; r < PLAIN_ROWS; r++)
+                    for (int j = 0; j < PLAIN_BLOCK; j++)
+                        for (int l = 0; l < 16; l++)
+                            s[j][r][l] = fmaf(rows[r * cols + k + l], x0[j * cols + k + l], s[j][r][l]);
+        } else if (n == PLAIN_ROWS && mb == 1) { /* a decode step's one row */
             for (Py_ssize_t k = 0; k < full; k += 16)
                 for (int r = 0; r < PLAIN_ROWS; r++)
                     for (int l = 0; l < 16; l++)
-                        s[r][l] = fmaf(rows[r * cols + k + l], xm[k + l], s[r][l]);
+                        s[0][r][l] = fmaf(rows[r * cols + k + l], x0[k + l], s[0][r][l]);
         } else {
-            for (int r = 0; r < n; r++)
-                for (Py_ssize_t k = 0; k < full; k += 16)
-                    for (int l = 0; l < 16; l++)
-                        s[r][l] = fmaf(rows[r * cols + k + l], xm[k + l], s[r][l]);
+            for (int j = 0; j < mb; j++)
+                for (int r = 0; r < n; r++)
+                    for (Py_ssize_t k = 0; k < full; k += 16)
+                        for (int l = 0; l < 16; l++)
+                            s[j][r][l] = fmaf(rows[r * cols + k + l], x0[j * cols + k + l], s[j][r][l]);
         }
-        for (int r = 0; r < n; r++) {
-            for (Py_ssize_t k = full; k < cols; k++)
-                s[r][k - full] = fmaf(rows[r * cols + k], xm[k], s[r][k - full]);
-            out[m * ld + r0 + r] = reduce16(s[r]) + (bias ? bias[r0 + r] : 0.0f);
-        }
+        for (int j = 0; j < mb; j++)
+            for (int r = 0; r < n; r++) {
+                for (Py_ssize_t k = full; k < cols; k++)
+                    s[j][r][k - full] = fmaf(rows[r * cols + k], x0[j * cols + k], s[j][r][k - full]);
+                out[(m0 + j) * ld + r0 + r] = reduce16(s[j][r]) + (bias ? bias[r0 + r] : 0.0f);
+            }
     }
 }
 

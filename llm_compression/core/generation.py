@@ -186,6 +186,9 @@ def _steps(model, rows: Sequence[Sequence[int]], max_len: int, device):
     return _TorchSteps(model, rows, max_len, device)
 
 
+KERNEL_PREFILL_ROWS = 64  # _Float32Steps: padded prompt rows the kernel runs in one call
+
+
 class _TorchSteps:
     """The batch on the torch path: left-padded, a padding mask and per-row rotary positions."""
 
@@ -269,12 +272,16 @@ class _GraphSteps:
 
 
 class _Float32Steps(_GraphSteps):
-    """A float32 model's steps on our C kernel (``core.native_decoder.float32_steps``), the
-    prompts prefilled by torch, each alone into its cache row at ``0 .. length - 1``: MKL's
-    sgemm runs a prompt of many tokens at ~3x the kernel's rate (SmolLM2, 256 tokens: 0.39 s
-    against 1.15 s; decision 0018), and the kernel takes the cache from there."""
+    """A float32 model's steps on our C kernel (``core.native_decoder.float32_steps``). Prompts
+    of up to ``KERNEL_PREFILL_ROWS`` padded rows in all run on the kernel too, in one call (the
+    weights streamed once for every row); longer ones are prefilled by torch, each alone into its
+    cache row at ``0 .. length - 1``, where MKL's sgemm is faster (SmolLM2, first token after 8 /
+    32 / 64 / 256 prompt tokens: kernel 40 / 75 / 133 ms, torch 72 / 98 / 133 / 330 ms;
+    decision 0018)."""
 
     def first(self) -> torch.Tensor:
+        if len(self.rows) * max(len(r) for r in self.rows) <= KERNEL_PREFILL_ROWS:
+            return super().first()
         return _prefill_rows(self.model, self.rows, self.cache, left_padded=False)
 
 

@@ -76,7 +76,13 @@ def test_float32_and_quantized_matrices_do_not_mix() -> None:
 
 
 @needs_simd
-def test_greedy_tokens_equal_hf_and_the_torch_steps(tiny) -> None:
+@pytest.mark.parametrize("prefill", ["kernel", "torch"])
+def test_greedy_tokens_equal_hf_and_the_torch_steps(tiny, prefill, monkeypatch) -> None:
+    """Prompts prefilled on the kernel (short ones) or by torch (long ones: forced here)."""
+    from llm_compression.core import generation
+
+    if prefill == "torch":
+        monkeypatch.setattr(generation, "KERNEL_PREFILL_ROWS", 0)
     hf, path = tiny
     model = load_model(path)
     assert isinstance(model.float32_steps, NativeDecoder)
@@ -106,6 +112,9 @@ def test_kernel_logits_follow_torch_and_a_batch_equals_alone(tiny) -> None:
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     alone = [model.generate_ids(p, max_new_tokens=10) for p in PROMPTS]
     assert model.generate_ids(PROMPTS, max_new_tokens=10) == alone
+    long = [[3 + (i * 7 + j) % 90 for j in range(20 + i)] for i in range(4)]  # 92 padded rows
+    alone = [model.generate_ids(p, max_new_tokens=6) for p in long]
+    assert model.generate_ids(long, max_new_tokens=6) == alone
 
 
 @needs_simd
