@@ -358,7 +358,8 @@ def load_model(
     ----------
     path : a weight file written by ``llm_compression.weightfile.write_model``.
     dtype : compute mode, a string or torch dtype (``core.compute.parse_dtype``): "float32"
-        (default, exact), "bfloat16" (linear layers in bfloat16), "int8" (linear layers in
+        (default, exact; a causal LM's generation steps run in our C kernel over its own
+        weights where the CPU has AVX512, decision 0018), "bfloat16" (linear layers in bfloat16), "int8" (linear layers in
         dynamic int8, weights per output channel; a BERT body and a causal LM's decoder compute
         from their int8 weights in our C kernel where the CPU has AVX512-VNNI, decisions 0016
         and 0015, else torch's int8 layers and ONNX Runtime's MatMulNBits,
