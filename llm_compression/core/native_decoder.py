@@ -33,16 +33,22 @@ LAYER_MATRICES = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down")
 log = logging.getLogger(__name__)
 
 
-def why_not(cfg: TransformerConfig, mats: dict, head: str) -> str | None:
-    """Why the kernel cannot run this decoder (None: it can): ``mats`` by module name, q / k / v
-    and gate / up stacked (``families.quantized.FUSED``), every one group-quantized or every one
-    a float32 (rows, cols) array."""
+def _config_why_not(cfg: TransformerConfig) -> str | None:
+    """Why the kernel cannot run a decoder of ``cfg`` here, whatever its matrices."""
     if _decode is None:
         return "the C extension llm_compression.core._decode is not built (no C compiler?)"
     if _decode.kernel() != "avx512":
         return "this CPU lacks AVX512-VNNI (the portable kernel is for tests: ~50x slower)"
     why = unsupported(cfg)
-    if why and "head_dim" not in why:  # GroupQueryAttention's limit, not ours
+    return why if why and "head_dim" not in why else None  # that one is GroupQueryAttention's
+
+
+def why_not(cfg: TransformerConfig, mats: dict, head: str) -> str | None:
+    """Why the kernel cannot run this decoder (None: it can): ``mats`` by module name, q / k / v
+    and gate / up stacked (``families.quantized.FUSED``), every one group-quantized or every one
+    a float32 (rows, cols) array."""
+    why = _config_why_not(cfg)
+    if why is not None:
         return why
     names = [f"layers.{i}.{m}" for i in range(cfg.n_layers) for m in LAYER_MATRICES] + [head]
     kind = GroupQuantized if isinstance(mats.get(head), GroupQuantized) else np.ndarray
@@ -104,6 +110,7 @@ class NativeDecoder:
                                      _norm(floats, "final_norm"), head_spec, layers)  # fmt: skip
         self.n_layers, self.vocab, self.dim = cfg.n_layers, head_spec[1], cfg.dim
         self._bound = threading.local()  # per thread: (cache key, numpy views of the cache)
+        self.viewed: dict[str, int] = {}  # float32_steps: module name -> its weight's address
 
     def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool,
             lengths=None) -> torch.Tensor:  # fmt: skip
@@ -170,6 +177,10 @@ def float32_steps(model: torch.nn.Module) -> NativeDecoder | None:
     from .compute_layers import stacked_linear
 
     cfg = model.config.body
+    why = _config_why_not(cfg)
+    if why is not None:  # before joining gate and up: torch keeps its fused SiLU then
+        log.info("float32 decode steps stay on torch, not our C kernel: %s", why)
+        return None
     for layer in model.layers:
         mlp = layer.mlp
         if mlp.gate_up is None and mlp.swiglu:

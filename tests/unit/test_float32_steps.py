@@ -158,13 +158,17 @@ def test_threads_sharing_one_model_get_their_own_answers(tiny) -> None:
     assert got == want
 
 
-def test_without_the_kernel_torch_runs_the_steps_on_packed_weights(tiny, monkeypatch) -> None:
-    from llm_compression.core import native_decoder
-
+def test_without_the_kernel_torch_runs_the_steps_on_packed_weights(tiny) -> None:
+    """A CPU without AVX512 (the portable kernel stands in): torch runs the steps, its MLP
+    unjoined (the SiLU fused into the gate's kernel), and still gives HF's tokens."""
     hf, path = tiny
-    monkeypatch.setattr(native_decoder, "why_not", lambda *a: "this CPU lacks AVX512-VNNI")
-    model = load_model(path)
-    assert model.float32_steps is None
+    before = _decode.kernel()
+    _decode.set_kernel("portable")
+    try:
+        model = load_model(path)
+    finally:
+        _decode.set_kernel(before)
+    assert model.float32_steps is None and model.layers[0].mlp.gate_up is None
     if torch.backends.mkldnn.is_available():
         assert isinstance(model.layers[0].attn.qkv, Float32Linear)
     prompt = PROMPTS[1]
