@@ -101,3 +101,22 @@ def rewrite(path: Path, edit: Callable[[dict[str, str]], None], *, rehash: bool 
     writer.close()
     os.replace(tmp, path)
     return path
+
+
+def generate_in_threads(model, prompts: list[list[int]], max_new_tokens: int) -> list:
+    """Each prompt's greedy ids, generated three times over in its own thread, all threads
+    sharing ``model`` (what each thread last got)."""
+    import threading
+
+    got = [None] * len(prompts)
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            got[i] = model.generate_ids(prompts[i], max_new_tokens=max_new_tokens)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got

@@ -4,12 +4,11 @@ the steps back to torch where it cannot run them or its weights were replaced.""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
 from hf_tiny import tiny_causal_lm, tiny_tokenizer_files
+from hostile_helpers import generate_in_threads
 from torch import nn
 
 from llm_compression.core.compute_layers import Float32Linear
@@ -144,18 +143,7 @@ def test_threads_sharing_one_model_get_their_own_answers(tiny) -> None:
     _, path = tiny
     model = load_model(path)
     want = [model.generate_ids(p, max_new_tokens=10) for p in PROMPTS]
-    got = [None] * len(PROMPTS)
-
-    def work(i: int) -> None:
-        for _ in range(3):
-            got[i] = model.generate_ids(PROMPTS[i], max_new_tokens=10)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert got == want
+    assert generate_in_threads(model, PROMPTS, 10) == want
 
 
 def test_without_the_kernel_torch_runs_the_steps_on_packed_weights(tiny) -> None:

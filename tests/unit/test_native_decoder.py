@@ -4,12 +4,11 @@ prompt at once and token by token must give each row the same logits)."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
 from hf_tiny import tiny_causal_lm
+from hostile_helpers import generate_in_threads
 
 from llm_compression.errors import ConfigError, InputError
 from llm_compression.weightfile import write_model
@@ -186,18 +185,7 @@ def test_threads_sharing_one_model_get_their_own_answers(stored) -> None:
     model = _native(stored, "int8")
     prompts = [[5, 17, 33], [9, 9, 2, 40], [61], [7, 8, 9, 10, 11]]
     want = [model.generate_ids(p, max_new_tokens=12) for p in prompts]
-    got = [None] * len(prompts)
-
-    def work(i: int) -> None:
-        for _ in range(3):
-            got[i] = model.generate_ids(prompts[i], max_new_tokens=12)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert got == want
+    assert generate_in_threads(model, prompts, 12) == want
 
 
 def test_bad_calls_are_typed_errors(stored) -> None:
