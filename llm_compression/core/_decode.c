@@ -35,20 +35,26 @@
  *       flags: 1 = post norms (OLMo-2: x + norm(f(x))), 2 = q / k norms over the projections,
  *       4 = LayerNorm (a weight and a bias) instead of RMSNorm, 8 = norm after the residual
  *       (BERT: norm(x + f(x))), 16 = GELU (erf) over one up matrix instead of SwiGLU,
- *       32 = encoder: attention over the whole sequence, no head (encode, not step)
+ *       32 = encoder: attention over the whole sequence, no head (encode, not step),
+ *       64 = cross-attention after self-attention (Whisper's decoder: pre norms only; its keys
+ *       and values given to step, computed by the caller from the encoder's output)
  *       cos / sin: rotary tables, or both None (no rotary positions)
  *       head / matrices: (kind 8 or 4, rows, cols, q, scales, offsets or None), the stored
  *       values (int8, or int4 bytes; scales and offsets float16 or float32), copied; or
  *       (32, rows, cols, values, None, None), float32 rows held as they are (every matrix of a
- *       model float32, or none); head and final_norm None for an encoder
+ *       model float32, or none); head and final_norm None for an encoder; final_norm a
+ *       (weight, bias) pair with LayerNorm
  *       layers: an iterable of n_layers entries (qkv, o, gate_up, down, attn_norm, mlp_norm,
  *       q_norm|None, k_norm|None[, attn_norm_bias, mlp_norm_bias, qkv_bias, o_bias,
- *       gate_up_bias, down_bias: float32 or None]); each entry is released once its matrices
- *       are copied
- *   step(model, embeds, B, S, past, caches, capacity, wanted, T, logits)
+ *       gate_up_bias, down_bias: float32 or None[, cross_q, cross_o, cross_norm,
+ *       cross_norm_bias, cross_q_bias, cross_o_bias: with flag 64]]); each entry is released
+ *       once its matrices are copied
+ *   step(model, embeds, B, S, past, caches, capacity, wanted, T, logits[, cross, memory])
  *       embeds B*S*dim float32; past B int32; caches 2*n_layers buffers of B*KV*capacity*D
  *       float32 (keys, values per layer, written at past[b] .. past[b] + S - 1); wanted B*T
- *       int64 positions in 0..S-1; logits B*T*vocab float32 (written)
+ *       int64 positions in 0..S-1; logits B*T*vocab float32 (written); with flag 64, cross:
+ *       2*n_layers buffers (keys, values a layer) of B (or 1: shared by every row) * heads *
+ *       memory * D float32, memory the encoder's length
  *   encode(model, x, B, S, lengths)  x B*S*dim float32, replaced by the last layer's output;
  *       lengths B int32 in 1..S: row b's keys are its first lengths[b] positions
  *   lookup(model, ids, out)  ids int64 -> out len(ids)*dim float32: rows of the head, dequantized
@@ -107,20 +113,23 @@ typedef struct {
     const float *f;       /* kind 32: plain.buf */
 } Mat;
 
-enum { POST_NORMS = 1, QK_NORMS = 2, LAYER_NORM = 4, NORM_AFTER = 8, GELU = 16, ENCODER = 32 };
+enum { POST_NORMS = 1, QK_NORMS = 2, LAYER_NORM = 4, NORM_AFTER = 8, GELU = 16, ENCODER = 32,
+       CROSS = 64 };
 
 typedef struct {
     Mat qkv, o, gate_up, down;
     const float *attn_norm, *mlp_norm, *q_norm, *k_norm;
     const float *attn_norm_b, *mlp_norm_b; /* LayerNorm's biases */
     const float *bias[4];                  /* qkv, o, gate_up, down; NULL: none */
+    Mat cross_q, cross_o;                  /* CROSS: the cross-attention's query and output */
+    const float *cross_norm, *cross_norm_b, *cross_bias[2];
 } Layer;
 
 typedef struct {
     int n_layers, dim, heads, kv_heads, head_dim, mlp_dim, max_pos, flags, threads;
     int exact; /* float32 matrices (kind 32): activations stay float32 */
     float eps;
-    const float *cos, *sin, *final_norm;
+    const float *cos, *sin, *final_norm, *final_norm_b; /* _b: LayerNorm's bias */
     Mat head;
     Layer *layers;
     Py_buffer *views; /* every buffer held, released with the capsule */
@@ -645,6 +654,8 @@ typedef struct {
     const int32_t *past;
     float **caches;          /* 2 per layer */
     const int32_t *lengths;  /* an encoder's: row b attends to its first lengths[b] keys */
+    float **cross;           /* CROSS: 2 per layer, (cross_rows, heads, memory, D) each */
+    Py_ssize_t memory, cross_rows;
 } Batch;
 
 /* qkv (M x (H + 2 KV) D): norms, rotary positions, keys and values into the cache. */
@@ -777,6 +788,30 @@ static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
     return failed ? -1 : 0;
 }
 
+/* out (M x H D): each query (q: M rows of H D) over every key of its row's encoder output
+ * (cross-attention; no mask, no positions); -1 when out of memory. */
+static int attend_memory(const Batch *bt, int layer, const float *q, float *out) {
+    const Model *md = bt->md;
+    int D = md->head_dim, H = md->heads, failed = 0;
+    Py_ssize_t jobs = bt->B * bt->S * H;
+#pragma omp parallel num_threads(md->threads) if (md->threads > 1 && jobs >= 2) reduction(|:failed)
+    {
+        float *score = malloc((size_t)bt->memory * sizeof(float));
+        failed = !score;
+#pragma omp for schedule(static)
+        for (Py_ssize_t job = 0; job < jobs; job++) {
+            Py_ssize_t h = job % H, bs = job / H, b = bs / bt->S;
+            Py_ssize_t at = ((bt->cross_rows == 1 ? 0 : b) * H + h) * bt->memory * D;
+            if (score)
+                attend_one(q + bs * H * D + h * D, bt->cross[2 * layer] + at,
+                           bt->cross[2 * layer + 1] + at, bt->memory - 1, D, score,
+                           out + bs * H * D + h * D);
+        }
+        free(score);
+    }
+    return failed ? -1 : 0;
+}
+
 WIDE static void residual_row(const Model *md, float *x, const float *y, const float *weight,
                               const float *bias, float *tmp) {
     if (md->flags & POST_NORMS) {
@@ -856,6 +891,24 @@ WIDE static void swiglu_row(const float *gate_up, int F, float *hidden, Act *a, 
     quantize_one(a, hidden, m);
 }
 
+/* x += cross_o(attention of cross_q(norm(x)) over the encoder's keys and values) (pre norms). */
+static int cross_pass(const Batch *bt, int i, float *x, Work *wk) {
+    const Model *md = bt->md;
+    const Layer *ly = &md->layers[i];
+    Py_ssize_t M = bt->B * bt->S;
+    int HD = md->heads * md->head_dim;
+    normed_input(md, x, ly->cross_norm, ly->cross_norm_b, M, wk->h, &wk->in);
+    matmul(&ly->cross_q, &wk->in, M, wk->qkv, HD, ly->cross_bias[0], md->threads);
+    if (attend_memory(bt, i, wk->qkv, wk->attn) < 0)
+        return -1;
+    Act heads = wk->mid;
+    heads.cols = HD;
+    FOR_ROWS(md, M, quantize_one(&heads, wk->attn, m));
+    matmul(&ly->cross_o, &heads, M, wk->proj, md->dim, ly->cross_bias[1], md->threads);
+    residual(md, x, wk->proj, NULL, NULL, M, wk->h, NULL);
+    return 0;
+}
+
 static int layer_pass(const Batch *bt, int i, float *x, Work *wk) {
     const Model *md = bt->md;
     const Layer *ly = &md->layers[i];
@@ -873,6 +926,8 @@ static int layer_pass(const Batch *bt, int i, float *x, Work *wk) {
     FOR_ROWS(md, M, quantize_one(&heads, wk->attn, m));
     matmul(&ly->o, &heads, M, wk->proj, md->dim, ly->bias[1], md->threads);
     residual(md, x, wk->proj, ly->attn_norm, ly->attn_norm_b, M, wk->h, after ? &wk->in : NULL);
+    if ((md->flags & CROSS) && cross_pass(bt, i, x, wk) < 0)
+        return -1;
     if (!after)
         normed_input(md, x, ly->mlp_norm, ly->mlp_norm_b, M, wk->h, &wk->in);
     matmul(&ly->gate_up, &wk->in, M, wk->gate_up, ly->gate_up.rows, ly->bias[2], md->threads);
@@ -940,8 +995,8 @@ static int forward(const Batch *bt, float *x, const int64_t *wanted, Py_ssize_t 
     }
     for (Py_ssize_t b = 0; b < bt->B; b++)
         for (Py_ssize_t t = 0; t < T; t++)
-            rmsnorm(x + (b * bt->S + wanted[b * T + t]) * C, md->final_norm, C, md->eps,
-                    wk.h + (b * T + t) * C);
+            norm_row(md, x + (b * bt->S + wanted[b * T + t]) * C, md->final_norm,
+                     md->final_norm_b, wk.h + (b * T + t) * C);
     quantize(&wk.in, wk.h, bt->B * T);
     matmul(&md->head, &wk.in, bt->B * T, logits, md->head.rows, NULL, md->threads);
     work_free(&wk);
@@ -974,6 +1029,8 @@ static void model_free(PyObject *capsule) {
         mat_free(&md->layers[i].o);
         mat_free(&md->layers[i].gate_up);
         mat_free(&md->layers[i].down);
+        mat_free(&md->layers[i].cross_q);
+        mat_free(&md->layers[i].cross_o);
     }
     mat_free(&md->head);
     free(md->views);
@@ -1177,11 +1234,37 @@ static int parse_biases(Model *md, PyObject *const *b, Layer *ly) {
                : 0;
 }
 
+/* CROSS: the cross-attention's query and output matrices, its norm and the biases. */
+static int parse_cross(Model *md, PyObject *const *c, Layer *ly) {
+    Py_ssize_t C = md->dim, HD = md->heads * md->head_dim;
+    if (c[0] == Py_None || c[1] == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "a cross-attention layer needs cross_q and cross_o");
+        return -1;
+    }
+    if (parse_mat(c[0], &ly->cross_q, HD, C, "cross_q") < 0 ||
+        parse_mat(c[1], &ly->cross_o, C, HD, "cross_o") < 0 ||
+        !(ly->cross_norm = hold_norm(md, c[2], C, "cross_norm")))
+        return -1;
+    if (md->flags & LAYER_NORM) {
+        if (!(ly->cross_norm_b = hold_norm(md, c[3], C, "cross_norm_bias")))
+            return -1;
+    } else if (c[3] != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "cross_norm_bias: RMSNorm has no bias");
+        return -1;
+    }
+    if (hold_optional(md, c[4], HD, "cross_q_bias", &ly->cross_bias[0]) < 0)
+        return -1;
+    return hold_optional(md, c[5], C, "cross_o_bias", &ly->cross_bias[1]);
+}
+
 static int parse_layer(Model *md, PyObject *spec, Layer *ly) {
     PyObject *m[4], *norms[4], *b[6] = {Py_None, Py_None, Py_None, Py_None, Py_None, Py_None};
-    if (!PyArg_ParseTuple(spec, "OOOOOOOO|OOOOOO", &m[0], &m[1], &m[2], &m[3], &norms[0],
+    PyObject *c[6] = {Py_None, Py_None, Py_None, Py_None, Py_None, Py_None};
+    if (!PyArg_ParseTuple(spec, "OOOOOOOO|OOOOOOOOOOOO", &m[0], &m[1], &m[2], &m[3], &norms[0],
                           &norms[1], &norms[2], &norms[3], &b[0], &b[1], &b[2], &b[3], &b[4],
-                          &b[5]))
+                          &b[5], &c[0], &c[1], &c[2], &c[3], &c[4], &c[5]))
+        return -1;
+    if ((md->flags & CROSS) && parse_cross(md, c, ly) < 0)
         return -1;
     Py_ssize_t C = md->dim, HD = md->heads * md->head_dim, KVD = md->kv_heads * md->head_dim;
     Py_ssize_t up = (md->flags & GELU ? 1 : 2) * (Py_ssize_t)md->mlp_dim;
@@ -1204,8 +1287,9 @@ static int check_dims(const Model *md) {
     int ok = md->n_layers > 0 && md->n_layers <= MAX_LAYERS && md->dim > 0 && md->heads > 0 &&
              md->kv_heads > 0 && md->heads % md->kv_heads == 0 && md->head_dim > 0 &&
              md->head_dim % 2 == 0 && md->mlp_dim > 0 && md->max_pos > 0 && md->threads > 0 &&
-             md->flags >= 0 && md->flags < 64 &&
-             !((md->flags & POST_NORMS) && (md->flags & NORM_AFTER));
+             md->flags >= 0 && md->flags < 128 &&
+             !((md->flags & POST_NORMS) && (md->flags & NORM_AFTER)) &&
+             !((md->flags & CROSS) && (md->flags & (POST_NORMS | NORM_AFTER | ENCODER)));
     if (!ok)
         PyErr_SetString(PyExc_ValueError, "model dimensions or flags out of range");
     return ok ? 0 : -1;
@@ -1231,14 +1315,32 @@ static int parse_layers(Model *md, PyObject *layers) {
     return rc;
 }
 
+/* The final norm: a weight (RMSNorm), or a (weight, bias) pair (LayerNorm). */
+static int parse_final_norm(Model *md, PyObject *obj) {
+    int pair = PyTuple_Check(obj) && PyTuple_GET_SIZE(obj) == 2;
+    if (pair != ((md->flags & LAYER_NORM) != 0)) {
+        PyErr_SetString(PyExc_ValueError, "final_norm: a (weight, bias) pair for LayerNorm, a "
+                        "weight for RMSNorm");
+        return -1;
+    }
+    PyObject *weight = pair ? PyTuple_GET_ITEM(obj, 0) : obj;
+    if (!(md->final_norm = hold_norm(md, weight, md->dim, "final_norm")))
+        return -1;
+    if (pair && !(md->final_norm_b = hold_norm(md, PyTuple_GET_ITEM(obj, 1), md->dim,
+                                               "final_norm bias")))
+        return -1;
+    return 0;
+}
+
 /* Every matrix float32, or none (a float32 model's activations are not quantized). */
 static int check_kinds(Model *md) {
     md->exact = md->layers[0].qkv.kind == 32;
     int mixed = !(md->flags & ENCODER) && (md->head.kind == 32) != md->exact;
     for (int i = 0; i < md->n_layers; i++) {
         const Layer *ly = &md->layers[i];
-        const Mat *m[4] = {&ly->qkv, &ly->o, &ly->gate_up, &ly->down};
-        for (int j = 0; j < 4; j++)
+        const Mat *m[6] = {&ly->qkv, &ly->o, &ly->gate_up, &ly->down, &ly->cross_q,
+                           &ly->cross_o};
+        for (int j = 0; j < ((md->flags & CROSS) ? 6 : 4); j++)
             mixed |= (m[j]->kind == 32) != md->exact;
     }
     if (mixed)
@@ -1261,7 +1363,7 @@ static int parse_model(Model *md, PyObject *args) {
                         "a decoder both; cos and sin come together");
         return -1;
     }
-    md->views = calloc((size_t)md->n_layers * 10 + 8, sizeof(Py_buffer)); /* norms, biases */
+    md->views = calloc((size_t)md->n_layers * 14 + 8, sizeof(Py_buffer)); /* norms, biases */
     md->layers = calloc((size_t)md->n_layers, sizeof(Layer));
     if (!md->views || !md->layers) {
         PyErr_NoMemory();
@@ -1271,7 +1373,7 @@ static int parse_model(Model *md, PyObject *args) {
     if (hold_optional(md, cos, table, "cos", &md->cos) < 0 ||
         hold_optional(md, sin, table, "sin", &md->sin) < 0)
         return -1;
-    if (!encoder && (!(md->final_norm = hold_norm(md, final_norm, md->dim, "final_norm")) ||
+    if (!encoder && (parse_final_norm(md, final_norm) < 0 ||
                      parse_mat(head, &md->head, 0, md->dim, "head") < 0))
         return -1;
     return parse_layers(md, layers) < 0 ? -1 : check_kinds(md);
@@ -1294,8 +1396,8 @@ static PyObject *py_create(PyObject *self, PyObject *args) {
 }
 
 typedef struct {
-    Py_buffer embeds, past, wanted, logits, caches[2 * MAX_LAYERS];
-    int n_caches;
+    Py_buffer embeds, past, wanted, logits, caches[2 * MAX_LAYERS], cross[2 * MAX_LAYERS];
+    int n_caches, n_cross;
 } StepViews;
 
 static void release_step(StepViews *sv) {
@@ -1305,6 +1407,8 @@ static void release_step(StepViews *sv) {
     PyBuffer_Release(&sv->logits);
     for (int i = 0; i < sv->n_caches; i++)
         PyBuffer_Release(&sv->caches[i]);
+    for (int i = 0; i < sv->n_cross; i++)
+        PyBuffer_Release(&sv->cross[i]);
 }
 
 static int view(PyObject *obj, Py_buffer *v, Py_ssize_t need, int writable, const char *what) {
@@ -1368,6 +1472,36 @@ static int step_views(const Model *md, PyObject *const *a, Batch *bt, Py_ssize_t
 
 /* The model in args[0] of a call that takes `want` arguments; NULL with TypeError (`usage`)
  * or the capsule's error. */
+/* The encoder's keys and values of every layer (args 10, 11: a list, the memory's length), for
+ * all rows at once (one row's, shared) or a row each. */
+static int cross_views(const Model *md, PyObject *const *a, Batch *bt, StepViews *sv) {
+    bt->memory = PyLong_AsSsize_t(a[11]);
+    if (PyErr_Occurred())
+        return -1;
+    Py_ssize_t one = PRODUCT(md->heads, bt->memory, md->head_dim, 4);
+    if (bt->memory < 1 || bt->memory > (1 << 24) || one < 0 || !PyList_Check(a[10]) ||
+        PyList_GET_SIZE(a[10]) != 2 * md->n_layers) {
+        PyErr_SetString(PyExc_ValueError, "cross: a list of 2 buffers a layer and a memory "
+                        "length in 1 .. 2^24 expected");
+        return -1;
+    }
+    for (int i = 0; i < 2 * md->n_layers; i++, sv->n_cross++) {
+        Py_buffer *v = &sv->cross[i];
+        if (PyObject_GetBuffer(PyList_GET_ITEM(a[10], i), v, PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        Py_ssize_t rows = v->len == one ? 1 : v->len == one * bt->B ? bt->B : 0;
+        if (!rows || (i && rows != bt->cross_rows)) {
+            sv->n_cross++; /* released with the others */
+            PyErr_Format(PyExc_ValueError, "cross buffer %d holds %zd bytes: expected %zd (one "
+                         "row for all) or %zd (a row each), every layer alike", i, v->len, one,
+                         one * bt->B);
+            return -1;
+        }
+        bt->cross_rows = rows;
+    }
+    return 0;
+}
+
 static Model *model_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
                         const char *usage) {
     if (nargs != want) {
@@ -1378,9 +1512,15 @@ static Model *model_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want
 }
 
 static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    Model *md = model_arg(args, nargs, 10, "step takes 10 arguments");
-    if (!md)
+    Model *md = nargs >= 1 ? model_arg(args, nargs, nargs, "") : NULL;
+    if (md && nargs != ((md->flags & CROSS) ? 12 : 10))
+        md = NULL;
+    if (!md) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "step takes 10 arguments (12 with cross-attention: "
+                            "the encoder's keys and values and its length)");
         return NULL;
+    }
     if (md->flags & ENCODER) {
         PyErr_SetString(PyExc_ValueError, "an encoder has no step: call encode");
         return NULL;
@@ -1396,15 +1536,19 @@ static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     StepViews *sv = calloc(1, sizeof(StepViews));
-    float **caches = malloc(sizeof(float *) * 2 * (size_t)md->n_layers);
+    float **caches = malloc(sizeof(float *) * 4 * (size_t)md->n_layers);
     int rc = -1;
     if (!sv || !caches) {
         PyErr_NoMemory();
-    } else if (step_views(md, args, &bt, T, sv) == 0) {
-        for (int i = 0; i < 2 * md->n_layers; i++)
+    } else if (step_views(md, args, &bt, T, sv) == 0 &&
+               (!(md->flags & CROSS) || cross_views(md, args, &bt, sv) == 0)) {
+        for (int i = 0; i < 2 * md->n_layers; i++) {
             caches[i] = sv->caches[i].buf;
+            caches[2 * md->n_layers + i] = sv->n_cross ? sv->cross[i].buf : NULL;
+        }
         bt.past = sv->past.buf;
         bt.caches = caches;
+        bt.cross = caches + 2 * md->n_layers;
         if (check_batch(&bt, bt.past, sv->wanted.buf, T) == 0) {
             Py_BEGIN_ALLOW_THREADS rc = forward(&bt, sv->embeds.buf, sv->wanted.buf, T,
                                                 sv->logits.buf);
@@ -1583,7 +1727,7 @@ static PyObject *py_set_kernel(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"create", py_create, METH_VARARGS, "create(...) -> model (see the file's comment)"},
-    {"step", (PyCFunction)(void (*)(void))py_step, METH_FASTCALL, "one decoder pass"},
+    {"step", (PyCFunction)(void (*)(void))py_step, METH_FASTCALL, "one decoder pass (see the top)"},
     {"encode", (PyCFunction)(void (*)(void))py_encode, METH_FASTCALL, "an encoder's pass"},
     {"matmul", py_matmul, METH_VARARGS, "matmul(matrix, x, M, out)"},
     {"lookup", (PyCFunction)(void (*)(void))py_lookup, METH_FASTCALL, "lookup(model, ids, out)"},

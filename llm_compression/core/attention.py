@@ -159,6 +159,11 @@ class Attention(nn.Module):
             k = self.k_norm(k)
         return self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
 
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values (B, KV, S, D) cross-attention reads from an encoder output
+        ``memory`` (B, S, C), in the projections' dtype."""
+        return self._project_kv(memory)
+
     def _cross_kv(self, memory: torch.Tensor | None, cache: KVCache | None):
         if (
             cache is not None

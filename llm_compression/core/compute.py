@@ -80,7 +80,11 @@ def parse_dtype(dtype: str | torch.dtype | None) -> str:
     )
 
 
-def _replace_linears(model: nn.Module, make, fill, prefix: str = "") -> None:
+def _replace_linears(model: nn.Module, make, fill, prefix: str = "", keep_plain=False) -> None:
+    """Every ``nn.Linear`` of ``model`` as ``make(layer)``; ``keep_plain``: not inside modules
+    whose ``keeps_plain_float32`` is True (our C kernel views their float32 rows)."""
+    if keep_plain and getattr(model, "keeps_plain_float32", False):
+        return
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear):
             if fill is not None:  # this layer's weights, decoded just before it is converted
@@ -89,7 +93,7 @@ def _replace_linears(model: nn.Module, make, fill, prefix: str = "") -> None:
                 child.load_state_dict({n.rsplit(".", 1)[1]: found[n] for n in names}, assign=True)
             setattr(model, name, make(child))
         else:
-            _replace_linears(child, make, fill, f"{prefix}{name}.")
+            _replace_linears(child, make, fill, f"{prefix}{name}.", keep_plain)
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -136,8 +140,7 @@ def _convert_part(part: nn.Module, mode: str, fill: Callable | None, prefix: str
     if mode == "float32":  # loaded whole (fill unused): the hooks join and fold, then one pack
         if _packs_float32(part):
             _call_hooks(part, mode)
-            if not getattr(part, "keeps_plain_float32", False):  # our C kernel views them
-                _replace_linears(part, Float32Linear, None, prefix)
+            _replace_linears(part, Float32Linear, None, prefix, keep_plain=True)
         return
     if mode == "bfloat16":
         _replace_linears(part, BFloat16Linear, fill, prefix)
@@ -229,6 +232,6 @@ def compute_bytes(model: nn.Module) -> int:
             total += layer.out_features * (layer.in_features + 4 + 4)  # int8 rows, scale, bias
         elif isinstance(layer, OneDNNLinear) and layer.weight is None:  # the oneDNN-packed weight
             total += layer.out_features * layer.in_features * layer.io_dtype.itemsize
-        native = getattr(layer, "native", None)  # an int8 body's copy in our C kernel
-        total += getattr(native, "nbytes", 0)
+        for held in ("native", "native_steps"):  # an int8 body's copies in our C kernel
+            total += getattr(getattr(layer, held, None), "nbytes", 0)
     return total

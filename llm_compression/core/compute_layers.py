@@ -247,10 +247,16 @@ class Int8Linear(nn.Module):
     def from_table(cls, table: Int8Embedding) -> Int8Linear:
         """``x @ table^T`` (a tied output projection) from an int8 table's own rows: the values
         and scales ``Int8Linear`` of the float table would hold, without a float copy."""
+        return cls.from_rows(table.rows(), None)
+
+    @classmethod
+    def from_rows(cls, rows: torch.Tensor, bias: torch.Tensor | None) -> Int8Linear:
+        """The layer of int8 rows ``rows`` (a qint8 tensor, ``int8_rows``) and ``bias``: those
+        values packed as they are (an ``Int8Rows`` layer's, or a table's)."""
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
-        layer.in_features, layer.out_features = table.embedding_dim, table.num_embeddings
-        layer._pack_rows(table.rows(), None)
+        layer.out_features, layer.in_features = rows.shape
+        layer._pack_rows(rows, bias)
         return layer
 
     def repack(self, engine: str) -> None:

@@ -54,42 +54,52 @@ def why_not(cfg: TransformerConfig) -> str | None:
     return f"{odd[0]} is not a multiple of {GROUP}" if odd else None
 
 
-def _int8_rows(layer: nn.Module) -> tuple[tuple, np.ndarray | None]:
-    """An ``Int8Rows`` layer as the kernel takes it: (8, rows, cols, int8 values, one float32
-    scale a row, None), and its float32 bias or None."""
-    weight, bias = layer.weight, layer.bias
+def matrix_spec(layer: nn.Module) -> tuple[tuple, np.ndarray | None]:
+    """A linear layer as the kernel takes it, and its float32 bias or None: an ``Int8Rows``
+    layer as (8, rows, cols, int8 values, one float32 scale a row, None) (copied into the
+    kernel's tiles), a float32 ``nn.Linear`` as (32, rows, cols, its weight, None, None) (viewed,
+    no copy)."""
+    weight, bias = layer.weight, getattr(layer, "bias", None)
+    if not weight.is_quantized:
+        w = weight.detach()
+        if w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous():
+            raise ValueError("a float32 layer's weight is contiguous float32 on the CPU")
+        return (32, w.shape[0], w.shape[1], w.numpy(), None, None), float_vector(bias)
     if bool((weight.q_per_channel_zero_points() != 0).any()):
         raise ValueError("an int8 layer with zero points (the kernel takes symmetric rows)")
     values = np.ascontiguousarray(weight.int_repr().numpy(), np.int8)
     scales = np.ascontiguousarray(weight.q_per_channel_scales().numpy(), np.float32)
     rows, cols = values.shape
-    return (8, rows, cols, values, scales, None), _floats(bias)
+    return (8, rows, cols, values, scales, None), float_vector(bias)
 
 
-def _floats(t: torch.Tensor | None) -> np.ndarray | None:
+def float_vector(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else np.ascontiguousarray(t.detach().numpy(), np.float32)
 
 
-def _stack(layers: list) -> tuple[tuple, np.ndarray | None]:
-    """q, k and v as one matrix: rows, scales and biases one after the other (exact)."""
-    parts = [_int8_rows(layer) for layer in layers]
+def stacked_spec(layers: list) -> tuple[tuple, np.ndarray | None]:
+    """Layers sharing their input (q, k and v) as one matrix: rows, scales and biases one after
+    the other (exact); one layer as ``matrix_spec`` gives it."""
+    parts = [matrix_spec(layer) for layer in layers]
+    if len(parts) == 1:
+        return parts[0]
     specs, biases = [p[0] for p in parts], [p[1] for p in parts]
     values = np.concatenate([s[3] for s in specs])
-    scales = np.concatenate([s[4] for s in specs])
+    scales = None if specs[0][4] is None else np.concatenate([s[4] for s in specs])
     bias = None
     if any(b is not None for b in biases):
         bias = np.concatenate([np.zeros(s[1], np.float32) if b is None else b
                                for s, b in zip(specs, biases, strict=True)])  # fmt: skip
-    return (8, values.shape[0], values.shape[1], values, scales, None), bias
+    return (specs[0][0], values.shape[0], values.shape[1], values, scales, None), bias
 
 
-def _layer(block: nn.Module) -> tuple:
+def layer_entry(block: nn.Module) -> tuple:
     """One block's entry for ``_decode.create`` (its matrices, norms and biases)."""
     attn, mlp = block.attn, block.mlp
-    qkv = _stack([attn.qkv] if attn.qkv is not None else [attn.q, attn.k, attn.v])
-    (o, o_bias), (up, up_bias), (down, down_bias) = map(_int8_rows, (attn.o, mlp.up, mlp.down))
-    norms = [_floats(n.weight) for n in (block.attn_norm, block.mlp_norm)]
-    norm_biases = [_floats(n.bias) for n in (block.attn_norm, block.mlp_norm)]
+    qkv = stacked_spec([attn.qkv] if attn.qkv is not None else [attn.q, attn.k, attn.v])
+    (o, o_bias), (up, up_bias), (down, down_bias) = map(matrix_spec, (attn.o, mlp.up, mlp.down))
+    norms = [float_vector(n.weight) for n in (block.attn_norm, block.mlp_norm)]
+    norm_biases = [float_vector(n.bias) for n in (block.attn_norm, block.mlp_norm)]
     return (qkv[0], o, up, down, *norms, None, None, *norm_biases, qkv[1], o_bias, up_bias,
             down_bias)  # fmt: skip
 
@@ -97,7 +107,7 @@ def _layer(block: nn.Module) -> tuple:
 def _layers(blocks: list):
     """Each block's entry for ``_decode.create``, the block dropped once it is taken."""
     while blocks:
-        yield _layer(blocks.pop(0))
+        yield layer_entry(blocks.pop(0))
 
 
 def int8_layers(blocks: nn.ModuleList) -> bool:

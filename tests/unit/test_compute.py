@@ -131,13 +131,24 @@ def test_whisper_modes_embed_and_transcribe(tmp_path, mode):
     assert isinstance(load_model(path, dtype=mode).transcribe(wave, max_new_tokens=3), str)
 
 
+@pytest.fixture
+def torch_decoder(monkeypatch):
+    """Whisper's decoder on torch's layers, as on a CPU our kernel does not run."""
+    from llm_compression.core import native_cross
+
+    monkeypatch.setattr(native_cross, "why_not", lambda cfg: "disabled for this test")
+
+
 @pytest.mark.parametrize(
     ("mode", "encoder_layer", "decoder_layer"),
     [("bfloat16", BFloat16Linear, BFloat16Linear), ("int8", BFloat16Linear, Int8Linear)],
 )
-def test_whisper_compute_plan_and_tied_head(tmp_path, mode, encoder_layer, decoder_layer):
+def test_whisper_compute_plan_and_tied_head(
+    tmp_path, mode, encoder_layer, decoder_layer, torch_decoder
+):
     """Whisper's int8 decodes in int8 and encodes in bfloat16; the tied output projection follows
-    the decoder's mode and gives the float32 model's logits closely."""
+    the decoder's mode and gives the float32 model's logits closely (torch's layers: where our
+    kernel runs the decoder, tests/unit/test_native_cross.py)."""
     from provider_helpers import tiny_whisper_folder
 
     path = convert(tiny_whisper_folder(tmp_path / "w"), tmp_path / "w.parquet", dtype="float32")
@@ -263,10 +274,11 @@ def test_int8_engine_follows_the_cpu(bert_file, monkeypatch):
     compute_layers.int8_engine.cache_clear()
 
 
-def test_whisper_int8_decode_steps_run_fbgemm(tmp_path, monkeypatch):
+def test_whisper_int8_decode_steps_run_fbgemm(tmp_path, monkeypatch, torch_decoder):
     """On an AMX CPU the encoder-sized int8 layers pack for oneDNN, a decoder's step layers
     (a row per beam a call) for fbgemm, the cross-attention's keys and values (the encoder
-    output's 1500 rows) for oneDNN; repacking keeps the int8 values: the same logits."""
+    output's 1500 rows) for oneDNN; repacking keeps the int8 values: the same logits (torch's
+    layers, where our kernel does not run the decoder)."""
     from provider_helpers import tiny_whisper_folder
 
     from llm_compression.core import compute, compute_layers

@@ -80,7 +80,9 @@ def _reference(cfg, blocks, x: torch.Tensor, lengths: list[int]) -> torch.Tensor
     keys_seen = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
     norm = torch.nn.functional.layer_norm
     for block in blocks:
-        qkv, o, up, down, n1, n2, _, _, b1, b2, bqkv, bo, bup, bdown = native_encoder._layer(block)
+        qkv, o, up, down, n1, n2, _, _, b1, b2, bqkv, bo, bup, bdown = native_encoder.layer_entry(
+            block
+        )
         q, k, v = _linear(x, qkv, bqkv).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
         score = (q @ k.transpose(-1, -2)) / D**0.5
         score = score.masked_fill(~keys_seen[:, None, None, :], float("-inf"))
@@ -208,7 +210,7 @@ def test_why_not_names_what_the_kernel_does_not_run(models):
 
 
 def _entries(blocks) -> list[tuple]:
-    return [native_encoder._layer(block) for block in blocks]
+    return [native_encoder.layer_entry(block) for block in blocks]
 
 
 def _dims(cfg) -> tuple:
@@ -255,6 +257,9 @@ def test_create_refuses_what_does_not_fit(models, int8_blocks):
     short = [(*e[:10], e[10][:-1], *e[11:]) for e in entries]
     with pytest.raises(ValueError, match="qkv bias"):
         create(layers=short)
-    decoder = create(flags=FLAGS, head=entries[0][1], final=np.ones(32, np.float32))
+    with pytest.raises(ValueError, match="a \\(weight, bias\\) pair for LayerNorm"):
+        create(flags=FLAGS, head=entries[0][1], final=np.ones(32, np.float32))
+    final = (np.ones(32, np.float32), np.zeros(32, np.float32))  # LayerNorm's weight and bias
+    decoder = create(flags=FLAGS, head=entries[0][1], final=final)
     with pytest.raises(ValueError, match="an encoder"):
         _decode.encode(decoder, np.zeros((1, 2, 32), np.float32), 1, 2, np.array([2], np.int32))

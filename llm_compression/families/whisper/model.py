@@ -70,7 +70,13 @@ class AudioEncoder(Transformer):
 
 
 class TextDecoder(Transformer):
-    """Token + learned position embeddings, the body with cross-attention, tied output."""
+    """Token + learned position embeddings, the body with cross-attention, tied output.
+
+    On the CPU in float32 and int8 a decode pass runs in our C kernel where it can
+    (``native_steps``, ``core.native_cross``; decision 0018): float32 over views of these plain
+    weights (torch runs the pass again if they are replaced or moved), int8 from the kernel's
+    copies of the int8 rows (the torch layers it copied are released; the cross-attention's
+    keys and values are still projected by torch, once a window)."""
 
     decodes_steps = True  # int8: its linears see a row per beam a call (core.compute)
     lookup_tables = ("token_embed",)  # int8: int8 rows (core.compute), the head's too
@@ -81,21 +87,129 @@ class TextDecoder(Transformer):
         self.token_embed = embedding(config.vocab_size, cfg.dim)
         self.pos_embed = nn.Parameter(torch.empty(cfg.max_positions, cfg.dim))
         self.head: nn.Module | None = None  # the tied output projection in a compute mode
+        self.native_steps = None  # core.native_cross.CrossDecoder: a pass in our C kernel
+        self._viewed: dict[str, int] = {}  # float32: module name -> the weight address viewed
+
+    def runs_natively(self, mode: str) -> bool:
+        """int8: the layers' linears become int8 rows for our kernel to copy (``core.compute``)."""
+        from ...core import native_cross
+
+        return (
+            mode == "int8" and self.native_steps is None and native_cross.why_not(self.cfg) is None
+        )
+
+    @property
+    def keeps_plain_float32(self) -> bool:
+        """float32: the kernel views these linear layers, so they are not packed for oneDNN."""
+        return self.native_steps is not None and self.native_steps.float32
 
     def compute_converted(self, mode: str) -> None:
         """The output projection (the token table, tied) computes in ``mode`` too: it is the
         largest matrix of a decode step (51865 x 512 in base); in int8, from the table's int8
-        rows (``lookup_tables``: the lookups read them too, not a 106 MB float32 table)."""
+        rows (``lookup_tables``: the lookups read them too, not a 106 MB float32 table). Where
+        our kernel runs this decoder (float32 on plain rows, int8 on ``Int8Rows``), it takes the
+        whole pass."""
+        from ...core import native_cross
+        from ...core.compute_layers import Int8Rows
+
         self.head = tied_head(self.token_embed, mode)
+        if native_cross.why_not(self.cfg) is not None or self.native_steps is not None:
+            return
+        kind = {"float32": nn.Linear, "int8": Int8Rows}.get(mode)
+        steps = [m for name, m in self._stepped_layers()]
+        if kind is None or not all(type(m) is kind for m in steps):
+            return
+        self.native_steps = native_cross.CrossDecoder(self, self.token_embed)
+        if mode == "float32":
+            self._viewed = {name: m.weight.data_ptr() for name, m in self._stepped_layers()}
+            self._viewed["token_embed"] = self.token_embed.weight.data_ptr()
+        else:
+            self._release_int8()
+
+    def _stepped_layers(self):
+        """(name, layer) of the linear layers a step multiplies by (not the cross-attention's
+        keys and values: those project the encoder's output, once a window)."""
+        for i, block in enumerate(self.layers):
+            attn = block.attn
+            parts = {"attn.o": attn.o, "cross_attn.q": block.cross_attn.q,
+                     "cross_attn.o": block.cross_attn.o, "mlp.up": block.mlp.up,
+                     "mlp.down": block.mlp.down}  # fmt: skip
+            if attn.qkv is not None:
+                parts["attn.qkv"] = attn.qkv
+            else:
+                parts.update({"attn.q": attn.q, "attn.k": attn.k, "attn.v": attn.v})
+            yield from ((f"layers.{i}.{name}", m) for name, m in parts.items())
+
+    def _release_int8(self) -> None:
+        """int8: the kernel holds its own copies; torch keeps the cross-attention's key and value
+        projections (packed for its int8 kernels: 1500 rows a window) and the lookups."""
+        from ...core.compute_layers import Int8Linear
+
+        for name, _ in list(self._stepped_layers()):
+            owner, _, attr = name.rpartition(".")
+            setattr(self.get_submodule(owner), attr, None)
+        for block in self.layers:
+            for attr in ("k", "v"):
+                rows = getattr(block.cross_attn, attr)
+                setattr(block.cross_attn, attr, Int8Linear.from_rows(rows.weight, rows.bias))
+        self.head = None
+
+    def _kernel_runs(self, x: torch.Tensor) -> bool:
+        """Whether this pass goes to our kernel (float32: while it still views these weights)."""
+        steps = self.native_steps
+        if steps is None or x.device.type != "cpu":
+            return False
+        if not steps.float32:
+            return True
+        for name, ptr in self._viewed.items():
+            w = getattr(self.get_submodule(name), "weight", None)
+            if not isinstance(w, torch.Tensor) or w.device.type != "cpu" or w.data_ptr() != ptr:
+                return False
+        return True
 
     def forward(self, ids: torch.Tensor, *, memory: torch.Tensor, cache=None, start_pos: int = 0):
         """Logits (B, T, vocab) for ``ids`` (B, T) at positions ``start_pos ..``."""
         T = ids.shape[1]
         x = self.token_embed(ids) + self.pos_embed[start_pos : start_pos + T]
+        if self._kernel_runs(x):
+            return self._kernel_pass(x, memory, cache, start_pos)
+        if self.native_steps is not None and not self.native_steps.float32:
+            raise InputError(
+                "this int8 decoder computes in our C kernel on the CPU (its torch layers were "
+                "released); keep its inputs on the CPU"
+            )
         h = super().forward(x, cache=cache, start_pos=start_pos, memory=memory)
         if self.head is None:
             return tied_logits(h, self.token_embed.weight)
         return self.head(h).float()
+
+    def _kernel_pass(self, x, memory, cache, start_pos: int) -> torch.Tensor:
+        """``forward`` in our kernel; without a cache, one made for this call (attention over
+        these tokens alone, as torch's pass without a cache: their positions are in ``x``)."""
+        if cache is None:
+            cache, start_pos = self.new_cache(x.shape[0], x.shape[1]), 0
+        for block, layer in zip(self.layers, cache, strict=True):
+            _cross_into(block.cross_attn, layer, memory)
+        return self.native_steps.run(x, cache, start_pos)
+
+
+def _cross_into(attn: nn.Module, layer, memory: torch.Tensor | None) -> None:
+    """The encoder's keys and values of one layer, float32 and contiguous, in its cache (made
+    once for an encoder output: a beam search's expanded view of it shares its data)."""
+    held = layer.memory
+    same = held is memory or (
+        held is not None and memory is not None and held.data_ptr() == memory.data_ptr()
+    )
+    if (
+        layer.cross is not None
+        and layer.cross[0].dtype == torch.float32
+        and (memory is None or same)
+    ):
+        return
+    if memory is None:
+        raise InputError("cross-attention needs the encoder output: pass memory=(B, S, C)")
+    k, v = attn.memory_kv(memory)
+    layer.cross, layer.memory = (k.float().contiguous(), v.float().contiguous()), memory
 
 
 def _audio_progress(progress, wave: np.ndarray, cfg: WhisperConfig):
