@@ -10,7 +10,9 @@
   (relative difference ~1e-6 to torch's own ops; 1.2-1.7x their speed on an AMD EPYC, decision
   0017). Elsewhere (a GPU, no oneDNN) the model as loaded, torch's own ops. On oneDNN an MLP's
   GELU / SiLU runs as its up projection's post-op (``activated``) and a block's residual is
-  added in its output projection's kernel (``added``).
+  added in its output projection's kernel (``added``). A causal LM's and Whisper's decoders
+  keep plain rows instead where our C kernel runs their steps over views of them
+  (``keeps_plain_float32``; decision 0018).
 - ``"bfloat16"``: every ``nn.Linear`` keeps its weight in bfloat16 and multiplies in bfloat16
   (oneDNN's AVX512_BF16 kernels); norms, softmax, activations and the residual stream stay
   float32, so the error is the matmuls' alone (relative L2 ~ 0.003 on CLIP).
@@ -21,7 +23,7 @@
   ``lookup_tables``) become int8 rows too, and a tied output projection packs those rows. A
   BERT body then moves into our C kernel where it runs (``Transformer.compute_converted``,
   ``core.native_encoder``: one call a batch, activations a group of 32, each row alone;
-  decision 0016).
+  decision 0016), and so does Whisper's text decoder (``core.native_cross``, decision 0018).
 - ``"float16"``: the whole model cast (kept for the causal LMs; slow on CPUs without AVX512_FP16).
 
 Example

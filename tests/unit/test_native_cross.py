@@ -137,3 +137,28 @@ def test_bad_calls_are_typed_errors(float32) -> None:
     with pytest.raises(InputError, match="contiguous float32"):
         dec(ids, memory=memory, cache=cache)
     assert np.isfinite(dec(ids, memory=memory).numpy()).all()
+
+
+def test_the_kernel_refuses_cross_buffers_that_do_not_fit(float32) -> None:
+    """The C entry point itself: a cross-attention model takes the encoder's keys and values
+    (12 arguments), each buffer of one row or of every row, every layer alike."""
+    dec = float32.decoder
+    model, cfg = dec.native_steps._model, dec.cfg
+    B, T, capacity, memory = 2, 1, 4, 5
+    x = np.zeros((B, T, cfg.dim), np.float32)
+    past, wanted = np.zeros(B, np.int32), np.zeros((B, T), np.int64)
+    caches = [np.zeros((B, cfg.n_heads, capacity, cfg.head_dim), np.float32)] * (2 * cfg.n_layers)
+    logits = np.zeros((B, T, dec.native_steps.vocab), np.float32)
+    args = (model, x, B, T, past, caches, capacity, wanted, T, logits)
+    with pytest.raises(TypeError, match="12 with cross-attention"):
+        _decode.step(*args)
+    one = np.zeros((1, cfg.n_heads, memory, cfg.head_dim), np.float32)
+    each = np.zeros((B, cfg.n_heads, memory, cfg.head_dim), np.float32)
+    with pytest.raises(ValueError, match="every layer alike"):
+        _decode.step(*args, [one] + [each] * (2 * cfg.n_layers - 1), memory)
+    with pytest.raises(ValueError, match="cross buffer 0"):
+        _decode.step(*args, [np.zeros(7, np.float32)] * (2 * cfg.n_layers), memory)
+    with pytest.raises(ValueError, match="memory length"):
+        _decode.step(*args, [one] * (2 * cfg.n_layers), 0)
+    _decode.step(*args, [one] * (2 * cfg.n_layers), memory)  # one row shared by both
+    assert np.isfinite(logits).all()
