@@ -112,12 +112,15 @@ class TextDecoder(Transformer):
         from ...core import native_cross
         from ...core.compute_layers import Int8Rows
 
-        self.head = tied_head(self.token_embed, mode)
-        if native_cross.why_not(self.cfg) is not None or self.native_steps is not None:
-            return
         kind = {"float32": nn.Linear, "int8": Int8Rows}.get(mode)
         steps = [m for name, m in self._stepped_layers()]
-        if kind is None or not all(type(m) is kind for m in steps):
+        if (
+            native_cross.why_not(self.cfg) is not None
+            or self.native_steps is not None
+            or kind is None
+            or not all(type(m) is kind for m in steps)
+        ):
+            self.head = tied_head(self.token_embed, mode)
             return
         self.native_steps = native_cross.CrossDecoder(self, self.token_embed)
         if mode == "float32":
@@ -152,7 +155,6 @@ class TextDecoder(Transformer):
             for attr in ("k", "v"):
                 rows = getattr(block.cross_attn, attr)
                 setattr(block.cross_attn, attr, Int8Linear.from_rows(rows.weight, rows.bias))
-        self.head = None
 
     def _kernel_runs(self, x: torch.Tensor) -> bool:
         """Whether this pass goes to our kernel (float32: while it still views these weights)."""
