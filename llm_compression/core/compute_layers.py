@@ -144,11 +144,19 @@ def rescale_linear(layer: nn.Module, weight_factor: float, bias_factor: float) -
 _POST_OPS = {F.gelu: ("gelu", [], "none"), F.silu: ("swish", [], "")}  # oneDNN's attr, algorithm
 
 
+# activations rewritten over their input: a layer's fresh output needs no second buffer (CLIP
+# int8 b16: 4-7% of a call, the SiLU pass over 800 x 3072 floats writing where it reads)
+_IN_PLACE = {F.silu: functools.partial(F.silu, inplace=True), F.gelu: torch.ops.aten.gelu_}
+
+
 def activated(layer: nn.Module, x: torch.Tensor, act: Callable) -> torch.Tensor:
-    """``act(layer(x))``, the activation fused into the kernel where ``layer`` has one."""
+    """``act(layer(x))``, the activation fused into the kernel where ``layer`` has one, else
+    applied in place on the layer's output (not where gradients flow through it)."""
     if isinstance(layer, OneDNNLinear):
         return layer.activated(x, act)
-    return act(layer(x))
+    y = layer(x)
+    in_place = _IN_PLACE.get(act)
+    return act(y) if in_place is None or _needs_grad(y) else in_place(y)
 
 
 def added(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:

@@ -488,6 +488,31 @@ def test_activation_and_residual_fuse_into_the_kernel(kind, act):
     )
 
 
+@pytest.mark.parametrize("act", ["gelu", "swiglu", "quick_gelu"])
+def test_activations_without_a_post_op_run_in_place_on_the_layers_output(act):
+    """An int8 layer's (or a plain one's) fresh output takes erf GELU and SiLU in place (the
+    same values, no second buffer); other activations and gradients take the plain ops."""
+    from llm_compression.core import compute_layers
+    from llm_compression.core.mlp import ACTIVATIONS
+
+    fn, g = ACTIVATIONS[act], torch.Generator().manual_seed(6)
+    plain = torch.nn.Linear(64, 40)
+    torch.nn.init.normal_(plain.weight, generator=g)
+    x = torch.randn(3, 64, generator=g)
+    for layer in (Int8Linear(plain), plain):
+        with torch.inference_mode(), torch.profiler.profile() as prof:
+            got = compute_layers.activated(layer, x, fn)
+            want = fn(layer(x))
+        assert torch.equal(got, want)
+        ran = [e.name for e in prof.events()]
+        in_place = act in ("gelu", "swiglu")
+        assert any(n in ("aten::gelu_", "aten::silu_") for n in ran) == in_place, ran
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(compute_layers.activated(plain, x, fn).sum(), x)
+    (want,) = torch.autograd.grad(fn(plain(x)).sum(), x)
+    torch.testing.assert_close(grad, want)
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 def test_float32_blocks_add_the_residual_in_the_matmul(bert_file):
     """A float32 forward runs no separate residual add or GELU in its blocks (post-norm BERT:
@@ -499,7 +524,7 @@ def test_float32_blocks_add_the_residual_in_the_matmul(bert_file):
         with torch.inference_mode(), torch.profiler.profile() as prof:
             out = m.encode(ids)
         names = [e.name for e in prof.events()]
-        return out, names.count("aten::add"), names.count("aten::gelu")
+        return out, names.count("aten::add"), names.count("aten::gelu") + names.count("aten::gelu_")
 
     (got, adds, gelus), (want, ref_adds, ref_gelus) = run(model), run(ref)
     assert (ref_adds - adds, ref_gelus, gelus) == (2 * len(model.layers), len(model.layers), 0)
