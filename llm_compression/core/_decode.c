@@ -762,50 +762,31 @@ static void attend_one(const float *q, const float *keys, const float *values, P
     attend_head(q, keys, values, pos, D, score, o);
 }
 
-/* out (M x H D): each query over its row's keys 0 .. its position (causal), or an encoder's
- * over its row's first lengths[b] keys; -1 when out of memory. (OpenMP stays out of the cloned
- * functions: inside one its team cost ~15 ms a step.) */
-static int attend(const Batch *bt, int layer, const float *qkv, float *out) {
+/* out (M x H D): each query over its row's keys 0 .. its position (causal), an encoder's over
+ * its row's first lengths[b] keys, or (cross) over every key of its row's encoder output; q:
+ * rows of (H + 2 KV) D (qkv), of H D with cross; -1 when out of memory. (OpenMP stays out of
+ * the cloned functions: inside one its team cost ~15 ms a step.) */
+static int attend(const Batch *bt, int layer, const float *q, int cross, float *out) {
     const Model *md = bt->md;
-    int D = md->head_dim, H = md->heads, KV = md->kv_heads, width = (H + 2 * KV) * D, failed = 0;
-    Py_ssize_t jobs = bt->B * bt->S * H;
-#pragma omp parallel num_threads(md->threads) if (md->threads > 1 && jobs >= 8) reduction(|:failed)
+    int D = md->head_dim, H = md->heads, KV = cross ? H : md->kv_heads, failed = 0;
+    int width = cross ? H * D : (H + 2 * KV) * D;
+    Py_ssize_t span = cross ? bt->memory : bt->capacity, jobs = bt->B * bt->S * H;
+    float *const *kv = cross ? bt->cross : bt->caches;
+#pragma omp parallel num_threads(md->threads) if (md->threads > 1 && jobs >= (cross ? 2 : 8)) \
+    reduction(|:failed)
     {
-        float *score = malloc((size_t)bt->capacity * sizeof(float));
+        float *score = malloc((size_t)span * sizeof(float));
         failed = !score;
 #pragma omp for schedule(static)
         for (Py_ssize_t job = 0; job < jobs; job++) {
             Py_ssize_t h = job % H, bs = job / H, b = bs / bt->S, kvh = h / (H / KV);
-            Py_ssize_t at = (b * KV + kvh) * bt->capacity * D;
-            Py_ssize_t last = bt->lengths ? bt->lengths[b] - 1 : bt->past[b] + bs % bt->S;
+            Py_ssize_t at = ((cross && bt->cross_rows == 1 ? 0 : b) * KV + kvh) * span * D;
+            Py_ssize_t last = cross         ? span - 1
+                              : bt->lengths ? bt->lengths[b] - 1
+                                            : bt->past[b] + bs % bt->S;
             if (score)
-                attend_one(qkv + bs * width + h * D, bt->caches[2 * layer] + at,
-                           bt->caches[2 * layer + 1] + at, last, D, score,
-                           out + bs * H * D + h * D);
-        }
-        free(score);
-    }
-    return failed ? -1 : 0;
-}
-
-/* out (M x H D): each query (q: M rows of H D) over every key of its row's encoder output
- * (cross-attention; no mask, no positions); -1 when out of memory. */
-static int attend_memory(const Batch *bt, int layer, const float *q, float *out) {
-    const Model *md = bt->md;
-    int D = md->head_dim, H = md->heads, failed = 0;
-    Py_ssize_t jobs = bt->B * bt->S * H;
-#pragma omp parallel num_threads(md->threads) if (md->threads > 1 && jobs >= 2) reduction(|:failed)
-    {
-        float *score = malloc((size_t)bt->memory * sizeof(float));
-        failed = !score;
-#pragma omp for schedule(static)
-        for (Py_ssize_t job = 0; job < jobs; job++) {
-            Py_ssize_t h = job % H, bs = job / H, b = bs / bt->S;
-            Py_ssize_t at = ((bt->cross_rows == 1 ? 0 : b) * H + h) * bt->memory * D;
-            if (score)
-                attend_one(q + bs * H * D + h * D, bt->cross[2 * layer] + at,
-                           bt->cross[2 * layer + 1] + at, bt->memory - 1, D, score,
-                           out + bs * H * D + h * D);
+                attend_one(q + bs * width + h * D, kv[2 * layer] + at, kv[2 * layer + 1] + at,
+                           last, D, score, out + bs * H * D + h * D);
         }
         free(score);
     }
@@ -899,7 +880,7 @@ static int cross_pass(const Batch *bt, int i, float *x, Work *wk) {
     int HD = md->heads * md->head_dim;
     normed_input(md, x, ly->cross_norm, ly->cross_norm_b, M, wk->h, &wk->in);
     matmul(&ly->cross_q, &wk->in, M, wk->qkv, HD, ly->cross_bias[0], md->threads);
-    if (attend_memory(bt, i, wk->qkv, wk->attn) < 0)
+    if (attend(bt, i, wk->qkv, 1, wk->attn) < 0)
         return -1;
     Act heads = wk->mid;
     heads.cols = HD;
@@ -919,7 +900,7 @@ static int layer_pass(const Batch *bt, int i, float *x, Work *wk) {
         normed_input(md, x, ly->attn_norm, ly->attn_norm_b, M, wk->h, &wk->in);
     matmul(&ly->qkv, &wk->in, M, wk->qkv, ly->qkv.rows, ly->bias[0], md->threads);
     place_keys(bt, ly, i, wk->qkv, wk->tmp);
-    if (attend(bt, i, wk->qkv, wk->attn) < 0)
+    if (attend(bt, i, wk->qkv, 0, wk->attn) < 0)
         return -1;
     Act heads = wk->mid;
     heads.cols = HD;

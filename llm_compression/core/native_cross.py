@@ -18,38 +18,27 @@ from torch import nn
 
 from ..config import TransformerConfig
 from ..errors import InputError
-from ..weightfile.groupwise import GROUP
 from .native_decoder import _decode
-from .native_encoder import GELU, LAYER_NORM, float_vector, matrix_spec, stacked_spec
+from .native_encoder import (
+    GELU,
+    LAYER_NORM,
+    body_why_not,
+    float_vector,
+    matrix_spec,
+    stacked_spec,
+)
 
 CROSS = 64  # _decode.c's flag
 
 
 def why_not(cfg: TransformerConfig) -> str | None:
     """Why the kernel cannot run this body as a decoder with cross-attention (None: it can)."""
-    if _decode is None:
-        return "the C extension llm_compression.core._decode is not built (no C compiler?)"
-    if _decode.kernel() != "avx512":
-        return "this CPU lacks AVX512-VNNI (the portable kernel is for tests: ~50x slower)"
     wanted = {
-        "causal": (cfg.causal, True), "cross_attention": (cfg.cross_attention, True),
-        "norm": (cfg.norm, "layernorm"), "norm_placement": (cfg.norm_placement, "pre"),
-        "activation": (cfg.activation, "gelu"), "qk_norm": (cfg.qk_norm, False),
-        "clip_qkv": (cfg.clip_qkv, None), "final_norm": (cfg.final_norm, True),
-        "n_kv_heads": (cfg.n_kv_heads, cfg.n_heads),
+        "causal": True, "cross_attention": True, "norm": "layernorm", "norm_placement": "pre",
+        "activation": "gelu", "qk_norm": False, "clip_qkv": None, "final_norm": True,
+        "n_kv_heads": cfg.n_heads,
     }  # fmt: skip
-    for name, (value, needed) in wanted.items():
-        if value != needed:
-            return f"{name}={value!r} (the kernel runs {name}={needed!r})"
-    if cfg.positions == "rotary":
-        return "rotary positions (this kernel takes positions added to the input)"
-    widths = {
-        "dim": cfg.dim,
-        "mlp_dim": cfg.mlp_dim,
-        "heads x head_dim": cfg.n_heads * cfg.head_dim,
-    }
-    odd = [name for name, width in widths.items() if width % GROUP]
-    return f"{odd[0]} is not a multiple of {GROUP}" if odd else None
+    return body_why_not(cfg, wanted)
 
 
 def _layer_entry(block: nn.Module) -> tuple:

@@ -30,21 +30,26 @@ LAYER_NORM, NORM_AFTER, GELU, ENCODER = 4, 8, 16, 32  # _decode.c's flags
 
 def why_not(cfg: TransformerConfig) -> str | None:
     """Why the kernel cannot run this body as an encoder (None: it can)."""
+    wanted = {
+        "causal": False, "norm": "layernorm", "norm_placement": "post", "activation": "gelu",
+        "cross_attention": False, "qk_norm": False, "clip_qkv": None, "final_norm": False,
+    }  # fmt: skip
+    return body_why_not(cfg, wanted)
+
+
+def body_why_not(cfg: TransformerConfig, wanted: dict) -> str | None:
+    """Why the kernel cannot run a body of ``cfg`` here: the extension or the CPU, a config
+    field not the ``wanted`` value, rotary positions, widths that are not whole groups."""
     if _decode is None:
         return "the C extension llm_compression.core._decode is not built (no C compiler?)"
     if _decode.kernel() != "avx512":
         return "this CPU lacks AVX512-VNNI (the portable kernel is for tests: ~50x slower)"
-    wanted = {
-        "causal": (cfg.causal, False), "norm": (cfg.norm, "layernorm"),
-        "norm_placement": (cfg.norm_placement, "post"), "activation": (cfg.activation, "gelu"),
-        "cross_attention": (cfg.cross_attention, False), "qk_norm": (cfg.qk_norm, False),
-        "clip_qkv": (cfg.clip_qkv, None), "final_norm": (cfg.final_norm, False),
-    }  # fmt: skip
-    for name, (value, needed) in wanted.items():
+    for name, needed in wanted.items():
+        value = getattr(cfg, name)
         if value != needed:
             return f"{name}={value!r} (the kernel runs {name}={needed!r})"
     if cfg.positions == "rotary":
-        return "rotary positions (the kernel's encoder takes positions added to the input)"
+        return "rotary positions (the kernel takes positions added to the input)"
     widths = {
         "dim": cfg.dim,
         "mlp_dim": cfg.mlp_dim,
