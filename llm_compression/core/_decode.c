@@ -534,13 +534,49 @@ static int simd_available(void) { return 0; }
 #define PLAIN_ROWS 4 /* float32 weight rows a pass: their 4 streams share each input load */
 #define PLAIN_BLOCK 4 /* activation rows sharing each weight load */
 
+#ifdef HAVE_X86
+/* The 16 partial sums of PLAIN_ROWS weight rows by mb activation rows (cols a multiple of 16)
+ * into sums[(j * PLAIN_ROWS + r) * 16 ..]: plain_rows' fmaf a lane in k's order, the sums held
+ * in registers (16 accumulators, 4 weight and 1 input vector). */
+SIMD_TARGET static inline __attribute__((always_inline)) void
+plain_sums_avx512(const float *rows, Py_ssize_t cols, const float *x0, const int mb, float *sums) {
+    __m512 acc[PLAIN_BLOCK][PLAIN_ROWS];
+    for (int j = 0; j < mb; j++)
+        for (int r = 0; r < PLAIN_ROWS; r++)
+            acc[j][r] = _mm512_setzero_ps();
+    for (Py_ssize_t k = 0; k < cols; k += 16) {
+        __m512 w[PLAIN_ROWS];
+        for (int r = 0; r < PLAIN_ROWS; r++)
+            w[r] = _mm512_loadu_ps(rows + r * cols + k);
+        for (int j = 0; j < mb; j++) {
+            __m512 xv = _mm512_loadu_ps(x0 + j * cols + k);
+            for (int r = 0; r < PLAIN_ROWS; r++)
+                acc[j][r] = _mm512_fmadd_ps(w[r], xv, acc[j][r]);
+        }
+    }
+    for (int j = 0; j < mb; j++)
+        for (int r = 0; r < PLAIN_ROWS; r++)
+            _mm512_storeu_ps(sums + (j * PLAIN_ROWS + r) * 16, acc[j][r]);
+}
+
+SIMD_TARGET static void plain_block_avx512(const float *rows, Py_ssize_t cols, const float *x0,
+                                           int mb, float *sums) {
+    switch (mb) { /* a copy a count: the accumulators stay in registers */
+    case 1: plain_sums_avx512(rows, cols, x0, 1, sums); break;
+    case 2: plain_sums_avx512(rows, cols, x0, 2, sums); break;
+    case 3: plain_sums_avx512(rows, cols, x0, 3, sums); break;
+    default: plain_sums_avx512(rows, cols, x0, PLAIN_BLOCK, sums); break;
+    }
+}
+#endif
+
 /* float32: out[m * ld + r] for rows r0 .. r0 + n - 1 (n <= PLAIN_ROWS) of w and activation rows
  * 0 .. M - 1: 16 partial sums (lane l: inputs k = l mod 16 in k's order, fmaf; the last
- * cols % 16 inputs into lanes 0 ..) added by reduce16, then the bias. The same operations in
- * every build (fmaf is exact), so the portable and the AVX512 code give the same bits. Each
- * weight vector loaded serves PLAIN_BLOCK activation rows (16 accumulators a block). */
-WIDE static void plain_rows(const float *w, Py_ssize_t cols, Py_ssize_t r0, int n, const float *x,
-                            Py_ssize_t M, const float *bias, float *out, Py_ssize_t ld) {
+ * cols % 16 inputs into lanes 0 ..) added by reduce16, then the bias. The AVX512 code does the
+ * same fmaf a lane in the same order (tests compare the two bit for bit); each weight vector it
+ * loads serves PLAIN_BLOCK activation rows. */
+static void plain_rows(const float *w, Py_ssize_t cols, Py_ssize_t r0, int n, const float *x,
+                       Py_ssize_t M, const float *bias, float *out, Py_ssize_t ld) {
     Py_ssize_t full = cols - cols % 16;
     const float *rows = w + r0 * cols;
     for (Py_ssize_t m0 = 0; m0 < M; m0 += PLAIN_BLOCK) {
@@ -548,24 +584,15 @@ WIDE static void plain_rows(const float *w, Py_ssize_t cols, Py_ssize_t r0, int 
         const float *x0 = x + m0 * cols;
         float s[PLAIN_BLOCK][PLAIN_ROWS][16];
         memset(s, 0, sizeof s);
-        if (n == PLAIN_ROWS && mb == PLAIN_BLOCK) { /* constant counts: sums in registers */
-            for (Py_ssize_t k = 0; k < full; k += 16)
-                for (int r = 0; r < PLAIN_ROWS; r++)
-                    for (int j = 0; j < PLAIN_BLOCK; j++)
-                        for (int l = 0; l < 16; l++)
-                            s[j][r][l] = fmaf(rows[r * cols + k + l], x0[j * cols + k + l], s[j][r][l]);
-        } else if (n == PLAIN_ROWS && mb == 1) { /* a decode step's one row */
-            for (Py_ssize_t k = 0; k < full; k += 16)
-                for (int r = 0; r < PLAIN_ROWS; r++)
-                    for (int l = 0; l < 16; l++)
-                        s[0][r][l] = fmaf(rows[r * cols + k + l], x0[k + l], s[0][r][l]);
-        } else {
+#ifdef HAVE_X86
+        if (use_simd && n == PLAIN_ROWS && full == cols)
+            plain_block_avx512(rows, cols, x0, mb, &s[0][0][0]);
+        else
+#endif
             for (int j = 0; j < mb; j++)
                 for (int r = 0; r < n; r++)
-                    for (Py_ssize_t k = 0; k < full; k += 16)
-                        for (int l = 0; l < 16; l++)
-                            s[j][r][l] = fmaf(rows[r * cols + k + l], x0[j * cols + k + l], s[j][r][l]);
-        }
+                    for (Py_ssize_t k = 0; k < full; k++)
+                        s[j][r][k % 16] = fmaf(rows[r * cols + k], x0[j * cols + k], s[j][r][k % 16]);
         for (int j = 0; j < mb; j++)
             for (int r = 0; r < n; r++) {
                 for (Py_ssize_t k = full; k < cols; k++)

@@ -61,6 +61,26 @@ def test_float32_matrix_is_held_as_it_is_and_sums_in_float32() -> None:
             _decode.matmul(bad, x, 3, out)
 
 
+@needs_simd
+@pytest.mark.parametrize("rows, cols, M", [(37, 96, 1), (64, 576, 3), (8, 1536, 4), (41, 160, 9)])
+def test_portable_kernel_equals_avx512_bit_for_bit(rows: int, cols: int, M: int) -> None:
+    """The AVX512 blocks (4 weight rows by up to 4 activation rows in registers) do the
+    portable code's fmaf a lane in the same order: the same bits."""
+    rng = np.random.default_rng(rows + cols + M)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((M, cols)).astype(np.float32)
+    fast = np.full((M, rows), np.nan, np.float32)
+    _decode.matmul(matrix_spec(w), x, M, fast)
+    before = _decode.kernel()
+    _decode.set_kernel("portable")
+    try:
+        slow = np.full((M, rows), np.nan, np.float32)
+        _decode.matmul(matrix_spec(w), x, M, slow)
+    finally:
+        _decode.set_kernel(before)
+    np.testing.assert_array_equal(fast, slow)
+
+
 def test_float32_and_quantized_matrices_do_not_mix() -> None:
     from llm_compression.weightfile.groupwise import quantize_int8
 
