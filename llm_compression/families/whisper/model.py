@@ -197,11 +197,9 @@ class TextDecoder(Transformer):
 
 def _cross_into(attn: nn.Module, layer, memory: torch.Tensor | None) -> None:
     """The encoder's keys and values of one layer, float32 and contiguous, in its cache (made
-    once for an encoder output: a beam search's expanded view of it shares its data)."""
+    once for an encoder output; a beam search's expanded view of it is the same output)."""
     held = layer.memory
-    same = held is memory or (
-        held is not None and memory is not None and held.data_ptr() == memory.data_ptr()
-    )
+    same = held is memory or (held is not None and memory is not None and held._base is memory)
     if (
         layer.cross is not None
         and layer.cross[0].dtype == torch.float32
