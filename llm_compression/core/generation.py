@@ -178,11 +178,8 @@ def _steps(model, rows: Sequence[Sequence[int]], max_len: int, device):
     if graph is not None:
         return _GraphSteps(model, graph, rows, max_len, device)
     kernel = getattr(model, "float32_steps", None)
-    if kernel is not None and device.type == "cpu":
-        from .native_decoder import steps_valid
-
-        if steps_valid(model, kernel):
-            return _Float32Steps(model, kernel, rows, max_len, device)
+    if kernel is not None and device.type == "cpu" and kernel.views.valid():
+        return _Float32Steps(model, kernel, rows, max_len, device)
     return _TorchSteps(model, rows, max_len, device)
 
 

@@ -71,6 +71,7 @@ class CrossDecoder:
         self._model = _decode.create(dims, float(cfg.norm_eps), flags, threads(), None, None,
                                      final, head_spec, entries)  # fmt: skip
         self.float32 = head_spec[0] == 32
+        self.views = None  # float32: the caller's WeightViews of the rows it reads in place
         self.vocab, self.n_layers, self.max_positions = (
             head_spec[1],
             cfg.n_layers,

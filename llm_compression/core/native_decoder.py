@@ -110,7 +110,7 @@ class NativeDecoder:
                                      _norm(floats, "final_norm"), head_spec, layers)  # fmt: skip
         self.n_layers, self.vocab, self.dim = cfg.n_layers, head_spec[1], cfg.dim
         self._bound = threading.local()  # per thread: (cache key, numpy views of the cache)
-        self.viewed: dict[str, int] = {}  # float32_steps: module name -> its weight's address
+        self.views: WeightViews | None = None  # float32_steps: the model's weights it reads
 
     def run(self, embeds: torch.Tensor, cache: list, past, *, last_only: bool,
             lengths=None) -> torch.Tensor:  # fmt: skip
@@ -199,7 +199,7 @@ def float32_steps(model: torch.nn.Module) -> NativeDecoder | None:
         return None
     floats = {n: p.detach().numpy() for n, p in model.named_parameters() if p.dim() == 1}
     decoder = NativeDecoder(cfg, mats, floats, head)
-    decoder.viewed = {name: w.data_ptr() for name, w in viewed.items()}
+    decoder.views = WeightViews(model, viewed)
     return decoder
 
 
@@ -210,15 +210,24 @@ def _dense(viewed: dict) -> str | None:
     return f"{odd[0]} is not contiguous" if odd else None
 
 
-def steps_valid(model: torch.nn.Module, decoder: NativeDecoder) -> bool:
-    """Whether the weights a ``float32_steps`` decoder views are still the model's (a replaced
-    layer or parameter, or one moved, leaves the kernel reading the old one: torch runs the
-    steps then)."""
-    for name, ptr in decoder.viewed.items():
-        try:
-            w = getattr(model.get_submodule(name), "weight", None)
-        except AttributeError:  # the layer is gone
-            return False
-        if not isinstance(w, torch.Tensor) or w.device.type != "cpu" or w.data_ptr() != ptr:
-            return False
-    return True
+class WeightViews:
+    """The layers of ``model`` named ``names`` whose weights a kernel model reads in place, and
+    whether it still reads the model's: a replaced layer or parameter, or one moved, leaves it
+    reading the old one (the caller's torch path runs then). ``valid`` runs before every step of
+    Whisper's decoder: it reads the modules' own dicts (~10 us for 37 layers) rather than
+    resolving dotted names (~320 us)."""
+
+    def __init__(self, model: nn.Module, names) -> None:
+        self._held = []
+        for name in names:
+            parent, _, attr = name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            layer = owner._modules[attr]
+            self._held.append((owner, attr, layer, layer.weight.data_ptr()))
+
+    def valid(self) -> bool:
+        for owner, attr, layer, ptr in self._held:
+            w = layer._parameters.get("weight") if owner._modules.get(attr) is layer else None
+            if w is None or w.device.type != "cpu" or w.data_ptr() != ptr:
+                return False
+        return True

@@ -156,6 +156,11 @@ def test_weights_are_viewed_and_a_replaced_weight_hands_the_steps_to_torch(tiny)
     model.float32_steps.run = refuse
     assert model.generate_ids(PROMPTS[0], max_new_tokens=8) == flipped  # torch ran the steps
     assert before != flipped  # the test could fail: the flip changes the text
+    other = load_model(path)
+    assert other.float32_steps.views.valid()
+    down = other.layers[0].mlp.down
+    other.layers[0].mlp.down = nn.Linear(down.in_features, down.out_features, bias=False)
+    assert not other.float32_steps.views.valid()  # a replaced layer, not only a parameter
 
 
 @needs_simd

@@ -88,7 +88,6 @@ class TextDecoder(Transformer):
         self.pos_embed = nn.Parameter(torch.empty(cfg.max_positions, cfg.dim))
         self.head: nn.Module | None = None  # the tied output projection in a compute mode
         self.native_steps = None  # core.native_cross.CrossDecoder: a pass in our C kernel
-        self._viewed: dict[str, int] = {}  # float32: module name -> the weight address viewed
 
     def runs_natively(self, mode: str) -> bool:
         """int8: the layers' linears become int8 rows for our kernel to copy (``core.compute``)."""
@@ -111,6 +110,7 @@ class TextDecoder(Transformer):
         whole pass."""
         from ...core import native_cross
         from ...core.compute_layers import Int8Rows
+        from ...core.native_decoder import WeightViews
 
         kind = {"float32": nn.Linear, "int8": Int8Rows}.get(mode)
         steps = [m for name, m in self._stepped_layers()]
@@ -124,8 +124,8 @@ class TextDecoder(Transformer):
             return
         self.native_steps = native_cross.CrossDecoder(self, self.token_embed)
         if mode == "float32":
-            self._viewed = {name: m.weight.data_ptr() for name, m in self._stepped_layers()}
-            self._viewed["token_embed"] = self.token_embed.weight.data_ptr()
+            names = [name for name, _ in self._stepped_layers()] + ["token_embed"]
+            self.native_steps.views = WeightViews(self, names)
         else:
             self._release_int8()
 
@@ -161,13 +161,7 @@ class TextDecoder(Transformer):
         steps = self.native_steps
         if steps is None or x.device.type != "cpu":
             return False
-        if not steps.float32:
-            return True
-        for name, ptr in self._viewed.items():
-            w = getattr(self.get_submodule(name), "weight", None)
-            if not isinstance(w, torch.Tensor) or w.device.type != "cpu" or w.data_ptr() != ptr:
-                return False
-        return True
+        return steps.views is None or steps.views.valid()
 
     def forward(self, ids: torch.Tensor, *, memory: torch.Tensor, cache=None, start_pos: int = 0):
         """Logits (B, T, vocab) for ``ids`` (B, T) at positions ``start_pos ..``."""
