@@ -248,9 +248,9 @@ def check_positions(past: np.ndarray, own: np.ndarray, length: int, capacity: in
         )
 
 
-def check_cache_tensor(t: torch.Tensor) -> None:
+def check_cache_tensor(t: torch.Tensor, what: str = "KV cache") -> None:
     if not t.is_contiguous() or t.dtype != torch.float32 or t.device.type != "cpu":
-        raise InputError("the decoder's KV cache must be contiguous float32 on the CPU")
+        raise InputError(f"the decoder's {what} must be contiguous float32 on the CPU")
 
 
 class DecoderGraph:

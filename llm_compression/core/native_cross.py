@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import TransformerConfig
 from ..errors import InputError
+from .decoder_graph import check_cache_tensor
 from .native_decoder import _decode
 from .native_encoder import (
     GELU,
@@ -126,6 +127,5 @@ def _shared_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _view(t: torch.Tensor, what: str) -> np.ndarray:
-    if not t.is_contiguous() or t.dtype != torch.float32 or t.device.type != "cpu":
-        raise InputError(f"the decoder's {what} must be contiguous float32 on the CPU")
+    check_cache_tensor(t, what)
     return t.numpy()
