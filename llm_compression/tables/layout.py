@@ -25,6 +25,8 @@ def open_or_create(path: Path, create: bool) -> None:
             "Delta Lake tables); re-index its inputs into a new store with `llm-compression index`"
         )
     leftovers = [p for p in path.iterdir() if not p.name.startswith(".")] if path.is_dir() else []
+    if (path / MARKER).is_file():  # another process created it since the first look
+        return
     if not create or leftovers or (path.exists() and not path.is_dir()):
         raise StoreNotFoundError(
             f"{path} is not an embedding store (no {MARKER}); pass the directory of an existing "

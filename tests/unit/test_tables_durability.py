@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from tables_helpers import unit_vectors, weight_file
 
 from llm_compression.errors import StoreFullError
-from llm_compression.tables import MultimodalStorage, datafile, delta, verify
+from llm_compression.tables import MultimodalStorage, datafile, delta, layout, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -218,6 +218,26 @@ def test_concurrent_creation_of_one_store_and_table(tmp_path):
     for proc in procs:
         assert proc.wait() == 0, proc.stderr.read()
     assert len(live_ids(tmp_path / "new")) == 40
+
+
+def test_a_store_created_by_another_process_between_two_looks_is_opened(tmp_path, monkeypatch):
+    """The interleaving CI once hit: no marker at the first look, then another creator's
+    ``store.json`` and table in the listing; opening must see the store, not 'not a store'."""
+    model = weight_file(tmp_path)
+    MultimodalStorage(tmp_path / "s").add(
+        ["a"], unit_vectors(1, 16), modality="text", model_file=model
+    )
+    looks, real = [], Path.is_file
+
+    def first_look_misses(self):
+        looks.append(self.name)
+        return (
+            False if looks.count(layout.MARKER) == 1 and self.name == layout.MARKER else real(self)
+        )
+
+    monkeypatch.setattr(Path, "is_file", first_look_misses)
+    layout.open_or_create(tmp_path / "s", create=True)
+    assert looks.count(layout.MARKER) == 2
 
 
 def test_full_disk_is_a_typed_error_and_the_table_stays_readable(tmp_path):
