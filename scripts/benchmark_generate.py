@@ -96,10 +96,12 @@ class LlamaCpp:
                          n_threads_batch=threads, verbose=False)  # fmt: skip
         self.tokenizer, self.eos = tokenizer, self.llm.token_eos()
 
-    def generate_ids(self, ids: list[int], max_new_tokens: int = 64) -> list[int]:
+    def generate_ids(self, ids: list[int], max_new_tokens: int = 64, min_new_tokens: int = 0):
+        """(min_new_tokens: an end-of-sequence token before it is kept and decoding goes on,
+        where ours takes the next best token: the same number of steps timed)"""
         out: list[int] = []
         for token in self.llm.generate(list(ids), temp=0.0, reset=True):  # temp 0: argmax
-            if token == self.eos:
+            if token == self.eos and len(out) >= min_new_tokens:
                 break
             out.append(token)
             if len(out) == max_new_tokens:
@@ -120,11 +122,15 @@ def llama_cpp(family: str, threads: int, tokenizer) -> dict:
     return {"llama.cpp": LlamaCpp(weights.packaged_smollm2(), threads, tokenizer)}
 
 
+# every row decodes 64 tokens, as HF's min_new_tokens=64 makes it (an end-of-sequence token
+# would end a row early: fewer steps timed, and a batch shrinking as it runs)
+SIXTY_FOUR = dict(max_new_tokens=64, min_new_tokens=64)
+
+
 def speed(models: dict, hf, ids: list[int], runs: int) -> dict:
     x = torch.tensor([ids])
     calls = {
-        name: (lambda m=m: len(m.generate_ids(ids, max_new_tokens=64)))
-        for name, m in models.items()
+        name: (lambda m=m: len(m.generate_ids(ids, **SIXTY_FOUR))) for name, m in models.items()
     }
     calls["hf"] = lambda: hf.generate(
         x, attention_mask=torch.ones_like(x), max_new_tokens=64, min_new_tokens=64, do_sample=False
@@ -150,8 +156,8 @@ def batch_speed(models: dict, tokenizer, batch: int, runs: int) -> dict:
     rows = [tokenizer.encode(p) for p in PROMPTS[:batch]]
     out = {}
     for name, m in [(n, m) for n, m in models.items() if getattr(m, "batches", True)]:
-        one = lambda m=m: len(m.generate_ids(rows[0], max_new_tokens=64))  # noqa: E731
-        many = lambda m=m: sum(map(len, m.generate_ids(rows, max_new_tokens=64)))  # noqa: E731
+        one = lambda m=m: len(m.generate_ids(rows[0], **SIXTY_FOUR))  # noqa: E731
+        many = lambda m=m: sum(map(len, m.generate_ids(rows, **SIXTY_FOUR)))  # noqa: E731
         rates = {"one": [], "many": []}
         for _ in range(runs):
             for key, fn in (("one", one), ("many", many)):

@@ -69,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print prompt and decode tokens/s and peak memory to stderr",
     )
     p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens at most (default 64)")
+    p.add_argument("--min-new-tokens", type=int, default=0,
+                   help="no end-of-sequence token before this many new tokens (default 0)")  # fmt: skip
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, stop=args.stop or None, chat=args.chat or args.system is not None,
-        seed=args.seed,
+        seed=args.seed, min_new_tokens=args.min_new_tokens,
     )  # fmt: skip
     if len(prompts) > 1:
         return _run_batches(model, prompts, args, options)

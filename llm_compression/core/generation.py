@@ -26,11 +26,18 @@ class SamplingConfig:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    min_new_tokens: int = 0  # end-of-sequence suppressed before this many new tokens (HF's)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InputError(
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
+        least = self.min_new_tokens
+        if not _is_int(least) or not 0 <= least <= self.max_new_tokens:
+            raise InputError(
+                f"min_new_tokens must be an integer in 0 .. max_new_tokens "
+                f"({self.max_new_tokens}), got {least!r}"
             )
         if not _is_number(self.temperature) or not self.temperature >= 0:
             raise InputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
@@ -137,8 +144,9 @@ def decode_batch(
 ) -> Iterator[dict[int, int]]:
     """Decode several prompts together; yield ``{row: new token}`` per step.
 
-    A row leaves the batch (its KV cache rows dropped) at an end-of-sequence id (not yielded) or
-    when the caller adds its index to ``ended`` (a stop string found). The prompts are prefilled
+    A row leaves the batch (its KV cache rows dropped) at an end-of-sequence id (not yielded;
+    none is chosen before ``opts.min_new_tokens`` new tokens) or when the caller adds its index
+    to ``ended`` (a stop string found). The prompts are prefilled
     (``_TorchSteps``: each alone into its cache row, left-padded with a mask after;
     ``_GraphSteps``, the decoder graph (int8 / int4, or float32 on ONNX Runtime): all in one
     right-padded run, each row's own length), then every step runs the matmuls on the whole
@@ -155,10 +163,12 @@ def decode_batch(
         steps = _steps(model, rows, longest + n_new, device)
     generator = opts.generator(device)
     active = torch.arange(len(rows))  # batch row -> caller's row index
-    tokens = None
-    for _ in range(n_new):
+    tokens, banned = None, torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    for n in range(n_new):
         with torch_threads(threads):
             logits = steps.first() if tokens is None else steps.next(tokens)  # (B, V)
+            if n < opts.min_new_tokens and len(banned):
+                logits = logits.index_fill(-1, banned, float("-inf"))
             tokens = sample(logits, opts, generator)  # (B,)
         step = dict(zip(active.tolist(), tokens.tolist(), strict=True))  # caller's row -> token
         yield {r: t for r, t in step.items() if t not in eos}

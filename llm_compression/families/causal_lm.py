@@ -192,14 +192,16 @@ class CausalLM(FamilyMethods, Transformer):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> list[int] | list[list[int]]:
         """New token ids after ``ids`` (end-of-sequence not included); for a list of id lists,
         one list per prompt, decoded together as a left-padded batch (``generate``).
 
-        Generation stops at an end-of-sequence id, after ``max_new_tokens`` or at the context
-        length, whichever comes first.
+        Generation stops at an end-of-sequence id (none before ``min_new_tokens`` new tokens, as
+        HF's ``min_new_tokens``), after ``max_new_tokens`` or at the context length, whichever
+        comes first.
         """
-        opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
+        opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed, min_new_tokens)
         batch = len(ids) > 0 and all(isinstance(r, Sequence) for r in ids)
         rows = [self._check_ids(r) for r in ids] if batch else [self._check_ids(ids)]
         out: list[list[int]] = [[] for _ in rows]
@@ -219,13 +221,14 @@ class CausalLM(FamilyMethods, Transformer):
         stop: str | Sequence[str] | None = None,
         chat: bool = False,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> Iterator[str]:
         """Yield the generated text in pieces as they decode; ``"".join`` equals ``generate``.
 
         Only complete text is yielded (no half multi-byte characters); output ends before the
         first stop string, which is not included.
         """
-        opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
+        opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed, min_new_tokens)
         stops = _stop_strings(stop)
         ids = self._check_ids(self._prompt_ids(prompt, chat))
         return self._pieces(ids, opts, TextStreamer(self.tokenizer, stops))
@@ -257,9 +260,10 @@ class CausalLM(FamilyMethods, Transformer):
         stop: str | Sequence[str] | None = None,
         chat: bool = False,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> list[str]:
         """The texts of several prompts decoded together; a row leaves the batch at its stop."""
-        opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
+        opts = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed, min_new_tokens)
         stops = _stop_strings(stop)
         rows = [self._check_ids(self._prompt_ids(p, chat)) for p in prompts]
         streamers = [TextStreamer(self.tokenizer, stops) for _ in rows]
@@ -291,6 +295,8 @@ class CausalLM(FamilyMethods, Transformer):
         top_k, top_p : optional sampling filters (applied after temperature, as in HF).
         stop : str or list of str; the text ends before the first one.
         chat : apply the tokenizer's chat template to a user message (error if it has none).
+        min_new_tokens : int, default 0; no end-of-sequence token before this many new tokens
+            (HF's ``min_new_tokens``; a stop string still ends the text).
         seed : makes sampling reproducible (a batch draws from one generator: its sampled
             texts differ from the prompts' texts alone).
 

@@ -149,3 +149,26 @@ def test_greedy_picks_torch_argmax_first_maximum():
         got = greedy(x)
         assert got.dtype == torch.int64 and torch.equal(got, x.argmax(dim=-1))
     assert greedy(logits)[[1, 2]].tolist() == [7, 42]
+
+
+def test_min_new_tokens_holds_back_end_of_sequence_as_hf_does(monkeypatch):
+    """With an end-of-sequence id the model picks at step 2, ``min_new_tokens=6`` gives HF's
+    tokens (the id's logit masked until then, the next best taken), alone and in a batch;
+    0 stops at the id; a negative or a minimum above the maximum is a typed error."""
+    hf, cfg, state = tiny_causal_lm("llama", seed=4)
+    m = load_weights_into(build_model(cfg), state)
+    prompt = [5, 17, 33, 8, 61, 9]
+    free = m.generate_ids(prompt, max_new_tokens=12)
+    eos = free[2]
+    monkeypatch.setattr(m, "_eos_ids", lambda: {eos})
+    assert m.generate_ids(prompt, max_new_tokens=12) == free[:2]
+    held = m.generate_ids(prompt, max_new_tokens=12, min_new_tokens=6)
+    x = torch.tensor([prompt])
+    want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, min_new_tokens=6,
+                       eos_token_id=eos, pad_token_id=0, do_sample=False)[0, len(prompt):].tolist()  # fmt: skip
+    assert held == (want[: want.index(eos)] if eos in want else want)
+    assert len(held) >= 6 and held[2] != eos
+    assert m.generate_ids([prompt, [3, 4]], max_new_tokens=12, min_new_tokens=6)[0] == held
+    for bad in (-1, 13, 2.5):
+        with pytest.raises(InputError, match="min_new_tokens"):
+            m.generate_ids(prompt, max_new_tokens=12, min_new_tokens=bad)
