@@ -168,7 +168,7 @@ def decode_batch(
         with torch_threads(threads):
             logits = steps.first() if tokens is None else steps.next(tokens)  # (B, V)
             if n < opts.min_new_tokens and len(banned):
-                logits = logits.index_fill(-1, banned, float("-inf"))
+                logits.index_fill_(-1, banned, float("-inf"))  # a fresh tensor, no gradient
             tokens = sample(logits, opts, generator)  # (B,)
         step = dict(zip(active.tolist(), tokens.tolist(), strict=True))  # caller's row -> token
         yield {r: t for r, t in step.items() if t not in eos}
