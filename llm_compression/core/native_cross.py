@@ -73,14 +73,9 @@ class CrossDecoder:
                                      final, head_spec, entries)  # fmt: skip
         self.float32 = head_spec[0] == 32
         self.views = None  # float32: the caller's WeightViews of the rows it reads in place
-        self.vocab, self.n_layers, self.max_positions = (
-            head_spec[1],
-            cfg.n_layers,
-            cfg.max_positions,
-        )
-        self.nbytes = (
-            0 if self.float32 else sum(_tile_bytes(e) for e in entries) + _tile_bytes((head_spec,))
-        )
+        self.vocab, self.max_positions = head_spec[1], cfg.max_positions
+        copied = [] if self.float32 else [*entries, (head_spec,)]  # float32: viewed, no copy
+        self.nbytes = sum(_tile_bytes(e) for e in copied)
 
     def run(self, x: torch.Tensor, cache: list, start_pos: int) -> torch.Tensor:
         """Logits (B, T, vocab) of every position of ``x`` (B, T, dim: embeddings with their

@@ -23,7 +23,7 @@ from torch import nn
 from ..config import TransformerConfig
 from ..errors import InputError
 from ..weightfile.groupwise import GROUP
-from .native_decoder import _decode
+from .native_decoder import _decode, kernel_why_not
 
 LAYER_NORM, NORM_AFTER, GELU, ENCODER = 4, 8, 16, 32  # _decode.c's flags
 
@@ -40,10 +40,9 @@ def why_not(cfg: TransformerConfig) -> str | None:
 def body_why_not(cfg: TransformerConfig, wanted: dict) -> str | None:
     """Why the kernel cannot run a body of ``cfg`` here: the extension or the CPU, a config
     field not the ``wanted`` value, rotary positions, widths that are not whole groups."""
-    if _decode is None:
-        return "the C extension llm_compression.core._decode is not built (no C compiler?)"
-    if _decode.kernel() != "avx512":
-        return "this CPU lacks AVX512-VNNI (the portable kernel is for tests: ~50x slower)"
+    why = kernel_why_not()
+    if why is not None:
+        return why
     for name, needed in wanted.items():
         value = getattr(cfg, name)
         if value != needed:
